@@ -1,0 +1,66 @@
+"""Pyramid's threadlocal manager, made local to the request.
+
+Pyramid keeps the current request and registry in ``threading.local``
+storage; with many requests interleaved on one thread each would see the
+others'.  Each request runs in its own contextvars context (the Task's,
+shared by its greenlet), so a stack kept in a ContextVar is request-local,
+and still thread-local for plain threads, which have contexts of their own.
+"""
+import contextvars
+import threading
+
+import pyramid.config
+import pyramid.threadlocal
+from pyramid.threadlocal import ThreadLocalManager
+
+_stack = contextvars.ContextVar("aiopyramid_threadlocal_stack", default=())
+
+
+class ContextLocalManager(ThreadLocalManager):
+    """ThreadLocalManager whose stack lives in the current contextvars
+    context.  The stack is a tuple, so a context copied into an executor
+    thread never sees that thread's pushes."""
+
+    def __init__(self, default=None):
+        threading.local.__init__(self)
+        self.default = default
+
+    @property
+    def stack(self):
+        return list(_stack.get())
+
+    def push(self, info):
+        _stack.set(_stack.get() + (info,))
+
+    set = push
+
+    def pop(self):
+        stack = _stack.get()
+        if stack:
+            _stack.set(stack[:-1])
+            return stack[-1]
+        return None
+
+    def get(self):
+        stack = _stack.get()
+        if stack:
+            return stack[-1]
+        return self.default()
+
+    def clear(self):
+        _stack.set(())
+
+
+def install():
+    """Replace Pyramid's manager (idempotent), carrying over what the
+    calling thread had pushed (a Configurator in a ``with`` block)."""
+    old = pyramid.threadlocal.manager
+    if isinstance(old, ContextLocalManager):
+        return old
+    new = ContextLocalManager(default=old.default)
+    for info in old.stack:
+        new.push(info)
+    old.clear()
+    pyramid.threadlocal.manager = new
+    pyramid.config.Configurator.manager = new
+    return new

@@ -1,0 +1,176 @@
+"""View mappers that run Pyramid views on asyncio.
+
+Each mapper decides once, at configuration time and with Pyramid's own
+rules, how a view is called (its shape) and how it runs (its kind); the
+mapped view it returns is a C object doing the per-request work:
+
+* a coroutine view (``async def``, a generator coroutine, a class whose
+  ``attr`` method is one) is driven in the request greenlet and suspends it
+  only when the coroutine waits;
+* any other view runs in the loop's executor (a thread), with Pyramid's
+  threadlocals and the request's contextvars, so it cannot block the loop.
+
+Outside any request (a unit test calling ``render_view_to_response``), a
+plain view runs inline and a coroutine view runs on a fresh event loop.
+"""
+import inspect
+
+from pyramid.exceptions import ConfigurationError
+from pyramid.threadlocal import get_current_registry
+from pyramid.util import is_unbound_method, object_description
+from pyramid.viewderivers import DefaultViewMapper, requestonly
+
+from . import _core
+from ._core import coroutine, is_coroutine_function
+
+__all__ = [
+    "CoroutineOrExecutorMapper",
+    "CoroutineMapper",
+    "ExecutorMapper",
+    "includeme",
+]
+
+EXECUTOR_THREADS_SETTING = "aiopyramid.executor_threads"
+
+
+def _target(view, attr):
+    """The callable whose nature decides the view's kind."""
+    if inspect.isclass(view):
+        return getattr(view, attr or "__call__", None)
+    if attr is not None:
+        return getattr(view, attr, None)
+    if inspect.isroutine(view) or is_coroutine_function(view):
+        return view
+    return getattr(type(view), "__call__", None)
+
+
+def _is_coroutine_view(view, attr):
+    target = _target(view, attr)
+    return target is not None and is_coroutine_function(target)
+
+
+class AsyncioMapperBase(DefaultViewMapper):
+    """Maps a view with Pyramid's shapes into a C mapped view of the kind
+    that ``_kind`` chooses.  Subclasses decide the kind."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        registry = get_current_registry()
+        self.executor = getattr(registry, "aiopyramid_executor", None)
+
+    def _kind(self, view):
+        raise NotImplementedError
+
+    def __call__(self, view):
+        if is_unbound_method(view) and self.attr is None:
+            raise ConfigurationError(
+                "Unbound method calls are not supported, please set the "
+                "class as your `view` and the method as your `attr`"
+            )
+        kind = self._kind(view)
+        if kind == _core.KIND_COROUTINE:
+            self._make_awaitable(view)
+        attr = self.attr
+        if inspect.isclass(view):
+            shape = (
+                _core.SHAPE_CLASS_REQUESTONLY
+                if requestonly(view, attr)
+                else _core.SHAPE_CLASS_NATIVE
+            )
+            text = "method {} of {}".format(
+                attr or "__call__", object_description(view)
+            )
+        else:
+            if requestonly(view, attr):
+                shape = _core.SHAPE_REQUESTONLY
+            elif attr:
+                shape = _core.SHAPE_ATTR
+            else:
+                shape = _core.SHAPE_FUNC
+            if attr is not None:
+                text = "attr {} of {}".format(attr, object_description(view))
+            else:
+                text = object_description(view)
+        mapped = _core.map_view(view, shape, kind, attr, self.executor)
+        mapped.__text__ = text
+        return mapped
+
+    def _make_awaitable(self, view):
+        """Seed-style generator views get CO_ITERABLE_COROUTINE, as
+        asyncio.coroutine gave them, so they may 'yield from' coroutines."""
+        target = _target(view, self.attr)
+        func = getattr(target, "__func__", target)
+        if inspect.isgeneratorfunction(func):
+            coroutine(func)
+
+
+class CoroutineMapper(AsyncioMapperBase):
+    """Only coroutine views; ``ConfigurationError`` for any other."""
+
+    def _kind(self, view):
+        if not _is_coroutine_view(view, self.attr):
+            raise ConfigurationError(
+                "Non-coroutine {!r} mapped to coroutine: make it an "
+                "'async def' view or use ExecutorMapper".format(view)
+            )
+        return _core.KIND_COROUTINE
+
+
+class ExecutorMapper(AsyncioMapperBase):
+    """Only plain views, run in the loop's executor; ``ConfigurationError``
+    for a coroutine view."""
+
+    def _kind(self, view):
+        if _is_coroutine_view(view, self.attr):
+            raise ConfigurationError(
+                "Coroutine {!r} mapped to executor: use CoroutineMapper or "
+                "CoroutineOrExecutorMapper".format(view)
+            )
+        return _core.KIND_EXECUTOR
+
+
+class CoroutineOrExecutorMapper(AsyncioMapperBase):
+    """Coroutine views are awaited on the loop, every other view runs in
+    the loop's executor.  The default once aiopyramid is included."""
+
+    def _kind(self, view):
+        if _is_coroutine_view(view, self.attr):
+            return _core.KIND_COROUTINE
+        return _core.KIND_EXECUTOR
+
+
+def _executor_threads(settings):
+    value = (settings or {}).get(EXECUTOR_THREADS_SETTING)
+    if value in (None, ""):
+        return None
+    try:
+        threads = int(value)
+    except (TypeError, ValueError):
+        threads = 0
+    if threads < 1:
+        raise ConfigurationError(
+            "{} must be a whole number of threads, 1 or more; got {!r}".format(
+                EXECUTOR_THREADS_SETTING, value
+            )
+        )
+    return threads
+
+
+def includeme(config):
+    """``config.include('aiopyramid')``: coroutine views on the loop, other
+    views in the executor, request-local threadlocals.
+
+    Setting ``aiopyramid.executor_threads = N`` gives legacy views a pool of
+    N threads of their own instead of the loop's default executor.
+    """
+    from ._threadlocal import install
+
+    install()
+    threads = _executor_threads(config.registry.settings)
+    if threads is not None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        config.registry.aiopyramid_executor = ThreadPoolExecutor(
+            max_workers=threads, thread_name_prefix="aiopyramid-view"
+        )
+    config.set_view_mapper(CoroutineOrExecutorMapper)

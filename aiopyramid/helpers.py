@@ -1,0 +1,39 @@
+"""Helpers that join plain code and coroutines (implemented in C).
+
+``spawn_greenlet(func, *args, **kwargs)``
+    A coroutine: runs ``func`` in a pooled greenlet, where synchronized
+    coroutines may be called like plain functions; returns its result.
+``run_in_greenlet(back, future, func, *args, **kwargs)``
+    A coroutine: awaits ``func(*args, **kwargs)``, sets the result (or the
+    exception) on ``future``, then switches back to greenlet ``back``.
+``synchronize`` / ``synchronize(strict=False)``
+    Makes a coroutine function a plain callable for code running in a
+    request greenlet (tweens, traversal, ``__acl__``, auth callbacks).
+``use_executor`` / ``use_executor(executor=ex)``
+    Makes a blocking function a coroutine function run in a thread.
+``coroutine``
+    A drop-in for the removed ``asyncio.coroutine``.
+``is_generator``
+    True for generator functions, generators and futures.
+"""
+from ._core import (
+    coroutine,
+    in_coroutine_view,
+    is_coroutine_function,
+    is_generator,
+    run_in_greenlet,
+    spawn_greenlet,
+    synchronize,
+    use_executor,
+)
+
+__all__ = [
+    "coroutine",
+    "in_coroutine_view",
+    "is_coroutine_function",
+    "is_generator",
+    "run_in_greenlet",
+    "spawn_greenlet",
+    "synchronize",
+    "use_executor",
+]

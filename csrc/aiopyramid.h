@@ -1,0 +1,191 @@
+/* Shared declarations of aiopyramid._core: module state, the bridge API
+ * that mappers.c and http.c call, and small compatibility helpers. */
+#ifndef AIOPYRAMID_H
+#define AIOPYRAMID_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+typedef struct {
+    /* types */
+    PyTypeObject *BridgeGreenletType;
+    PyTypeObject *SpawnType;
+    PyTypeObject *DelegateType;
+    PyTypeObject *SynchronizedType;
+    PyTypeObject *CoroutineFunctionType;
+    PyTypeObject *ThreadCallType;
+    PyTypeObject *MappedViewType;
+
+    /* exceptions and objects imported once */
+    PyObject *ScopeError;          /* aiopyramid.exceptions.ScopeError */
+    PyObject *ConfigurationError;  /* pyramid.exceptions.ConfigurationError */
+    PyObject *GreenletExit;
+    PyObject *gr_context_descr;    /* greenlet.gr_context getset descriptor */
+    PyObject *get_running_loop;    /* asyncio._get_running_loop */
+    PyObject *run_coroutine_threadsafe;
+    PyObject *asyncio_run;
+    PyObject *types_coroutine;
+    PyObject *update_wrapper;      /* functools.update_wrapper */
+    PyObject *is_coroutine_marker; /* asyncio.coroutines._is_coroutine, or NULL */
+    PyObject *inspect_marker;      /* inspect._is_coroutine_mark (3.12+), or NULL */
+    PyObject *iscoroutinefunction; /* inspect.iscoroutinefunction */
+    PyObject *request_loop;        /* ContextVar: the loop of the request that
+                                      started an executor thread */
+    PyObject *threadlocal_manager; /* pyramid.threadlocal.manager, or None */
+    PyObject *worker;              /* the run() of every pooled greenlet */
+
+    /* interned strings */
+    PyObject *str_send;
+    PyObject *str_throw;
+    PyObject *str_close;
+    PyObject *str_pool_key;
+    PyObject *str_add_done_callback;
+    PyObject *str_call_soon;
+    PyObject *str_run_in_executor;
+    PyObject *str_blocking;        /* _asyncio_future_blocking */
+    PyObject *str_set_result;
+    PyObject *str_set_exception;
+    PyObject *str_switch;
+    PyObject *str_result;
+    PyObject *str_push;
+    PyObject *str_pop;
+    PyObject *str_registry;
+    PyObject *str_request;
+    PyObject *str_view_attr;       /* __view__ */
+    PyObject *str_call;            /* __call__ */
+    PyObject *str_make_body_seekable;
+
+    Py_ssize_t pool_limit;         /* idle greenlets kept per thread */
+    unsigned long long greenlets_created;
+} modstate;
+
+extern PyModuleDef aiopyramid_module;
+
+static inline modstate *
+state_of_module(PyObject *module)
+{
+    return (modstate *)PyModule_GetState(module);
+}
+
+static inline modstate *
+state_of_type(PyTypeObject *tp)
+{
+    PyObject *mod = PyType_GetModuleByDef(tp, &aiopyramid_module);
+    return mod ? state_of_module(mod) : NULL;
+}
+
+/* Exceptions as single objects, on 3.11 as on 3.12+. */
+static inline PyObject *
+exc_take(void)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyErr_GetRaisedException();
+#else
+    PyObject *t, *v, *tb;
+    PyErr_Fetch(&t, &v, &tb);
+    if (t == NULL)
+        return NULL;
+    PyErr_NormalizeException(&t, &v, &tb);
+    if (tb != NULL && v != NULL)
+        PyException_SetTraceback(v, tb);
+    Py_XDECREF(t);
+    Py_XDECREF(tb);
+    return v;
+#endif
+}
+
+/* Steals exc. */
+static inline void
+exc_restore(PyObject *exc)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(exc);
+#else
+    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(exc)), exc,
+                  PyException_GetTraceback(exc));
+#endif
+}
+
+#if PY_VERSION_HEX < 0x030D0000
+static inline int
+PyObject_GetOptionalAttr(PyObject *obj, PyObject *name, PyObject **result)
+{
+    return _PyObject_LookupAttr(obj, name, result);
+}
+
+static inline int
+PyObject_GetOptionalAttrString(PyObject *obj, const char *name,
+                               PyObject **result)
+{
+    PyObject *n = PyUnicode_FromString(name);
+    if (n == NULL) {
+        *result = NULL;
+        return -1;
+    }
+    int rc = _PyObject_LookupAttr(obj, n, result);
+    Py_DECREF(n);
+    return rc;
+}
+#endif
+
+/* What 'await' accepts: coroutines, generators, objects with __await__. */
+static inline int
+is_awaitable(PyObject *obj)
+{
+    if (PyCoro_CheckExact(obj) || PyGen_Check(obj))
+        return 1;
+    PyAsyncMethods *am = Py_TYPE(obj)->tp_as_async;
+    return am != NULL && am->am_await != NULL;
+}
+
+/* bridge.c: module-init helpers */
+int bridge_init(PyObject *module, modstate *st);
+extern PyMethodDef bridge_methods[];
+
+/* bridge.c: the API for mappers.c and http.c */
+
+/* Drives `awaitable` to completion in the calling greenlet, switching to its
+ * driver only when it suspends.  `in_view` marks the greenlet as running a
+ * coroutine view for the duration (see in_coroutine_view()).  Raises
+ * ScopeError when the caller has no greenlet to suspend and no loop of its
+ * own can be made. */
+PyObject *bridge_await(modstate *st, PyObject *awaitable, int in_view);
+
+/* Runs a coroutine called from plain code outside any request: on a fresh
+ * loop when this thread has none, through the request's loop from an
+ * executor thread, ScopeError on the loop itself. */
+PyObject *bridge_run_outside(modstate *st, PyObject *awaitable, PyObject *name);
+
+/* 1 when the calling greenlet can suspend through the bridge. */
+int bridge_can_suspend(modstate *st);
+
+/* A new spawn awaitable: runs func(*args, **kwargs) in a pooled greenlet
+ * with `context` (NULL: the driver's at the first send). */
+PyObject *bridge_spawn_new(modstate *st, PyObject *func, PyObject *args,
+                           PyObject *kwargs, PyObject *context);
+
+/* Runs a new spawn's job until it first suspends or ends, with no Task:
+ * PYGEN_RETURN/PYGEN_ERROR when it is done; PYGEN_NEXT with what it
+ * yielded (a new ref) when it suspends, in which case a Task made for the
+ * spawn afterwards (loop.create_task(spawn, context=...)) gets that same
+ * yield from its first send(None) and drives the rest. */
+PySendResult bridge_spawn_first(PyObject *spawn, PyObject **result);
+
+/* Is `obj` a coroutine function (async def, generator coroutine, marked)? */
+int bridge_is_coroutine_function(modstate *st, PyObject *obj);
+
+/* loop.run_in_executor(executor, fn(*args, **kwargs)) in a copy of the
+ * caller's contextvars, with the loop recorded for synchronize() and, given
+ * a request, Pyramid's threadlocals pushed in the thread; returns the
+ * future. */
+PyObject *bridge_run_in_executor(modstate *st, PyObject *loop,
+                                 PyObject *executor, PyObject *fn,
+                                 PyObject *args, PyObject *kwargs,
+                                 PyObject *request);
+
+/* mappers.c */
+int mappers_init(PyObject *module, modstate *st);
+extern PyMethodDef mappers_methods[];
+
+#endif

@@ -1,0 +1,2325 @@
+/* The greenlet <-> asyncio bridge.
+ *
+ * spawn_greenlet(func) returns a Spawn: a coroutine whose yields are the raw
+ * yields of func's greenlet.  Code in that greenlet drives coroutines itself
+ * (bridge_await) and switches up to the Spawn's driver only to suspend, with
+ * what the coroutine yielded; the driving Task sends or throws, and the Spawn
+ * switches that back down.  A coroutine that never suspends costs no switch.
+ *
+ * Greenlets come from a per-thread pool: each runs worker(), which takes jobs
+ * from the Spawn that switched into it and parks itself between jobs. */
+#include "aiopyramid.h"
+#include <greenlet/greenlet.h>
+
+/* ------------------------------------------------------------------ */
+/* BridgeGreenlet: greenlet with a pointer to its current job          */
+
+typedef struct Spawn Spawn;
+
+typedef struct {
+    PyGreenlet base;
+    Spawn *job;   /* borrowed: the Spawn outlives its job (see spawn_finalize) */
+    int in_view;  /* driving a coroutine view or synchronized coroutine */
+} BridgeGreenlet;
+
+static int
+bgreenlet_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    return PyGreenlet_Type.tp_traverse(self, visit, arg);
+}
+
+static void
+bgreenlet_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyGreenlet_Type.tp_dealloc(self);
+    Py_DECREF(tp);
+}
+
+static PyType_Slot bgreenlet_slots[] = {
+    {Py_tp_traverse, bgreenlet_traverse},
+    {Py_tp_dealloc, bgreenlet_dealloc},
+    {Py_tp_doc, "A pooled request greenlet of aiopyramid's bridge."},
+    {0, NULL},
+};
+
+static PyType_Spec bgreenlet_spec = {
+    .name = "aiopyramid._core.BridgeGreenlet",
+    .basicsize = sizeof(BridgeGreenlet),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = bgreenlet_slots,
+};
+
+/* ------------------------------------------------------------------ */
+/* Spawn                                                               */
+
+enum { SPAWN_NEW, SPAWN_RUNNING, SPAWN_DONE };
+enum { OUT_YIELDED, OUT_RETURNED, OUT_RAISED };
+
+struct Spawn {
+    PyObject_HEAD
+    PyObject *func, *args, *kwargs; /* the job, until it starts */
+    PyObject *context;              /* contextvars for the job, or NULL */
+    BridgeGreenlet *child;          /* the greenlet running the job */
+    PyObject *driver;               /* greenlet that sent last */
+    PyObject *value;                /* down: sent value; up: yield or result */
+    PyObject *exc;                  /* down: thrown; up: raised */
+    PyObject *pending;              /* yielded by bridge_spawn_first, for the
+                                       Task's first send(None) */
+    int state, outcome;
+};
+
+/* pool: a C stack of idle greenlets in a capsule in the thread's dict */
+typedef struct {
+    Py_ssize_t n, cap;
+    PyObject *items[];
+} pool_t;
+
+static void
+pool_capsule_free(PyObject *capsule)
+{
+    pool_t *p = PyCapsule_GetPointer(capsule, "aiopyramid.pool");
+    if (p == NULL)
+        return;
+    while (p->n > 0)
+        Py_DECREF(p->items[--p->n]);
+    PyMem_Free(p);
+}
+
+static pool_t *
+pool_get(modstate *st)
+{
+    PyObject *d = PyThreadState_GetDict();
+    if (d == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "no thread state dictionary");
+        return NULL;
+    }
+    PyObject *cap = PyDict_GetItemWithError(d, st->str_pool_key);
+    if (cap != NULL)
+        return PyCapsule_GetPointer(cap, "aiopyramid.pool");
+    if (PyErr_Occurred())
+        return NULL;
+    Py_ssize_t cap_n = st->pool_limit > 0 ? st->pool_limit : 1;
+    pool_t *p = PyMem_Malloc(sizeof(pool_t) + cap_n * sizeof(PyObject *));
+    if (p == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    p->n = 0;
+    p->cap = cap_n;
+    cap = PyCapsule_New(p, "aiopyramid.pool", pool_capsule_free);
+    if (cap == NULL) {
+        PyMem_Free(p);
+        return NULL;
+    }
+    int rc = PyDict_SetItem(d, st->str_pool_key, cap);
+    Py_DECREF(cap);
+    return rc < 0 ? NULL : p;
+}
+
+static BridgeGreenlet *
+pool_take(modstate *st)
+{
+    pool_t *p = pool_get(st);
+    if (p == NULL)
+        return NULL;
+    if (p->n > 0)
+        return (BridgeGreenlet *)p->items[--p->n];
+    PyObject *g = PyObject_CallOneArg((PyObject *)st->BridgeGreenletType,
+                                      st->worker);
+    if (g != NULL)
+        st->greenlets_created++;
+    return (BridgeGreenlet *)g;
+}
+
+/* Steals g. */
+static void
+pool_give(modstate *st, BridgeGreenlet *g)
+{
+    PyObject *exc = PyErr_Occurred() ? exc_take() : NULL;
+    pool_t *p = pool_get(st);
+    if (p != NULL && p->n < p->cap && p->n < st->pool_limit) {
+        p->items[p->n++] = (PyObject *)g;
+        g = NULL;
+    }
+    else if (p == NULL) {
+        PyErr_WriteUnraisable(NULL);
+    }
+    Py_XDECREF(g); /* an idle greenlet dies by GreenletExit at its park */
+    if (exc != NULL)
+        exc_restore(exc);
+}
+
+static PyObject *
+current_context(void)
+{
+    PyThreadState *ts = PyThreadState_Get();
+    if (ts->context == NULL) {
+        PyObject *c = PyContext_CopyCurrent(); /* creates the thread's one */
+        if (c == NULL)
+            return NULL;
+        Py_DECREF(c);
+    }
+    return Py_NewRef(ts->context);
+}
+
+static int
+set_greenlet_context(modstate *st, PyObject *g, PyObject *ctx)
+{
+    PyObject *d = st->gr_context_descr;
+    return Py_TYPE(d)->tp_descr_set(d, g, ctx);
+}
+
+PyObject *
+bridge_spawn_new(modstate *st, PyObject *func, PyObject *args,
+                 PyObject *kwargs, PyObject *context)
+{
+    Spawn *self = PyObject_GC_New(Spawn, st->SpawnType);
+    if (self == NULL)
+        return NULL;
+    self->func = Py_NewRef(func);
+    self->args = args ? Py_NewRef(args) : PyTuple_New(0);
+    self->kwargs = Py_XNewRef(kwargs);
+    self->context = Py_XNewRef(context);
+    self->child = NULL;
+    self->driver = NULL;
+    self->value = NULL;
+    self->exc = NULL;
+    self->pending = NULL;
+    self->state = SPAWN_NEW;
+    self->outcome = OUT_YIELDED;
+    PyObject_GC_Track(self);
+    if (self->args == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static void
+spawn_release_child(modstate *st, Spawn *self)
+{
+    BridgeGreenlet *g = self->child;
+    if (g == NULL)
+        return;
+    self->child = NULL;
+    g->job = NULL;
+    /* a job ended by GreenletExit was a kill: its greenlet is not reused */
+    int killed = self->outcome == OUT_RAISED && self->exc != NULL &&
+                 PyErr_GivenExceptionMatches(self->exc, st->GreenletExit);
+    if (!killed && PyGreenlet_ACTIVE((PyGreenlet *)g))
+        pool_give(st, g);
+    else
+        Py_DECREF(g);
+}
+
+/* One step of the job: send `value` (borrowed) or throw `exc` (stolen). */
+static PySendResult
+spawn_step(Spawn *self, PyObject *value, PyObject *exc, PyObject **result)
+{
+    modstate *st = state_of_type(Py_TYPE(self));
+    *result = NULL;
+    if (self->state == SPAWN_DONE) {
+        Py_XDECREF(exc);
+        PyErr_SetString(PyExc_RuntimeError,
+                        "cannot reuse already awaited coroutine");
+        return PYGEN_ERROR;
+    }
+    if (self->pending != NULL) {
+        /* a Task took over after bridge_spawn_first: it sees that yield */
+        if (exc == NULL && value == Py_None) {
+            *result = self->pending;
+            self->pending = NULL;
+            return PYGEN_NEXT;
+        }
+        Py_CLEAR(self->pending);
+    }
+    if (self->state == SPAWN_NEW) {
+        if (exc != NULL) {
+            self->state = SPAWN_DONE;
+            Py_CLEAR(self->func);
+            Py_CLEAR(self->args);
+            Py_CLEAR(self->kwargs);
+            exc_restore(exc);
+            return PYGEN_ERROR;
+        }
+        if (value != Py_None) {
+            PyErr_SetString(PyExc_TypeError,
+                            "can't send non-None value to a just-started "
+                            "coroutine");
+            return PYGEN_ERROR;
+        }
+        BridgeGreenlet *g = pool_take(st);
+        if (g == NULL)
+            return PYGEN_ERROR;
+        /* the job runs in the driver's context (the Task's): greenlet lets
+         * only a running greenlet set its own, so worker() does that */
+        if (self->context == NULL &&
+            (self->context = current_context()) == NULL) {
+            pool_give(st, g);
+            return PYGEN_ERROR;
+        }
+        g->job = self;
+        g->in_view = 0;
+        self->child = g;
+        self->state = SPAWN_RUNNING;
+    }
+
+    PyObject *cur = (PyObject *)PyGreenlet_GetCurrent();
+    if (cur == NULL) {
+        Py_XDECREF(exc);
+        return PYGEN_ERROR;
+    }
+    if (cur != self->driver) {
+        /* the child returns to its driver when killed, as greenlets do */
+        if (PyGreenlet_SetParent((PyGreenlet *)self->child,
+                                 (PyGreenlet *)cur) < 0) {
+            Py_DECREF(cur);
+            Py_XDECREF(exc);
+            return PYGEN_ERROR;
+        }
+        Py_XSETREF(self->driver, cur);
+    }
+    else {
+        Py_DECREF(cur);
+    }
+
+    Py_XSETREF(self->value, exc ? NULL : Py_NewRef(value));
+    Py_XSETREF(self->exc, exc);
+    PyObject *r = PyGreenlet_Switch((PyGreenlet *)self->child, NULL, NULL);
+    if (r == NULL) {
+        /* the switch itself failed (another thread's greenlet, say) or the
+         * child died on a GreenletExit of its own: the job is over */
+        self->outcome = OUT_RAISED;
+        Py_XSETREF(self->exc, exc_take());
+    }
+    else {
+        Py_DECREF(r);
+    }
+    switch (self->outcome) {
+    case OUT_YIELDED:
+        *result = self->value;
+        self->value = NULL;
+        if (*result == NULL)
+            *result = Py_NewRef(Py_None);
+        return PYGEN_NEXT;
+    case OUT_RETURNED:
+        self->state = SPAWN_DONE;
+        spawn_release_child(st, self);
+        *result = self->value;
+        self->value = NULL;
+        Py_CLEAR(self->driver);
+        return PYGEN_RETURN;
+    default:
+        self->state = SPAWN_DONE;
+        spawn_release_child(st, self);
+        Py_CLEAR(self->driver);
+        exc = self->exc;
+        self->exc = NULL;
+        if (exc == NULL)
+            PyErr_SetString(PyExc_SystemError, "greenlet job lost its error");
+        else
+            exc_restore(exc);
+        return PYGEN_ERROR;
+    }
+}
+
+PySendResult
+bridge_spawn_first(PyObject *spawn, PyObject **result)
+{
+    Spawn *self = (Spawn *)spawn;
+    PySendResult r = spawn_step(self, Py_None, NULL, result);
+    if (r == PYGEN_NEXT)
+        self->pending = Py_NewRef(*result);
+    return r;
+}
+
+static PySendResult
+spawn_am_send(PyObject *self, PyObject *arg, PyObject **result)
+{
+    return spawn_step((Spawn *)self, arg, NULL, result);
+}
+
+/* The Python-level protocol on top of a PySendResult. */
+static PyObject *
+send_result_to_python(PySendResult r, PyObject *result)
+{
+    if (r == PYGEN_NEXT)
+        return result;
+    if (r == PYGEN_RETURN) {
+        if (result == Py_None)
+            PyErr_SetNone(PyExc_StopIteration);
+        else
+            PyErr_SetObject(PyExc_StopIteration, result);
+        Py_DECREF(result);
+    }
+    return NULL;
+}
+
+static PyObject *
+spawn_send(PyObject *self, PyObject *arg)
+{
+    PyObject *result;
+    PySendResult r = spawn_step((Spawn *)self, arg, NULL, &result);
+    return send_result_to_python(r, result);
+}
+
+static PyObject *
+spawn_iternext(PyObject *self)
+{
+    PyObject *result;
+    PySendResult r = spawn_step((Spawn *)self, Py_None, NULL, &result);
+    if (r == PYGEN_RETURN && result == Py_None) {
+        Py_DECREF(result);
+        return NULL; /* plain exhaustion */
+    }
+    return send_result_to_python(r, result);
+}
+
+/* throw(exc) / throw(type[, value[, tb]]) to an exception instance */
+static PyObject *
+exception_from_throw_args(PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 3) {
+        PyErr_Format(PyExc_TypeError, "throw expected 1 to 3 arguments, got %zd",
+                     nargs);
+        return NULL;
+    }
+    PyObject *typ = args[0];
+    PyObject *val = nargs > 1 ? args[1] : Py_None;
+    PyObject *tb = nargs > 2 ? args[2] : Py_None;
+    PyObject *exc;
+    if (PyExceptionInstance_Check(typ)) {
+        if (val != Py_None) {
+            PyErr_SetString(PyExc_TypeError,
+                            "instance exception may not have a separate value");
+            return NULL;
+        }
+        exc = Py_NewRef(typ);
+    }
+    else if (PyExceptionClass_Check(typ)) {
+        if (PyExceptionInstance_Check(val))
+            exc = Py_NewRef(val);
+        else if (val == Py_None)
+            exc = PyObject_CallNoArgs(typ);
+        else if (PyTuple_Check(val))
+            exc = PyObject_Call(typ, val, NULL);
+        else
+            exc = PyObject_CallOneArg(typ, val);
+        if (exc == NULL)
+            return NULL;
+    }
+    else {
+        PyErr_Format(PyExc_TypeError,
+                     "exceptions must be classes or instances deriving from "
+                     "BaseException, not %s", Py_TYPE(typ)->tp_name);
+        return NULL;
+    }
+    if (tb != Py_None) {
+        if (!PyTraceBack_Check(tb)) {
+            Py_DECREF(exc);
+            PyErr_SetString(PyExc_TypeError,
+                            "throw() third argument must be a traceback object");
+            return NULL;
+        }
+        PyException_SetTraceback(exc, tb);
+    }
+    return exc;
+}
+
+static PyObject *
+spawn_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *exc = exception_from_throw_args(args, nargs);
+    if (exc == NULL)
+        return NULL;
+    PyObject *result;
+    PySendResult r = spawn_step((Spawn *)self, NULL, exc, &result);
+    return send_result_to_python(r, result);
+}
+
+/* close(): GeneratorExit into the job, as for a native coroutine. */
+static int
+spawn_do_close(Spawn *self)
+{
+    if (self->state != SPAWN_RUNNING) {
+        if (self->state == SPAWN_NEW) {
+            self->state = SPAWN_DONE;
+            Py_CLEAR(self->func);
+            Py_CLEAR(self->args);
+            Py_CLEAR(self->kwargs);
+        }
+        return 0;
+    }
+    PyObject *exc = PyObject_CallNoArgs(PyExc_GeneratorExit);
+    if (exc == NULL)
+        return -1;
+    PyObject *result;
+    PySendResult r = spawn_step(self, NULL, exc, &result);
+    if (r == PYGEN_NEXT) {
+        Py_DECREF(result);
+        PyErr_SetString(PyExc_RuntimeError, "coroutine ignored GeneratorExit");
+        return -1;
+    }
+    if (r == PYGEN_RETURN) {
+        Py_DECREF(result);
+        return 0;
+    }
+    if (PyErr_ExceptionMatches(PyExc_GeneratorExit) ||
+        PyErr_ExceptionMatches(PyExc_StopIteration)) {
+        PyErr_Clear();
+        return 0;
+    }
+    return -1;
+}
+
+static PyObject *
+spawn_close(PyObject *self, PyObject *noargs)
+{
+    if (spawn_do_close((Spawn *)self) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static void
+spawn_finalize(PyObject *self)
+{
+    Spawn *sp = (Spawn *)self;
+    if (sp->state != SPAWN_RUNNING)
+        return;
+    PyObject *saved = PyErr_Occurred() ? exc_take() : NULL;
+    if (spawn_do_close(sp) < 0)
+        PyErr_WriteUnraisable(self);
+    if (sp->state == SPAWN_RUNNING && sp->child != NULL) {
+        /* the job would not end: orphan its greenlet, it can no longer see
+         * this Spawn, and let greenlet kill it */
+        BridgeGreenlet *g = sp->child;
+        sp->child = NULL;
+        g->job = NULL;
+        sp->state = SPAWN_DONE;
+        Py_DECREF(g);
+    }
+    if (saved != NULL)
+        exc_restore(saved);
+}
+
+static int
+spawn_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    Spawn *self = (Spawn *)op;
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(self->func);
+    Py_VISIT(self->args);
+    Py_VISIT(self->kwargs);
+    Py_VISIT(self->context);
+    Py_VISIT((PyObject *)self->child);
+    Py_VISIT(self->driver);
+    Py_VISIT(self->value);
+    Py_VISIT(self->exc);
+    Py_VISIT(self->pending);
+    return 0;
+}
+
+static int
+spawn_clear(PyObject *op)
+{
+    Spawn *self = (Spawn *)op;
+    Py_CLEAR(self->func);
+    Py_CLEAR(self->args);
+    Py_CLEAR(self->kwargs);
+    Py_CLEAR(self->context);
+    if (self->child != NULL) {
+        self->child->job = NULL;
+        Py_CLEAR(self->child);
+    }
+    Py_CLEAR(self->driver);
+    Py_CLEAR(self->value);
+    Py_CLEAR(self->exc);
+    Py_CLEAR(self->pending);
+    return 0;
+}
+
+static void
+spawn_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    if (PyObject_CallFinalizerFromDealloc(op) < 0)
+        return; /* resurrected */
+    PyObject_GC_UnTrack(op);
+    spawn_clear(op);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+spawn_await(PyObject *self)
+{
+    return Py_NewRef(self);
+}
+
+static PyObject *
+spawn_get_name(PyObject *self, void *closure)
+{
+    Spawn *sp = (Spawn *)self;
+    if (sp->func != NULL) {
+        PyObject *name = PyObject_GetAttrString(sp->func, "__qualname__");
+        if (name != NULL)
+            return name;
+        PyErr_Clear();
+    }
+    return PyUnicode_FromString("spawn_greenlet");
+}
+
+static PyObject *
+spawn_get_running(PyObject *self, void *closure)
+{
+    return PyBool_FromLong(((Spawn *)self)->state == SPAWN_RUNNING);
+}
+
+static PyMethodDef spawn_methods[] = {
+    {"send", spawn_send, METH_O, "send(value): resume the greenlet's job."},
+    {"throw", (PyCFunction)(void (*)(void))spawn_throw, METH_FASTCALL,
+     "throw(exc): raise exc where the job is suspended."},
+    {"close", spawn_close, METH_NOARGS, "close(): raise GeneratorExit in the job."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef spawn_getset[] = {
+    {"__name__", spawn_get_name, NULL, NULL, NULL},
+    {"__qualname__", spawn_get_name, NULL, NULL, NULL},
+    {"cr_running", spawn_get_running, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot spawn_slots[] = {
+    {Py_am_await, spawn_await},
+    {Py_am_send, spawn_am_send},
+    {Py_tp_iter, spawn_await},
+    {Py_tp_iternext, spawn_iternext},
+    {Py_tp_methods, spawn_methods},
+    {Py_tp_getset, spawn_getset},
+    {Py_tp_traverse, spawn_traverse},
+    {Py_tp_clear, spawn_clear},
+    {Py_tp_finalize, spawn_finalize},
+    {Py_tp_dealloc, spawn_dealloc},
+    {Py_tp_doc, "What spawn_greenlet() returns: a coroutine running a plain "
+                "function in a pooled greenlet."},
+    {0, NULL},
+};
+
+static PyType_Spec spawn_spec = {
+    .name = "aiopyramid._core.GreenletSpawn",
+    .basicsize = sizeof(Spawn),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = spawn_slots,
+};
+
+/* ------------------------------------------------------------------ */
+/* The pooled greenlets' run()                                          */
+
+static BridgeGreenlet *
+current_bridge(modstate *st)
+{
+    /* borrowed: a running greenlet stays alive while it runs */
+    PyObject *cur = (PyObject *)PyGreenlet_GetCurrent();
+    if (cur == NULL)
+        return NULL;
+    Py_DECREF(cur);
+    return Py_TYPE(cur) == st->BridgeGreenletType ? (BridgeGreenlet *)cur
+                                                  : NULL;
+}
+
+static PyObject *
+worker(PyObject *module, PyObject *unused)
+{
+    modstate *st = state_of_module(module);
+    PyObject *cur = (PyObject *)PyGreenlet_GetCurrent();
+    if (cur == NULL)
+        return NULL;
+    Py_DECREF(cur);
+    BridgeGreenlet *me = (BridgeGreenlet *)cur;
+    for (;;) {
+        Spawn *job = me->job;
+        if (job == NULL) {
+            PyErr_SetString(PyExc_RuntimeError,
+                            "bridge greenlet switched to without a job");
+            return NULL;
+        }
+        PyObject *func = job->func, *args = job->args, *kwargs = job->kwargs;
+        job->func = job->args = job->kwargs = NULL;
+        PyObject *result = NULL, *error = NULL;
+        if (set_greenlet_context(st, cur, job->context) == 0)
+            result = PyObject_Call(func, args, kwargs);
+        if (result == NULL)
+            error = exc_take();
+        Py_DECREF(func);
+        Py_DECREF(args);
+        Py_XDECREF(kwargs);
+        /* clean greenlet-local state for the next job; a parked greenlet
+         * keeps no request's contextvars alive */
+        Py_CLEAR(((PyGreenlet *)me)->dict);
+        if (set_greenlet_context(st, cur, Py_None) < 0)
+            PyErr_WriteUnraisable(cur);
+        me->in_view = 0;
+        job = me->job; /* NULL when the Spawn gave up on this job */
+        if (job == NULL) {
+            Py_XDECREF(result);
+            if (error != NULL)
+                exc_restore(error);
+            else
+                PyErr_SetString(PyExc_RuntimeError, "orphaned bridge job");
+            return NULL;
+        }
+        int killed = 0;
+        if (result != NULL) {
+            job->outcome = OUT_RETURNED;
+            Py_XSETREF(job->value, result);
+        }
+        else {
+            killed = PyErr_GivenExceptionMatches(error, st->GreenletExit);
+            job->outcome = OUT_RAISED;
+            Py_XSETREF(job->exc, error);
+        }
+        if (killed) {
+            /* greenlet returns it to the parent, which is the driver */
+            PyObject *exc = Py_NewRef(job->exc);
+            exc_restore(exc);
+            return NULL;
+        }
+        PyObject *r = PyGreenlet_Switch((PyGreenlet *)job->driver, NULL, NULL);
+        if (r == NULL)
+            return NULL; /* killed while idle: end this greenlet */
+        Py_DECREF(r);
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Driving a coroutine in the calling greenlet                         */
+
+static PyObject *
+running_loop(modstate *st)
+{
+    return PyObject_CallNoArgs(st->get_running_loop);
+}
+
+int
+bridge_can_suspend(modstate *st)
+{
+    PyObject *cur = (PyObject *)PyGreenlet_GetCurrent();
+    if (cur == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    int ok;
+    if (Py_TYPE(cur) == st->BridgeGreenletType &&
+        ((BridgeGreenlet *)cur)->job != NULL)
+        ok = 1;
+    else if (PyGreenlet_MAIN((PyGreenlet *)cur))
+        ok = 0;
+    else {
+        PyObject *loop = running_loop(st);
+        ok = loop != NULL && loop != Py_None;
+        Py_XDECREF(loop);
+        PyErr_Clear();
+    }
+    Py_DECREF(cur);
+    return ok;
+}
+
+static PyObject *
+awaitable_iter(PyObject *aw)
+{
+    if (PyCoro_CheckExact(aw) || PyGen_CheckExact(aw))
+        return Py_NewRef(aw);
+    PyAsyncMethods *am = Py_TYPE(aw)->tp_as_async;
+    if (am != NULL && am->am_await != NULL) {
+        PyObject *it = am->am_await(aw);
+        if (it != NULL && !PyIter_Check(it)) {
+            PyErr_Format(PyExc_TypeError,
+                         "__await__() returned non-iterator of type '%.100s'",
+                         Py_TYPE(it)->tp_name);
+            Py_CLEAR(it);
+        }
+        return it;
+    }
+    if (PyGen_Check(aw))
+        return Py_NewRef(aw);
+    PyErr_Format(PyExc_TypeError,
+                 "object %.100s can't be used in 'await' expression",
+                 Py_TYPE(aw)->tp_name);
+    return NULL;
+}
+
+/* Throws exc (stolen) into iterator `it`; like yield from when `it` has no
+ * throw(): the exception is raised right here. */
+static PySendResult
+iter_throw(modstate *st, PyObject *it, PyObject *exc, PyObject **result)
+{
+    *result = NULL;
+    PyObject *meth;
+    if (PyObject_GetOptionalAttr(it, st->str_throw, &meth) < 0) {
+        Py_DECREF(exc);
+        return PYGEN_ERROR;
+    }
+    if (meth == NULL) {
+        exc_restore(exc);
+        return PYGEN_ERROR;
+    }
+    PyObject *r = PyObject_CallOneArg(meth, exc);
+    Py_DECREF(meth);
+    Py_DECREF(exc);
+    if (r != NULL) {
+        *result = r;
+        return PYGEN_NEXT;
+    }
+    if (PyErr_ExceptionMatches(PyExc_StopIteration)) {
+        PyObject *stop = exc_take();
+        PyObject *v = PyObject_GetAttrString(stop, "value");
+        Py_DECREF(stop);
+        if (v == NULL)
+            return PYGEN_ERROR;
+        *result = v;
+        return PYGEN_RETURN;
+    }
+    return PYGEN_ERROR;
+}
+
+/* Foreign driver (uWSGI): resume this greenlet from a loop callback. */
+static PyObject *
+resume_greenlet(PyObject *g, PyObject *unused)
+{
+    PyObject *r = PyGreenlet_Switch((PyGreenlet *)g, NULL, NULL);
+    if (r == NULL)
+        return NULL;
+    Py_DECREF(r);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef resume_def = {"resume_greenlet", resume_greenlet, METH_O,
+                                 NULL};
+
+static int
+arrange_foreign_resume(modstate *st, PyObject *yielded, PyObject *cur)
+{
+    PyObject *cb = PyCFunction_New(&resume_def, cur);
+    if (cb == NULL)
+        return -1;
+    PyObject *r = NULL;
+    if (yielded == Py_None) {
+        PyObject *loop = running_loop(st);
+        if (loop != NULL)
+            r = PyObject_CallMethodOneArg(loop, st->str_call_soon, cb);
+        Py_XDECREF(loop);
+    }
+    else {
+        PyObject *blocking;
+        if (PyObject_GetOptionalAttr(yielded, st->str_blocking, &blocking) < 0)
+            goto done;
+        if (blocking == NULL || blocking != Py_True) {
+            Py_XDECREF(blocking);
+            PyErr_Format(PyExc_RuntimeError,
+                         "coroutine yielded %R, which is not a future: use "
+                         "'await' or 'yield from', not a bare 'yield'",
+                         yielded);
+            goto done;
+        }
+        Py_DECREF(blocking);
+        if (PyObject_SetAttr(yielded, st->str_blocking, Py_False) < 0)
+            goto done;
+        r = PyObject_CallMethodOneArg(yielded, st->str_add_done_callback, cb);
+    }
+done:
+    Py_DECREF(cb);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* Suspends the calling greenlet with `yielded` (stolen) until resumed.
+ * Returns the value sent (new ref), or NULL with *thrown set to what is to
+ * be thrown into the coroutine. */
+static PyObject *
+suspend(modstate *st, BridgeGreenlet *me, PyObject *cur, PyObject *yielded,
+        PyObject **thrown)
+{
+    *thrown = NULL;
+    if (me != NULL) {
+        Spawn *job = me->job;
+        job->outcome = OUT_YIELDED;
+        Py_XSETREF(job->value, yielded);
+        PyObject *r = PyGreenlet_Switch((PyGreenlet *)job->driver, NULL, NULL);
+        job = me->job;
+        if (r == NULL) {
+            *thrown = exc_take();
+            return NULL;
+        }
+        Py_DECREF(r);
+        if (job == NULL) {
+            PyErr_SetNone(st->GreenletExit);
+            *thrown = exc_take();
+            return NULL;
+        }
+        if (job->exc != NULL) {
+            *thrown = job->exc;
+            job->exc = NULL;
+            return NULL;
+        }
+        PyObject *v = job->value;
+        job->value = NULL;
+        return v ? v : Py_NewRef(Py_None);
+    }
+    /* foreign driver: its main greenlet ignores what we switch to it */
+    int rc = arrange_foreign_resume(st, yielded, cur);
+    Py_DECREF(yielded);
+    if (rc < 0) {
+        *thrown = exc_take();
+        return NULL;
+    }
+    PyGreenlet *parent = PyGreenlet_GetParent((PyGreenlet *)cur);
+    if (parent == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_RuntimeError, "greenlet has no parent");
+        *thrown = exc_take();
+        return NULL;
+    }
+    PyObject *r = PyGreenlet_Switch(parent, NULL, NULL);
+    Py_DECREF(parent);
+    if (r == NULL) {
+        *thrown = exc_take();
+        return NULL;
+    }
+    Py_DECREF(r);
+    return Py_NewRef(Py_None);
+}
+
+static PyObject *
+drive(modstate *st, PyObject *it, BridgeGreenlet *me, PyObject *cur)
+{
+    PyObject *value = Py_NewRef(Py_None), *thrown = NULL, *r;
+    for (;;) {
+        PySendResult sr;
+        if (thrown != NULL) {
+            sr = iter_throw(st, it, thrown, &r);
+            thrown = NULL;
+        }
+        else {
+            sr = PyIter_Send(it, value, &r);
+            Py_DECREF(value);
+        }
+        if (sr == PYGEN_RETURN)
+            return r;
+        if (sr == PYGEN_ERROR)
+            return NULL;
+        value = suspend(st, me, cur, r, &thrown);
+    }
+}
+
+PyObject *
+bridge_await(modstate *st, PyObject *awaitable, int in_view)
+{
+    PyObject *cur = (PyObject *)PyGreenlet_GetCurrent();
+    if (cur == NULL)
+        return NULL;
+    BridgeGreenlet *me = NULL;
+    if (Py_TYPE(cur) == st->BridgeGreenletType &&
+        ((BridgeGreenlet *)cur)->job != NULL) {
+        me = (BridgeGreenlet *)cur;
+    }
+    else if (PyGreenlet_MAIN((PyGreenlet *)cur) || !bridge_can_suspend(st)) {
+        Py_DECREF(cur);
+        return bridge_run_outside(st, awaitable, NULL);
+    }
+    PyObject *it = awaitable_iter(awaitable);
+    if (it == NULL) {
+        Py_DECREF(cur);
+        return NULL;
+    }
+    int prev = 0;
+    if (me != NULL) {
+        prev = me->in_view;
+        me->in_view = in_view;
+    }
+    PyObject *r = drive(st, it, me, cur);
+    if (me != NULL && me->job != NULL)
+        me->in_view = prev;
+    Py_DECREF(it);
+    Py_DECREF(cur);
+    return r;
+}
+
+/* ------------------------------------------------------------------ */
+/* Delegate: a coroutine object around another awaitable               */
+
+enum { DL_NEW, DL_RUNNING, DL_DONE };
+enum { DL_ITER, DL_VALUE, DL_CALL, DL_EXECUTOR };
+
+typedef struct {
+    PyObject_HEAD
+    int state, kind;
+    PyObject *it;            /* the awaitable's iterator, once running */
+    PyObject *value;         /* DL_VALUE: the result */
+    PyObject *func, *args, *kwargs; /* DL_CALL, DL_EXECUTOR: what to start */
+    PyObject *executor;      /* DL_EXECUTOR */
+    PyObject *future, *back; /* run_in_greenlet: report to future, switch back */
+} Delegate;
+
+static Delegate *
+delegate_new(modstate *st, int kind)
+{
+    Delegate *d = PyObject_GC_New(Delegate, st->DelegateType);
+    if (d == NULL)
+        return NULL;
+    d->state = DL_NEW;
+    d->kind = kind;
+    d->it = d->value = d->func = d->args = d->kwargs = NULL;
+    d->executor = d->future = d->back = NULL;
+    PyObject_GC_Track(d);
+    return d;
+}
+
+/* Wraps any awaitable so asyncio.iscoroutine() accepts it. */
+static PyObject *
+as_coroutine(modstate *st, PyObject *aw)
+{
+    if (PyCoro_CheckExact(aw) || Py_TYPE(aw) == st->SpawnType ||
+        Py_TYPE(aw) == st->DelegateType)
+        return Py_NewRef(aw);
+    PyObject *it = awaitable_iter(aw);
+    if (it == NULL)
+        return NULL;
+    Delegate *d = delegate_new(st, DL_ITER);
+    if (d == NULL) {
+        Py_DECREF(it);
+        return NULL;
+    }
+    d->it = it;
+    return (PyObject *)d;
+}
+
+static PyObject *
+delegate_start(modstate *st, Delegate *self)
+{
+    PyObject *started;
+    switch (self->kind) {
+    case DL_VALUE:
+        return NULL;
+    case DL_CALL:
+        started = PyObject_Call(self->func, self->args, self->kwargs);
+        break;
+    case DL_EXECUTOR: {
+        PyObject *loop = running_loop(st);
+        if (loop == NULL)
+            return NULL;
+        if (loop == Py_None) {
+            Py_DECREF(loop);
+            PyErr_SetString(PyExc_RuntimeError,
+                            "a use_executor coroutine must be awaited on a "
+                            "running event loop");
+            return NULL;
+        }
+        started = bridge_run_in_executor(st, loop, self->executor,
+                                         self->func, self->args,
+                                         self->kwargs, NULL);
+        Py_DECREF(loop);
+        break;
+    }
+    default:
+        PyErr_SetString(PyExc_SystemError, "delegate has nothing to start");
+        return NULL;
+    }
+    Py_CLEAR(self->func);
+    Py_CLEAR(self->args);
+    Py_CLEAR(self->kwargs);
+    Py_CLEAR(self->executor);
+    return started;
+}
+
+/* run_in_greenlet's end: report to the future, then switch back. */
+static PySendResult
+delegate_report(modstate *st, Delegate *self, PySendResult sr,
+                PyObject **result)
+{
+    PyObject *future = self->future, *back = self->back;
+    self->future = self->back = NULL;
+    PyObject *r = NULL;
+    if (sr == PYGEN_RETURN) {
+        r = PyObject_CallMethodOneArg(future, st->str_set_result, *result);
+        Py_CLEAR(*result);
+    }
+    else if (PyErr_ExceptionMatches(PyExc_Exception)) {
+        PyObject *exc = exc_take();
+        r = PyObject_CallMethodOneArg(future, st->str_set_exception, exc);
+        Py_DECREF(exc);
+    }
+    else {
+        /* BaseException: still switch back, as the original's finally did */
+        PyObject *exc = exc_take();
+        r = PyObject_CallMethodOneArg(future, st->str_set_exception, exc);
+        Py_DECREF(exc);
+    }
+    Py_DECREF(future);
+    if (r == NULL) {
+        Py_DECREF(back);
+        return PYGEN_ERROR;
+    }
+    Py_DECREF(r);
+    r = PyGreenlet_Switch((PyGreenlet *)back, NULL, NULL);
+    Py_DECREF(back);
+    if (r == NULL)
+        return PYGEN_ERROR;
+    *result = r;
+    return PYGEN_RETURN;
+}
+
+static PySendResult
+delegate_step(Delegate *self, PyObject *value, PyObject *exc, PyObject **result)
+{
+    modstate *st = state_of_type(Py_TYPE(self));
+    PySendResult sr;
+    *result = NULL;
+    if (self->state == DL_DONE) {
+        Py_XDECREF(exc);
+        PyErr_SetString(PyExc_RuntimeError,
+                        "cannot reuse already awaited coroutine");
+        return PYGEN_ERROR;
+    }
+    if (self->state == DL_NEW) {
+        if (exc == NULL && value != Py_None) {
+            PyErr_SetString(PyExc_TypeError,
+                            "can't send non-None value to a just-started "
+                            "coroutine");
+            return PYGEN_ERROR;
+        }
+        self->state = DL_RUNNING;
+        if (exc != NULL) {
+            exc_restore(exc);
+            sr = PYGEN_ERROR;
+            goto finished;
+        }
+        if (self->kind == DL_VALUE) {
+            *result = self->value;
+            self->value = NULL;
+            sr = PYGEN_RETURN;
+            goto finished;
+        }
+        if (self->it == NULL) {
+            PyObject *started = delegate_start(st, self);
+            if (started == NULL) {
+                sr = PYGEN_ERROR;
+                goto finished;
+            }
+            if (!is_awaitable(started)) {
+                *result = started;
+                sr = PYGEN_RETURN;
+                goto finished;
+            }
+            self->it = awaitable_iter(started);
+            Py_DECREF(started);
+            if (self->it == NULL) {
+                sr = PYGEN_ERROR;
+                goto finished;
+            }
+        }
+    }
+    if (exc != NULL)
+        sr = iter_throw(st, self->it, exc, result);
+    else
+        sr = PyIter_Send(self->it, value, result);
+    if (sr == PYGEN_NEXT)
+        return sr;
+finished:
+    self->state = DL_DONE;
+    Py_CLEAR(self->it);
+    if (self->future != NULL)
+        sr = delegate_report(st, self, sr, result);
+    return sr;
+}
+
+static PySendResult
+delegate_am_send(PyObject *self, PyObject *arg, PyObject **result)
+{
+    return delegate_step((Delegate *)self, arg, NULL, result);
+}
+
+static PyObject *
+delegate_send(PyObject *self, PyObject *arg)
+{
+    PyObject *result;
+    PySendResult r = delegate_step((Delegate *)self, arg, NULL, &result);
+    return send_result_to_python(r, result);
+}
+
+static PyObject *
+delegate_iternext(PyObject *self)
+{
+    PyObject *result;
+    PySendResult r = delegate_step((Delegate *)self, Py_None, NULL, &result);
+    if (r == PYGEN_RETURN && result == Py_None) {
+        Py_DECREF(result);
+        return NULL;
+    }
+    return send_result_to_python(r, result);
+}
+
+static PyObject *
+delegate_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *exc = exception_from_throw_args(args, nargs);
+    if (exc == NULL)
+        return NULL;
+    PyObject *result;
+    PySendResult r = delegate_step((Delegate *)self, NULL, exc, &result);
+    return send_result_to_python(r, result);
+}
+
+static PyObject *
+delegate_close(PyObject *op, PyObject *noargs)
+{
+    Delegate *self = (Delegate *)op;
+    modstate *st = state_of_type(Py_TYPE(op));
+    if (self->state == DL_RUNNING && self->it != NULL) {
+        PyObject *meth;
+        if (PyObject_GetOptionalAttr(self->it, st->str_close, &meth) < 0)
+            return NULL;
+        if (meth != NULL) {
+            PyObject *r = PyObject_CallNoArgs(meth);
+            Py_DECREF(meth);
+            if (r == NULL)
+                return NULL;
+            Py_DECREF(r);
+        }
+    }
+    self->state = DL_DONE;
+    Py_CLEAR(self->it);
+    Py_RETURN_NONE;
+}
+
+static int
+delegate_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    Delegate *self = (Delegate *)op;
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(self->it);
+    Py_VISIT(self->value);
+    Py_VISIT(self->func);
+    Py_VISIT(self->args);
+    Py_VISIT(self->kwargs);
+    Py_VISIT(self->executor);
+    Py_VISIT(self->future);
+    Py_VISIT(self->back);
+    return 0;
+}
+
+static int
+delegate_clear(PyObject *op)
+{
+    Delegate *self = (Delegate *)op;
+    Py_CLEAR(self->it);
+    Py_CLEAR(self->value);
+    Py_CLEAR(self->func);
+    Py_CLEAR(self->args);
+    Py_CLEAR(self->kwargs);
+    Py_CLEAR(self->executor);
+    Py_CLEAR(self->future);
+    Py_CLEAR(self->back);
+    return 0;
+}
+
+static void
+delegate_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    delegate_clear(op);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef delegate_methods[] = {
+    {"send", delegate_send, METH_O, NULL},
+    {"throw", (PyCFunction)(void (*)(void))delegate_throw, METH_FASTCALL, NULL},
+    {"close", delegate_close, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot delegate_slots[] = {
+    {Py_am_await, spawn_await},
+    {Py_am_send, delegate_am_send},
+    {Py_tp_iter, spawn_await},
+    {Py_tp_iternext, delegate_iternext},
+    {Py_tp_methods, delegate_methods},
+    {Py_tp_traverse, delegate_traverse},
+    {Py_tp_clear, delegate_clear},
+    {Py_tp_dealloc, delegate_dealloc},
+    {Py_tp_doc, "A coroutine that awaits another awaitable."},
+    {0, NULL},
+};
+
+static PyType_Spec delegate_spec = {
+    .name = "aiopyramid._core.Coroutine",
+    .basicsize = sizeof(Delegate),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = delegate_slots,
+};
+
+/* ------------------------------------------------------------------ */
+/* Running a coroutine from plain code with no greenlet to suspend     */
+
+static void
+close_quietly(modstate *st, PyObject *aw)
+{
+    PyObject *meth;
+    PyObject *saved = PyErr_Occurred() ? exc_take() : NULL;
+    if (PyObject_GetOptionalAttr(aw, st->str_close, &meth) > 0) {
+        PyObject *r = PyObject_CallNoArgs(meth);
+        Py_XDECREF(r);
+        Py_DECREF(meth);
+    }
+    PyErr_Clear();
+    if (saved != NULL)
+        exc_restore(saved);
+}
+
+static PyObject *
+scope_error(modstate *st, PyObject *aw, PyObject *name)
+{
+    close_quietly(st, aw);
+    PyErr_Format(st->ScopeError,
+                 "%R was called on the event loop itself, where no greenlet "
+                 "can be suspended: await the coroutine directly instead of "
+                 "calling it synchronized, or run the plain code that calls "
+                 "it with 'await aiopyramid.helpers.spawn_greenlet(func, "
+                 "*args)'",
+                 name ? name : aw);
+    return NULL;
+}
+
+PyObject *
+bridge_run_outside(modstate *st, PyObject *aw, PyObject *name)
+{
+    PyObject *loop = running_loop(st);
+    if (loop == NULL)
+        return NULL;
+    if (loop != Py_None) {
+        Py_DECREF(loop);
+        return scope_error(st, aw, name);
+    }
+    Py_DECREF(loop);
+    PyObject *coro = as_coroutine(st, aw);
+    if (coro == NULL)
+        return NULL;
+    PyObject *request_loop = NULL, *r = NULL;
+    if (PyContextVar_Get(st->request_loop, NULL, &request_loop) < 0)
+        goto done;
+    if (request_loop != NULL) {
+        /* an executor thread of a request: block only this thread */
+        PyObject *cf = PyObject_CallFunctionObjArgs(
+            st->run_coroutine_threadsafe, coro, request_loop, NULL);
+        if (cf != NULL) {
+            r = PyObject_CallMethodNoArgs(cf, st->str_result);
+            Py_DECREF(cf);
+        }
+    }
+    else {
+        /* no loop at all (a unit test, a script): run it on a fresh one */
+        r = PyObject_CallOneArg(st->asyncio_run, coro);
+    }
+done:
+    Py_XDECREF(request_loop);
+    Py_DECREF(coro);
+    return r;
+}
+
+/* ------------------------------------------------------------------ */
+/* Coroutine function detection                                         */
+
+static int
+has_marker(modstate *st, PyObject *obj)
+{
+    static const char *names[] = {"_is_coroutine", "_is_coroutine_marker"};
+    PyObject *markers[] = {st->is_coroutine_marker, st->inspect_marker};
+    for (int i = 0; i < 2; i++) {
+        if (markers[i] == NULL)
+            continue;
+        PyObject *v;
+        if (PyObject_GetOptionalAttrString(obj, names[i], &v) < 0)
+            return -1;
+        if (v != NULL) {
+            int hit = v == markers[i];
+            Py_DECREF(v);
+            if (hit)
+                return 1;
+        }
+    }
+    return 0;
+}
+
+int
+bridge_is_coroutine_function(modstate *st, PyObject *obj)
+{
+    if (Py_TYPE(obj) == st->CoroutineFunctionType)
+        return 1;
+    if (Py_TYPE(obj) == st->SynchronizedType)
+        return 0;
+    PyObject *f = obj;
+    while (PyMethod_Check(f))
+        f = PyMethod_GET_FUNCTION(f);
+    if (PyFunction_Check(f)) {
+        PyCodeObject *code = (PyCodeObject *)PyFunction_GET_CODE(f);
+        if (code->co_flags & (CO_COROUTINE | CO_ITERABLE_COROUTINE))
+            return 1;
+        if (code->co_flags & CO_GENERATOR)
+            return 1; /* a seed-style generator coroutine */
+    }
+    int m = has_marker(st, obj);
+    if (m != 0)
+        return m;
+    if (f != obj && (m = has_marker(st, f)) != 0)
+        return m;
+    PyObject *r = PyObject_CallOneArg(st->iscoroutinefunction, obj);
+    if (r == NULL)
+        return -1;
+    int truth = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    return truth;
+}
+
+/* ------------------------------------------------------------------ */
+/* Synchronized                                                         */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *func;
+    PyObject *dict;
+    PyObject *weakreflist;
+    vectorcallfunc vectorcall;
+    int strict;
+} Synchronized;
+
+static PyObject *
+sync_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
+                PyObject *kwnames)
+{
+    Synchronized *self = (Synchronized *)op;
+    modstate *st = state_of_type(Py_TYPE(op));
+    PyObject *cur = (PyObject *)PyGreenlet_GetCurrent();
+    if (cur == NULL)
+        return NULL;
+    Py_DECREF(cur); /* borrowed: it is running */
+    PyObject *aw = PyObject_Vectorcall(self->func, args, nargsf, kwnames);
+    if (aw == NULL || !is_awaitable(aw))
+        return aw; /* a plain function's result, as is */
+    PyObject *r;
+    if (Py_TYPE(cur) == st->BridgeGreenletType &&
+        ((BridgeGreenlet *)cur)->job != NULL) {
+        /* the fast path: drive it right here */
+        BridgeGreenlet *me = (BridgeGreenlet *)cur;
+        PyObject *it = awaitable_iter(aw);
+        Py_DECREF(aw);
+        if (it == NULL)
+            return NULL;
+        Py_INCREF(cur);
+        int prev = me->in_view;
+        me->in_view = 1;
+        r = drive(st, it, me, cur);
+        if (me->job != NULL)
+            me->in_view = prev;
+        Py_DECREF(it);
+        Py_DECREF(cur);
+        return r;
+    }
+    if (bridge_can_suspend(st)) {
+        r = bridge_await(st, aw, 1);
+        Py_DECREF(aw);
+        return r;
+    }
+    if (!self->strict) {
+        /* the original's strict=False: hand the coroutine back to a caller
+         * that is on the loop or has none, so it can be awaited */
+        PyObject *request_loop = NULL;
+        if (PyContextVar_Get(st->request_loop, NULL, &request_loop) < 0) {
+            Py_DECREF(aw);
+            return NULL;
+        }
+        if (request_loop == NULL)
+            return aw;
+        Py_DECREF(request_loop);
+    }
+    r = bridge_run_outside(st, aw, self->func);
+    Py_DECREF(aw);
+    return r;
+}
+
+static PyObject *
+sync_descr_get(PyObject *self, PyObject *obj, PyObject *type)
+{
+    if (obj == NULL || obj == Py_None)
+        return Py_NewRef(self);
+    return PyMethod_New(self, obj);
+}
+
+static PyObject *
+sync_repr(PyObject *op)
+{
+    return PyUnicode_FromFormat("<synchronized %R>", ((Synchronized *)op)->func);
+}
+
+static int
+sync_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    Synchronized *self = (Synchronized *)op;
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(self->func);
+    Py_VISIT(self->dict);
+    return 0;
+}
+
+static int
+sync_clear(PyObject *op)
+{
+    Synchronized *self = (Synchronized *)op;
+    Py_CLEAR(self->func);
+    Py_CLEAR(self->dict);
+    return 0;
+}
+
+static void
+sync_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    if (((Synchronized *)op)->weakreflist != NULL)
+        PyObject_ClearWeakRefs(op);
+    sync_clear(op);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static PyGetSetDef sync_dict_getset[] = {
+    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef sync_members[] = {
+    {"__dictoffset__", T_PYSSIZET, offsetof(Synchronized, dict), READONLY},
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(Synchronized, weakreflist),
+     READONLY},
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(Synchronized, vectorcall),
+     READONLY},
+    {"strict", T_INT, offsetof(Synchronized, strict), READONLY},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot sync_slots[] = {
+    {Py_tp_call, PyVectorcall_Call},
+    {Py_tp_descr_get, sync_descr_get},
+    {Py_tp_repr, sync_repr},
+    {Py_tp_members, sync_members},
+    {Py_tp_getset, sync_dict_getset},
+    {Py_tp_traverse, sync_traverse},
+    {Py_tp_clear, sync_clear},
+    {Py_tp_dealloc, sync_dealloc},
+    {Py_tp_doc, "A coroutine function made callable from plain code."},
+    {0, NULL},
+};
+
+static PyType_Spec sync_spec = {
+    .name = "aiopyramid._core.Synchronized",
+    .basicsize = sizeof(Synchronized),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
+             Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_HAVE_VECTORCALL |
+             Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .slots = sync_slots,
+};
+
+static int
+copy_wrapper_attrs(modstate *st, PyObject *wrapper, PyObject *wrapped)
+{
+    PyObject *r = PyObject_CallFunctionObjArgs(st->update_wrapper, wrapper,
+                                               wrapped, NULL);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+static PyObject *
+make_synchronized(modstate *st, PyObject *func, int strict)
+{
+    if (!PyCallable_Check(func)) {
+        PyErr_Format(PyExc_TypeError,
+                     "synchronize() expects a coroutine function, got %R", func);
+        return NULL;
+    }
+    if (strict) {
+        int is_coro = bridge_is_coroutine_function(st, func);
+        if (is_coro < 0)
+            return NULL;
+        if (!is_coro) {
+            PyErr_Format(st->ConfigurationError,
+                         "Attempted to synchronize a non-coroutine %R: "
+                         "decorate an 'async def' (or generator coroutine) "
+                         "function, or pass strict=False",
+                         func);
+            return NULL;
+        }
+    }
+    Synchronized *self = PyObject_GC_New(Synchronized, st->SynchronizedType);
+    if (self == NULL)
+        return NULL;
+    self->func = Py_NewRef(func);
+    self->dict = NULL;
+    self->weakreflist = NULL;
+    self->vectorcall = sync_vectorcall;
+    self->strict = strict;
+    PyObject_GC_Track(self);
+    if (copy_wrapper_attrs(st, (PyObject *)self, func) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+/* synchronize(func) or synchronize(strict=...)(func) */
+static PyObject *
+synchronize_partial(PyObject *strict, PyObject *func)
+{
+    PyObject *mod = PyImport_ImportModule("aiopyramid._core");
+    if (mod == NULL)
+        return NULL;
+    modstate *st = state_of_module(mod);
+    int s = PyObject_IsTrue(strict);
+    PyObject *r = s < 0 ? NULL : make_synchronized(st, func, s);
+    Py_DECREF(mod);
+    return r;
+}
+
+static PyMethodDef synchronize_partial_def = {
+    "synchronize", synchronize_partial, METH_O,
+    "Decorator made by synchronize(strict=...)."};
+
+static PyObject *
+synchronize(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"func", "strict", NULL};
+    PyObject *func = NULL;
+    int strict = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O$p:synchronize", kwlist,
+                                     &func, &strict))
+        return NULL;
+    if (func != NULL)
+        return make_synchronized(state_of_module(module), func, strict);
+    return PyCFunction_New(&synchronize_partial_def,
+                           strict ? Py_True : Py_False);
+}
+
+/* ------------------------------------------------------------------ */
+/* CoroutineFunction: coroutine(plain callable) and use_executor        */
+
+enum { CF_CALL, CF_EXECUTOR };
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *func;
+    PyObject *executor;
+    PyObject *dict;
+    PyObject *weakreflist;
+    vectorcallfunc vectorcall;
+    int kind;
+} CoroutineFunction;
+
+static PyObject *
+cf_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
+              PyObject *kwnames)
+{
+    CoroutineFunction *self = (CoroutineFunction *)op;
+    modstate *st = state_of_type(Py_TYPE(op));
+    Delegate *d = delegate_new(st, self->kind == CF_EXECUTOR ? DL_EXECUTOR
+                                                             : DL_CALL);
+    if (d == NULL)
+        return NULL;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    d->func = Py_NewRef(self->func);
+    d->executor = Py_XNewRef(self->executor);
+    d->args = PyTuple_New(nargs);
+    if (d->args == NULL)
+        goto error;
+    for (Py_ssize_t i = 0; i < nargs; i++)
+        PyTuple_SET_ITEM(d->args, i, Py_NewRef(args[i]));
+    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames)) {
+        d->kwargs = PyDict_New();
+        if (d->kwargs == NULL)
+            goto error;
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++)
+            if (PyDict_SetItem(d->kwargs, PyTuple_GET_ITEM(kwnames, i),
+                               args[nargs + i]) < 0)
+                goto error;
+    }
+    return (PyObject *)d;
+error:
+    Py_DECREF(d);
+    return NULL;
+}
+
+static PyObject *
+cf_descr_get(PyObject *self, PyObject *obj, PyObject *type)
+{
+    if (obj == NULL || obj == Py_None)
+        return Py_NewRef(self);
+    return PyMethod_New(self, obj);
+}
+
+static PyObject *
+cf_repr(PyObject *op)
+{
+    CoroutineFunction *self = (CoroutineFunction *)op;
+    return PyUnicode_FromFormat(self->kind == CF_EXECUTOR
+                                    ? "<use_executor %R>"
+                                    : "<coroutine %R>",
+                                self->func);
+}
+
+static int
+cf_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    CoroutineFunction *self = (CoroutineFunction *)op;
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(self->func);
+    Py_VISIT(self->executor);
+    Py_VISIT(self->dict);
+    return 0;
+}
+
+static int
+cf_clear(PyObject *op)
+{
+    CoroutineFunction *self = (CoroutineFunction *)op;
+    Py_CLEAR(self->func);
+    Py_CLEAR(self->executor);
+    Py_CLEAR(self->dict);
+    return 0;
+}
+
+static void
+cf_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    if (((CoroutineFunction *)op)->weakreflist != NULL)
+        PyObject_ClearWeakRefs(op);
+    cf_clear(op);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static PyGetSetDef cf_dict_getset[] = {
+    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef cf_members[] = {
+    {"__dictoffset__", T_PYSSIZET, offsetof(CoroutineFunction, dict), READONLY},
+    {"__weaklistoffset__", T_PYSSIZET,
+     offsetof(CoroutineFunction, weakreflist), READONLY},
+    {"__vectorcalloffset__", T_PYSSIZET,
+     offsetof(CoroutineFunction, vectorcall), READONLY},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot cf_slots[] = {
+    {Py_tp_call, PyVectorcall_Call},
+    {Py_tp_descr_get, cf_descr_get},
+    {Py_tp_repr, cf_repr},
+    {Py_tp_members, cf_members},
+    {Py_tp_getset, cf_dict_getset},
+    {Py_tp_traverse, cf_traverse},
+    {Py_tp_clear, cf_clear},
+    {Py_tp_dealloc, cf_dealloc},
+    {Py_tp_doc, "A coroutine function around a plain callable."},
+    {0, NULL},
+};
+
+static PyType_Spec cf_spec = {
+    .name = "aiopyramid._core.CoroutineFunction",
+    .basicsize = sizeof(CoroutineFunction),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
+             Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_HAVE_VECTORCALL |
+             Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .slots = cf_slots,
+};
+
+static int
+mark_coroutine_function(modstate *st, PyObject *obj)
+{
+    if (st->is_coroutine_marker != NULL &&
+        PyObject_SetAttrString(obj, "_is_coroutine", st->is_coroutine_marker) < 0)
+        return -1;
+    if (st->inspect_marker != NULL &&
+        PyObject_SetAttrString(obj, "_is_coroutine_marker",
+                               st->inspect_marker) < 0)
+        return -1;
+    return 0;
+}
+
+static PyObject *
+make_coroutine_function(modstate *st, PyObject *func, PyObject *executor,
+                        int kind)
+{
+    if (!PyCallable_Check(func)) {
+        PyErr_Format(PyExc_TypeError, "expected a callable, got %R", func);
+        return NULL;
+    }
+    CoroutineFunction *self =
+        PyObject_GC_New(CoroutineFunction, st->CoroutineFunctionType);
+    if (self == NULL)
+        return NULL;
+    self->func = Py_NewRef(func);
+    self->executor = Py_XNewRef(executor == Py_None ? NULL : executor);
+    self->dict = NULL;
+    self->weakreflist = NULL;
+    self->vectorcall = cf_vectorcall;
+    self->kind = kind;
+    PyObject_GC_Track(self);
+    if (copy_wrapper_attrs(st, (PyObject *)self, func) < 0 ||
+        mark_coroutine_function(st, (PyObject *)self) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static int
+is_generator_function(PyObject *obj)
+{
+    while (PyMethod_Check(obj))
+        obj = PyMethod_GET_FUNCTION(obj);
+    return PyFunction_Check(obj) &&
+           (((PyCodeObject *)PyFunction_GET_CODE(obj))->co_flags & CO_GENERATOR);
+}
+
+static int
+is_native_coroutine_function(PyObject *obj)
+{
+    while (PyMethod_Check(obj))
+        obj = PyMethod_GET_FUNCTION(obj);
+    return PyFunction_Check(obj) &&
+           (((PyCodeObject *)PyFunction_GET_CODE(obj))->co_flags & CO_COROUTINE);
+}
+
+static PyObject *
+coroutine(PyObject *module, PyObject *func)
+{
+    modstate *st = state_of_module(module);
+    if (is_native_coroutine_function(func) ||
+        Py_TYPE(func) == st->CoroutineFunctionType)
+        return Py_NewRef(func);
+    if (is_generator_function(func)) {
+        /* lets the generator 'yield from' native coroutines (types.coroutine
+         * sets CO_ITERABLE_COROUTINE on its code) */
+        PyObject *r = PyObject_CallOneArg(st->types_coroutine, func);
+        if (r == NULL)
+            return NULL;
+        if (r == func && mark_coroutine_function(st, r) < 0) {
+            Py_DECREF(r);
+            return NULL;
+        }
+        return r;
+    }
+    return make_coroutine_function(st, func, NULL, CF_CALL);
+}
+
+static PyObject *
+use_executor_partial(PyObject *executor, PyObject *func)
+{
+    PyObject *mod = PyImport_ImportModule("aiopyramid._core");
+    if (mod == NULL)
+        return NULL;
+    PyObject *r = make_coroutine_function(state_of_module(mod), func,
+                                          executor, CF_EXECUTOR);
+    Py_DECREF(mod);
+    return r;
+}
+
+static PyMethodDef use_executor_partial_def = {
+    "use_executor", use_executor_partial, METH_O,
+    "Decorator made by use_executor(executor=...)."};
+
+static PyObject *
+use_executor(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"func", "executor", NULL};
+    PyObject *func = NULL, *executor = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O$O:use_executor", kwlist,
+                                     &func, &executor))
+        return NULL;
+    if (func != NULL)
+        return make_coroutine_function(state_of_module(module), func, executor,
+                                       CF_EXECUTOR);
+    return PyCFunction_New(&use_executor_partial_def, executor);
+}
+
+/* ------------------------------------------------------------------ */
+/* ThreadCall: what an executor thread runs                             */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *ctx, *loop, *fn, *args, *kwargs, *request;
+} ThreadCall;
+
+static PyObject *
+threadcall_call(PyObject *op, PyObject *args, PyObject *kwargs)
+{
+    ThreadCall *self = (ThreadCall *)op;
+    modstate *st = state_of_type(Py_TYPE(op));
+    PyObject *manager = NULL, *pushed = NULL, *token = NULL, *r = NULL;
+    if (PyContext_Enter(self->ctx) < 0)
+        return NULL;
+    token = PyContextVar_Set(st->request_loop, self->loop);
+    if (token == NULL)
+        goto done;
+    if (self->request != NULL && self->request != Py_None) {
+        /* Pyramid's threadlocals for this thread: get_current_request() */
+        PyObject *tl = PyImport_ImportModule("pyramid.threadlocal");
+        if (tl == NULL)
+            goto done;
+        manager = PyObject_GetAttrString(tl, "manager");
+        Py_DECREF(tl);
+        if (manager == NULL)
+            goto done;
+        PyObject *registry = PyObject_GetAttr(self->request, st->str_registry);
+        if (registry == NULL)
+            goto done;
+        PyObject *info = Py_BuildValue("{OOOO}", st->str_registry, registry,
+                                       st->str_request, self->request);
+        Py_DECREF(registry);
+        if (info == NULL)
+            goto done;
+        pushed = PyObject_CallMethodOneArg(manager, st->str_push, info);
+        Py_DECREF(info);
+        if (pushed == NULL)
+            goto done;
+    }
+    r = PyObject_Call(self->fn, self->args, self->kwargs);
+    if (pushed != NULL) {
+        PyObject *exc = r == NULL ? exc_take() : NULL;
+        PyObject *p = PyObject_CallMethodNoArgs(manager, st->str_pop);
+        if (p == NULL)
+            Py_CLEAR(r);
+        Py_XDECREF(p);
+        if (exc != NULL)
+            exc_restore(exc);
+    }
+done:
+    Py_XDECREF(pushed);
+    Py_XDECREF(manager);
+    Py_XDECREF(token);
+    if (PyContext_Exit(self->ctx) < 0)
+        Py_CLEAR(r);
+    return r;
+}
+
+static int
+threadcall_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    ThreadCall *self = (ThreadCall *)op;
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(self->ctx);
+    Py_VISIT(self->loop);
+    Py_VISIT(self->fn);
+    Py_VISIT(self->args);
+    Py_VISIT(self->kwargs);
+    Py_VISIT(self->request);
+    return 0;
+}
+
+static int
+threadcall_clear(PyObject *op)
+{
+    ThreadCall *self = (ThreadCall *)op;
+    Py_CLEAR(self->ctx);
+    Py_CLEAR(self->loop);
+    Py_CLEAR(self->fn);
+    Py_CLEAR(self->args);
+    Py_CLEAR(self->kwargs);
+    Py_CLEAR(self->request);
+    return 0;
+}
+
+static void
+threadcall_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    threadcall_clear(op);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static PyType_Slot threadcall_slots[] = {
+    {Py_tp_call, threadcall_call},
+    {Py_tp_traverse, threadcall_traverse},
+    {Py_tp_clear, threadcall_clear},
+    {Py_tp_dealloc, threadcall_dealloc},
+    {0, NULL},
+};
+
+static PyType_Spec threadcall_spec = {
+    .name = "aiopyramid._core.ThreadCall",
+    .basicsize = sizeof(ThreadCall),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = threadcall_slots,
+};
+
+PyObject *
+bridge_run_in_executor(modstate *st, PyObject *loop, PyObject *executor,
+                       PyObject *fn, PyObject *args, PyObject *kwargs,
+                       PyObject *request)
+{
+    ThreadCall *call = PyObject_GC_New(ThreadCall, st->ThreadCallType);
+    if (call == NULL)
+        return NULL;
+    call->ctx = PyContext_CopyCurrent();
+    call->loop = Py_NewRef(loop);
+    call->fn = Py_NewRef(fn);
+    call->args = Py_NewRef(args);
+    call->kwargs = Py_XNewRef(kwargs);
+    call->request = Py_XNewRef(request);
+    PyObject_GC_Track(call);
+    if (call->ctx == NULL) {
+        Py_DECREF(call);
+        return NULL;
+    }
+    PyObject *margs[] = {loop, executor ? executor : Py_None, (PyObject *)call};
+    PyObject *fut = PyObject_VectorcallMethod(
+        st->str_run_in_executor, margs, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+        NULL);
+    Py_DECREF(call);
+    return fut;
+}
+
+/* ------------------------------------------------------------------ */
+/* Module-level functions                                               */
+
+static PyObject *
+spawn_greenlet(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+               PyObject *kwnames)
+{
+    modstate *st = state_of_module(module);
+    if (nargs < 1) {
+        PyErr_SetString(PyExc_TypeError,
+                        "spawn_greenlet() missing the function to run");
+        return NULL;
+    }
+    PyObject *pargs = PyTuple_New(nargs - 1);
+    if (pargs == NULL)
+        return NULL;
+    for (Py_ssize_t i = 1; i < nargs; i++)
+        PyTuple_SET_ITEM(pargs, i - 1, Py_NewRef(args[i]));
+    PyObject *kwargs = NULL;
+    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames)) {
+        kwargs = PyDict_New();
+        if (kwargs == NULL) {
+            Py_DECREF(pargs);
+            return NULL;
+        }
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++)
+            if (PyDict_SetItem(kwargs, PyTuple_GET_ITEM(kwnames, i),
+                               args[nargs + i]) < 0) {
+                Py_DECREF(pargs);
+                Py_DECREF(kwargs);
+                return NULL;
+            }
+    }
+    PyObject *r = bridge_spawn_new(st, args[0], pargs, kwargs, NULL);
+    Py_DECREF(pargs);
+    Py_XDECREF(kwargs);
+    return r;
+}
+
+static PyObject *
+run_in_greenlet(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                PyObject *kwnames)
+{
+    modstate *st = state_of_module(module);
+    if (nargs < 3) {
+        PyErr_SetString(PyExc_TypeError,
+                        "run_in_greenlet(back, future, func, *args, **kwargs) "
+                        "needs back, future and func");
+        return NULL;
+    }
+    if (!PyGreenlet_Check(args[0])) {
+        PyErr_Format(PyExc_TypeError,
+                     "run_in_greenlet() expects a greenlet to switch back to, "
+                     "got %R", args[0]);
+        return NULL;
+    }
+    Delegate *d = delegate_new(st, DL_CALL);
+    if (d == NULL)
+        return NULL;
+    d->back = Py_NewRef(args[0]);
+    d->future = Py_NewRef(args[1]);
+    d->func = Py_NewRef(args[2]);
+    d->args = PyTuple_New(nargs - 3);
+    if (d->args == NULL)
+        goto error;
+    for (Py_ssize_t i = 3; i < nargs; i++)
+        PyTuple_SET_ITEM(d->args, i - 3, Py_NewRef(args[i]));
+    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames)) {
+        d->kwargs = PyDict_New();
+        if (d->kwargs == NULL)
+            goto error;
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++)
+            if (PyDict_SetItem(d->kwargs, PyTuple_GET_ITEM(kwnames, i),
+                               args[nargs + i]) < 0)
+                goto error;
+    }
+    return (PyObject *)d;
+error:
+    Py_DECREF(d);
+    return NULL;
+}
+
+static PyObject *
+is_generator(PyObject *module, PyObject *obj)
+{
+    modstate *st = state_of_module(module);
+    if (is_generator_function(obj) || PyGen_Check(obj))
+        Py_RETURN_TRUE;
+    /* asyncio.isfuture */
+    PyObject *blocking;
+    if (PyObject_GetOptionalAttr((PyObject *)Py_TYPE(obj), st->str_blocking,
+                                 &blocking) < 0)
+        return NULL;
+    if (blocking == NULL)
+        Py_RETURN_FALSE;
+    Py_DECREF(blocking);
+    if (PyObject_GetOptionalAttr(obj, st->str_blocking, &blocking) < 0)
+        return NULL;
+    int fut = blocking != NULL && blocking != Py_None;
+    Py_XDECREF(blocking);
+    return PyBool_FromLong(fut);
+}
+
+static PyObject *
+is_coroutine_function(PyObject *module, PyObject *obj)
+{
+    int r = bridge_is_coroutine_function(state_of_module(module), obj);
+    return r < 0 ? NULL : PyBool_FromLong(r);
+}
+
+static PyObject *
+await_(PyObject *module, PyObject *aw)
+{
+    return bridge_await(state_of_module(module), aw, 1);
+}
+
+static PyObject *
+in_coroutine_view(PyObject *module, PyObject *unused)
+{
+    modstate *st = state_of_module(module);
+    BridgeGreenlet *me = current_bridge(st);
+    if (me == NULL && PyErr_Occurred())
+        return NULL;
+    return PyBool_FromLong(me != NULL && me->job != NULL && me->in_view);
+}
+
+static PyObject *
+set_in_coroutine_view(PyObject *module, PyObject *flag)
+{
+    modstate *st = state_of_module(module);
+    BridgeGreenlet *me = current_bridge(st);
+    if (me == NULL || me->job == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_RuntimeError,
+                            "not running in a bridge greenlet");
+        return NULL;
+    }
+    int prev = me->in_view;
+    int v = PyObject_IsTrue(flag);
+    if (v < 0)
+        return NULL;
+    me->in_view = v;
+    return PyBool_FromLong(prev);
+}
+
+static PyObject *
+set_pool_limit(PyObject *module, PyObject *arg)
+{
+    Py_ssize_t n = PyLong_AsSsize_t(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (n < 0 || n > 1000000) {
+        PyErr_Format(PyExc_ValueError,
+                     "pool limit must be between 0 and 1000000, got %zd", n);
+        return NULL;
+    }
+    modstate *st = state_of_module(module);
+    Py_ssize_t old = st->pool_limit;
+    st->pool_limit = n;
+    /* the current thread's pool is remade at the new size */
+    PyObject *d = PyThreadState_GetDict();
+    if (d != NULL && PyDict_DelItem(d, st->str_pool_key) < 0)
+        PyErr_Clear();
+    return PyLong_FromSsize_t(old);
+}
+
+static PyObject *
+pool_stats(PyObject *module, PyObject *unused)
+{
+    modstate *st = state_of_module(module);
+    pool_t *p = pool_get(st);
+    if (p == NULL)
+        return NULL;
+    return Py_BuildValue("{snsnsK}", "idle", p->n, "limit", st->pool_limit,
+                         "created", st->greenlets_created);
+}
+
+PyMethodDef bridge_methods[] = {
+    {"spawn_greenlet", (PyCFunction)(void (*)(void))spawn_greenlet,
+     METH_FASTCALL | METH_KEYWORDS,
+     "spawn_greenlet(func, *args, **kwargs)\n--\n\n"
+     "Coroutine: run func in a pooled greenlet, where synchronized coroutines "
+     "can be called like plain functions; return its result."},
+    {"run_in_greenlet", (PyCFunction)(void (*)(void))run_in_greenlet,
+     METH_FASTCALL | METH_KEYWORDS,
+     "run_in_greenlet(back, future, func, *args, **kwargs)\n--\n\n"
+     "Coroutine: await func(*args, **kwargs), set its result or exception on "
+     "future, then switch back to greenlet back."},
+    {"synchronize", (PyCFunction)(void (*)(void))synchronize,
+     METH_VARARGS | METH_KEYWORDS,
+     "synchronize(func=None, *, strict=True)\n--\n\n"
+     "Make a coroutine function callable from plain code running in a "
+     "request greenlet."},
+    {"use_executor", (PyCFunction)(void (*)(void))use_executor,
+     METH_VARARGS | METH_KEYWORDS,
+     "use_executor(func=None, *, executor=None)\n--\n\n"
+     "Make a blocking function a coroutine function run in a thread."},
+    {"coroutine", coroutine, METH_O,
+     "coroutine(func)\n--\n\n"
+     "Drop-in for the removed asyncio.coroutine."},
+    {"is_generator", is_generator, METH_O,
+     "is_generator(obj)\n--\n\n"
+     "True for generator functions, generators and futures."},
+    {"is_coroutine_function", is_coroutine_function, METH_O,
+     "is_coroutine_function(obj)\n--\n\n"
+     "True for what the coroutine mapper awaits."},
+    {"await_", await_, METH_O,
+     "await_(awaitable)\n--\n\n"
+     "Await from plain code in a request greenlet (what synchronize does)."},
+    {"in_coroutine_view", in_coroutine_view, METH_NOARGS,
+     "in_coroutine_view()\n--\n\n"
+     "True while the calling greenlet runs a coroutine view or a "
+     "synchronized coroutine."},
+    {"set_in_coroutine_view", set_in_coroutine_view, METH_O,
+     "set_in_coroutine_view(flag)\n--\n\n"
+     "Set the marker in_coroutine_view() reads; returns the previous one."},
+    {"set_pool_limit", set_pool_limit, METH_O,
+     "set_pool_limit(n)\n--\n\n"
+     "Keep at most n idle greenlets per thread; returns the old limit."},
+    {"pool_stats", pool_stats, METH_NOARGS,
+     "pool_stats()\n--\n\n"
+     "Idle greenlets in this thread's pool, the limit, greenlets created."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMethodDef worker_def = {"_bridge_worker", worker, METH_NOARGS, NULL};
+
+static PyObject *
+import_attr(const char *module, const char *name, int optional)
+{
+    PyObject *m = PyImport_ImportModule(module);
+    if (m == NULL)
+        return NULL;
+    PyObject *r;
+    if (optional) {
+        if (PyObject_GetOptionalAttrString(m, name, &r) < 0)
+            r = NULL;
+    }
+    else {
+        r = PyObject_GetAttrString(m, name);
+    }
+    Py_DECREF(m);
+    return r;
+}
+
+static int
+add_type(PyObject *module, PyTypeObject **slot, PyType_Spec *spec,
+         PyObject *base)
+{
+    *slot = (PyTypeObject *)PyType_FromModuleAndSpec(module, spec, base);
+    if (*slot == NULL)
+        return -1;
+    return PyModule_AddType(module, *slot);
+}
+
+int
+bridge_init(PyObject *module, modstate *st)
+{
+    PyGreenlet_Import();
+    if (_PyGreenlet_API == NULL)
+        return -1;
+    st->pool_limit = 256;
+    if (add_type(module, &st->BridgeGreenletType, &bgreenlet_spec,
+                 (PyObject *)&PyGreenlet_Type) < 0 ||
+        add_type(module, &st->SpawnType, &spawn_spec, NULL) < 0 ||
+        add_type(module, &st->DelegateType, &delegate_spec, NULL) < 0 ||
+        add_type(module, &st->SynchronizedType, &sync_spec, NULL) < 0 ||
+        add_type(module, &st->CoroutineFunctionType, &cf_spec, NULL) < 0 ||
+        add_type(module, &st->ThreadCallType, &threadcall_spec, NULL) < 0)
+        return -1;
+
+    st->GreenletExit = Py_NewRef(PyExc_GreenletExit);
+    st->gr_context_descr = PyObject_GetAttrString((PyObject *)&PyGreenlet_Type,
+                                                  "gr_context");
+    if (st->gr_context_descr == NULL)
+        return -1;
+    if (Py_TYPE(st->gr_context_descr)->tp_descr_set == NULL) {
+        PyErr_SetString(PyExc_ImportError,
+                        "greenlet.gr_context is not settable: greenlet >= 3 "
+                        "is required");
+        return -1;
+    }
+    st->worker = PyCFunction_NewEx(&worker_def, module, NULL);
+    if (st->worker == NULL)
+        return -1;
+    if ((st->ScopeError = import_attr("aiopyramid.exceptions", "ScopeError",
+                                      0)) == NULL ||
+        (st->ConfigurationError = import_attr("pyramid.exceptions",
+                                              "ConfigurationError", 0)) == NULL ||
+        (st->get_running_loop = import_attr("asyncio", "_get_running_loop",
+                                            0)) == NULL ||
+        (st->run_coroutine_threadsafe = import_attr(
+             "asyncio", "run_coroutine_threadsafe", 0)) == NULL ||
+        (st->asyncio_run = import_attr("asyncio", "run", 0)) == NULL ||
+        (st->types_coroutine = import_attr("types", "coroutine", 0)) == NULL ||
+        (st->update_wrapper = import_attr("functools", "update_wrapper",
+                                          0)) == NULL ||
+        (st->iscoroutinefunction = import_attr("inspect", "iscoroutinefunction",
+                                               0)) == NULL)
+        return -1;
+    st->is_coroutine_marker = import_attr("asyncio.coroutines", "_is_coroutine", 1);
+    if (st->is_coroutine_marker == NULL && PyErr_Occurred())
+        return -1;
+    st->inspect_marker = import_attr("inspect", "_is_coroutine_mark", 1);
+    if (st->inspect_marker == NULL && PyErr_Occurred())
+        return -1;
+    st->request_loop = PyContextVar_New("aiopyramid_request_loop", NULL);
+    if (st->request_loop == NULL)
+        return -1;
+
+    /* asyncio.iscoroutine() and create_task() accept what spawn_greenlet
+     * and use_executor return */
+    PyObject *abc = import_attr("collections.abc", "Coroutine", 0);
+    if (abc == NULL)
+        return -1;
+    PyObject *r = PyObject_CallMethod(abc, "register", "O", st->SpawnType);
+    Py_XDECREF(r);
+    if (r != NULL) {
+        r = PyObject_CallMethod(abc, "register", "O", st->DelegateType);
+        Py_XDECREF(r);
+    }
+    Py_DECREF(abc);
+    return r == NULL ? -1 : 0;
+}

@@ -1,0 +1,317 @@
+/* Mapped views: what aiopyramid's view mappers give Pyramid.
+ *
+ * The mapper classes (aiopyramid/config.py) decide once, at configuration
+ * time, the view's shape (with Pyramid's own rules) and kind; a MappedView
+ * then does the per-request work in C: call the view in the shape Pyramid
+ * expects, and for a coroutine view drive what it returns right here in the
+ * request greenlet, for a legacy view run it in the loop's executor. */
+#include "aiopyramid.h"
+
+enum {
+    SHAPE_FUNC,              /* view(context, request) */
+    SHAPE_REQUESTONLY,       /* view(request), or view.attr(request) */
+    SHAPE_ATTR,              /* view.attr(context, request) */
+    SHAPE_CLASS_REQUESTONLY, /* view(request).attr() */
+    SHAPE_CLASS_NATIVE,      /* view(context, request).attr() */
+    SHAPE_COUNT
+};
+
+enum { KIND_COROUTINE, KIND_EXECUTOR, KIND_COUNT };
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *view;
+    PyObject *attr;      /* str, or NULL for __call__ */
+    PyObject *executor;  /* NULL: the loop's default executor */
+    PyObject *dict;
+    PyObject *weakreflist;
+    vectorcallfunc vectorcall;
+    int shape, kind;
+} MappedView;
+
+static PyObject *
+call_attr(PyObject *obj, PyObject *attr, PyObject *const *args, size_t nargs)
+{
+    if (attr == NULL)
+        return PyObject_Vectorcall(obj, args, nargs, NULL);
+    PyObject *meth = PyObject_GetAttr(obj, attr);
+    if (meth == NULL)
+        return NULL;
+    PyObject *r = PyObject_Vectorcall(meth, args, nargs, NULL);
+    Py_DECREF(meth);
+    return r;
+}
+
+/* The view called the way its shape says; for a coroutine view this is
+ * usually the coroutine, not yet started. */
+static PyObject *
+invoke(modstate *st, MappedView *self, PyObject *context, PyObject *request)
+{
+    PyObject *both[] = {context, request};
+    PyObject *inst, *r;
+    switch (self->shape) {
+    case SHAPE_FUNC:
+        return PyObject_Vectorcall(self->view, both, 2, NULL);
+    case SHAPE_REQUESTONLY:
+        return call_attr(self->view, self->attr, &request, 1);
+    case SHAPE_ATTR:
+        return call_attr(self->view, self->attr, both, 2);
+    case SHAPE_CLASS_REQUESTONLY:
+        inst = PyObject_Vectorcall(self->view, &request, 1, NULL);
+        break;
+    default:
+        inst = PyObject_Vectorcall(self->view, both, 2, NULL);
+        break;
+    }
+    if (inst == NULL)
+        return NULL;
+    if (PyObject_SetAttr(request, st->str_view_attr, inst) < 0) {
+        Py_DECREF(inst);
+        return NULL;
+    }
+    r = call_attr(inst, self->attr, NULL, 0);
+    Py_DECREF(inst);
+    return r;
+}
+
+static PyObject *
+invoke_in_thread(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "expected (context, request)");
+        return NULL;
+    }
+    MappedView *self = (MappedView *)op;
+    return invoke(state_of_type(Py_TYPE(op)), self, args[0], args[1]);
+}
+
+static PyMethodDef invoke_def = {
+    "invoke", (PyCFunction)(void (*)(void))invoke_in_thread, METH_FASTCALL,
+    NULL};
+
+/* Bodies are read in the request greenlet, where wsgi.input may wait on the
+ * socket; the thread then reads a seekable copy. */
+static int
+prepare_body_for_thread(modstate *st, PyObject *request)
+{
+    PyObject *readable = PyObject_GetAttrString(request, "is_body_readable");
+    if (readable == NULL)
+        return -1;
+    int rd = PyObject_IsTrue(readable);
+    Py_DECREF(readable);
+    if (rd <= 0)
+        return rd;
+    PyObject *r = PyObject_CallMethodNoArgs(request, st->str_make_body_seekable);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+static PyObject *
+mapped_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
+                  PyObject *kwnames)
+{
+    MappedView *self = (MappedView *)op;
+    modstate *st = state_of_type(Py_TYPE(op));
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != 2 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_Format(PyExc_TypeError,
+                     "a mapped view takes (context, request), got %zd "
+                     "positional arguments", nargs);
+        return NULL;
+    }
+    PyObject *context = args[0], *request = args[1];
+
+    if (self->kind == KIND_COROUTINE) {
+        PyObject *aw = invoke(st, self, context, request);
+        if (aw == NULL || !is_awaitable(aw))
+            return aw;
+        PyObject *r = bridge_await(st, aw, 1);
+        Py_DECREF(aw);
+        return r;
+    }
+
+    /* a legacy view: off the loop when there is one to keep free */
+    if (!bridge_can_suspend(st))
+        return invoke(st, self, context, request);
+    if (prepare_body_for_thread(st, request) < 0)
+        return NULL;
+    PyObject *loop = PyObject_CallNoArgs(st->get_running_loop);
+    if (loop == NULL)
+        return NULL;
+    PyObject *fn = PyCFunction_New(&invoke_def, op);
+    PyObject *fargs = fn ? PyTuple_Pack(2, context, request) : NULL;
+    PyObject *fut = NULL, *r = NULL;
+    if (fargs != NULL)
+        fut = bridge_run_in_executor(st, loop, self->executor, fn, fargs,
+                                     NULL, request);
+    if (fut != NULL)
+        r = bridge_await(st, fut, 0);
+    Py_XDECREF(fut);
+    Py_XDECREF(fargs);
+    Py_XDECREF(fn);
+    Py_DECREF(loop);
+    return r;
+}
+
+static PyObject *
+mapped_repr(PyObject *op)
+{
+    MappedView *self = (MappedView *)op;
+    return PyUnicode_FromFormat("<%s view %R>",
+                                self->kind == KIND_COROUTINE ? "coroutine"
+                                                             : "executor",
+                                self->view);
+}
+
+static PyObject *
+mapped_descr_get(PyObject *self, PyObject *obj, PyObject *type)
+{
+    return Py_NewRef(self); /* a view, not a method: never binds */
+}
+
+static int
+mapped_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    MappedView *self = (MappedView *)op;
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(self->view);
+    Py_VISIT(self->attr);
+    Py_VISIT(self->executor);
+    Py_VISIT(self->dict);
+    return 0;
+}
+
+static int
+mapped_clear(PyObject *op)
+{
+    MappedView *self = (MappedView *)op;
+    Py_CLEAR(self->view);
+    Py_CLEAR(self->attr);
+    Py_CLEAR(self->executor);
+    Py_CLEAR(self->dict);
+    return 0;
+}
+
+static void
+mapped_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    if (((MappedView *)op)->weakreflist != NULL)
+        PyObject_ClearWeakRefs(op);
+    mapped_clear(op);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+mapped_get_kind(PyObject *op, void *closure)
+{
+    return PyUnicode_FromString(((MappedView *)op)->kind == KIND_COROUTINE
+                                    ? "coroutine"
+                                    : "executor");
+}
+
+static PyMemberDef mapped_members[] = {
+    {"__dictoffset__", T_PYSSIZET, offsetof(MappedView, dict), READONLY},
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(MappedView, weakreflist),
+     READONLY},
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(MappedView, vectorcall),
+     READONLY},
+    {"view", T_OBJECT, offsetof(MappedView, view), READONLY},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyGetSetDef mapped_getset[] = {
+    {"kind", mapped_get_kind, NULL, "'coroutine' or 'executor'", NULL},
+    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot mapped_slots[] = {
+    {Py_tp_call, PyVectorcall_Call},
+    {Py_tp_descr_get, mapped_descr_get},
+    {Py_tp_repr, mapped_repr},
+    {Py_tp_members, mapped_members},
+    {Py_tp_getset, mapped_getset},
+    {Py_tp_traverse, mapped_traverse},
+    {Py_tp_clear, mapped_clear},
+    {Py_tp_dealloc, mapped_dealloc},
+    {Py_tp_doc, "A view as mapped by aiopyramid: call with (context, request)."},
+    {0, NULL},
+};
+
+static PyType_Spec mapped_spec = {
+    .name = "aiopyramid._core.MappedView",
+    .basicsize = sizeof(MappedView),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
+             Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_HAVE_VECTORCALL,
+    .slots = mapped_slots,
+};
+
+static PyObject *
+map_view(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"view", "shape", "kind", "attr", "executor", NULL};
+    modstate *st = state_of_module(module);
+    PyObject *view, *attr = Py_None, *executor = Py_None;
+    int shape, kind;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Oii|OO:map_view", kwlist,
+                                     &view, &shape, &kind, &attr, &executor))
+        return NULL;
+    if (shape < 0 || shape >= SHAPE_COUNT || kind < 0 || kind >= KIND_COUNT) {
+        PyErr_Format(PyExc_ValueError, "unknown view shape %d or kind %d",
+                     shape, kind);
+        return NULL;
+    }
+    if (attr != Py_None && !PyUnicode_Check(attr)) {
+        PyErr_Format(PyExc_TypeError, "attr must be a str or None, not %R",
+                     attr);
+        return NULL;
+    }
+    MappedView *self = PyObject_GC_New(MappedView, st->MappedViewType);
+    if (self == NULL)
+        return NULL;
+    self->view = Py_NewRef(view);
+    self->attr = attr == Py_None ? NULL : Py_NewRef(attr);
+    self->executor = executor == Py_None ? NULL : Py_NewRef(executor);
+    self->dict = NULL;
+    self->weakreflist = NULL;
+    self->vectorcall = mapped_vectorcall;
+    self->shape = shape;
+    self->kind = kind;
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+PyMethodDef mappers_methods[] = {
+    {"map_view", (PyCFunction)(void (*)(void))map_view,
+     METH_VARARGS | METH_KEYWORDS,
+     "map_view(view, shape, kind, attr=None, executor=None)\n--\n\n"
+     "The mapped view for Pyramid: shape is one of the SHAPE_* constants, "
+     "kind KIND_COROUTINE or KIND_EXECUTOR."},
+    {NULL, NULL, 0, NULL},
+};
+
+int
+mappers_init(PyObject *module, modstate *st)
+{
+    st->MappedViewType = (PyTypeObject *)PyType_FromModuleAndSpec(
+        module, &mapped_spec, NULL);
+    if (st->MappedViewType == NULL ||
+        PyModule_AddType(module, st->MappedViewType) < 0)
+        return -1;
+    if (PyModule_AddIntConstant(module, "SHAPE_FUNC", SHAPE_FUNC) < 0 ||
+        PyModule_AddIntConstant(module, "SHAPE_REQUESTONLY", SHAPE_REQUESTONLY) < 0 ||
+        PyModule_AddIntConstant(module, "SHAPE_ATTR", SHAPE_ATTR) < 0 ||
+        PyModule_AddIntConstant(module, "SHAPE_CLASS_REQUESTONLY",
+                                SHAPE_CLASS_REQUESTONLY) < 0 ||
+        PyModule_AddIntConstant(module, "SHAPE_CLASS_NATIVE",
+                                SHAPE_CLASS_NATIVE) < 0 ||
+        PyModule_AddIntConstant(module, "KIND_COROUTINE", KIND_COROUTINE) < 0 ||
+        PyModule_AddIntConstant(module, "KIND_EXECUTOR", KIND_EXECUTOR) < 0)
+        return -1;
+    return 0;
+}

@@ -1,0 +1,129 @@
+/* aiopyramid._core: multi-phase init and module state. */
+#include "aiopyramid.h"
+
+#define STATE_OBJECTS(X)                                                     \
+    X(BridgeGreenletType) X(SpawnType) X(DelegateType) X(SynchronizedType)    \
+    X(CoroutineFunctionType) X(ThreadCallType) X(MappedViewType)              \
+    X(ScopeError) X(ConfigurationError) X(GreenletExit) X(gr_context_descr)   \
+    X(get_running_loop) X(run_coroutine_threadsafe) X(asyncio_run)            \
+    X(types_coroutine) X(update_wrapper) X(is_coroutine_marker)               \
+    X(inspect_marker) X(iscoroutinefunction) X(request_loop)                  \
+    X(threadlocal_manager) X(worker)                                          \
+    X(str_send) X(str_throw) X(str_close) X(str_pool_key)                     \
+    X(str_add_done_callback) X(str_call_soon) X(str_run_in_executor)          \
+    X(str_blocking) X(str_set_result) X(str_set_exception) X(str_switch)      \
+    X(str_result) X(str_push) X(str_pop) X(str_registry) X(str_request)       \
+    X(str_view_attr) X(str_call) X(str_make_body_seekable)
+
+static int
+module_traverse(PyObject *module, visitproc visit, void *arg)
+{
+    modstate *st = state_of_module(module);
+#define VISIT(name) Py_VISIT(st->name);
+    STATE_OBJECTS(VISIT)
+#undef VISIT
+    return 0;
+}
+
+static int
+module_clear(PyObject *module)
+{
+    modstate *st = state_of_module(module);
+#define CLEAR(name) Py_CLEAR(st->name);
+    STATE_OBJECTS(CLEAR)
+#undef CLEAR
+    return 0;
+}
+
+static void
+module_free(void *module)
+{
+    module_clear((PyObject *)module);
+}
+
+static int
+intern_strings(modstate *st)
+{
+#define INTERN(field, text)                                  \
+    if ((st->field = PyUnicode_InternFromString(text)) == NULL) \
+        return -1;
+    INTERN(str_send, "send")
+    INTERN(str_throw, "throw")
+    INTERN(str_close, "close")
+    INTERN(str_pool_key, "aiopyramid._core.greenlet_pool")
+    INTERN(str_add_done_callback, "add_done_callback")
+    INTERN(str_call_soon, "call_soon")
+    INTERN(str_run_in_executor, "run_in_executor")
+    INTERN(str_blocking, "_asyncio_future_blocking")
+    INTERN(str_set_result, "set_result")
+    INTERN(str_set_exception, "set_exception")
+    INTERN(str_switch, "switch")
+    INTERN(str_result, "result")
+    INTERN(str_push, "push")
+    INTERN(str_pop, "pop")
+    INTERN(str_registry, "registry")
+    INTERN(str_request, "request")
+    INTERN(str_view_attr, "__view__")
+    INTERN(str_call, "__call__")
+    INTERN(str_make_body_seekable, "make_body_seekable")
+#undef INTERN
+    return 0;
+}
+
+static int
+module_exec(PyObject *module)
+{
+    modstate *st = state_of_module(module);
+    if (intern_strings(st) < 0)
+        return -1;
+    if (bridge_init(module, st) < 0)
+        return -1;
+    if (mappers_init(module, st) < 0)
+        return -1;
+    return 0;
+}
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, module_exec},
+#if PY_VERSION_HEX >= 0x030C0000
+    /* greenlet pools and the threadlocal manager are per interpreter, but
+     * greenlet itself supports only the main one */
+    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
+#endif
+    {0, NULL},
+};
+
+static PyMethodDef *method_tables[] = {bridge_methods, mappers_methods, NULL};
+
+PyModuleDef aiopyramid_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "aiopyramid._core",
+    .m_doc = "The C core of aiopyramid: the greenlet/asyncio bridge and the "
+             "view mappers.",
+    .m_size = sizeof(modstate),
+    .m_slots = module_slots,
+    .m_traverse = module_traverse,
+    .m_clear = module_clear,
+    .m_free = module_free,
+};
+
+PyMODINIT_FUNC
+PyInit__core(void)
+{
+    /* one method table, joined from each file's on first import */
+    static PyMethodDef all_methods[64];
+    if (aiopyramid_module.m_methods == NULL) {
+        size_t n = 0;
+        for (PyMethodDef **t = method_tables; *t; t++)
+            for (PyMethodDef *m = *t; m->ml_name; m++) {
+                if (n + 1 >= sizeof(all_methods) / sizeof(all_methods[0])) {
+                    PyErr_SetString(PyExc_SystemError,
+                                    "aiopyramid._core: too many methods");
+                    return NULL;
+                }
+                all_methods[n++] = *m;
+            }
+        aiopyramid_module.m_methods = all_methods;
+    }
+    return PyModuleDef_Init(&aiopyramid_module);
+}
