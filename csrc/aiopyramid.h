@@ -56,6 +56,17 @@ typedef struct {
     PyObject *str_call;            /* __call__ */
     PyObject *str_make_body_seekable;
 
+    /* http.c */
+    PyTypeObject *HttpServerType;
+    PyTypeObject *HttpProtocolType;
+    PyTypeObject *HttpRequestType;
+    PyTypeObject *HttpInputType;
+    PyTypeObject *FileWrapperType;
+    PyObject *http_strs;           /* tuple of interned strings, see http.h */
+    PyObject *http_methods;        /* tuple: llhttp method number -> name */
+    PyObject *http_run;            /* the job of a request greenlet */
+    PyObject *http_kw_context;     /* ("context",): create_task's kwnames */
+
     Py_ssize_t pool_limit;         /* idle greenlets kept per thread */
     unsigned long long greenlets_created;
 } modstate;
@@ -187,5 +198,9 @@ PyObject *bridge_run_in_executor(modstate *st, PyObject *loop,
 /* mappers.c */
 int mappers_init(PyObject *module, modstate *st);
 extern PyMethodDef mappers_methods[];
+
+/* http.c */
+int http_init(PyObject *module, modstate *st);
+extern PyMethodDef http_module_methods[];
 
 #endif

@@ -13,7 +13,10 @@
     X(str_add_done_callback) X(str_call_soon) X(str_run_in_executor)          \
     X(str_blocking) X(str_set_result) X(str_set_exception) X(str_switch)      \
     X(str_result) X(str_push) X(str_pop) X(str_registry) X(str_request)       \
-    X(str_view_attr) X(str_call) X(str_make_body_seekable)
+    X(str_view_attr) X(str_call) X(str_make_body_seekable)                    \
+    X(HttpServerType) X(HttpProtocolType) X(HttpRequestType) X(HttpInputType) \
+    X(FileWrapperType) X(http_strs) X(http_methods) X(http_run)               \
+    X(http_kw_context)
 
 static int
 module_traverse(PyObject *module, visitproc visit, void *arg)
@@ -80,6 +83,8 @@ module_exec(PyObject *module)
         return -1;
     if (mappers_init(module, st) < 0)
         return -1;
+    if (http_init(module, st) < 0)
+        return -1;
     return 0;
 }
 
@@ -93,7 +98,8 @@ static PyModuleDef_Slot module_slots[] = {
     {0, NULL},
 };
 
-static PyMethodDef *method_tables[] = {bridge_methods, mappers_methods, NULL};
+static PyMethodDef *method_tables[] = {bridge_methods, mappers_methods,
+                                       http_module_methods, NULL};
 
 PyModuleDef aiopyramid_module = {
     PyModuleDef_HEAD_INIT,
