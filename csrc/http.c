@@ -777,7 +777,8 @@ render_head(HttpRequest *r, wbuf *b, long long known)
         }
     }
     (void)nobody;
-    if (!r->keep_alive || srv->shutting_down || p->broken || p->upgrade)
+    if (!r->keep_alive || srv->shutting_down || srv->keepalive <= 0 ||
+        p->broken || p->upgrade)
         r->close_after = 1;
     if (r->close_after) {
         if (WB_LIT(b, "Connection: close\r\n") < 0)
@@ -896,7 +897,7 @@ request_access_log(HttpRequest *r)
     PyObject *res = PyObject_CallFunction(
         srv->access_log, "OOOKd", r->environ,
         r->status ? r->status : Py_None, r->headers ? r->headers : Py_None,
-        (unsigned long long)r->sent, monotonic() - r->t_start);
+        (unsigned long long)r->resp_written, monotonic() - r->t_start);
     if (res == NULL)
         log_error(srv, "access log failed");
     Py_XDECREF(res);

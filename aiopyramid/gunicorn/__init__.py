@@ -1,0 +1,1 @@
+"""gunicorn glue: ``aiopyramid.gunicorn.worker.AsyncGunicornWorker``."""

@@ -1,0 +1,330 @@
+"""A gunicorn worker serving a WSGI (Pyramid) app on asyncio.
+
+    gunicorn -k aiopyramid.gunicorn.worker.AsyncGunicornWorker app:main
+
+or, from a paste ini run by ``pserve``::
+
+    [server:main]
+    use = egg:gunicorn#main
+    worker_class = aiopyramid.gunicorn.worker.AsyncGunicornWorker
+
+HTTP/1.1 is spoken by ``aiopyramid._core.HttpServer`` (C, on llhttp); each
+request runs in a pooled greenlet, and only requests that wait get a Task.
+
+The loop is uvloop's when uvloop is installed, asyncio's otherwise;
+``AIOPYRAMID_LOOP=asyncio`` (or ``uvloop``) in the environment chooses, and
+so does the worker class ``AsyncioGunicornWorker``, which always uses
+asyncio's loop.
+
+Settings honoured: bind (the arbiter's sockets), workers, worker_connections,
+keepalive (0: no keep-alive), timeout (heartbeat), graceful_timeout (SIGTERM
+lets requests in flight finish; SIGQUIT and SIGINT stop at once),
+max_requests and max_requests_jitter, limit_request_line (414),
+limit_request_fields and limit_request_field_size (431), accesslog and
+access_log_format, errorlog, forwarded_allow_ips and secure_scheme_headers
+(wsgi.url_scheme), certfile/keyfile (SSL), reload.
+"""
+import asyncio
+import datetime
+import os
+import signal
+import sys
+
+from gunicorn.workers import base
+
+from .. import _core
+
+__all__ = ["AsyncGunicornWorker", "AsyncioGunicornWorker"]
+
+LOOP_ENV = "AIOPYRAMID_LOOP"
+
+
+class _AccessResponse:
+    __slots__ = ("status", "headers", "sent")
+
+    def __init__(self, status, headers, sent):
+        self.status = status or "-"
+        self.headers = headers or []
+        self.sent = sent
+
+
+class _AccessRequest:
+    __slots__ = ("headers",)
+
+    def __init__(self, environ):
+        self.headers = [
+            (k[5:].replace("_", "-"), v)
+            for k, v in environ.items()
+            if k.startswith("HTTP_")
+        ]
+
+
+def _new_loop(kind):
+    if kind is None:
+        kind = os.environ.get(LOOP_ENV, "").strip().lower() or None
+    if kind not in (None, "asyncio", "uvloop"):
+        raise RuntimeError(
+            "{} must be 'asyncio' or 'uvloop', not {!r}".format(LOOP_ENV, kind)
+        )
+    if kind != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if kind == "uvloop":
+                raise
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+class AsyncGunicornWorker(base.Worker):
+    """gunicorn worker: aiopyramid's C HTTP server on an asyncio loop."""
+
+    loop_kind = None  # None: uvloop when installed (or AIOPYRAMID_LOOP)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loop = None
+        self.server = None
+        self.exit_code = 0
+        self._quit_now = False
+        self._wakeup = None
+
+    # -- process set-up ---------------------------------------------------
+
+    def init_process(self):
+        # a fresh loop in the forked child, never the arbiter's
+        asyncio.set_event_loop(None)
+        self.loop = _new_loop(self.loop_kind)
+        asyncio.set_event_loop(self.loop)
+        self._raise_fd_limit()
+        super().init_process()  # signals, app, then run()
+
+    def _raise_fd_limit(self):
+        try:
+            import resource
+        except ImportError:  # pragma: no cover
+            return
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = self.cfg.worker_connections + 256
+        if soft != resource.RLIM_INFINITY and soft < want:
+            new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            except (ValueError, OSError):
+                self.log.warning("could not raise the open file limit to %d", new)
+
+    def init_signals(self):
+        for s in self.SIGNALS:
+            signal.signal(s, signal.SIG_DFL)
+        add = self.loop.add_signal_handler
+        add(signal.SIGTERM, self._on_term)
+        add(signal.SIGQUIT, self._on_quit)
+        add(signal.SIGINT, self._on_quit)
+        add(signal.SIGABRT, self._on_abort)
+        add(signal.SIGUSR1, self.log.reopen_files)
+        add(signal.SIGWINCH, lambda: None)
+        signal.siginterrupt(signal.SIGTERM, False)
+        signal.siginterrupt(signal.SIGUSR1, False)
+
+    def _wake(self):
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    def _on_term(self):
+        # graceful: stop accepting, let requests in flight finish
+        self.alive = False
+        self._wake()
+
+    def _on_quit(self):
+        self.alive = False
+        self._quit_now = True
+        try:
+            self.cfg.worker_int(self)
+        finally:
+            self._wake()
+
+    def _on_abort(self):
+        self.alive = False
+        self._quit_now = True
+        self.exit_code = 1
+        try:
+            self.cfg.worker_abort(self)
+        finally:
+            self._wake()
+
+    # -- serving ----------------------------------------------------------
+
+    def run(self):
+        try:
+            self.loop.run_until_complete(self._serve())
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+        finally:
+            self.loop.close()
+        sys.exit(self.exit_code)
+
+    def _base_environ(self):
+        from gunicorn import __version__
+        from gunicorn.http.wsgi import WSGIErrorsWrapper
+
+        return {
+            "wsgi.version": (1, 0),
+            "wsgi.errors": WSGIErrorsWrapper(self.cfg),
+            "wsgi.multithread": True,  # legacy views run in threads
+            "wsgi.multiprocess": self.cfg.workers > 1,
+            "wsgi.run_once": False,
+            "wsgi.input_terminated": True,
+            "SERVER_SOFTWARE": "aiopyramid gunicorn/%s" % __version__,
+            "SCRIPT_NAME": os.environ.get("SCRIPT_NAME", ""),
+        }
+
+    def _access_log_enabled(self):
+        enabled = getattr(self.log, "access_log_enabled", None)
+        if enabled is not None:
+            return bool(enabled)
+        cfg = self.cfg
+        return bool(
+            cfg.accesslog or cfg.logconfig
+            or getattr(cfg, "logconfig_dict", None)
+            or getattr(cfg, "logconfig_json", None)
+            or (cfg.syslog and not cfg.disable_redirect_access_to_syslog)
+        )
+
+    def _access(self, environ, status, headers, sent, elapsed):
+        self.log.access(
+            _AccessResponse(status, headers, sent),
+            _AccessRequest(environ),
+            environ,
+            datetime.timedelta(seconds=elapsed),
+        )
+
+    def _error(self, message, exc):
+        if exc is None:
+            self.log.error(message)
+        else:
+            self.log.error(message, exc_info=(type(exc), exc, exc.__traceback__))
+
+    def make_server(self, loop):
+        cfg = self.cfg
+        allow = cfg.forwarded_allow_ips
+        if isinstance(allow, str):
+            allow = [a.strip() for a in allow.split(",") if a.strip()]
+        if "*" in allow:
+            allow = "*"
+        else:
+            allow = [str(a) for a in allow]
+        return _core.HttpServer(
+            self.wsgi,
+            loop,
+            base_environ=self._base_environ(),
+            limit_request_line=cfg.limit_request_line,
+            limit_request_fields=cfg.limit_request_fields,
+            limit_request_field_size=cfg.limit_request_field_size,
+            keepalive=float(cfg.keepalive),
+            secure_scheme_headers=dict(cfg.secure_scheme_headers or {}),
+            forwarded_allow_ips=allow,
+            access_log=self._access if self._access_log_enabled() else None,
+            error_log=self._error,
+        )
+
+    def _ssl_context(self):
+        if not self.cfg.is_ssl:
+            return None
+        from gunicorn.sock import ssl_context
+
+        return ssl_context(self.cfg)
+
+    async def _accept(self, listener, ssl_ctx):
+        loop = asyncio.get_running_loop()
+        sock = getattr(listener, "sock", listener)
+        sock.setblocking(False)
+        limit = max(1, self.cfg.worker_connections)
+        server = self.server
+        while self.alive:
+            if server.connections >= limit:
+                # worker_connections: leave the rest in the backlog
+                await asyncio.sleep(0.01)
+                continue
+            try:
+                conn, _ = await loop.sock_accept(sock)
+            except asyncio.CancelledError:
+                raise
+            except OSError as e:
+                # EMFILE and friends: breathe, then go on accepting
+                self.log.error("accept() failed: %s", e)
+                await asyncio.sleep(0.1)
+                continue
+            if ssl_ctx is None:
+                try:
+                    await loop.connect_accepted_socket(server, conn)
+                except OSError:
+                    conn.close()
+            else:
+                loop.create_task(self._connect_ssl(loop, conn, ssl_ctx))
+
+    async def _connect_ssl(self, loop, conn, ssl_ctx):
+        try:
+            await loop.connect_accepted_socket(
+                self.server, conn, ssl=ssl_ctx,
+                ssl_handshake_timeout=max(1.0, float(self.cfg.keepalive or 0) + 10),
+            )
+        except Exception as e:  # a failed handshake is the client's problem
+            self.log.debug("SSL connection failed: %s", e)
+            conn.close()
+
+    async def _serve(self):
+        loop = asyncio.get_running_loop()
+        self._wakeup = asyncio.Event()
+        self.server = server = self.make_server(loop)
+        ssl_ctx = self._ssl_context()
+        acceptors = [
+            loop.create_task(self._accept(s, ssl_ctx)) for s in self.sockets
+        ]
+        keepalive = float(self.cfg.keepalive)
+        try:
+            while self.alive:
+                self.notify()
+                if server.requests >= self.max_requests:
+                    self.log.info("Autorestarting worker after current request.")
+                    self.alive = False
+                    break
+                if self.ppid != os.getppid():
+                    self.log.info("Parent changed, shutting down: %s", self)
+                    self.alive = False
+                    break
+                server.close_idle(max(keepalive, 0.0))
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), 1.0)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            for t in acceptors:
+                t.cancel()
+            await asyncio.gather(*acceptors, return_exceptions=True)
+            await self._stop(loop)
+
+    async def _stop(self, loop):
+        server = self.server
+        if not self._quit_now:
+            # graceful: in-flight requests get graceful_timeout to finish
+            server.shutdown()
+            deadline = loop.time() + float(self.cfg.graceful_timeout)
+            while server.active and loop.time() < deadline and not self._quit_now:
+                self.notify()
+                await asyncio.sleep(0.05)
+        server.abort()
+        # let the cancelled requests unwind
+        for _ in range(20):
+            if not server.active:
+                break
+            await asyncio.sleep(0.01)
+        try:
+            await asyncio.wait_for(loop.shutdown_default_executor(), 5)
+        except (asyncio.TimeoutError, RuntimeError):
+            pass
+
+
+class AsyncioGunicornWorker(AsyncGunicornWorker):
+    """The same worker, always on asyncio's own loop."""
+
+    loop_kind = "asyncio"
