@@ -2166,16 +2166,9 @@ proto_data_received(PyObject *op, PyObject *data)
 static PyObject *
 proto_eof_received(PyObject *op, PyObject *unused)
 {
-    HttpProtocol *p = (HttpProtocol *)op;
-    HttpRequest *r = p->req;
-    if (r != NULL && r->started && !r->response_done) {
-        /* half-closed: answer, then close */
-        r->close_after = 1;
-        p->broken = 1;
-        if (!r->body_done)
-            body_error(p);
-        Py_RETURN_TRUE;
-    }
+    /* The peer closed its side.  A client that goes away mid-request looks
+     * just like this, so the transport closes (False) and connection_lost
+     * cancels a request in progress, as uvicorn and aiohttp do. */
     Py_RETURN_FALSE;
 }
 
