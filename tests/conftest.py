@@ -1,0 +1,118 @@
+"""Shared fixtures.  Server fixtures start real processes on 127.0.0.1 with a
+free port, wait until they answer, and always stop them."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+WORKER = "aiopyramid.gunicorn.worker.AsyncGunicornWorker"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(port, path="/hello", timeout=5.0):
+    """(status, body) of a simple GET, or None if nothing answers."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.sendall(b"GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % path.encode())
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError:
+        return None
+    head, _, body = data.partition(b"\r\n\r\n")
+    if not head:
+        return None
+    return int(head.split(b" ", 2)[1]), body
+
+
+class ServerProcess:
+    def __init__(self, proc, port, log_path):
+        self.proc = proc
+        self.port = port
+        self.log_path = log_path
+
+    def log(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def wait_ready(self, path="/hello", timeout=30.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("server exited with %s:\n%s" % (self.proc.returncode, self.log()))
+            r = http_get(self.port, path, timeout=2.0)
+            if r is not None and r[0] == 200:
+                return
+            time.sleep(0.1)
+        raise RuntimeError("server not ready after %.0fs:\n%s" % (timeout, self.log()))
+
+    def signal(self, sig):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def stop(self, timeout=15.0):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start_server(tmp_path):
+    """start_server(cmd_args, port=..., env=...) -> ServerProcess, ready."""
+    started = []
+
+    def start(args, port, env=None, cwd=HERE, ready_path="/hello", wait=True):
+        log_path = tmp_path / ("server-%d.log" % len(started))
+        full_env = dict(os.environ)
+        full_env["PYTHONPATH"] = os.pathsep.join(
+            [HERE, ROOT] + ([full_env["PYTHONPATH"]] if full_env.get("PYTHONPATH") else []))
+        full_env.pop("PYTHONDEVMODE", None)
+        full_env["PYTHONWARNINGS"] = "ignore"
+        full_env.update(env or {})
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=full_env,
+                                    cwd=cwd, start_new_session=True)
+        server = ServerProcess(proc, port, log_path)
+        started.append(server)
+        if wait:
+            server.wait_ready(ready_path)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.stop()
+
+
+@pytest.fixture
+def gunicorn(start_server):
+    """gunicorn(*extra_args, app=..., env=...) with aiopyramid's worker."""
+
+    def run(*extra, app="http_e2e_app:main()", env=None, worker=WORKER, wait=True):
+        port = free_port()
+        args = [sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:%d" % port,
+                "--worker-class", worker, "--workers", "1", "--no-control-socket",
+                "--graceful-timeout", "10", *extra, app]
+        return start_server(args, port, env=env, wait=wait)
+
+    return run

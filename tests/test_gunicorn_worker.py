@@ -1,0 +1,276 @@
+"""End to end: a real gunicorn process with AsyncGunicornWorker on
+127.0.0.1, spoken to with raw sockets."""
+import asyncio
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, free_port, http_get
+from rawhttp import blocking_exchange, parse_all
+
+pytest.importorskip("gunicorn")
+
+
+def get(port, path, **kw):
+    data, closed = blocking_exchange(
+        port, b"GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % path.encode(), **kw)
+    (r,) = parse_all(data)
+    return r
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_serves_coroutine_and_legacy_views(gunicorn, loop):
+    srv = gunicorn(env={"AIOPYRAMID_LOOP": loop})
+    assert get(srv.port, "/hello").body == b"Hello, world!"
+    assert get(srv.port, "/legacy").body == b"legacy"
+    assert get(srv.port, "/sleep?s=0.05&tag=ok").body == b"ok"
+
+
+def test_pipelined_requests_in_one_packet(gunicorn):
+    srv = gunicorn()
+    data, closed = blocking_exchange(
+        srv.port,
+        b"GET /sleep?s=0.2&tag=first HTTP/1.1\r\nHost: t\r\n\r\n"
+        b"GET /legacy HTTP/1.1\r\nHost: t\r\n\r\n"
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc"
+        b"GET /hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    rs = parse_all(data)
+    assert [r.body for r in rs] == [b"first", b"legacy", b"abc", b"Hello, world!"]
+    assert closed
+
+
+def test_chunked_upload(gunicorn):
+    srv = gunicorn()
+    data, closed = blocking_exchange(
+        srv.port,
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        b"4\r\nWiki\r\n5\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\n\r\n")
+    (r,) = parse_all(data)
+    assert r.status == 200 and r.body == b"Wikipedia in\r\n\r\nchunks."
+
+
+def test_expect_100_continue(gunicorn):
+    import socket
+    srv = gunicorn()
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+        s.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n"
+                  b"Expect: 100-continue\r\nConnection: close\r\n\r\n")
+        interim = s.recv(100)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(b"hello")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    (r,) = parse_all(data)
+    assert r.body == b"hello"
+
+
+def test_head(gunicorn):
+    srv = gunicorn()
+    data, closed = blocking_exchange(
+        srv.port, b"HEAD /hello HTTP/1.1\r\nHost: t\r\n\r\nGET /hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    h, g = parse_all(data, methods=["HEAD", "GET"])
+    assert h.header("content-length") == "13" and h.body == b""
+    assert g.body == b"Hello, world!"
+
+
+def test_oversized_request_line_and_headers(gunicorn):
+    srv = gunicorn("--limit-request-line", "200", "--limit-request-fields", "10",
+                   "--limit-request-field_size", "100")
+    for req, status in [
+        (b"GET /hello?" + b"x" * 300 + b" HTTP/1.1\r\nHost: t\r\n\r\n", 414),
+        (b"GET /hello HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(11)) + b"\r\n", 431),
+        (b"GET /hello HTTP/1.1\r\nX-Big: " + b"v" * 200 + b"\r\n\r\n", 431),
+    ]:
+        data, closed = blocking_exchange(srv.port, req)
+        (r,) = parse_all(data)
+        assert r.status == status and closed
+    assert get(srv.port, "/hello").status == 200
+
+
+@pytest.mark.parametrize("req", [
+    b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /hello HTTP/1.1\r\n\r\n",
+    b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
+    b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
+    b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+    b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+    b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\nabc\r\n0\r\n\r\n",
+    b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: +4\r\n\r\nabcd",
+    b"GET /hello HTTP/1.1\r\nHost: t\r\n\rX: y\r\n\r\n",
+    b"GET /hello HTTP/1.1\nHost: t\n\n",
+    b"GET /hello HTTP/9.9\r\nHost: t\r\n\r\n",
+])
+def test_smuggling_shapes_get_400_and_close(gunicorn, req):
+    srv = gunicorn()
+    data, closed = blocking_exchange(srv.port, req)
+    rs = parse_all(data)
+    assert [r.status for r in rs] == [400], rs
+    assert closed
+
+
+def test_access_log_in_gunicorn_format(gunicorn):
+    srv = gunicorn("--access-logfile", "-")
+    get(srv.port, "/hello?x=1")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and "/hello?x=1" not in srv.log():
+        time.sleep(0.05)
+    assert re.search(r'127\.0\.0\.1 - - \[[^\]]+\] "GET /hello\?x=1 HTTP/1\.1" 200 13 "-" "-"', srv.log()), srv.log()
+
+
+def test_url_scheme_from_trusted_proxy(gunicorn):
+    srv = gunicorn("--forwarded-allow-ips", "127.0.0.1")
+    data, _ = blocking_exchange(
+        srv.port, b"GET /env HTTP/1.1\r\nHost: t\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n")
+    (r,) = parse_all(data)
+    assert json.loads(r.body)["wsgi.url_scheme"] == "https"
+
+
+def test_max_requests_restarts_the_worker(gunicorn):
+    srv = gunicorn("--max-requests", "3")
+    pids = set()
+    deadline = time.monotonic() + 30
+    while len(pids) < 2 and time.monotonic() < deadline:
+        r = http_get(srv.port, "/env")
+        if r is not None and r[0] == 200:
+            pids.add(json.loads(r[1])["pid"])
+        else:
+            time.sleep(0.05)
+    assert len(pids) >= 2
+
+
+async def _fire(port, paths, timeout):
+    async def one(path):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % path.encode())
+            data = await asyncio.wait_for(reader.read(), timeout)
+            return data
+        finally:
+            writer.close()
+    return await asyncio.gather(*(one(p) for p in paths), return_exceptions=True)
+
+
+def test_graceful_shutdown_finishes_requests_in_flight(gunicorn):
+    srv = gunicorn("--graceful-timeout", "20")
+
+    async def main():
+        task = asyncio.ensure_future(_fire(srv.port, ["/sleep?s=1&tag=%d" % i for i in range(50)], 20))
+        await asyncio.sleep(0.4)  # all in flight
+        srv.signal(signal.SIGTERM)
+        return await task
+
+    results = asyncio.run(main())
+    bodies = sorted(parse_all(r)[0].body for r in results)
+    assert bodies == sorted(b"%d" % i for i in range(50))
+    assert srv.proc.wait(20) == 0
+    assert http_get(srv.port, "/hello", timeout=1) is None
+
+
+def test_sigquit_stops_at_once(gunicorn):
+    srv = gunicorn()
+
+    async def main():
+        task = asyncio.ensure_future(_fire(srv.port, ["/sleep?s=30"], 20))
+        await asyncio.sleep(0.4)
+        t0 = time.monotonic()
+        srv.signal(signal.SIGQUIT)
+        results = await task
+        return results, time.monotonic() - t0
+
+    results, took = asyncio.run(main())
+    assert took < 10
+    assert results[0] == b"" or isinstance(results[0], (ConnectionError, OSError))
+    assert srv.proc.wait(20) is not None
+
+
+def test_pserve_with_ini(start_server, tmp_path):
+    pserve = shutil.which("pserve", path=os.path.dirname(sys.executable))
+    if pserve is None:
+        pytest.skip("pserve is not installed")
+    port = free_port()
+    ini = tmp_path / "development.ini"
+    ini.write_text(
+        "[app:main]\nuse = call:http_e2e_app:main\n\n"
+        "[server:main]\nuse = egg:gunicorn#main\nhost = 127.0.0.1\nport = %d\n"
+        "workers = 1\nworker_class = aiopyramid.gunicorn.worker.AsyncGunicornWorker\n"
+        "control_socket_disable = true\n" % port)
+    srv = start_server([pserve, str(ini)], port)
+    assert get(port, "/sleep?s=0.05&tag=pserve").body == b"pserve"
+    assert srv.stop() == 0
+
+
+def test_examples_development_ini(start_server):
+    pserve = shutil.which("pserve", path=os.path.dirname(sys.executable))
+    if pserve is None:
+        pytest.skip("pserve is not installed")
+    # the example binds 6543: only run it when that port is free
+    import socket
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", 6543))
+        except OSError:
+            pytest.skip("127.0.0.1:6543 is in use")
+    srv = start_server([pserve, os.path.join(ROOT, "examples", "development.ini")], 6543,
+                       env={"PYTHONPATH": os.path.join(ROOT, "examples")})
+    r = get(6543, "/api/items")
+    assert r.status == 200 and json.loads(r.body) == {"items": []}
+
+
+def _raise_fd_limit(n):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < n:
+        if hard != resource.RLIM_INFINITY and hard < n:
+            pytest.skip("the open file limit (%d) is below %d" % (hard, n))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n, hard))
+    return soft, hard
+
+
+def test_2000_concurrent_sleeping_requests(gunicorn):
+    n = 2000
+    soft, hard = _raise_fd_limit(n + 512)
+    try:
+        srv = gunicorn("--worker-connections", "4000", "--backlog", "4096", "--timeout", "60")
+
+        async def main():
+            sem = asyncio.Semaphore(n)  # all at once: each holds its connection
+
+            async def one(i):
+                async with sem:
+                    for attempt in range(3):
+                        try:
+                            reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+                            break
+                        except OSError:
+                            await asyncio.sleep(0.2)
+                    else:
+                        raise
+                    try:
+                        writer.write(b"GET /sleep?s=1&tag=%d HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % i)
+                        return await asyncio.wait_for(reader.read(), 45)
+                    finally:
+                        writer.close()
+
+            t0 = time.monotonic()
+            results = await asyncio.gather(*(one(i) for i in range(n)), return_exceptions=True)
+            return results, time.monotonic() - t0
+
+        results, took = asyncio.run(main())
+        errors = [r for r in results if isinstance(r, BaseException)]
+        assert not errors, (len(errors), errors[:3])
+        bodies = [parse_all(r)[0].body for r in results]
+        assert bodies == [b"%d" % i for i in range(n)]
+        # they slept together: far less than 2,000 s, well under a minute
+        assert took < 40, took
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
