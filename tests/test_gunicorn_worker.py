@@ -217,6 +217,7 @@ def test_examples_development_ini(start_server):
     # the example binds 6543: only run it when that port is free
     import socket
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn does
         try:
             s.bind(("127.0.0.1", 6543))
         except OSError:

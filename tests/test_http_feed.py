@@ -1,0 +1,202 @@
+"""HttpProtocol fed by hand through a fake transport: every split of the
+input gives the same answers, callback errors become clean 500s, and
+requests leak nothing."""
+import asyncio
+import gc
+
+import pytest
+
+from aiopyramid import _core
+
+from rawhttp import parse_all
+
+
+class FakeTransport:
+    def __init__(self):
+        self.out = bytearray()
+        self.closed = False
+        self.paused = False
+
+    def write(self, data):
+        assert not self.closed, "write after close"
+        self.out += data
+
+    def close(self):
+        self.closed = True
+
+    abort = close
+
+    def pause_reading(self):
+        self.paused = True
+
+    def resume_reading(self):
+        self.paused = False
+
+    def get_extra_info(self, name, default=None):
+        return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 80)}.get(name, default)
+
+
+def app(environ, start_response):
+    body = environ["wsgi.input"].read()
+    out = b"%s %s %s|%s" % (environ["REQUEST_METHOD"].encode(), environ["PATH_INFO"].encode(),
+                            environ["QUERY_STRING"].encode(), body)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [out]
+
+
+PIPELINE = (
+    b"GET /a?x=1 HTTP/1.1\r\nHost: h\r\nX-Long-Header-Name: some value\r\n\r\n"
+    b"POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello"
+    b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"3\r\nabc\r\n2;name=value\r\nde\r\n0\r\nX-Trailer: 1\r\n\r\n"
+    b"HEAD /d HTTP/1.1\r\nHost: h\r\n\r\n"
+    b"GET /e HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+)
+EXPECTED = [b"GET /a x=1|", b"POST /b |hello", b"POST /c |abcde", b"", b"GET /e |"]
+METHODS = ["GET", "POST", "POST", "HEAD", "GET"]
+
+
+@pytest.fixture
+def loop():
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def connect(loop, the_app=app, **kw):
+    server = _core.HttpServer(the_app, loop, **kw)
+    proto = server()
+    t = FakeTransport()
+    proto.connection_made(t)
+    return server, proto, t
+
+
+def spin(loop, n=10):
+    """Lets Tasks of requests that waited (for their body) run."""
+    for _ in range(n):
+        loop.run_until_complete(asyncio.sleep(0))
+
+
+def feed_buffered(proto, data):
+    buf = proto.get_buffer(-1)
+    n = min(len(buf), len(data))
+    buf[:n] = data[:n]
+    proto.buffer_updated(n)
+    return data[n:]
+
+
+def test_every_split_gives_the_same_answers(loop):
+    for i in range(len(PIPELINE) + 1):
+        server, proto, t = connect(loop)
+        proto.data_received(PIPELINE[:i])
+        spin(loop)
+        proto.data_received(PIPELINE[i:])
+        spin(loop)
+        rs = parse_all(bytes(t.out), METHODS)
+        assert [r.body for r in rs] == EXPECTED, i
+        assert t.closed and server.requests == 5
+        proto.connection_lost(None)
+
+
+def test_byte_by_byte_through_the_buffer(loop):
+    server, proto, t = connect(loop)
+    for b in range(len(PIPELINE)):
+        rest = feed_buffered(proto, PIPELINE[b:b + 1])
+        assert rest == b""
+        spin(loop, 2)
+    rs = parse_all(bytes(t.out), METHODS)
+    assert [r.body for r in rs] == EXPECTED
+    proto.connection_lost(None)
+
+
+def test_malformed_input_at_every_split(loop):
+    bad = b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"
+    for i in range(len(bad) + 1):
+        server, proto, t = connect(loop)
+        proto.data_received(bad[:i])
+        proto.data_received(bad[i:])
+        rs = parse_all(bytes(t.out))
+        assert [r.status for r in rs] == [400] and t.closed, i
+        proto.connection_lost(None)
+
+
+class Exploding:
+    def __eq__(self, other):
+        raise ZeroDivisionError("cannot compare")
+
+    __hash__ = object.__hash__
+
+
+def test_callback_exception_is_a_500_and_logged(loop):
+    logged = []
+    server, proto, t = connect(loop, secure_scheme_headers={"X-FORWARDED-PROTO": Exploding()},
+                               forwarded_allow_ips="*",
+                               error_log=lambda msg, exc: logged.append((msg, exc)))
+    proto.data_received(b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-Proto: https\r\n\r\n")
+    (r,) = parse_all(bytes(t.out))
+    assert r.status == 500 and t.closed
+    (msg, exc), = logged
+    assert msg == "Error parsing request" and isinstance(exc, ZeroDivisionError)
+    proto.connection_lost(None)
+
+
+def test_buffer_updated_checks_its_argument(loop):
+    server, proto, t = connect(loop)
+    proto.get_buffer(-1)
+    with pytest.raises(ValueError, match="more than the buffer had room for"):
+        proto.buffer_updated(1 << 30)
+    proto.connection_lost(None)
+
+
+def test_start_response_contract(loop):
+    calls = []
+
+    def app2(environ, start_response):
+        write = start_response("200 OK", [])
+        with pytest.raises(RuntimeError, match="already called"):
+            start_response("200 OK", [])
+        try:
+            raise KeyError("x")
+        except KeyError as e:
+            start_response("500 Internal Server Error", [("X-A", "b")], (type(e), e, e.__traceback__))
+        write(b"early ")
+        try:
+            raise KeyError("late")
+        except KeyError as e:
+            with pytest.raises(KeyError):
+                start_response("500 Internal Server Error", [], (type(e), e, e.__traceback__))
+        calls.append(True)
+        return [b"late"]
+
+    server, proto, t = connect(loop, app2)
+    proto.data_received(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    (r,) = parse_all(bytes(t.out))
+    assert r.status == 500 and r.header("x-a") == "b"
+    assert r.body == b"early late" and calls == [True]
+    proto.connection_lost(None)
+
+
+def test_no_leaks(loop):
+    def run(n):
+        for i in range(n):
+            server, proto, t = connect(loop)
+            if i % 2:
+                proto.data_received(PIPELINE)
+            else:  # the POST waits for its body: a Task finishes it
+                proto.data_received(PIPELINE[:112])
+                spin(loop, 3)
+                proto.data_received(PIPELINE[112:])
+                spin(loop, 3)
+            assert len(parse_all(bytes(t.out), METHODS)) == 5
+            proto.connection_lost(None)
+        spin(loop)
+    run(200)
+    gc.collect()
+    before = len(gc.get_objects())
+    created = _core.pool_stats()["created"]
+    run(2000)
+    gc.collect()
+    after = len(gc.get_objects())
+    assert after - before < 100, (before, after)
+    # pooled request greenlets are reused, not made per request
+    assert _core.pool_stats()["created"] - created < 10
