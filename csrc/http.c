@@ -2151,7 +2151,7 @@ proto_data_received(PyObject *op, PyObject *data)
     if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
         return NULL;
     int rc = ensure_space(p, (size_t)view.len);
-    if (rc == 0) {
+    if (rc == 0 && view.len > 0) {
         memcpy(p->rbuf + p->rlen, view.buf, (size_t)view.len);
         p->rlen += (size_t)view.len;
     }
