@@ -84,7 +84,7 @@ class HttpServer:
         limit_request_field_size: int = ...,
         keepalive: float = ...,
         secure_scheme_headers: dict[str, str] | None = ...,
-        forwarded_allow_ips: str | list[str] | None = ...,
+        forwarded_allow_ips: str | list[str] | Callable[[str], bool] | None = ...,
         access_log: Callable[[dict[str, Any], str | None, list[tuple[str, str]] | None, int, float], Any] | None = ...,
         error_log: Callable[[str, BaseException | None], Any] | None = ...,
         body_buffer: int = ...,

@@ -38,6 +38,7 @@ typedef struct {
     PyObject *error_log;        /* callable or NULL */
     PyObject *secure_headers;   /* tuple of (environ key, expected value) */
     PyObject *forwarded_allow;  /* set of str, NULL: every peer */
+    PyObject *trust_check;      /* callable(host) -> bool, or NULL */
     PyObject *connections;      /* set of HttpProtocol */
     Py_ssize_t limit_line, limit_fields, limit_field_size;
     Py_ssize_t body_buffer;     /* pause reading with more body buffered */
@@ -2003,12 +2004,21 @@ proto_connection_made(PyObject *op, PyObject *transport)
         PyDict_SetItem(env, HSTR(st, WSGI_URL_SCHEME),
                        ssl != Py_None ? HSTR(st, HTTPS) : HSTR(st, HTTP)) < 0)
         goto error;
-    if (!PyTuple_Check(peer) || srv->forwarded_allow == NULL) {
+    if (!PyTuple_Check(peer) ||
+        (srv->forwarded_allow == NULL && srv->trust_check == NULL)) {
         p->trusted = 1; /* a unix socket's peer, or '*' */
     }
     else {
         PyObject *host = PyDict_GetItemWithError(env, HSTR(st, REMOTE_ADDR));
-        int c = host ? PySet_Contains(srv->forwarded_allow, host) : -1;
+        int c = -1;
+        if (host != NULL && srv->trust_check != NULL) {
+            PyObject *v = PyObject_CallOneArg(srv->trust_check, host);
+            c = v ? PyObject_IsTrue(v) : -1;
+            Py_XDECREF(v);
+        }
+        else if (host != NULL) {
+            c = PySet_Contains(srv->forwarded_allow, host);
+        }
         if (c < 0)
             goto error;
         p->trusted = c;
@@ -2367,6 +2377,9 @@ server_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
              PyUnicode_CompareWithASCIIString(allow, "*") == 0) {
         self->forwarded_allow = NULL;
     }
+    else if (PyCallable_Check(allow)) {
+        self->trust_check = Py_NewRef(allow);
+    }
     else {
         self->forwarded_allow = PySet_New(allow);
         if (self->forwarded_allow == NULL)
@@ -2414,6 +2427,7 @@ server_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(s->error_log);
     Py_VISIT(s->secure_headers);
     Py_VISIT(s->forwarded_allow);
+    Py_VISIT(s->trust_check);
     Py_VISIT(s->connections);
     return 0;
 }
@@ -2432,6 +2446,7 @@ server_clear(PyObject *op)
     Py_CLEAR(s->error_log);
     Py_CLEAR(s->secure_headers);
     Py_CLEAR(s->forwarded_allow);
+    Py_CLEAR(s->trust_check);
     Py_CLEAR(s->connections);
     return 0;
 }

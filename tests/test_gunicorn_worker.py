@@ -128,8 +128,9 @@ def test_access_log_in_gunicorn_format(gunicorn):
     assert re.search(r'127\.0\.0\.1 - - \[[^\]]+\] "GET /hello\?x=1 HTTP/1\.1" 200 13 "-" "-"', srv.log()), srv.log()
 
 
-def test_url_scheme_from_trusted_proxy(gunicorn):
-    srv = gunicorn("--forwarded-allow-ips", "127.0.0.1")
+@pytest.mark.parametrize("allow", ["127.0.0.1", "10.0.0.0/8,127.0.0.0/8"])
+def test_url_scheme_from_trusted_proxy(gunicorn, allow):
+    srv = gunicorn("--forwarded-allow-ips", allow)
     data, _ = blocking_exchange(
         srv.port, b"GET /env HTTP/1.1\r\nHost: t\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n")
     (r,) = parse_all(data)
@@ -275,3 +276,37 @@ def test_2000_concurrent_sleeping_requests(gunicorn):
         assert took < 40, took
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_ssl(gunicorn, tmp_path):
+    import socket
+    import ssl
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    srv = gunicorn("--certfile", str(cert), "--keyfile", str(key), wait=False)
+    ctx = ssl.create_default_context(cafile=str(cert))
+    ctx.check_hostname = False
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as raw:
+                with ctx.wrap_socket(raw) as s:
+                    s.sendall(b"GET /env HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                    data = b""
+                    while True:
+                        chunk = s.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+            break
+        except (OSError, ssl.SSLError):
+            if time.monotonic() > deadline or srv.proc.poll() is not None:
+                raise
+            time.sleep(0.2)
+    (r,) = parse_all(data)
+    assert r.status == 200 and json.loads(r.body)["wsgi.url_scheme"] == "https"

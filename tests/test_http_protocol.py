@@ -150,6 +150,8 @@ def test_secure_scheme_headers_from_trusted_proxy(run):
     assert run(main(["127.0.0.1"])) == "https"
     assert run(main("*")) == "https"
     assert run(main(["10.1.2.3"])) == "http"
+    assert run(main(lambda host: host == "127.0.0.1")) == "https"
+    assert run(main(lambda host: False)) == "http"
 
 
 def test_pipelined_requests_answered_in_order(run):

@@ -59,6 +59,32 @@ class _AccessRequest:
         ]
 
 
+def _trusted_proxies(allow):
+    """forwarded_allow_ips as HttpServer takes it: '*', a list of
+    addresses, or, when networks are named, a cached membership test."""
+    if isinstance(allow, str):
+        allow = [a.strip() for a in allow.split(",") if a.strip()]
+    allow = [str(a) for a in allow]
+    if "*" in allow:
+        return "*"
+    if not any("/" in a for a in allow):
+        return allow
+    import functools
+    import ipaddress
+
+    networks = [ipaddress.ip_network(a, strict=False) for a in allow]
+
+    @functools.lru_cache(maxsize=1024)
+    def trusted(host):
+        try:
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(addr in net for net in networks)
+
+    return trusted
+
+
 def _new_loop(kind):
     if kind is None:
         kind = os.environ.get(LOOP_ENV, "").strip().lower() or None
@@ -206,13 +232,7 @@ class AsyncGunicornWorker(base.Worker):
 
     def make_server(self, loop):
         cfg = self.cfg
-        allow = cfg.forwarded_allow_ips
-        if isinstance(allow, str):
-            allow = [a.strip() for a in allow.split(",") if a.strip()]
-        if "*" in allow:
-            allow = "*"
-        else:
-            allow = [str(a) for a in allow]
+        allow = _trusted_proxies(cfg.forwarded_allow_ips)
         return _core.HttpServer(
             self.wsgi,
             loop,
