@@ -79,6 +79,7 @@ struct HttpProtocol {
     int broken;                 /* no more parsing: close after the response */
     int trusted;                /* peer in forwarded_allow_ips */
     int upgrade;
+    unsigned long served;       /* responses completed on this connection */
     double last_activity;
 };
 
@@ -922,11 +923,16 @@ request_finish(HttpRequest *r)
         r->close_after = 1; /* shorter than its Content-Length */
     if (!r->body_done && r->expect_continue && !r->continue_sent)
         r->close_after = 1; /* the client may never send that body */
+    /* a body nobody reads any more: drop it, and read (to discard the
+     * rest of it) if a full buffer had paused reading */
+    r->bpos = r->blen = 0;
+    set_read_paused(p, PAUSE_BODY, 0);
     if (r->close_after || srv->shutting_down) {
         p->broken = 1;
         proto_close(p);
     }
     p->last_activity = monotonic();
+    p->served++;
     /* the next request may start once this one's body is parsed */
     if (r->body_done)
         proto_release_request(p);
@@ -1899,6 +1905,7 @@ proto_new(modstate *st, HttpServer *srv)
     p->err_status = 0;
     p->read_paused = p->write_paused = 0;
     p->closed = p->waiting = p->broken = p->trusted = p->upgrade = 0;
+    p->served = 0;
     p->last_activity = monotonic();
     llhttp_init(&p->parser, HTTP_REQUEST, &parser_settings);
     p->parser.data = p;
@@ -2472,17 +2479,24 @@ static PyObject *
 server_close_idle(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 {
     HttpServer *s = (HttpServer *)op;
-    double max_idle = s->keepalive;
-    if (nargs > 1) {
+    double max_idle = s->keepalive, first_wait = -1.0;
+    if (nargs > 2) {
         PyErr_Format(PyExc_TypeError,
-                     "close_idle() takes at most 1 argument (%zd given)", nargs);
+                     "close_idle() takes at most 2 arguments (%zd given)", nargs);
         return NULL;
     }
-    if (nargs == 1) {
+    if (nargs >= 1) {
         max_idle = PyFloat_AsDouble(args[0]);
         if (max_idle == -1.0 && PyErr_Occurred())
             return NULL;
     }
+    if (nargs == 2) {
+        first_wait = PyFloat_AsDouble(args[1]);
+        if (first_wait == -1.0 && PyErr_Occurred())
+            return NULL;
+    }
+    if (first_wait < 0)
+        first_wait = max_idle;
     PyObject *conns = server_connection_list(s);
     if (conns == NULL)
         return NULL;
@@ -2491,7 +2505,10 @@ server_close_idle(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(conns); i++) {
         HttpProtocol *p = (HttpProtocol *)PyList_GET_ITEM(conns, i);
         int busy = p->req != NULL && p->req->started && !p->req->response_done;
-        if (!busy && !p->closed && now - p->last_activity >= max_idle) {
+        /* keep-alive between requests; a new connection may take longer
+         * to send its first one */
+        double limit = p->served ? max_idle : first_wait;
+        if (!busy && !p->closed && now - p->last_activity >= limit) {
             proto_close(p);
             closed++;
         }
@@ -2574,9 +2591,10 @@ server_get_app(PyObject *op, void *closure)
 static PyMethodDef server_methods[] = {
     {"close_idle", (PyCFunction)(void (*)(void))server_close_idle,
      METH_FASTCALL,
-     "close_idle(max_idle=keepalive)\n--\n\n"
+     "close_idle(max_idle=keepalive, first_request=max_idle)\n--\n\n"
      "Close connections with no request in progress that have been quiet "
-     "for max_idle seconds; returns how many."},
+     "for max_idle seconds (first_request seconds for a connection yet to "
+     "send its first request); returns how many."},
     {"shutdown", server_shutdown, METH_NOARGS,
      "shutdown()\n--\n\nClose idle connections now and the others after "
      "their response; no keep-alive from now on."},

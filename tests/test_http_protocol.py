@@ -542,3 +542,33 @@ def test_server_arguments_are_checked():
     finally:
         loop.close()
     gc.collect()
+
+
+def test_unread_large_body_is_discarded(run):
+    size = 1024 * 1024
+
+    async def main():
+        async with serving(text_app(b"ignored the body"), body_buffer=16384) as (port, srv):
+            return await exchange(
+                port, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size,
+                b"z" * size + b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n", count=2, timeout=30)
+    rs, closed = run(main())
+    assert [r.body for r in rs] == [b"ignored the body"] * 2 and not closed
+
+
+def test_close_idle(run):
+    async def main():
+        async with serving(text_app()) as (port, srv):
+            fresh = await asyncio.open_connection("127.0.0.1", port)
+            used = await asyncio.open_connection("127.0.0.1", port)
+            used[1].write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            await used[0].readuntil(b"hello")
+            await asyncio.sleep(0.05)
+            n1 = srv.close_idle(0.0, 30.0)  # only the one that was served
+            tail_used = await asyncio.wait_for(used[0].read(), 2)
+            n2 = srv.close_idle(0.0)  # then the fresh one too
+            tail_fresh = await asyncio.wait_for(fresh[0].read(), 2)
+            for _, w in (fresh, used):
+                w.close()
+            return n1, n2, tail_used, tail_fresh
+    assert run(main()) == (1, 1, b"", b"")

@@ -115,6 +115,7 @@ class AsyncGunicornWorker(base.Worker):
         self.exit_code = 0
         self._quit_now = False
         self._wakeup = None
+        self._connecting = 0
 
     # -- process set-up ---------------------------------------------------
 
@@ -261,12 +262,19 @@ class AsyncGunicornWorker(base.Worker):
         limit = max(1, self.cfg.worker_connections)
         server = self.server
         while self.alive:
-            if server.connections >= limit:
+            if server.connections + self._connecting >= limit:
                 # worker_connections: leave the rest in the backlog
                 await asyncio.sleep(0.01)
                 continue
             try:
-                conn, _ = await loop.sock_accept(sock)
+                conns = [await loop.sock_accept(sock)]
+                # take what else waits in the backlog now, not one per
+                # loop iteration: a burst of clients is not kept waiting
+                while server.connections + self._connecting + len(conns) < limit:
+                    try:
+                        conns.append(sock.accept())
+                    except (BlockingIOError, InterruptedError):
+                        break
             except asyncio.CancelledError:
                 raise
             except OSError as e:
@@ -274,23 +282,24 @@ class AsyncGunicornWorker(base.Worker):
                 self.log.error("accept() failed: %s", e)
                 await asyncio.sleep(0.1)
                 continue
-            if ssl_ctx is None:
-                try:
-                    await loop.connect_accepted_socket(server, conn)
-                except OSError:
-                    conn.close()
-            else:
-                loop.create_task(self._connect_ssl(loop, conn, ssl_ctx))
+            for conn, _ in conns:
+                self._connecting += 1
+                loop.create_task(self._connect(loop, conn, ssl_ctx))
 
-    async def _connect_ssl(self, loop, conn, ssl_ctx):
+    async def _connect(self, loop, conn, ssl_ctx):
         try:
-            await loop.connect_accepted_socket(
-                self.server, conn, ssl=ssl_ctx,
-                ssl_handshake_timeout=max(1.0, float(self.cfg.keepalive or 0) + 10),
-            )
+            if ssl_ctx is None:
+                await loop.connect_accepted_socket(self.server, conn)
+            else:
+                await loop.connect_accepted_socket(
+                    self.server, conn, ssl=ssl_ctx,
+                    ssl_handshake_timeout=max(1.0, float(self.cfg.keepalive or 0) + 10),
+                )
         except Exception as e:  # a failed handshake is the client's problem
-            self.log.debug("SSL connection failed: %s", e)
+            self.log.debug("connection failed: %s", e)
             conn.close()
+        finally:
+            self._connecting -= 1
 
     async def _serve(self):
         loop = asyncio.get_running_loop()
@@ -301,6 +310,7 @@ class AsyncGunicornWorker(base.Worker):
             loop.create_task(self._accept(s, ssl_ctx)) for s in self.sockets
         ]
         keepalive = float(self.cfg.keepalive)
+        first_wait = max(keepalive, float(self.cfg.timeout or 30))
         try:
             while self.alive:
                 self.notify()
@@ -312,7 +322,9 @@ class AsyncGunicornWorker(base.Worker):
                     self.log.info("Parent changed, shutting down: %s", self)
                     self.alive = False
                     break
-                server.close_idle(max(keepalive, 0.0))
+                # keepalive between requests; a new connection gets the
+                # worker timeout to send its first one
+                server.close_idle(max(keepalive, 0.0), first_wait)
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), 1.0)
                 except asyncio.TimeoutError:
