@@ -1,0 +1,262 @@
+"""HTTP benchmark: wrk against one gunicorn worker serving Pyramid's
+hello-world.
+
+    .venv/bin/python bench/http.py [--duration 5] [--rounds 3] [--conns 50,1000]
+
+Needs wrk (Debian: ``apt-get install wrk``) and, for the gevent worker,
+gevent (``pip install gevent``); configurations whose worker is missing are
+left out.  It installs nothing itself.
+
+Benchmarks are hard.  What this does, so you can judge it:
+* every server is one gunicorn worker on 127.0.0.1, started fresh for each
+  run, warmed up for 1 s, then measured by one wrk thread for --duration
+  seconds; the machine's other core runs wrk;
+* configurations are interleaved, round after round, and each figure is
+  the median of the rounds;
+* ours: aiopyramid's worker, the coroutine view and the legacy view (which
+  runs in the executor, a thread), on uvloop and on asyncio's loop;
+  theirs: gunicorn's sync, gthread (4 threads) and gevent workers serving
+  the same app without aiopyramid (a plain view);
+* p99 is wrk's latency percentile (wrk measures from request sent, with
+  coordinated omission: treat high-percentile figures as indicative);
+* Pyramid's own cost per request is measured in-process: the WSGI app
+  called directly with a prebuilt environ (copied per call) and no server.
+"""
+import os
+import sys
+
+# this file is named http.py: never let it stand in for the stdlib's http
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != HERE]
+
+import argparse  # noqa: E402
+import re  # noqa: E402
+import resource  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+
+ROOT = os.path.dirname(HERE)
+AIO_WORKER = "aiopyramid.gunicorn.worker.AsyncGunicornWorker"
+
+CONFIGS = [
+    # name, worker args, app, path, env
+    ("aiopyramid coroutine, uvloop", ["-k", AIO_WORKER], "bench.hello_app:aio()", "/hello",
+     {"AIOPYRAMID_LOOP": "uvloop"}),
+    ("aiopyramid coroutine, asyncio", ["-k", AIO_WORKER], "bench.hello_app:aio()", "/hello",
+     {"AIOPYRAMID_LOOP": "asyncio"}),
+    ("aiopyramid legacy, uvloop", ["-k", AIO_WORKER], "bench.hello_app:aio()", "/hello-legacy",
+     {"AIOPYRAMID_LOOP": "uvloop"}),
+    ("aiopyramid legacy, asyncio", ["-k", AIO_WORKER], "bench.hello_app:aio()", "/hello-legacy",
+     {"AIOPYRAMID_LOOP": "asyncio"}),
+    ("gunicorn sync", ["-k", "sync"], "bench.hello_app:plain()", "/hello", {}),
+    ("gunicorn gthread (4 threads)", ["-k", "gthread", "--threads", "4"], "bench.hello_app:plain()",
+     "/hello", {}),
+    ("gunicorn gevent", ["-k", "gevent"], "bench.hello_app:plain()", "/hello", {}),
+]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def raise_fd_limit(n=65536):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = n if hard == resource.RLIM_INFINITY else min(n, hard)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def wait_ready(port, path, proc, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("server exited with %s" % proc.returncode)
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(b"GET %s HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n" % path.encode())
+                if s.recv(100).startswith(b"HTTP/1.1 200"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("server not ready")
+
+
+def start(config, port):
+    name, args, app, path, env = config
+    full_env = dict(os.environ, PYTHONPATH=ROOT, **env)
+    cmd = [sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:%d" % port, "--workers", "1",
+           "--no-control-socket", "--worker-connections", "4000", "--backlog", "4096",
+           "--keep-alive", "30", "--log-level", "warning", *args, app]
+    proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_ready(port, path, proc)
+    except Exception:
+        stop(proc)
+        raise
+    return proc
+
+
+def stop(proc):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGQUIT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def wrk(url, conns, duration):
+    out = subprocess.run(
+        ["wrk", "-t1", "-c%d" % conns, "-d%ds" % duration, "--latency", "--timeout", "10s", url],
+        capture_output=True, text=True, timeout=duration + 60).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    m = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    p99 = float(m.group(1)) * UNITS[m.group(2)] if m else float("nan")
+    errors = re.search(r"Socket errors: (.*)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return rps, p99, (errors.group(1) if errors else ""), int(non2xx.group(1)) if non2xx else 0
+
+
+def available(config):
+    if "gevent" in config[1]:
+        try:
+            import gevent  # noqa: F401
+        except ImportError:
+            return False
+    return True
+
+
+def inprocess_cost(n=20000):
+    """µs per request of the app called directly, no server."""
+    sys.path.insert(0, ROOT)
+    import asyncio
+    import io
+
+    from bench import hello_app
+    from aiopyramid import _core
+
+    base = {
+        "REQUEST_METHOD": "GET", "PATH_INFO": "/hello", "SCRIPT_NAME": "", "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_HOST": "127.0.0.1", "wsgi.version": (1, 0), "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(b""), "wsgi.errors": sys.stderr, "wsgi.multithread": False,
+        "wsgi.multiprocess": False, "wsgi.run_once": False,
+    }
+
+    def start_response(status, headers, exc_info=None):
+        return None
+
+    def call(app, path):
+        env = dict(base, PATH_INFO=path)
+        result = app(env, start_response)
+        b"".join(result)
+        getattr(result, "close", lambda: None)()
+
+    out = {}
+    plain = hello_app.plain()
+    copy_cost = min(timeit_loop(lambda: dict(base, PATH_INFO="/hello"), n) for _ in range(3))
+    out["Pyramid, plain view (no aiopyramid)"] = min(
+        timeit_loop(lambda: call(plain, "/hello"), n) for _ in range(3)) - copy_cost
+
+    aio = hello_app.aio()
+
+    async def in_greenlets():
+        # each call in a pooled request greenlet, as the server runs it
+        t0 = time.perf_counter()
+        for _ in range(n):
+            await _core.spawn_greenlet(call, aio, "/hello")
+        return (time.perf_counter() - t0) / n * 1e6
+
+    out["Pyramid + aiopyramid, coroutine view, in a request greenlet"] = min(
+        asyncio.run(in_greenlets()) for _ in range(3)) - copy_cost
+    return out
+
+
+def timeit_loop(fn, n):
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--duration", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--conns", default="50,1000")
+    ap.add_argument("--only", help="substring of the configurations to run")
+    args = ap.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("bench/http.py needs wrk: apt-get install wrk (Debian/Ubuntu)")
+    raise_fd_limit()
+    conns = [int(c) for c in args.conns.split(",")]
+    configs = [c for c in CONFIGS if available(c) and (not args.only or args.only in c[0])]
+    missing = [c[0] for c in CONFIGS if not available(c)]
+    if missing:
+        print("left out (worker not installed): %s" % ", ".join(missing), file=sys.stderr)
+    results = {}  # (name, conns) -> list of (rps, p99)
+    for rnd in range(args.rounds):
+        for config in configs:
+            port = free_port()
+            proc = start(config, port)
+            try:
+                url = "http://127.0.0.1:%d%s" % (port, config[3])
+                wrk(url, 10, 1)  # warm-up
+                for c in conns:
+                    rps, p99, errors, non2xx = wrk(url, c, args.duration)
+                    results.setdefault((config[0], c), []).append((rps, p99))
+                    print("round %d %-32s c=%-5d %10.0f req/s  p99 %8.2f ms %s%s" % (
+                        rnd + 1, config[0], c, rps, p99, errors,
+                        " non-2xx: %d" % non2xx if non2xx else ""), file=sys.stderr, flush=True)
+            finally:
+                stop(proc)
+
+    med = {k: (statistics.median(r for r, _ in v), statistics.median(p for _, p in v))
+           for k, v in results.items()}
+    print()
+    print("One gunicorn worker, Pyramid hello-world, wrk -t1, %d s x %d interleaved rounds "
+          "(medians); Python %s." % (args.duration, args.rounds, sys.version.split()[0]))
+    print()
+    ref = {c: med.get(("gunicorn gevent", c)) for c in conns}
+    sync = {c: med.get(("gunicorn sync", c)) for c in conns}
+    print("| server | conns | req/s | p99 (ms) | req/s vs gevent | req/s vs sync | p99 vs gevent |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for config in configs:
+        for c in conns:
+            rps, p99 = med[(config[0], c)]
+            g, s = ref.get(c), sync.get(c)
+            print("| %s | %d | %.0f | %.2f | %s | %s | %s |" % (
+                config[0], c, rps, p99,
+                "%.2fx" % (rps / g[0]) if g else "-",
+                "%.2fx" % (rps / s[0]) if s else "-",
+                "%.2fx" % (p99 / g[1]) if g and g[1] else "-"))
+    print()
+    costs = inprocess_cost()
+    print("| in-process, no server | µs per request |")
+    print("| --- | ---: |")
+    for k, v in costs.items():
+        print("| %s | %.1f |" % (k, v))
+    print()
+    name = "aiopyramid coroutine, uvloop"
+    if (name, conns[0]) in med:
+        per_req = 1e6 / med[(name, conns[0])][0]
+        pyr = costs["Pyramid + aiopyramid, coroutine view, in a request greenlet"]
+        print("Server's share (%s, %d conns): %.1f µs per request in all, of which "
+              "Pyramid+aiopyramid in-process %.1f µs, the server and loop %.1f µs." % (
+                  name, conns[0], per_req, pyr, per_req - pyr))
+
+
+if __name__ == "__main__":
+    main()
