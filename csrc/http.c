@@ -1627,6 +1627,12 @@ on_header_value_complete(llhttp_t *parser)
     modstate *st = proto_state(p);
     const char *name = p->sbuf + p->url_len;
     size_t vlen = p->slen - p->url_len - p->field_len;
+    if (p->req != NULL) {
+        /* a chunked body's trailer: the environ is already the app's */
+        p->slen = p->url_len;
+        p->field_len = 0;
+        return 0;
+    }
     if (ensure_environ(p) < 0 ||
         environ_add_header(st, p->environ, name, p->field_len,
                            name + p->field_len, vlen) < 0)
