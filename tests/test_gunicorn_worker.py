@@ -310,3 +310,50 @@ def test_ssl(gunicorn, tmp_path):
             time.sleep(0.2)
     (r,) = parse_all(data)
     assert r.status == 200 and json.loads(r.body)["wsgi.url_scheme"] == "https"
+
+
+def test_reload_restarts_on_change(gunicorn, tmp_path):
+    app = tmp_path / "reload_app.py"
+    app.write_text(
+        "import os\n"
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [b'v1 %d' % os.getpid()]\n")
+    srv = gunicorn("--reload", "--chdir", str(tmp_path), app="reload_app:app", wait=False)
+    srv.wait_ready("/")
+    first = get(srv.port, "/").body
+    assert first.startswith(b"v1 ")
+    time.sleep(1.1)  # a new mtime
+    app.write_text(app.read_text().replace("v1", "v2"))
+    deadline = time.monotonic() + 30
+    body = first
+    while time.monotonic() < deadline and not body.startswith(b"v2"):
+        time.sleep(0.2)
+        r = http_get(srv.port, "/")
+        body = r[1] if r and r[0] == 200 else body
+    assert body.startswith(b"v2") and body.split()[1] != first.split()[1]
+
+
+def test_worker_connections_limits_clients(gunicorn):
+    srv = gunicorn("--worker-connections", "2")
+
+    async def main():
+        async def request(path):
+            reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+            try:
+                writer.write(b"GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % path.encode())
+                return await asyncio.wait_for(reader.read(), 20)
+            finally:
+                writer.close()
+
+        busy = [asyncio.ensure_future(request("/sleep?s=1&tag=busy")) for _ in range(2)]
+        await asyncio.sleep(0.3)  # both held by the worker
+        t0 = time.monotonic()
+        third = await request("/hello")
+        waited = time.monotonic() - t0
+        return [parse_all(b)[0].body for b in await asyncio.gather(*busy)], parse_all(third)[0].body, waited
+
+    busy, third, waited = asyncio.run(main())
+    assert busy == [b"busy", b"busy"] and third == b"Hello, world!"
+    # the third client waited in the backlog for a free slot
+    assert waited >= 0.5, waited
