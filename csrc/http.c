@@ -1055,20 +1055,24 @@ end:
     return rc;
 }
 
+/* The server's own answer when the app failed before its head went out:
+ * 500, or 400 when the client's malformed body made it fail. */
 static void
-respond_500(HttpRequest *r)
+respond_failure(HttpRequest *r, int status)
 {
     HttpProtocol *p = r->proto;
     if (r->headers_sent) {
         r->close_after = 1; /* the response is cut short */
         return;
     }
-    static const char msg[] =
-        "HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\n"
-        "Content-Length: 21\r\nConnection: close\r\n\r\n"
-        "Internal Server Error";
+    char buf[256];
+    const char *reason = reason_of(status);
+    int n = snprintf(buf, sizeof(buf),
+                     "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\n"
+                     "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
+                     status, reason, strlen(reason), reason);
     Py_CLEAR(r->status);
-    r->status = PyUnicode_FromString("500 Internal Server Error");
+    r->status = PyUnicode_FromFormat("%d %s", status, reason);
     if (r->status == NULL)
         PyErr_Clear();
     Py_CLEAR(r->headers);
@@ -1077,9 +1081,17 @@ respond_500(HttpRequest *r)
         PyErr_Clear();
     r->headers_sent = 1;
     r->close_after = 1;
-    r->sent += sizeof(msg) - 1;
-    if (proto_write(p, msg, sizeof(msg) - 1) < 0)
-        PyErr_Clear();
+    if (n > 0 && (size_t)n < sizeof(buf)) {
+        r->sent += (size_t)n;
+        if (proto_write(p, buf, (size_t)n) < 0)
+            PyErr_Clear();
+    }
+}
+
+static void
+respond_500(HttpRequest *r)
+{
+    respond_failure(r, 500);
 }
 
 /* run_request(req): the job of a request greenlet. */
@@ -1103,11 +1115,18 @@ run_request(PyObject *module, PyObject *arg)
     PyObject *ret = Py_None;
     if (!ok) {
         if (PyErr_ExceptionMatches(PyExc_Exception)) {
-            if (!p->closed)
-                log_error(srv, "Error handling request");
-            else
+            if (r->body_error) {
+                /* the client's malformed body made the app fail */
                 PyErr_Clear();
-            respond_500(r);
+                respond_failure(r, 400);
+            }
+            else {
+                if (!p->closed)
+                    log_error(srv, "Error handling request");
+                else
+                    PyErr_Clear();
+                respond_500(r);
+            }
         }
         else {
             /* cancelled (the client left), or killed: end the greenlet's
