@@ -21,6 +21,13 @@ Benchmarks are hard.  What this does, so you can judge it:
   coordinated omission: treat high-percentile figures as indicative);
 * Pyramid's own cost per request is measured in-process: the WSGI app
   called directly with a prebuilt environ (copied per call) and no server.
+
+    .venv/bin/python bench/http.py --inflight 10000
+
+instead holds N requests in flight on one worker (each awaits a 1 s
+asyncio.sleep), checks that every one is answered, and reports the time
+taken and the worker's memory per request in flight (needs psutil and an
+open file limit above N).
 """
 import os
 import sys
@@ -191,13 +198,75 @@ def timeit_loop(fn, n):
     return (time.perf_counter() - t0) / n * 1e6
 
 
+def inflight(n):
+    """n requests in flight at once, each sleeping 1 s in a coroutine view."""
+    import asyncio
+
+    import psutil
+
+    raise_fd_limit(n + 1024)
+    port = free_port()
+    config = ("aiopyramid coroutine, uvloop", ["-k", AIO_WORKER, "--timeout", "120",
+              "--worker-connections", str(n + 100)], "tests.http_e2e_app:main()", "/hello",
+              {"AIOPYRAMID_LOOP": "uvloop"})
+    proc = start(config, port)
+    try:
+        worker = psutil.Process(proc.pid).children()[0]
+        rss0 = worker.memory_info().rss
+
+        async def one(i):
+            for _ in range(5):
+                try:
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                    break
+                except OSError:
+                    await asyncio.sleep(0.5)
+            else:
+                raise ConnectionError("could not connect")
+            try:
+                writer.write(b"GET /sleep?s=1&tag=%d HTTP/1.1\r\nHost: b\r\n"
+                             b"Connection: close\r\n\r\n" % i)
+                data = await asyncio.wait_for(reader.read(), 120)
+                return data.endswith(b"\r\n\r\n%d" % i)
+            finally:
+                writer.close()
+
+        async def run():
+            peak = [rss0]
+
+            async def sample():
+                while True:
+                    peak[0] = max(peak[0], worker.memory_info().rss)
+                    await asyncio.sleep(0.1)
+
+            sampler = asyncio.ensure_future(sample())
+            t0 = time.monotonic()
+            results = await asyncio.gather(*(one(i) for i in range(n)), return_exceptions=True)
+            took = time.monotonic() - t0
+            sampler.cancel()
+            return results, took, peak[0]
+
+        results, took, peak = asyncio.run(run())
+        ok = sum(1 for r in results if r is True)
+        print("%d requests in flight on one worker, each awaiting asyncio.sleep(1): "
+              "%d answered correctly, %d failed, in %.1f s; worker RSS %.0f MB -> %.0f MB "
+              "peak, %.1f KB per request in flight" % (
+                  n, ok, n - ok, took, rss0 / 1e6, peak / 1e6, (peak - rss0) / n / 1e3))
+    finally:
+        stop(proc)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--inflight", type=int, metavar="N",
+                    help="hold N sleeping requests in flight instead of running wrk")
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--conns", default="50,1000")
     ap.add_argument("--only", help="substring of the configurations to run")
     args = ap.parse_args()
+    if args.inflight:
+        return inflight(args.inflight)
     if shutil.which("wrk") is None:
         sys.exit("bench/http.py needs wrk: apt-get install wrk (Debian/Ubuntu)")
     raise_fd_limit()
