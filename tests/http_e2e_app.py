@@ -15,9 +15,22 @@ def legacy(request):
     return Response(b"legacy", content_type="text/plain")
 
 
+SLEEPING = 0
+
+
 async def sleep(request):
-    await asyncio.sleep(float(request.params.get("s", "0.1")))
+    global SLEEPING
+    SLEEPING += 1
+    try:
+        await asyncio.sleep(float(request.params.get("s", "0.1")))
+    finally:
+        SLEEPING -= 1
     return Response(request.params.get("tag", "slept"), content_type="text/plain")
+
+
+async def sleeping(request):
+    """How many /sleep requests are in flight in this worker."""
+    return Response(str(SLEEPING), content_type="text/plain")
 
 
 async def echo(request):
@@ -35,7 +48,7 @@ def main(global_config=None, **settings):
     with Configurator(settings=settings) as config:
         config.include("aiopyramid")
         for name, view in [("hello", hello), ("legacy", legacy), ("sleep", sleep),
-                           ("echo", echo), ("env", env)]:
+                           ("echo", echo), ("env", env), ("sleeping", sleeping)]:
             config.add_route(name, "/" + name)
             config.add_view(view, route_name=name)
         return config.make_wsgi_app()

@@ -162,12 +162,23 @@ async def _fire(port, paths, timeout):
     return await asyncio.gather(*(one(p) for p in paths), return_exceptions=True)
 
 
+async def _until_sleeping(port, n, timeout=15):
+    """Waits until the worker has n /sleep requests in flight."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        data = (await _fire(port, ["/sleeping"], 5))[0]
+        if isinstance(data, bytes) and data.endswith(b"\r\n\r\n%d" % n):
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError("the worker never had %d requests in flight" % n)
+
+
 def test_graceful_shutdown_finishes_requests_in_flight(gunicorn):
     srv = gunicorn("--graceful-timeout", "20")
 
     async def main():
-        task = asyncio.ensure_future(_fire(srv.port, ["/sleep?s=1&tag=%d" % i for i in range(50)], 20))
-        await asyncio.sleep(0.4)  # all in flight
+        task = asyncio.ensure_future(_fire(srv.port, ["/sleep?s=2&tag=%d" % i for i in range(50)], 20))
+        await _until_sleeping(srv.port, 50)
         srv.signal(signal.SIGTERM)
         return await task
 
@@ -183,7 +194,7 @@ def test_sigquit_stops_at_once(gunicorn):
 
     async def main():
         task = asyncio.ensure_future(_fire(srv.port, ["/sleep?s=30"], 20))
-        await asyncio.sleep(0.4)
+        await _until_sleeping(srv.port, 1)
         t0 = time.monotonic()
         srv.signal(signal.SIGQUIT)
         results = await task
@@ -346,8 +357,8 @@ def test_worker_connections_limits_clients(gunicorn):
             finally:
                 writer.close()
 
-        busy = [asyncio.ensure_future(request("/sleep?s=1&tag=busy")) for _ in range(2)]
-        await asyncio.sleep(0.3)  # both held by the worker
+        busy = [asyncio.ensure_future(request("/sleep?s=1.5&tag=busy")) for _ in range(2)]
+        await asyncio.sleep(0.5)  # both held by the worker
         t0 = time.monotonic()
         third = await request("/hello")
         waited = time.monotonic() - t0

@@ -505,7 +505,10 @@ def test_shutdown_lets_requests_finish(run):
         async with serving(sleepy_app) as (port, srv):
             t = asyncio.ensure_future(exchange(port, b"GET /slow?0.2 HTTP/1.1\r\nHost: x\r\n\r\n"))
             idle = await asyncio.open_connection("127.0.0.1", port)
-            await asyncio.sleep(0.05)
+            for _ in range(500):
+                if srv.active and srv.connections == 2:
+                    break
+                await asyncio.sleep(0.01)
             srv.shutdown()
             rs, closed = await t
             idle_data = await asyncio.wait_for(idle[0].read(), 2)
@@ -563,7 +566,10 @@ def test_close_idle(run):
             used = await asyncio.open_connection("127.0.0.1", port)
             used[1].write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             await used[0].readuntil(b"hello")
-            await asyncio.sleep(0.05)
+            for _ in range(500):
+                if srv.connections == 2:
+                    break
+                await asyncio.sleep(0.01)
             n1 = srv.close_idle(0.0, 30.0)  # only the one that was served
             tail_used = await asyncio.wait_for(used[0].read(), 2)
             n2 = srv.close_idle(0.0)  # then the fresh one too
