@@ -1006,7 +1006,9 @@ send_result(HttpRequest *r, PyObject *result)
             return rc;
         }
     }
-    else if (!r->head) {
+    else {
+        /* HEAD too: a generator may call start_response on its first step;
+         * frame_body() sends no body bytes for HEAD */
         PyObject *it = PyObject_GetIter(result);
         if (it == NULL)
             return -1;

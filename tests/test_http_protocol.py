@@ -578,3 +578,18 @@ def test_close_idle(run):
                 w.close()
             return n1, n2, tail_used, tail_fresh
     assert run(main()) == (1, 1, b"", b"")
+
+
+def test_head_with_a_lazy_generator_app(run):
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])  # on first next()
+        yield b"body"
+
+    async def main():
+        async with serving(app) as (port, srv):
+            return await exchange(port, b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n"
+                                  b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+                                  methods=["HEAD", "GET"], count=2)
+    (h, g), closed = run(main())
+    assert h.status == 200 and h.body == b"" and h.header("transfer-encoding") is None
+    assert g.body == b"body" and not closed
