@@ -68,7 +68,6 @@ struct HttpProtocol {
     size_t rpos, rlen, rcap;
     char *sbuf;                 /* url, then the header being parsed */
     size_t slen, scap, url_len, field_len;
-    int in_value;
     Py_ssize_t nfields, line_len;
     PyObject *environ;          /* being built, until headers are complete */
     int err_status;             /* 414/431 from a limit, or 0 */
@@ -753,7 +752,6 @@ render_head(HttpRequest *r, wbuf *b, long long known)
         if (wb_put(b, srv->date, srv->date_len) < 0)
             return -1;
     }
-    int nobody = r->head || bodyless_status(r->status_code);
     if (r->app_chunked) {
         r->close_after = 1;
     }
@@ -778,7 +776,6 @@ render_head(HttpRequest *r, wbuf *b, long long known)
             r->close_after = 1; /* HTTP/1.0: the body ends with the connection */
         }
     }
-    (void)nobody;
     if (!r->keep_alive || srv->shutting_down || srv->keepalive <= 0 ||
         p->broken || p->upgrade)
         r->close_after = 1;
@@ -1563,7 +1560,6 @@ on_message_begin(llhttp_t *parser)
 {
     HttpProtocol *p = PROTO(parser);
     p->slen = p->url_len = p->field_len = 0;
-    p->in_value = 0;
     p->nfields = 0;
     p->line_len = 0;
     Py_CLEAR(p->environ);
@@ -1927,7 +1923,6 @@ proto_new(modstate *st, HttpServer *srv)
     p->rbuf = p->sbuf = NULL;
     p->rpos = p->rlen = p->rcap = 0;
     p->slen = p->scap = p->url_len = p->field_len = 0;
-    p->in_value = 0;
     p->nfields = p->line_len = 0;
     p->err_status = 0;
     p->read_paused = p->write_paused = 0;
