@@ -235,7 +235,7 @@ def test_examples_development_ini(start_server):
         except OSError:
             pytest.skip("127.0.0.1:6543 is in use")
     srv = start_server([pserve, os.path.join(ROOT, "examples", "development.ini")], 6543,
-                       env={"PYTHONPATH": os.path.join(ROOT, "examples")})
+                       env={"PYTHONPATH": os.pathsep.join([os.path.join(ROOT, "examples"), ROOT])})
     r = get(6543, "/api/items")
     assert r.status == 200 and json.loads(r.body) == {"items": []}
 
