@@ -238,3 +238,65 @@ def test_mutated_input_never_crashes(loop):
         assert not logged, logged
         proto.connection_lost(None)
         spin(loop, 2)
+
+
+def test_wsgi_input_api(loop):
+    seen = {}
+
+    def app(environ, start_response):
+        inp = environ["wsgi.input"]
+        seen["read3"] = inp.read(3)
+        seen["line"] = inp.readline()
+        seen["line_capped"] = inp.readline(2)
+        seen["lines"] = inp.readlines()
+        seen["eof"] = (inp.read(), inp.readline(), inp.read(5), list(inp))
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write(b"written ")
+        return [b"returned"]
+
+    server, proto, t = connect(loop, app)
+    body = b"abcdef\nghijkl\nmn\nop"
+    proto.data_received(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    spin(loop)
+    (r,) = parse_all(bytes(t.out))
+    assert seen == {
+        "read3": b"abc", "line": b"def\n", "line_capped": b"gh",
+        "lines": [b"ijkl\n", b"mn\n", b"op"], "eof": (b"", b"", b"", []),
+    }
+    # write() went out first, chunked: the app's length was unknown
+    assert r.body == b"written returned" and r.header("transfer-encoding") == "chunked"
+    proto.connection_lost(None)
+
+
+def test_http10_expect_gets_no_interim(loop):
+    server, proto, t = connect(loop, app)
+    proto.data_received(b"POST / HTTP/1.0\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n")
+    spin(loop)
+    assert b"100 Continue" not in bytes(t.out)
+    proto.data_received(b"hi")
+    spin(loop)
+    (r,) = parse_all(bytes(t.out), eof=True)
+    assert r.body == b"POST / |hi"
+    proto.connection_lost(None)
+
+
+def test_environ_is_fresh_per_request(loop):
+    envs = []
+
+    def app2(environ, start_response):
+        environ["app.mark"] = len(envs)
+        envs.append(environ)
+        start_response("204 No Content", [])
+        return []
+
+    server, proto, t = connect(loop, app2, base_environ={"wsgi.version": (1, 0), "SCRIPT_NAME": "/s"})
+    proto.data_received(b"GET /s/a HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n\r\nGET /s/b HTTP/1.1\r\nHost: h\r\n\r\n")
+    spin(loop)
+    a, b = envs
+    assert a is not b and a["app.mark"] == 0 and b["app.mark"] == 1
+    assert "HTTP_X_A" in a and "HTTP_X_A" not in b
+    assert (a["SCRIPT_NAME"], a["PATH_INFO"], b["PATH_INFO"]) == ("/s", "/a", "/b")
+    assert a["wsgi.input"] is not b["wsgi.input"]
+    rs = parse_all(bytes(t.out))
+    assert [r.status for r in rs] == [204, 204] and rs[0].header("content-length") is None
+    proto.connection_lost(None)
