@@ -26,7 +26,7 @@ build: $(VENV)/.installed .build-stamp
 	touch $@
 
 run: build
-	$(PY) examples/serve.py
+	$(PY) examples/architecture.py
 
 test: build
 	$(PY) -X dev -m pytest $(PYTEST_ARGS)

@@ -1821,12 +1821,10 @@ coroutine(PyObject *module, PyObject *func)
         PyObject *r = PyObject_CallOneArg(st->types_coroutine, func);
         if (r == NULL)
             return NULL;
-        if (r == func && mark_coroutine_function(st, r) < 0) {
-            Py_DECREF(r);
-            return NULL;
-        }
-        return r;
+        Py_DECREF(r);
     }
+    /* calls return a registered Coroutine, which asyncio.run and
+     * create_task accept (they refuse generators since 3.12) */
     return make_coroutine_function(st, func, NULL, CF_CALL);
 }
 
