@@ -919,23 +919,23 @@ drive(modstate *st, PyObject *it, BridgeGreenlet *me, PyObject *cur)
 PyObject *
 bridge_await(modstate *st, PyObject *awaitable, int in_view)
 {
+    /* borrowed, as everywhere a greenlet suspends: a strong reference on
+     * its own stack would keep an abandoned greenlet alive for ever */
     PyObject *cur = (PyObject *)PyGreenlet_GetCurrent();
     if (cur == NULL)
         return NULL;
+    Py_DECREF(cur);
     BridgeGreenlet *me = NULL;
     if (Py_TYPE(cur) == st->BridgeGreenletType &&
         ((BridgeGreenlet *)cur)->job != NULL) {
         me = (BridgeGreenlet *)cur;
     }
     else if (PyGreenlet_MAIN((PyGreenlet *)cur) || !bridge_can_suspend(st)) {
-        Py_DECREF(cur);
         return bridge_run_outside(st, awaitable, NULL);
     }
     PyObject *it = awaitable_iter(awaitable);
-    if (it == NULL) {
-        Py_DECREF(cur);
+    if (it == NULL)
         return NULL;
-    }
     int prev = 0;
     if (me != NULL) {
         prev = me->in_view;
@@ -945,7 +945,6 @@ bridge_await(modstate *st, PyObject *awaitable, int in_view)
     if (me != NULL && me->job != NULL)
         me->in_view = prev;
     Py_DECREF(it);
-    Py_DECREF(cur);
     return r;
 }
 
@@ -1420,14 +1419,12 @@ sync_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
         Py_DECREF(aw);
         if (it == NULL)
             return NULL;
-        Py_INCREF(cur);
         int prev = me->in_view;
         me->in_view = 1;
         r = drive(st, it, me, cur);
         if (me->job != NULL)
             me->in_view = prev;
         Py_DECREF(it);
-        Py_DECREF(cur);
         return r;
     }
     if (bridge_can_suspend(st)) {
