@@ -1531,6 +1531,12 @@ static PyType_Spec sync_spec = {
     .slots = sync_slots,
 };
 
+static PyObject *import_attr(const char *module, const char *name,
+                             int optional);
+
+/* functools.update_wrapper, plus __signature__ so that Pyramid's
+ * introspection (inspect.getfullargspec ignores __wrapped__) sees the
+ * wrapped function's parameters */
 static int
 copy_wrapper_attrs(modstate *st, PyObject *wrapper, PyObject *wrapped)
 {
@@ -1539,7 +1545,22 @@ copy_wrapper_attrs(modstate *st, PyObject *wrapper, PyObject *wrapped)
     if (r == NULL)
         return -1;
     Py_DECREF(r);
-    return 0;
+    PyObject *signature = import_attr("inspect", "signature", 0);
+    if (signature == NULL)
+        return -1;
+    PyObject *sig = PyObject_CallOneArg(signature, wrapped);
+    Py_DECREF(signature);
+    if (sig == NULL) {
+        /* builtins and the like have none: nothing to copy */
+        if (!PyErr_ExceptionMatches(PyExc_ValueError) &&
+            !PyErr_ExceptionMatches(PyExc_TypeError))
+            return -1;
+        PyErr_Clear();
+        return 0;
+    }
+    int rc = PyObject_SetAttrString(wrapper, "__signature__", sig);
+    Py_DECREF(sig);
+    return rc;
 }
 
 static PyObject *
