@@ -348,10 +348,17 @@ send_result_to_python(PySendResult r, PyObject *result)
     if (r == PYGEN_NEXT)
         return result;
     if (r == PYGEN_RETURN) {
-        if (result == Py_None)
+        if (result == Py_None) {
             PyErr_SetNone(PyExc_StopIteration);
-        else
-            PyErr_SetObject(PyExc_StopIteration, result);
+        }
+        else {
+            /* an instance: PyErr_SetObject would take a tuple for args */
+            PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, result);
+            if (stop != NULL) {
+                PyErr_SetObject(PyExc_StopIteration, stop);
+                Py_DECREF(stop);
+            }
+        }
         Py_DECREF(result);
     }
     return NULL;

@@ -560,3 +560,21 @@ def test_refcounts_stable():
     after = sys.getrefcount(_core.GreenletSpawn), sys.getrefcount(None)
     assert after[0] == before[0]
     assert abs(after[1] - before[1]) < 50
+
+
+@pytest.mark.parametrize("result", [(1, 2), (), None, [3], StopIteration()])
+def test_results_survive_every_protocol(run, result):
+    """Tuples and other values come back whole through await, send() and
+    next() (StopIteration would take a tuple for its arguments)."""
+    async def via_await():
+        return await spawn_greenlet(lambda: result)
+
+    assert run(via_await()) is result
+    for make in (lambda: spawn_greenlet(lambda: result),
+                 lambda: coroutine(lambda: result)()):
+        with pytest.raises(StopIteration) as info:
+            make().send(None)
+        assert info.value.value is result
+        with pytest.raises(StopIteration) as info:
+            next(make())
+        assert info.value.value is result
