@@ -793,6 +793,8 @@ iter_throw(modstate *st, PyObject *it, PyObject *exc, PyObject **result)
 }
 
 /* Foreign driver (uWSGI): resume this greenlet from a loop callback. */
+/* called as a done-callback (with the future) or by call_soon (with
+ * nothing) */
 static PyObject *
 resume_greenlet(PyObject *g, PyObject *unused)
 {
@@ -803,8 +805,8 @@ resume_greenlet(PyObject *g, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-static PyMethodDef resume_def = {"resume_greenlet", resume_greenlet, METH_O,
-                                 NULL};
+static PyMethodDef resume_def = {"resume_greenlet", resume_greenlet,
+                                 METH_VARARGS, NULL};
 
 static int
 arrange_foreign_resume(modstate *st, PyObject *yielded, PyObject *cur)

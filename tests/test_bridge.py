@@ -578,3 +578,61 @@ def test_results_survive_every_protocol(run, result):
         with pytest.raises(StopIteration) as info:
             next(make())
         assert info.value.value is result
+
+
+class TestForeignDriver:
+    """Greenlets that are not ours (uWSGI's request greenlets): their parent
+    runs the loop and ignores what is switched to it, so a suspension is
+    resumed by a done-callback."""
+
+    def test_synchronized_call_in_a_foreign_greenlet(self, run):
+        results = []
+
+        def request_handler(n):
+            # a plain function on a greenlet the bridge did not make
+            results.append(("start", n))
+            value = sleepy_double(n, delay=0.01)
+            results.append(("got", value))
+            results.append(("seed", seed_style(n)))
+
+        async def main():
+            loop = asyncio.get_running_loop()
+            greenlets = [greenlet.greenlet(request_handler) for _ in range(3)]
+            for n, g in enumerate(greenlets):
+                loop.call_soon(g.switch, n)
+            async with asyncio.timeout(10):
+                while not all(g.dead for g in greenlets):
+                    await asyncio.sleep(0.005)
+
+        run(main())
+        assert sorted(results[:3]) == [("start", 0), ("start", 1), ("start", 2)]
+        assert sorted(r for r in results if r[0] == "got") == [
+            ("got", 0), ("got", 2), ("got", 4)]
+        assert sorted(r for r in results if r[0] == "seed") == [
+            ("seed", 1), ("seed", 2), ("seed", 3)]
+
+    def test_bare_yield_is_not_a_future(self, run):
+        @synchronize
+        @coroutine
+        def bad():
+            yield "not a future"
+
+        errors = []
+
+        def handler():
+            try:
+                bad()
+            except RuntimeError as exc:
+                errors.append(str(exc))
+
+        async def main():
+            g = greenlet.greenlet(handler)
+            asyncio.get_running_loop().call_soon(g.switch)
+            async with asyncio.timeout(10):
+                while not g.dead:
+                    await asyncio.sleep(0)
+
+        run(main())
+        assert errors == ["coroutine yielded 'not a future', which is not a "
+                          "future: use 'await' or 'yield from', not a bare "
+                          "'yield'"]
