@@ -305,6 +305,63 @@ class TestProxyDirectly:
         asyncio.run(main())
 
 
+class TestRule:
+    """What kind of code gets an awaitable: exactly coroutines."""
+
+    def _makeOne(self):
+        from aiopyramid.auth import CoroutineAuthenticationPolicyProxy
+
+        return CoroutineAuthenticationPolicyProxy(HeaderAuthenticationPolicy())
+
+    def _ask(self, caller):
+        from aiopyramid.auth import PolicyAwaitable
+
+        policy = self._makeOne()
+        request = Request.blank("/", headers={"X-User": "george"})
+        got = asyncio.run(caller(policy, request))
+        return "awaitable" if isinstance(got, PolicyAwaitable) else got
+
+    def test_async_def(self):
+        async def caller(policy, request):
+            got = policy.unauthenticated_userid(request)
+            assert await got == "george"
+            return got
+
+        assert self._ask(caller) == "awaitable"
+
+    def test_generator_coroutine(self):
+        @coroutine
+        def caller(policy, request):
+            got = policy.unauthenticated_userid(request)
+            assert (yield from got) == "george"
+            return got
+
+        assert self._ask(caller) == "awaitable"
+
+    def test_async_generator(self):
+        async def agen(policy, request):
+            yield await policy.unauthenticated_userid(request)
+
+        async def caller(policy, request):
+            return [value async for value in agen(policy, request)][0]
+
+        assert self._ask(caller) == "george"
+
+    def test_plain_function_lambda_and_generator_called_by_a_coroutine(self):
+        def plain(policy, request):
+            return policy.unauthenticated_userid(request)
+
+        def gen(policy, request):
+            yield policy.unauthenticated_userid(request)
+
+        async def caller(policy, request):
+            via_lambda = (lambda: policy.unauthenticated_userid(request))()
+            return (plain(policy, request), via_lambda,
+                    next(gen(policy, request)))
+
+        assert self._ask(caller) == ("george", "george", "george")
+
+
 # ---------------------------------------------------------------------------
 # End to end, through Pyramid, in coroutine views, legacy views and tweens
 
@@ -426,6 +483,42 @@ class TestInViews:
         app = self._makeApp(policy, view)
         resp = asyncio.run(get(app, "/auth", headers={"X-User": "george"}))
         assert resp.json == {"principals": EVERYONE_GEORGE}
+
+    def test_cancelled_request_cancels_the_awaited_callback(self):
+        from aiopyramid.auth import authn_policy_factory
+
+        events = []
+
+        async def get_principals(userid, request):
+            events.append("lookup")
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                events.append("lookup cancelled")
+                raise
+
+        async def view(request):
+            try:
+                return {"user": await request.authenticated_userid}
+            except asyncio.CancelledError:
+                events.append("view cancelled")
+                raise
+
+        policy = authn_policy_factory(HeaderAuthenticationPolicy,
+                                      get_principals)
+        app = self._makeApp(policy, view)
+
+        async def main():
+            task = asyncio.create_task(
+                get(app, "/auth", headers={"X-User": "george"}))
+            while not events:
+                await asyncio.sleep(0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+        asyncio.run(main())
+        assert events == ["lookup", "lookup cancelled", "view cancelled"]
 
     def test_view_permission_checked_with_the_coroutine_callback(
             self, policy, view_kind):
