@@ -404,6 +404,23 @@ def seed_auth_view(request):
     }
 
 
+def undecorated_seed_auth_view(request):
+    """A generator view without @coroutine: the mapper makes it one."""
+    assert _core.in_coroutine_view()
+    maybe = yield from request.unauthenticated_userid
+    checked = yield from request.authenticated_userid
+    principals = yield from request.effective_principals
+    identity = yield from request.identity
+    headers = yield from remember(request, "george")
+    fheaders = yield from forget(request)
+    return {
+        "maybe": maybe, "checked": checked, "principals": principals,
+        "identity": identity, "remember": headers, "forget": fheaders,
+        "can_edit": bool(request.has_permission("edit")),
+        "authenticated": request.is_authenticated,
+    }
+
+
 def legacy_auth_view(request):
     """A plain view, run in an executor thread: plain values."""
     assert threading.current_thread() is not threading.main_thread()
@@ -434,6 +451,7 @@ NOBODY = {
 VIEWS = {
     "async": coroutine_auth_view,
     "generator": seed_auth_view,
+    "undecorated-generator": undecorated_seed_auth_view,
     "legacy": legacy_auth_view,
 }
 
