@@ -1580,6 +1580,8 @@ make_synchronized(modstate *st, PyObject *func, int strict)
                      "synchronize() expects a coroutine function, got %R", func);
         return NULL;
     }
+    if (Py_TYPE(func) == st->SynchronizedType)
+        return Py_NewRef(func); /* already plain-callable */
     if (strict) {
         int is_coro = bridge_is_coroutine_function(st, func);
         if (is_coro < 0)

@@ -245,6 +245,9 @@ class TestSynchronize:
             synchronize(plain)
         assert synchronize(strict=False)(plain)() == 1
 
+    def test_synchronizing_twice_is_harmless(self):
+        assert synchronize(double) is double
+
     def test_scope_error_on_the_loop(self, run):
         async def main():
             with pytest.raises(ScopeError) as info:
