@@ -272,9 +272,15 @@ spawn_step(Spawn *self, PyObject *value, PyObject *exc, PyObject **result)
         return PYGEN_ERROR;
     }
     if (cur != self->driver) {
-        /* the child returns to its driver when killed, as greenlets do */
-        if (PyGreenlet_SetParent((PyGreenlet *)self->child,
-                                 (PyGreenlet *)cur) < 0) {
+        /* the child returns to its driver when killed, as greenlets do; a
+         * pooled child usually has that parent already */
+        PyGreenlet *parent = PyGreenlet_GetParent((PyGreenlet *)self->child);
+        int rc = 0;
+        if (parent != (PyGreenlet *)cur)
+            rc = PyGreenlet_SetParent((PyGreenlet *)self->child,
+                                      (PyGreenlet *)cur);
+        Py_XDECREF(parent);
+        if (rc < 0) {
             Py_DECREF(cur);
             Py_XDECREF(exc);
             return PYGEN_ERROR;
