@@ -68,11 +68,12 @@ state_of_module(PyObject *module)
     return (modstate *)PyModule_GetState(module);
 }
 
+/* For instances of our own types, which cannot be subclassed: the type's
+ * module is ours, found without a walk of the MRO. */
 static inline modstate *
 state_of_type(PyTypeObject *tp)
 {
-    PyObject *mod = PyType_GetModuleByDef(tp, &aiopyramid_module);
-    return mod ? state_of_module(mod) : NULL;
+    return (modstate *)PyType_GetModuleState(tp);
 }
 
 /* Exceptions as single objects, on 3.11 as on 3.12+. */
