@@ -1,9 +1,13 @@
 #!/usr/bin/env python
 """Benchmark of the greenlet <-> asyncio bridge (aiopyramid._core).
 
-    make bench                      # or: .venv/bin/python bench/bridge.py
-    .venv/bin/python bench/bridge.py --loop uvloop
-    .venv/bin/python bench/bridge.py --quick          # a smoke run, ~15 s
+    make bench               # = .venv/bin/python bench/bridge.py, ~75 s
+    .venv/bin/python bench/bridge.py --loop uvloop    # one loop only
+    .venv/bin/python bench/bridge.py --quick          # a smoke run, ~3 s
+
+Exits 1 when a target is missed on any loop.  Everything is measured on
+asyncio's default loop and, when installed, on uvloop (what the gunicorn
+worker uses), each in its own worker processes.
 
 Measured, all in one run, as time per call and as ratios:
 
@@ -31,8 +35,8 @@ How (benchmarks are hard; this is how these numbers were made):
   taken *within a round* (paired), then the median over all rounds of all
   worker processes is reported.  Times per call are medians of the same
   samples.
-- Several fresh worker processes (``--processes``, default 3, run one after
-  another, never in parallel) so hash seeds and memory layout vary; each
+- Several fresh worker processes per loop (``--processes``, default 5, run
+  one after another, never in parallel, the loops alternating) so hash seeds and memory layout vary; each
   calibrates N per variant so that one sample lasts ``--sample-ms``, runs a
   few warm-up rounds (not reported), then ``--rounds`` rounds.
 - A sample times only the N-call loop (``time.perf_counter_ns`` read just
