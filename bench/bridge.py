@@ -183,6 +183,29 @@ async def fresh_greenlet_loop(n):
     return perf() - t0, r
 
 
+def _parked():
+    parent = greenlet.getcurrent().parent
+    while True:
+        parent.switch()
+
+
+_parked_greenlet = None
+
+
+async def switch_floor_loop(n):
+    """A bare greenlet round trip (main -> parked child -> main) from inside
+    a Task step: the least any stackful bridge pays per suspension."""
+    global _parked_greenlet
+    if _parked_greenlet is None:
+        _parked_greenlet = greenlet.greenlet(_parked)
+    sw = _parked_greenlet.switch
+    r = sw()
+    t0 = perf()
+    for i in range(n):
+        r = sw()
+    return perf() - t0, i if r == () else r
+
+
 # ---------------------------------------------------------------------------
 # Variants: key -> (group, label, coroutine function of n, expected result)
 
@@ -209,6 +232,8 @@ VARIANTS = {
                  lambda n: pp.greenlet_spawn(await_only_body, n, echo_suspend), "last"),
     "b_taskfuture": ("b", "Task+Future per call in one `tf_spawn_greenlet` (original aiopyramid)",
                      lambda n: pp.tf_spawn_greenlet(tf_body, n, tf_echo_suspend), "last"),
+    "b_switch": ("b", "info: bare greenlet round trip (2 switches) from a Task step, no bridge, no coroutine",
+                 switch_floor_loop, "last"),
     "c_pooled": ("c", "`await spawn_greenlet(trivial)`, pooled greenlet",
                  spawn_loop, 1),
     "c_fresh": ("c", "`greenlet.greenlet(trivial).switch()`, fresh greenlet",
@@ -226,6 +251,7 @@ RATIOS = [
     ("b_sync", "b_await", "(b) synchronized / plain await"),
     ("b_purepy", "b_sync", "(b) pure-Python bridge / synchronized"),
     ("b_taskfuture", "b_sync", "(b) Task+Future / synchronized"),
+    ("b_switch", "b_await", "(b) bare greenlet round trip / plain await (info: the floor of b_sync - b_await)"),
     ("c_pooled", "c_fresh", "(c) pooled spawn / fresh greenlet"),
     ("c_pooled", "c_nopool", "(c) pooled spawn / spawn with pool limit 0"),
 ]
