@@ -70,8 +70,20 @@ struct Spawn {
     int state, outcome;
 };
 
-/* pool: a C stack of idle greenlets in a capsule in the thread's dict */
-typedef struct {
+/* The job whose greenlet this thread runs now: spawn_step sets it (with a
+ * reference) around its switch into the child and restores it when the
+ * switch returns, which is where every child switches back to.  A hint, not
+ * a truth (user code may switch greenlets by hand), so it is checked
+ * against getcurrent() before any suspension; a coroutine that completes
+ * without suspending never pays for that check.  Per thread, since
+ * greenlets are. */
+static _Thread_local Spawn *running_job;
+
+/* pool: a C stack of idle greenlets in a capsule in the thread's dict,
+ * found again through a per-thread pointer */
+static _Thread_local struct pool *thread_pool;
+
+typedef struct pool {
     Py_ssize_t n, cap;
     PyObject *items[];
 } pool_t;
@@ -82,6 +94,8 @@ pool_capsule_free(PyObject *capsule)
     pool_t *p = PyCapsule_GetPointer(capsule, "aiopyramid.pool");
     if (p == NULL)
         return;
+    if (thread_pool == p)
+        thread_pool = NULL;
     while (p->n > 0)
         Py_DECREF(p->items[--p->n]);
     PyMem_Free(p);
@@ -90,6 +104,8 @@ pool_capsule_free(PyObject *capsule)
 static pool_t *
 pool_get(modstate *st)
 {
+    if (thread_pool != NULL)
+        return thread_pool;
     PyObject *d = PyThreadState_GetDict();
     if (d == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "no thread state dictionary");
@@ -97,7 +113,7 @@ pool_get(modstate *st)
     }
     PyObject *cap = PyDict_GetItemWithError(d, st->str_pool_key);
     if (cap != NULL)
-        return PyCapsule_GetPointer(cap, "aiopyramid.pool");
+        return thread_pool = PyCapsule_GetPointer(cap, "aiopyramid.pool");
     if (PyErr_Occurred())
         return NULL;
     Py_ssize_t cap_n = st->pool_limit > 0 ? st->pool_limit : 1;
@@ -115,7 +131,7 @@ pool_get(modstate *st)
     }
     int rc = PyDict_SetItem(d, st->str_pool_key, cap);
     Py_DECREF(cap);
-    return rc < 0 ? NULL : p;
+    return rc < 0 ? NULL : (thread_pool = p);
 }
 
 static BridgeGreenlet *
@@ -293,7 +309,11 @@ spawn_step(Spawn *self, PyObject *value, PyObject *exc, PyObject **result)
 
     Py_XSETREF(self->value, exc ? NULL : Py_NewRef(value));
     Py_XSETREF(self->exc, exc);
+    Spawn *outer = running_job;
+    running_job = (Spawn *)Py_NewRef(self);
     PyObject *r = PyGreenlet_Switch((PyGreenlet *)self->child, NULL, NULL);
+    running_job = outer;
+    Py_DECREF(self); /* the caller still holds it */
     if (r == NULL) {
         /* the switch itself failed (another thread's greenlet, say) or the
          * child died on a GreenletExit of its own: the job is over */
@@ -909,10 +929,18 @@ suspend(modstate *st, BridgeGreenlet *me, PyObject *cur, PyObject *yielded,
     return Py_NewRef(Py_None);
 }
 
+/* Drives iterator `it` to its end, suspending `me` (or, with me NULL, the
+ * foreign greenlet `cur`) whenever it yields; `pending` (stolen) is a yield
+ * already made, to suspend with first. */
 static PyObject *
-drive(modstate *st, PyObject *it, BridgeGreenlet *me, PyObject *cur)
+drive(modstate *st, PyObject *it, BridgeGreenlet *me, PyObject *cur,
+      PyObject *pending)
 {
-    PyObject *value = Py_NewRef(Py_None), *thrown = NULL, *r;
+    PyObject *value, *thrown = NULL, *r;
+    if (pending != NULL)
+        value = suspend(st, me, cur, pending, &thrown);
+    else
+        value = Py_NewRef(Py_None);
     for (;;) {
         PySendResult sr;
         if (thrown != NULL) {
@@ -931,9 +959,64 @@ drive(modstate *st, PyObject *it, BridgeGreenlet *me, PyObject *cur)
     }
 }
 
+static PyObject *scope_error(modstate *st, PyObject *aw, PyObject *name);
+
+/* The common case: this thread runs a bridge job (`hint`), presumably in
+ * the calling greenlet.  Start the coroutine at once; only if it suspends,
+ * check where we are. */
+static PyObject *
+drive_optimistic(modstate *st, PyObject *it, Spawn *hint, int in_view)
+{
+    BridgeGreenlet *me = hint->child;
+    int prev = me->in_view;
+    me->in_view = in_view;
+    PyObject *r;
+    PySendResult sr = PyIter_Send(it, Py_None, &r);
+    if (sr != PYGEN_NEXT) {
+        me->in_view = prev;
+        return sr == PYGEN_RETURN ? r : NULL;
+    }
+    PyObject *cur = (PyObject *)PyGreenlet_GetCurrent();
+    if (cur == NULL) {
+        Py_DECREF(r);
+        me->in_view = prev;
+        return NULL;
+    }
+    Py_DECREF(cur); /* borrowed: it is running */
+    if (cur != (PyObject *)me || me->job != hint) {
+        /* the hint was stale: user code switched greenlets by hand */
+        me->in_view = prev;
+        if (Py_TYPE(cur) == st->BridgeGreenletType &&
+            ((BridgeGreenlet *)cur)->job != NULL) {
+            me = (BridgeGreenlet *)cur;
+            prev = me->in_view;
+            me->in_view = in_view;
+        }
+        else if (!PyGreenlet_MAIN((PyGreenlet *)cur) && bridge_can_suspend(st)) {
+            return drive(st, it, NULL, cur, r);
+        }
+        else {
+            Py_DECREF(r);
+            return scope_error(st, it, NULL);
+        }
+    }
+    r = drive(st, it, me, cur, r);
+    if (me->job != NULL)
+        me->in_view = prev;
+    return r;
+}
+
 PyObject *
 bridge_await(modstate *st, PyObject *awaitable, int in_view)
 {
+    if (running_job != NULL) {
+        PyObject *it = awaitable_iter(awaitable);
+        if (it == NULL)
+            return NULL;
+        PyObject *r = drive_optimistic(st, it, running_job, in_view);
+        Py_DECREF(it);
+        return r;
+    }
     /* borrowed, as everywhere a greenlet suspends: a strong reference on
      * its own stack would keep an abandoned greenlet alive for ever */
     PyObject *cur = (PyObject *)PyGreenlet_GetCurrent();
@@ -956,7 +1039,7 @@ bridge_await(modstate *st, PyObject *awaitable, int in_view)
         prev = me->in_view;
         me->in_view = in_view;
     }
-    PyObject *r = drive(st, it, me, cur);
+    PyObject *r = drive(st, it, me, cur, NULL);
     if (me != NULL && me->job != NULL)
         me->in_view = prev;
     Py_DECREF(it);
@@ -1418,31 +1501,11 @@ sync_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
 {
     Synchronized *self = (Synchronized *)op;
     modstate *st = state_of_type(Py_TYPE(op));
-    PyObject *cur = (PyObject *)PyGreenlet_GetCurrent();
-    if (cur == NULL)
-        return NULL;
-    Py_DECREF(cur); /* borrowed: it is running */
     PyObject *aw = PyObject_Vectorcall(self->func, args, nargsf, kwnames);
     if (aw == NULL || !is_awaitable(aw))
         return aw; /* a plain function's result, as is */
     PyObject *r;
-    if (Py_TYPE(cur) == st->BridgeGreenletType &&
-        ((BridgeGreenlet *)cur)->job != NULL) {
-        /* the fast path: drive it right here */
-        BridgeGreenlet *me = (BridgeGreenlet *)cur;
-        PyObject *it = awaitable_iter(aw);
-        Py_DECREF(aw);
-        if (it == NULL)
-            return NULL;
-        int prev = me->in_view;
-        me->in_view = 1;
-        r = drive(st, it, me, cur);
-        if (me->job != NULL)
-            me->in_view = prev;
-        Py_DECREF(it);
-        return r;
-    }
-    if (bridge_can_suspend(st)) {
+    if (running_job != NULL || bridge_can_suspend(st)) {
         r = bridge_await(st, aw, 1);
         Py_DECREF(aw);
         return r;
@@ -2195,6 +2258,7 @@ set_pool_limit(PyObject *module, PyObject *arg)
     PyObject *d = PyThreadState_GetDict();
     if (d != NULL && PyDict_DelItem(d, st->str_pool_key) < 0)
         PyErr_Clear();
+    thread_pool = NULL;
     return PyLong_FromSsize_t(old);
 }
 

@@ -614,6 +614,18 @@ class TestForeignDriver:
         assert sorted(r for r in results if r[0] == "seed") == [
             ("seed", 1), ("seed", 2), ("seed", 3)]
 
+    def test_hand_switched_greenlet_inside_a_job(self, run):
+        """A greenlet the job switches to by hand runs synchronized
+        coroutines that complete at once; the job itself still suspends."""
+        def inner():
+            return double(21)
+
+        def job():
+            value = greenlet.greenlet(inner).switch()
+            return value, sleepy_double(value)
+
+        assert run(spawn_greenlet(job)) == (42, 84)
+
     def test_bare_yield_is_not_a_future(self, run):
         @synchronize
         @coroutine
