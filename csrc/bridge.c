@@ -10,6 +10,7 @@
  * from the Spawn that switched into it and parks itself between jobs. */
 #include "aiopyramid.h"
 #include <greenlet/greenlet.h>
+#include <alloca.h>
 
 /* ------------------------------------------------------------------ */
 /* BridgeGreenlet: greenlet with a pointer to its current job          */
@@ -134,6 +135,33 @@ pool_get(modstate *st)
     return rc < 0 ? NULL : (thread_pool = p);
 }
 
+/* A greenlet's stack begins where it is first switched to.  Drivers (Task
+ * steps, protocol callbacks) switch from about the same depth, so a greenlet
+ * begun well below that depth never overlaps their frames, and greenlet
+ * need not copy the driver's stack away and back on every switch.  So a new
+ * greenlet is started, and parks at once, from STACK_HEADROOM below here. */
+#define STACK_HEADROOM 16384
+
+static __attribute__((noinline)) int
+switch_in_once(PyObject *g)
+{
+    PyObject *r = PyGreenlet_Switch((PyGreenlet *)g, NULL, NULL);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+static int
+start_deep(PyObject *g)
+{
+    volatile char *headroom = alloca(STACK_HEADROOM);
+    headroom[0] = 0;
+    int rc = switch_in_once(g);
+    headroom[STACK_HEADROOM - 1] = 0;
+    return rc;
+}
+
 static BridgeGreenlet *
 pool_take(modstate *st)
 {
@@ -144,8 +172,13 @@ pool_take(modstate *st)
         return (BridgeGreenlet *)p->items[--p->n];
     PyObject *g = PyObject_CallOneArg((PyObject *)st->BridgeGreenletType,
                                       st->worker);
-    if (g != NULL)
-        st->greenlets_created++;
+    if (g == NULL)
+        return NULL;
+    st->greenlets_created++;
+    if (start_deep(g) < 0) {
+        Py_DECREF(g);
+        return NULL;
+    }
     return (BridgeGreenlet *)g;
 }
 
@@ -672,6 +705,17 @@ worker(PyObject *module, PyObject *unused)
         return NULL;
     Py_DECREF(cur);
     BridgeGreenlet *me = (BridgeGreenlet *)cur;
+    if (me->job == NULL) {
+        /* started by start_deep(): park until the first job */
+        PyGreenlet *parent = PyGreenlet_GetParent((PyGreenlet *)me);
+        if (parent == NULL)
+            return NULL;
+        PyObject *r = PyGreenlet_Switch(parent, NULL, NULL);
+        Py_DECREF(parent);
+        if (r == NULL)
+            return NULL; /* killed before any job */
+        Py_DECREF(r);
+    }
     for (;;) {
         Spawn *job = me->job;
         if (job == NULL) {
