@@ -21,6 +21,7 @@ typedef struct {
     PyObject *ScopeError;          /* aiopyramid.exceptions.ScopeError */
     PyObject *ConfigurationError;  /* pyramid.exceptions.ConfigurationError */
     PyObject *GreenletExit;
+    PyObject *CancelledError;
     PyObject *gr_context_descr;    /* greenlet.gr_context getset descriptor */
     PyObject *get_running_loop;    /* asyncio._get_running_loop */
     PyObject *run_coroutine_threadsafe;

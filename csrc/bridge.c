@@ -56,7 +56,7 @@ static PyType_Spec bgreenlet_spec = {
 /* Spawn                                                               */
 
 enum { SPAWN_NEW, SPAWN_RUNNING, SPAWN_DONE };
-enum { OUT_YIELDED, OUT_RETURNED, OUT_RAISED };
+enum { OUT_NONE, OUT_YIELDED, OUT_RETURNED, OUT_RAISED };
 
 struct Spawn {
     PyObject_HEAD
@@ -69,6 +69,7 @@ struct Spawn {
     PyObject *pending;              /* yielded by bridge_spawn_first, for the
                                        Task's first send(None) */
     int state, outcome;
+    int running;                    /* inside a switch into the child */
 };
 
 /* The job whose greenlet this thread runs now: spawn_step sets it (with a
@@ -168,8 +169,12 @@ pool_take(modstate *st)
     pool_t *p = pool_get(st);
     if (p == NULL)
         return NULL;
-    if (p->n > 0)
-        return (BridgeGreenlet *)p->items[--p->n];
+    while (p->n > 0) {
+        PyObject *g = p->items[--p->n];
+        if (PyGreenlet_ACTIVE((PyGreenlet *)g))
+            return (BridgeGreenlet *)g;
+        Py_DECREF(g); /* died parked: switched to by hand, say */
+    }
     PyObject *g = PyObject_CallOneArg((PyObject *)st->BridgeGreenletType,
                                       st->worker);
     if (g == NULL)
@@ -237,7 +242,8 @@ bridge_spawn_new(modstate *st, PyObject *func, PyObject *args,
     self->exc = NULL;
     self->pending = NULL;
     self->state = SPAWN_NEW;
-    self->outcome = OUT_YIELDED;
+    self->outcome = OUT_NONE;
+    self->running = 0;
     PyObject_GC_Track(self);
     if (self->args == NULL) {
         Py_DECREF(self);
@@ -263,12 +269,40 @@ spawn_release_child(modstate *st, Spawn *self)
         Py_DECREF(g);
 }
 
+/* PEP 479: a StopIteration escaping a coroutine's body would read as its
+ * return; raise RuntimeError from it instead.  Steals exc, returns the
+ * exception to raise. */
+static PyObject *
+stop_iteration_to_runtime_error(PyObject *exc)
+{
+    if (!PyErr_GivenExceptionMatches(exc, PyExc_StopIteration) &&
+        !PyErr_GivenExceptionMatches(exc, PyExc_StopAsyncIteration))
+        return exc;
+    PyObject *err = PyObject_CallFunction(
+        PyExc_RuntimeError, "s",
+        PyErr_GivenExceptionMatches(exc, PyExc_StopIteration)
+            ? "coroutine raised StopIteration"
+            : "coroutine raised StopAsyncIteration");
+    if (err == NULL) {
+        Py_DECREF(exc);
+        return exc_take();
+    }
+    PyException_SetCause(err, Py_NewRef(exc));
+    PyException_SetContext(err, exc);
+    return err;
+}
+
 /* One step of the job: send `value` (borrowed) or throw `exc` (stolen). */
 static PySendResult
 spawn_step(Spawn *self, PyObject *value, PyObject *exc, PyObject **result)
 {
     modstate *st = state_of_type(Py_TYPE(self));
     *result = NULL;
+    if (self->running) {
+        Py_XDECREF(exc);
+        PyErr_SetString(PyExc_ValueError, "coroutine already executing");
+        return PYGEN_ERROR;
+    }
     if (self->state == SPAWN_DONE) {
         Py_XDECREF(exc);
         PyErr_SetString(PyExc_RuntimeError,
@@ -342,19 +376,39 @@ spawn_step(Spawn *self, PyObject *value, PyObject *exc, PyObject **result)
 
     Py_XSETREF(self->value, exc ? NULL : Py_NewRef(value));
     Py_XSETREF(self->exc, exc);
+    /* the slot owns a reference to what it points to */
     Spawn *outer = running_job;
     running_job = (Spawn *)Py_NewRef(self);
+    self->outcome = OUT_NONE;
+    self->running = 1;
     PyObject *r = PyGreenlet_Switch((PyGreenlet *)self->child, NULL, NULL);
-    running_job = outer;
-    Py_DECREF(self); /* the caller still holds it */
-    if (r == NULL) {
-        /* the switch itself failed (another thread's greenlet, say) or the
-         * child died on a GreenletExit of its own: the job is over */
+    self->running = 0;
+    Py_XSETREF(running_job, outer);
+    if (r == NULL && self->outcome == OUT_RAISED &&
+        PyErr_ExceptionMatches(st->GreenletExit)) {
+        /* a killed job: the child ended, handing GreenletExit to us */
+        PyErr_Clear();
+    }
+    else if (r == NULL || self->outcome == OUT_NONE) {
+        /* the child came back without reporting (the switch failed, or
+         * user code switched here by hand): it cannot be trusted again */
+        BridgeGreenlet *g = self->child;
+        self->child = NULL;
+        g->job = NULL;
+        Py_DECREF(g);
+        if (r == NULL) {
+            Py_XSETREF(self->exc, exc_take());
+        }
+        else {
+            Py_DECREF(r);
+            PyErr_SetString(PyExc_RuntimeError,
+                            "bridge greenlet switched back without reporting");
+            Py_XSETREF(self->exc, exc_take());
+        }
         self->outcome = OUT_RAISED;
-        Py_XSETREF(self->exc, exc_take());
     }
     else {
-        Py_DECREF(r);
+        Py_XDECREF(r);
     }
     switch (self->outcome) {
     case OUT_YIELDED:
@@ -379,7 +433,7 @@ spawn_step(Spawn *self, PyObject *value, PyObject *exc, PyObject **result)
         if (exc == NULL)
             PyErr_SetString(PyExc_SystemError, "greenlet job lost its error");
         else
-            exc_restore(exc);
+            exc_restore(stop_iteration_to_runtime_error(exc));
         return PYGEN_ERROR;
     }
 }
@@ -465,7 +519,8 @@ exception_from_throw_args(PyObject *const *args, Py_ssize_t nargs)
         exc = Py_NewRef(typ);
     }
     else if (PyExceptionClass_Check(typ)) {
-        if (PyExceptionInstance_Check(val))
+        if (PyExceptionInstance_Check(val) &&
+            PyObject_TypeCheck(val, (PyTypeObject *)typ))
             exc = Py_NewRef(val);
         else if (val == Py_None)
             exc = PyObject_CallNoArgs(typ);
@@ -475,6 +530,14 @@ exception_from_throw_args(PyObject *const *args, Py_ssize_t nargs)
             exc = PyObject_CallOneArg(typ, val);
         if (exc == NULL)
             return NULL;
+        if (!PyExceptionInstance_Check(exc)) {
+            PyErr_Format(PyExc_TypeError,
+                         "calling %R should have returned an instance of "
+                         "BaseException, not %s",
+                         typ, Py_TYPE(exc)->tp_name);
+            Py_DECREF(exc);
+            return NULL;
+        }
     }
     else {
         PyErr_Format(PyExc_TypeError,
@@ -640,7 +703,7 @@ spawn_get_name(PyObject *self, void *closure)
 static PyObject *
 spawn_get_running(PyObject *self, void *closure)
 {
-    return PyBool_FromLong(((Spawn *)self)->state == SPAWN_RUNNING);
+    return PyBool_FromLong(((Spawn *)self)->running);
 }
 
 static PyMethodDef spawn_methods[] = {
@@ -677,7 +740,7 @@ static PyType_Slot spawn_slots[] = {
 static PyType_Spec spawn_spec = {
     .name = "aiopyramid._core.GreenletSpawn",
     .basicsize = sizeof(Spawn),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
     .slots = spawn_slots,
 };
 
@@ -926,6 +989,14 @@ suspend(modstate *st, BridgeGreenlet *me, PyObject *cur, PyObject *yielded,
     *thrown = NULL;
     if (me != NULL) {
         Spawn *job = me->job;
+        if (job == NULL) {
+            /* orphaned: the Spawn is gone, GreenletExit is on its way out
+             * and the coroutine tried to wait again while cleaning up */
+            Py_DECREF(yielded);
+            PyErr_SetString(PyExc_RuntimeError,
+                            "coroutine ignored GreenletExit");
+            return NULL;
+        }
         job->outcome = OUT_YIELDED;
         Py_XSETREF(job->value, yielded);
         PyObject *r = PyGreenlet_Switch((PyGreenlet *)job->driver, NULL, NULL);
@@ -986,6 +1057,8 @@ drive(modstate *st, PyObject *it, BridgeGreenlet *me, PyObject *cur,
     else
         value = Py_NewRef(Py_None);
     for (;;) {
+        if (value == NULL && thrown == NULL)
+            return NULL; /* nowhere to wait: error set */
         PySendResult sr;
         if (thrown != NULL) {
             sr = iter_throw(st, it, thrown, &r);
@@ -1053,7 +1126,7 @@ drive_optimistic(modstate *st, PyObject *it, Spawn *hint, int in_view)
 PyObject *
 bridge_await(modstate *st, PyObject *awaitable, int in_view)
 {
-    if (running_job != NULL) {
+    if (running_job != NULL && running_job->child != NULL) {
         PyObject *it = awaitable_iter(awaitable);
         if (it == NULL)
             return NULL;
@@ -1094,13 +1167,13 @@ bridge_await(modstate *st, PyObject *awaitable, int in_view)
 /* Delegate: a coroutine object around another awaitable               */
 
 enum { DL_NEW, DL_RUNNING, DL_DONE };
-enum { DL_ITER, DL_VALUE, DL_CALL, DL_EXECUTOR };
+enum { DL_ITER, DL_CALL, DL_EXECUTOR };
 
 typedef struct {
     PyObject_HEAD
     int state, kind;
+    int running;             /* inside a step: no re-entry */
     PyObject *it;            /* the awaitable's iterator, once running */
-    PyObject *value;         /* DL_VALUE: the result */
     PyObject *func, *args, *kwargs; /* DL_CALL, DL_EXECUTOR: what to start */
     PyObject *executor;      /* DL_EXECUTOR */
     PyObject *future, *back; /* run_in_greenlet: report to future, switch back */
@@ -1114,7 +1187,8 @@ delegate_new(modstate *st, int kind)
         return NULL;
     d->state = DL_NEW;
     d->kind = kind;
-    d->it = d->value = d->func = d->args = d->kwargs = NULL;
+    d->running = 0;
+    d->it = d->func = d->args = d->kwargs = NULL;
     d->executor = d->future = d->back = NULL;
     PyObject_GC_Track(d);
     return d;
@@ -1144,8 +1218,6 @@ delegate_start(modstate *st, Delegate *self)
 {
     PyObject *started;
     switch (self->kind) {
-    case DL_VALUE:
-        return NULL;
     case DL_CALL:
         started = PyObject_Call(self->func, self->args, self->kwargs);
         break;
@@ -1177,45 +1249,68 @@ delegate_start(modstate *st, Delegate *self)
     return started;
 }
 
-/* run_in_greenlet's end: report to the future, then switch back. */
+/* run_in_greenlet's end: report to the future, then always switch back,
+ * as the original's `finally: back.switch()` did. */
 static PySendResult
 delegate_report(modstate *st, Delegate *self, PySendResult sr,
                 PyObject **result)
 {
     PyObject *future = self->future, *back = self->back;
     self->future = self->back = NULL;
-    PyObject *r = NULL;
+    PyObject *r;
     if (sr == PYGEN_RETURN) {
         r = PyObject_CallMethodOneArg(future, st->str_set_result, *result);
         Py_CLEAR(*result);
     }
-    else if (PyErr_ExceptionMatches(PyExc_Exception)) {
-        PyObject *exc = exc_take();
-        r = PyObject_CallMethodOneArg(future, st->str_set_exception, exc);
-        Py_DECREF(exc);
-    }
     else {
-        /* BaseException: still switch back, as the original's finally did */
         PyObject *exc = exc_take();
-        r = PyObject_CallMethodOneArg(future, st->str_set_exception, exc);
+        if (PyErr_GivenExceptionMatches(exc, st->CancelledError))
+            r = PyObject_CallMethod(future, "cancel", NULL);
+        else
+            r = PyObject_CallMethodOneArg(future, st->str_set_exception, exc);
         Py_DECREF(exc);
     }
     Py_DECREF(future);
-    if (r == NULL) {
-        Py_DECREF(back);
-        return PYGEN_ERROR;
-    }
-    Py_DECREF(r);
+    PyObject *report_error = r == NULL ? exc_take() : NULL;
+    Py_XDECREF(r);
     r = PyGreenlet_Switch((PyGreenlet *)back, NULL, NULL);
     Py_DECREF(back);
+    if (report_error != NULL) {
+        Py_XDECREF(r);
+        exc_restore(report_error);
+        return PYGEN_ERROR;
+    }
     if (r == NULL)
         return PYGEN_ERROR;
     *result = r;
     return PYGEN_RETURN;
 }
 
+static PySendResult delegate_step_body(Delegate *self, PyObject *value,
+                                       PyObject *exc, PyObject **result);
+
+/* No re-entry (a send from inside the coroutine it drives, or from inside
+ * the function it starts), and the Delegate lives through its step. */
 static PySendResult
 delegate_step(Delegate *self, PyObject *value, PyObject *exc, PyObject **result)
+{
+    if (self->running) {
+        Py_XDECREF(exc);
+        *result = NULL;
+        PyErr_SetString(PyExc_ValueError, "coroutine already executing");
+        return PYGEN_ERROR;
+    }
+    self->running = 1;
+    Py_INCREF(self);
+    PySendResult sr = delegate_step_body(self, value, exc, result);
+    self->running = 0;
+    Py_DECREF(self);
+    return sr;
+}
+
+static PySendResult
+delegate_step_body(Delegate *self, PyObject *value, PyObject *exc,
+                   PyObject **result)
 {
     modstate *st = state_of_type(Py_TYPE(self));
     PySendResult sr;
@@ -1239,15 +1334,10 @@ delegate_step(Delegate *self, PyObject *value, PyObject *exc, PyObject **result)
             sr = PYGEN_ERROR;
             goto finished;
         }
-        if (self->kind == DL_VALUE) {
-            *result = self->value;
-            self->value = NULL;
-            sr = PYGEN_RETURN;
-            goto finished;
-        }
         if (self->it == NULL) {
             PyObject *started = delegate_start(st, self);
             if (started == NULL) {
+                exc_restore(stop_iteration_to_runtime_error(exc_take()));
                 sr = PYGEN_ERROR;
                 goto finished;
             }
@@ -1264,10 +1354,12 @@ delegate_step(Delegate *self, PyObject *value, PyObject *exc, PyObject **result)
             }
         }
     }
+    PyObject *it = Py_NewRef(self->it);
     if (exc != NULL)
-        sr = iter_throw(st, self->it, exc, result);
+        sr = iter_throw(st, it, exc, result);
     else
-        sr = PyIter_Send(self->it, value, result);
+        sr = PyIter_Send(it, value, result);
+    Py_DECREF(it);
     if (sr == PYGEN_NEXT)
         return sr;
 finished:
@@ -1320,6 +1412,10 @@ delegate_close(PyObject *op, PyObject *noargs)
 {
     Delegate *self = (Delegate *)op;
     modstate *st = state_of_type(Py_TYPE(op));
+    if (self->running) {
+        PyErr_SetString(PyExc_ValueError, "coroutine already executing");
+        return NULL;
+    }
     if (self->state == DL_RUNNING && self->it != NULL) {
         PyObject *meth;
         if (PyObject_GetOptionalAttr(self->it, st->str_close, &meth) < 0)
@@ -1343,7 +1439,6 @@ delegate_traverse(PyObject *op, visitproc visit, void *arg)
     Delegate *self = (Delegate *)op;
     Py_VISIT(Py_TYPE(op));
     Py_VISIT(self->it);
-    Py_VISIT(self->value);
     Py_VISIT(self->func);
     Py_VISIT(self->args);
     Py_VISIT(self->kwargs);
@@ -1358,7 +1453,6 @@ delegate_clear(PyObject *op)
 {
     Delegate *self = (Delegate *)op;
     Py_CLEAR(self->it);
-    Py_CLEAR(self->value);
     Py_CLEAR(self->func);
     Py_CLEAR(self->args);
     Py_CLEAR(self->kwargs);
@@ -1401,7 +1495,7 @@ static PyType_Slot delegate_slots[] = {
 static PyType_Spec delegate_spec = {
     .name = "aiopyramid._core.Coroutine",
     .basicsize = sizeof(Delegate),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
     .slots = delegate_slots,
 };
 
@@ -1647,7 +1741,7 @@ static PyType_Slot sync_slots[] = {
 static PyType_Spec sync_spec = {
     .name = "aiopyramid._core.Synchronized",
     .basicsize = sizeof(Synchronized),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION | Py_TPFLAGS_HAVE_GC |
              Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_HAVE_VECTORCALL |
              Py_TPFLAGS_METHOD_DESCRIPTOR,
     .slots = sync_slots,
@@ -1886,7 +1980,7 @@ static PyType_Slot cf_slots[] = {
 static PyType_Spec cf_spec = {
     .name = "aiopyramid._core.CoroutineFunction",
     .basicsize = sizeof(CoroutineFunction),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION | Py_TPFLAGS_HAVE_GC |
              Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_HAVE_VECTORCALL |
              Py_TPFLAGS_METHOD_DESCRIPTOR,
     .slots = cf_slots,
@@ -2108,7 +2202,7 @@ static PyType_Slot threadcall_slots[] = {
 static PyType_Spec threadcall_spec = {
     .name = "aiopyramid._core.ThreadCall",
     .basicsize = sizeof(ThreadCall),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
     .slots = threadcall_slots,
 };
 
@@ -2434,6 +2528,8 @@ bridge_init(PyObject *module, modstate *st)
         (st->run_coroutine_threadsafe = import_attr(
              "asyncio", "run_coroutine_threadsafe", 0)) == NULL ||
         (st->asyncio_run = import_attr("asyncio", "run", 0)) == NULL ||
+        (st->CancelledError = import_attr("asyncio", "CancelledError",
+                                          0)) == NULL ||
         (st->types_coroutine = import_attr("types", "coroutine", 0)) == NULL ||
         (st->update_wrapper = import_attr("functools", "update_wrapper",
                                           0)) == NULL ||
