@@ -15,7 +15,7 @@ all: build
 
 $(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip 'setuptools>=77' wheel 'greenlet>=3'
+	$(PY) -m pip install -q --upgrade pip 'setuptools>=77,<82' wheel 'greenlet>=3'
 	$(PY) -m pip install -q --no-build-isolation -e '.[test,gunicorn,uvloop,bench]'
 	touch $@
 

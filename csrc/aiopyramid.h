@@ -21,6 +21,7 @@ typedef struct {
     PyObject *ScopeError;          /* aiopyramid.exceptions.ScopeError */
     PyObject *ConfigurationError;  /* pyramid.exceptions.ConfigurationError */
     PyObject *GreenletExit;
+    PyObject *CancelledError;
     PyObject *gr_context_descr;    /* greenlet.gr_context getset descriptor */
     PyObject *get_running_loop;    /* asyncio._get_running_loop */
     PyObject *run_coroutine_threadsafe;
@@ -79,11 +80,12 @@ state_of_module(PyObject *module)
     return (modstate *)PyModule_GetState(module);
 }
 
+/* For instances of our own types, which cannot be subclassed: the type's
+ * module is ours, found without a walk of the MRO. */
 static inline modstate *
 state_of_type(PyTypeObject *tp)
 {
-    PyObject *mod = PyType_GetModuleByDef(tp, &aiopyramid_module);
-    return mod ? state_of_module(mod) : NULL;
+    return (modstate *)PyType_GetModuleState(tp);
 }
 
 /* Exceptions as single objects, on 3.11 as on 3.12+. */

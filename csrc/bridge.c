@@ -10,6 +10,7 @@
  * from the Spawn that switched into it and parks itself between jobs. */
 #include "aiopyramid.h"
 #include <greenlet/greenlet.h>
+#include <alloca.h>
 
 /* ------------------------------------------------------------------ */
 /* BridgeGreenlet: greenlet with a pointer to its current job          */
@@ -55,7 +56,7 @@ static PyType_Spec bgreenlet_spec = {
 /* Spawn                                                               */
 
 enum { SPAWN_NEW, SPAWN_RUNNING, SPAWN_DONE };
-enum { OUT_YIELDED, OUT_RETURNED, OUT_RAISED };
+enum { OUT_NONE, OUT_YIELDED, OUT_RETURNED, OUT_RAISED };
 
 struct Spawn {
     PyObject_HEAD
@@ -68,10 +69,23 @@ struct Spawn {
     PyObject *pending;              /* yielded by bridge_spawn_first, for the
                                        Task's first send(None) */
     int state, outcome;
+    int running;                    /* inside a switch into the child */
 };
 
-/* pool: a C stack of idle greenlets in a capsule in the thread's dict */
-typedef struct {
+/* The job whose greenlet this thread runs now: spawn_step sets it (with a
+ * reference) around its switch into the child and restores it when the
+ * switch returns, which is where every child switches back to.  A hint, not
+ * a truth (user code may switch greenlets by hand), so it is checked
+ * against getcurrent() before any suspension; a coroutine that completes
+ * without suspending never pays for that check.  Per thread, since
+ * greenlets are. */
+static _Thread_local Spawn *running_job;
+
+/* pool: a C stack of idle greenlets in a capsule in the thread's dict,
+ * found again through a per-thread pointer */
+static _Thread_local struct pool *thread_pool;
+
+typedef struct pool {
     Py_ssize_t n, cap;
     PyObject *items[];
 } pool_t;
@@ -82,6 +96,8 @@ pool_capsule_free(PyObject *capsule)
     pool_t *p = PyCapsule_GetPointer(capsule, "aiopyramid.pool");
     if (p == NULL)
         return;
+    if (thread_pool == p)
+        thread_pool = NULL;
     while (p->n > 0)
         Py_DECREF(p->items[--p->n]);
     PyMem_Free(p);
@@ -90,6 +106,8 @@ pool_capsule_free(PyObject *capsule)
 static pool_t *
 pool_get(modstate *st)
 {
+    if (thread_pool != NULL)
+        return thread_pool;
     PyObject *d = PyThreadState_GetDict();
     if (d == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "no thread state dictionary");
@@ -97,7 +115,7 @@ pool_get(modstate *st)
     }
     PyObject *cap = PyDict_GetItemWithError(d, st->str_pool_key);
     if (cap != NULL)
-        return PyCapsule_GetPointer(cap, "aiopyramid.pool");
+        return thread_pool = PyCapsule_GetPointer(cap, "aiopyramid.pool");
     if (PyErr_Occurred())
         return NULL;
     Py_ssize_t cap_n = st->pool_limit > 0 ? st->pool_limit : 1;
@@ -115,7 +133,34 @@ pool_get(modstate *st)
     }
     int rc = PyDict_SetItem(d, st->str_pool_key, cap);
     Py_DECREF(cap);
-    return rc < 0 ? NULL : p;
+    return rc < 0 ? NULL : (thread_pool = p);
+}
+
+/* A greenlet's stack begins where it is first switched to.  Drivers (Task
+ * steps, protocol callbacks) switch from about the same depth, so a greenlet
+ * begun well below that depth never overlaps their frames, and greenlet
+ * need not copy the driver's stack away and back on every switch.  So a new
+ * greenlet is started, and parks at once, from STACK_HEADROOM below here. */
+#define STACK_HEADROOM 16384
+
+static __attribute__((noinline)) int
+switch_in_once(PyObject *g)
+{
+    PyObject *r = PyGreenlet_Switch((PyGreenlet *)g, NULL, NULL);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+static int
+start_deep(PyObject *g)
+{
+    volatile char *headroom = alloca(STACK_HEADROOM);
+    headroom[0] = 0;
+    int rc = switch_in_once(g);
+    headroom[STACK_HEADROOM - 1] = 0;
+    return rc;
 }
 
 static BridgeGreenlet *
@@ -124,12 +169,21 @@ pool_take(modstate *st)
     pool_t *p = pool_get(st);
     if (p == NULL)
         return NULL;
-    if (p->n > 0)
-        return (BridgeGreenlet *)p->items[--p->n];
+    while (p->n > 0) {
+        PyObject *g = p->items[--p->n];
+        if (PyGreenlet_ACTIVE((PyGreenlet *)g))
+            return (BridgeGreenlet *)g;
+        Py_DECREF(g); /* died parked: switched to by hand, say */
+    }
     PyObject *g = PyObject_CallOneArg((PyObject *)st->BridgeGreenletType,
                                       st->worker);
-    if (g != NULL)
-        st->greenlets_created++;
+    if (g == NULL)
+        return NULL;
+    st->greenlets_created++;
+    if (start_deep(g) < 0) {
+        Py_DECREF(g);
+        return NULL;
+    }
     return (BridgeGreenlet *)g;
 }
 
@@ -188,7 +242,8 @@ bridge_spawn_new(modstate *st, PyObject *func, PyObject *args,
     self->exc = NULL;
     self->pending = NULL;
     self->state = SPAWN_NEW;
-    self->outcome = OUT_YIELDED;
+    self->outcome = OUT_NONE;
+    self->running = 0;
     PyObject_GC_Track(self);
     if (self->args == NULL) {
         Py_DECREF(self);
@@ -214,12 +269,40 @@ spawn_release_child(modstate *st, Spawn *self)
         Py_DECREF(g);
 }
 
+/* PEP 479: a StopIteration escaping a coroutine's body would read as its
+ * return; raise RuntimeError from it instead.  Steals exc, returns the
+ * exception to raise. */
+static PyObject *
+stop_iteration_to_runtime_error(PyObject *exc)
+{
+    if (!PyErr_GivenExceptionMatches(exc, PyExc_StopIteration) &&
+        !PyErr_GivenExceptionMatches(exc, PyExc_StopAsyncIteration))
+        return exc;
+    PyObject *err = PyObject_CallFunction(
+        PyExc_RuntimeError, "s",
+        PyErr_GivenExceptionMatches(exc, PyExc_StopIteration)
+            ? "coroutine raised StopIteration"
+            : "coroutine raised StopAsyncIteration");
+    if (err == NULL) {
+        Py_DECREF(exc);
+        return exc_take();
+    }
+    PyException_SetCause(err, Py_NewRef(exc));
+    PyException_SetContext(err, exc);
+    return err;
+}
+
 /* One step of the job: send `value` (borrowed) or throw `exc` (stolen). */
 static PySendResult
 spawn_step(Spawn *self, PyObject *value, PyObject *exc, PyObject **result)
 {
     modstate *st = state_of_type(Py_TYPE(self));
     *result = NULL;
+    if (self->running) {
+        Py_XDECREF(exc);
+        PyErr_SetString(PyExc_ValueError, "coroutine already executing");
+        return PYGEN_ERROR;
+    }
     if (self->state == SPAWN_DONE) {
         Py_XDECREF(exc);
         PyErr_SetString(PyExc_RuntimeError,
@@ -272,9 +355,15 @@ spawn_step(Spawn *self, PyObject *value, PyObject *exc, PyObject **result)
         return PYGEN_ERROR;
     }
     if (cur != self->driver) {
-        /* the child returns to its driver when killed, as greenlets do */
-        if (PyGreenlet_SetParent((PyGreenlet *)self->child,
-                                 (PyGreenlet *)cur) < 0) {
+        /* the child returns to its driver when killed, as greenlets do; a
+         * pooled child usually has that parent already */
+        PyGreenlet *parent = PyGreenlet_GetParent((PyGreenlet *)self->child);
+        int rc = 0;
+        if (parent != (PyGreenlet *)cur)
+            rc = PyGreenlet_SetParent((PyGreenlet *)self->child,
+                                      (PyGreenlet *)cur);
+        Py_XDECREF(parent);
+        if (rc < 0) {
             Py_DECREF(cur);
             Py_XDECREF(exc);
             return PYGEN_ERROR;
@@ -287,15 +376,39 @@ spawn_step(Spawn *self, PyObject *value, PyObject *exc, PyObject **result)
 
     Py_XSETREF(self->value, exc ? NULL : Py_NewRef(value));
     Py_XSETREF(self->exc, exc);
+    /* the slot owns a reference to what it points to */
+    Spawn *outer = running_job;
+    running_job = (Spawn *)Py_NewRef(self);
+    self->outcome = OUT_NONE;
+    self->running = 1;
     PyObject *r = PyGreenlet_Switch((PyGreenlet *)self->child, NULL, NULL);
-    if (r == NULL) {
-        /* the switch itself failed (another thread's greenlet, say) or the
-         * child died on a GreenletExit of its own: the job is over */
+    self->running = 0;
+    Py_XSETREF(running_job, outer);
+    if (r == NULL && self->outcome == OUT_RAISED &&
+        PyErr_ExceptionMatches(st->GreenletExit)) {
+        /* a killed job: the child ended, handing GreenletExit to us */
+        PyErr_Clear();
+    }
+    else if (r == NULL || self->outcome == OUT_NONE) {
+        /* the child came back without reporting (the switch failed, or
+         * user code switched here by hand): it cannot be trusted again */
+        BridgeGreenlet *g = self->child;
+        self->child = NULL;
+        g->job = NULL;
+        Py_DECREF(g);
+        if (r == NULL) {
+            Py_XSETREF(self->exc, exc_take());
+        }
+        else {
+            Py_DECREF(r);
+            PyErr_SetString(PyExc_RuntimeError,
+                            "bridge greenlet switched back without reporting");
+            Py_XSETREF(self->exc, exc_take());
+        }
         self->outcome = OUT_RAISED;
-        Py_XSETREF(self->exc, exc_take());
     }
     else {
-        Py_DECREF(r);
+        Py_XDECREF(r);
     }
     switch (self->outcome) {
     case OUT_YIELDED:
@@ -320,7 +433,7 @@ spawn_step(Spawn *self, PyObject *value, PyObject *exc, PyObject **result)
         if (exc == NULL)
             PyErr_SetString(PyExc_SystemError, "greenlet job lost its error");
         else
-            exc_restore(exc);
+            exc_restore(stop_iteration_to_runtime_error(exc));
         return PYGEN_ERROR;
     }
 }
@@ -348,10 +461,17 @@ send_result_to_python(PySendResult r, PyObject *result)
     if (r == PYGEN_NEXT)
         return result;
     if (r == PYGEN_RETURN) {
-        if (result == Py_None)
+        if (result == Py_None) {
             PyErr_SetNone(PyExc_StopIteration);
-        else
-            PyErr_SetObject(PyExc_StopIteration, result);
+        }
+        else {
+            /* an instance: PyErr_SetObject would take a tuple for args */
+            PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, result);
+            if (stop != NULL) {
+                PyErr_SetObject(PyExc_StopIteration, stop);
+                Py_DECREF(stop);
+            }
+        }
         Py_DECREF(result);
     }
     return NULL;
@@ -399,7 +519,8 @@ exception_from_throw_args(PyObject *const *args, Py_ssize_t nargs)
         exc = Py_NewRef(typ);
     }
     else if (PyExceptionClass_Check(typ)) {
-        if (PyExceptionInstance_Check(val))
+        if (PyExceptionInstance_Check(val) &&
+            PyObject_TypeCheck(val, (PyTypeObject *)typ))
             exc = Py_NewRef(val);
         else if (val == Py_None)
             exc = PyObject_CallNoArgs(typ);
@@ -409,6 +530,14 @@ exception_from_throw_args(PyObject *const *args, Py_ssize_t nargs)
             exc = PyObject_CallOneArg(typ, val);
         if (exc == NULL)
             return NULL;
+        if (!PyExceptionInstance_Check(exc)) {
+            PyErr_Format(PyExc_TypeError,
+                         "calling %R should have returned an instance of "
+                         "BaseException, not %s",
+                         typ, Py_TYPE(exc)->tp_name);
+            Py_DECREF(exc);
+            return NULL;
+        }
     }
     else {
         PyErr_Format(PyExc_TypeError,
@@ -574,7 +703,7 @@ spawn_get_name(PyObject *self, void *closure)
 static PyObject *
 spawn_get_running(PyObject *self, void *closure)
 {
-    return PyBool_FromLong(((Spawn *)self)->state == SPAWN_RUNNING);
+    return PyBool_FromLong(((Spawn *)self)->running);
 }
 
 static PyMethodDef spawn_methods[] = {
@@ -611,7 +740,7 @@ static PyType_Slot spawn_slots[] = {
 static PyType_Spec spawn_spec = {
     .name = "aiopyramid._core.GreenletSpawn",
     .basicsize = sizeof(Spawn),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
     .slots = spawn_slots,
 };
 
@@ -639,6 +768,17 @@ worker(PyObject *module, PyObject *unused)
         return NULL;
     Py_DECREF(cur);
     BridgeGreenlet *me = (BridgeGreenlet *)cur;
+    if (me->job == NULL) {
+        /* started by start_deep(): park until the first job */
+        PyGreenlet *parent = PyGreenlet_GetParent((PyGreenlet *)me);
+        if (parent == NULL)
+            return NULL;
+        PyObject *r = PyGreenlet_Switch(parent, NULL, NULL);
+        Py_DECREF(parent);
+        if (r == NULL)
+            return NULL; /* killed before any job */
+        Py_DECREF(r);
+    }
     for (;;) {
         Spawn *job = me->job;
         if (job == NULL) {
@@ -786,6 +926,8 @@ iter_throw(modstate *st, PyObject *it, PyObject *exc, PyObject **result)
 }
 
 /* Foreign driver (uWSGI): resume this greenlet from a loop callback. */
+/* called as a done-callback (with the future) or by call_soon (with
+ * nothing) */
 static PyObject *
 resume_greenlet(PyObject *g, PyObject *unused)
 {
@@ -796,8 +938,8 @@ resume_greenlet(PyObject *g, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-static PyMethodDef resume_def = {"resume_greenlet", resume_greenlet, METH_O,
-                                 NULL};
+static PyMethodDef resume_def = {"resume_greenlet", resume_greenlet,
+                                 METH_VARARGS, NULL};
 
 static int
 arrange_foreign_resume(modstate *st, PyObject *yielded, PyObject *cur)
@@ -847,6 +989,14 @@ suspend(modstate *st, BridgeGreenlet *me, PyObject *cur, PyObject *yielded,
     *thrown = NULL;
     if (me != NULL) {
         Spawn *job = me->job;
+        if (job == NULL) {
+            /* orphaned: the Spawn is gone, GreenletExit is on its way out
+             * and the coroutine tried to wait again while cleaning up */
+            Py_DECREF(yielded);
+            PyErr_SetString(PyExc_RuntimeError,
+                            "coroutine ignored GreenletExit");
+            return NULL;
+        }
         job->outcome = OUT_YIELDED;
         Py_XSETREF(job->value, yielded);
         PyObject *r = PyGreenlet_Switch((PyGreenlet *)job->driver, NULL, NULL);
@@ -894,11 +1044,21 @@ suspend(modstate *st, BridgeGreenlet *me, PyObject *cur, PyObject *yielded,
     return Py_NewRef(Py_None);
 }
 
+/* Drives iterator `it` to its end, suspending `me` (or, with me NULL, the
+ * foreign greenlet `cur`) whenever it yields; `pending` (stolen) is a yield
+ * already made, to suspend with first. */
 static PyObject *
-drive(modstate *st, PyObject *it, BridgeGreenlet *me, PyObject *cur)
+drive(modstate *st, PyObject *it, BridgeGreenlet *me, PyObject *cur,
+      PyObject *pending)
 {
-    PyObject *value = Py_NewRef(Py_None), *thrown = NULL, *r;
+    PyObject *value, *thrown = NULL, *r;
+    if (pending != NULL)
+        value = suspend(st, me, cur, pending, &thrown);
+    else
+        value = Py_NewRef(Py_None);
     for (;;) {
+        if (value == NULL && thrown == NULL)
+            return NULL; /* nowhere to wait: error set */
         PySendResult sr;
         if (thrown != NULL) {
             sr = iter_throw(st, it, thrown, &r);
@@ -916,36 +1076,90 @@ drive(modstate *st, PyObject *it, BridgeGreenlet *me, PyObject *cur)
     }
 }
 
+static PyObject *scope_error(modstate *st, PyObject *aw, PyObject *name);
+
+/* The common case: this thread runs a bridge job (`hint`), presumably in
+ * the calling greenlet.  Start the coroutine at once; only if it suspends,
+ * check where we are. */
+static PyObject *
+drive_optimistic(modstate *st, PyObject *it, Spawn *hint, int in_view)
+{
+    BridgeGreenlet *me = hint->child;
+    int prev = me->in_view;
+    me->in_view = in_view;
+    PyObject *r;
+    PySendResult sr = PyIter_Send(it, Py_None, &r);
+    if (sr != PYGEN_NEXT) {
+        me->in_view = prev;
+        return sr == PYGEN_RETURN ? r : NULL;
+    }
+    PyObject *cur = (PyObject *)PyGreenlet_GetCurrent();
+    if (cur == NULL) {
+        Py_DECREF(r);
+        me->in_view = prev;
+        return NULL;
+    }
+    Py_DECREF(cur); /* borrowed: it is running */
+    if (cur != (PyObject *)me || me->job != hint) {
+        /* the hint was stale: user code switched greenlets by hand */
+        me->in_view = prev;
+        if (Py_TYPE(cur) == st->BridgeGreenletType &&
+            ((BridgeGreenlet *)cur)->job != NULL) {
+            me = (BridgeGreenlet *)cur;
+            prev = me->in_view;
+            me->in_view = in_view;
+        }
+        else if (!PyGreenlet_MAIN((PyGreenlet *)cur) && bridge_can_suspend(st)) {
+            return drive(st, it, NULL, cur, r);
+        }
+        else {
+            Py_DECREF(r);
+            return scope_error(st, it, NULL);
+        }
+    }
+    r = drive(st, it, me, cur, r);
+    if (me->job != NULL)
+        me->in_view = prev;
+    return r;
+}
+
 PyObject *
 bridge_await(modstate *st, PyObject *awaitable, int in_view)
 {
+    if (running_job != NULL && running_job->child != NULL) {
+        PyObject *it = awaitable_iter(awaitable);
+        if (it == NULL)
+            return NULL;
+        PyObject *r = drive_optimistic(st, it, running_job, in_view);
+        Py_DECREF(it);
+        return r;
+    }
+    /* borrowed, as everywhere a greenlet suspends: a strong reference on
+     * its own stack would keep an abandoned greenlet alive for ever */
     PyObject *cur = (PyObject *)PyGreenlet_GetCurrent();
     if (cur == NULL)
         return NULL;
+    Py_DECREF(cur);
     BridgeGreenlet *me = NULL;
     if (Py_TYPE(cur) == st->BridgeGreenletType &&
         ((BridgeGreenlet *)cur)->job != NULL) {
         me = (BridgeGreenlet *)cur;
     }
     else if (PyGreenlet_MAIN((PyGreenlet *)cur) || !bridge_can_suspend(st)) {
-        Py_DECREF(cur);
         return bridge_run_outside(st, awaitable, NULL);
     }
     PyObject *it = awaitable_iter(awaitable);
-    if (it == NULL) {
-        Py_DECREF(cur);
+    if (it == NULL)
         return NULL;
-    }
     int prev = 0;
     if (me != NULL) {
         prev = me->in_view;
         me->in_view = in_view;
     }
-    PyObject *r = drive(st, it, me, cur);
+    PyObject *r = drive(st, it, me, cur, NULL);
     if (me != NULL && me->job != NULL)
         me->in_view = prev;
     Py_DECREF(it);
-    Py_DECREF(cur);
     return r;
 }
 
@@ -953,13 +1167,13 @@ bridge_await(modstate *st, PyObject *awaitable, int in_view)
 /* Delegate: a coroutine object around another awaitable               */
 
 enum { DL_NEW, DL_RUNNING, DL_DONE };
-enum { DL_ITER, DL_VALUE, DL_CALL, DL_EXECUTOR };
+enum { DL_ITER, DL_CALL, DL_EXECUTOR };
 
 typedef struct {
     PyObject_HEAD
     int state, kind;
+    int running;             /* inside a step: no re-entry */
     PyObject *it;            /* the awaitable's iterator, once running */
-    PyObject *value;         /* DL_VALUE: the result */
     PyObject *func, *args, *kwargs; /* DL_CALL, DL_EXECUTOR: what to start */
     PyObject *executor;      /* DL_EXECUTOR */
     PyObject *future, *back; /* run_in_greenlet: report to future, switch back */
@@ -973,7 +1187,8 @@ delegate_new(modstate *st, int kind)
         return NULL;
     d->state = DL_NEW;
     d->kind = kind;
-    d->it = d->value = d->func = d->args = d->kwargs = NULL;
+    d->running = 0;
+    d->it = d->func = d->args = d->kwargs = NULL;
     d->executor = d->future = d->back = NULL;
     PyObject_GC_Track(d);
     return d;
@@ -1003,8 +1218,6 @@ delegate_start(modstate *st, Delegate *self)
 {
     PyObject *started;
     switch (self->kind) {
-    case DL_VALUE:
-        return NULL;
     case DL_CALL:
         started = PyObject_Call(self->func, self->args, self->kwargs);
         break;
@@ -1036,45 +1249,68 @@ delegate_start(modstate *st, Delegate *self)
     return started;
 }
 
-/* run_in_greenlet's end: report to the future, then switch back. */
+/* run_in_greenlet's end: report to the future, then always switch back,
+ * as the original's `finally: back.switch()` did. */
 static PySendResult
 delegate_report(modstate *st, Delegate *self, PySendResult sr,
                 PyObject **result)
 {
     PyObject *future = self->future, *back = self->back;
     self->future = self->back = NULL;
-    PyObject *r = NULL;
+    PyObject *r;
     if (sr == PYGEN_RETURN) {
         r = PyObject_CallMethodOneArg(future, st->str_set_result, *result);
         Py_CLEAR(*result);
     }
-    else if (PyErr_ExceptionMatches(PyExc_Exception)) {
-        PyObject *exc = exc_take();
-        r = PyObject_CallMethodOneArg(future, st->str_set_exception, exc);
-        Py_DECREF(exc);
-    }
     else {
-        /* BaseException: still switch back, as the original's finally did */
         PyObject *exc = exc_take();
-        r = PyObject_CallMethodOneArg(future, st->str_set_exception, exc);
+        if (PyErr_GivenExceptionMatches(exc, st->CancelledError))
+            r = PyObject_CallMethod(future, "cancel", NULL);
+        else
+            r = PyObject_CallMethodOneArg(future, st->str_set_exception, exc);
         Py_DECREF(exc);
     }
     Py_DECREF(future);
-    if (r == NULL) {
-        Py_DECREF(back);
-        return PYGEN_ERROR;
-    }
-    Py_DECREF(r);
+    PyObject *report_error = r == NULL ? exc_take() : NULL;
+    Py_XDECREF(r);
     r = PyGreenlet_Switch((PyGreenlet *)back, NULL, NULL);
     Py_DECREF(back);
+    if (report_error != NULL) {
+        Py_XDECREF(r);
+        exc_restore(report_error);
+        return PYGEN_ERROR;
+    }
     if (r == NULL)
         return PYGEN_ERROR;
     *result = r;
     return PYGEN_RETURN;
 }
 
+static PySendResult delegate_step_body(Delegate *self, PyObject *value,
+                                       PyObject *exc, PyObject **result);
+
+/* No re-entry (a send from inside the coroutine it drives, or from inside
+ * the function it starts), and the Delegate lives through its step. */
 static PySendResult
 delegate_step(Delegate *self, PyObject *value, PyObject *exc, PyObject **result)
+{
+    if (self->running) {
+        Py_XDECREF(exc);
+        *result = NULL;
+        PyErr_SetString(PyExc_ValueError, "coroutine already executing");
+        return PYGEN_ERROR;
+    }
+    self->running = 1;
+    Py_INCREF(self);
+    PySendResult sr = delegate_step_body(self, value, exc, result);
+    self->running = 0;
+    Py_DECREF(self);
+    return sr;
+}
+
+static PySendResult
+delegate_step_body(Delegate *self, PyObject *value, PyObject *exc,
+                   PyObject **result)
 {
     modstate *st = state_of_type(Py_TYPE(self));
     PySendResult sr;
@@ -1098,15 +1334,10 @@ delegate_step(Delegate *self, PyObject *value, PyObject *exc, PyObject **result)
             sr = PYGEN_ERROR;
             goto finished;
         }
-        if (self->kind == DL_VALUE) {
-            *result = self->value;
-            self->value = NULL;
-            sr = PYGEN_RETURN;
-            goto finished;
-        }
         if (self->it == NULL) {
             PyObject *started = delegate_start(st, self);
             if (started == NULL) {
+                exc_restore(stop_iteration_to_runtime_error(exc_take()));
                 sr = PYGEN_ERROR;
                 goto finished;
             }
@@ -1123,10 +1354,12 @@ delegate_step(Delegate *self, PyObject *value, PyObject *exc, PyObject **result)
             }
         }
     }
+    PyObject *it = Py_NewRef(self->it);
     if (exc != NULL)
-        sr = iter_throw(st, self->it, exc, result);
+        sr = iter_throw(st, it, exc, result);
     else
-        sr = PyIter_Send(self->it, value, result);
+        sr = PyIter_Send(it, value, result);
+    Py_DECREF(it);
     if (sr == PYGEN_NEXT)
         return sr;
 finished:
@@ -1179,6 +1412,10 @@ delegate_close(PyObject *op, PyObject *noargs)
 {
     Delegate *self = (Delegate *)op;
     modstate *st = state_of_type(Py_TYPE(op));
+    if (self->running) {
+        PyErr_SetString(PyExc_ValueError, "coroutine already executing");
+        return NULL;
+    }
     if (self->state == DL_RUNNING && self->it != NULL) {
         PyObject *meth;
         if (PyObject_GetOptionalAttr(self->it, st->str_close, &meth) < 0)
@@ -1202,7 +1439,6 @@ delegate_traverse(PyObject *op, visitproc visit, void *arg)
     Delegate *self = (Delegate *)op;
     Py_VISIT(Py_TYPE(op));
     Py_VISIT(self->it);
-    Py_VISIT(self->value);
     Py_VISIT(self->func);
     Py_VISIT(self->args);
     Py_VISIT(self->kwargs);
@@ -1217,7 +1453,6 @@ delegate_clear(PyObject *op)
 {
     Delegate *self = (Delegate *)op;
     Py_CLEAR(self->it);
-    Py_CLEAR(self->value);
     Py_CLEAR(self->func);
     Py_CLEAR(self->args);
     Py_CLEAR(self->kwargs);
@@ -1260,7 +1495,7 @@ static PyType_Slot delegate_slots[] = {
 static PyType_Spec delegate_spec = {
     .name = "aiopyramid._core.Coroutine",
     .basicsize = sizeof(Delegate),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
     .slots = delegate_slots,
 };
 
@@ -1404,33 +1639,11 @@ sync_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
 {
     Synchronized *self = (Synchronized *)op;
     modstate *st = state_of_type(Py_TYPE(op));
-    PyObject *cur = (PyObject *)PyGreenlet_GetCurrent();
-    if (cur == NULL)
-        return NULL;
-    Py_DECREF(cur); /* borrowed: it is running */
     PyObject *aw = PyObject_Vectorcall(self->func, args, nargsf, kwnames);
     if (aw == NULL || !is_awaitable(aw))
         return aw; /* a plain function's result, as is */
     PyObject *r;
-    if (Py_TYPE(cur) == st->BridgeGreenletType &&
-        ((BridgeGreenlet *)cur)->job != NULL) {
-        /* the fast path: drive it right here */
-        BridgeGreenlet *me = (BridgeGreenlet *)cur;
-        PyObject *it = awaitable_iter(aw);
-        Py_DECREF(aw);
-        if (it == NULL)
-            return NULL;
-        Py_INCREF(cur);
-        int prev = me->in_view;
-        me->in_view = 1;
-        r = drive(st, it, me, cur);
-        if (me->job != NULL)
-            me->in_view = prev;
-        Py_DECREF(it);
-        Py_DECREF(cur);
-        return r;
-    }
-    if (bridge_can_suspend(st)) {
+    if (running_job != NULL || bridge_can_suspend(st)) {
         r = bridge_await(st, aw, 1);
         Py_DECREF(aw);
         return r;
@@ -1528,12 +1741,18 @@ static PyType_Slot sync_slots[] = {
 static PyType_Spec sync_spec = {
     .name = "aiopyramid._core.Synchronized",
     .basicsize = sizeof(Synchronized),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION | Py_TPFLAGS_HAVE_GC |
              Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_HAVE_VECTORCALL |
              Py_TPFLAGS_METHOD_DESCRIPTOR,
     .slots = sync_slots,
 };
 
+static PyObject *import_attr(const char *module, const char *name,
+                             int optional);
+
+/* functools.update_wrapper, plus __signature__ so that Pyramid's
+ * introspection (inspect.getfullargspec ignores __wrapped__) sees the
+ * wrapped function's parameters */
 static int
 copy_wrapper_attrs(modstate *st, PyObject *wrapper, PyObject *wrapped)
 {
@@ -1542,7 +1761,22 @@ copy_wrapper_attrs(modstate *st, PyObject *wrapper, PyObject *wrapped)
     if (r == NULL)
         return -1;
     Py_DECREF(r);
-    return 0;
+    PyObject *signature = import_attr("inspect", "signature", 0);
+    if (signature == NULL)
+        return -1;
+    PyObject *sig = PyObject_CallOneArg(signature, wrapped);
+    Py_DECREF(signature);
+    if (sig == NULL) {
+        /* builtins and the like have none: nothing to copy */
+        if (!PyErr_ExceptionMatches(PyExc_ValueError) &&
+            !PyErr_ExceptionMatches(PyExc_TypeError))
+            return -1;
+        PyErr_Clear();
+        return 0;
+    }
+    int rc = PyObject_SetAttrString(wrapper, "__signature__", sig);
+    Py_DECREF(sig);
+    return rc;
 }
 
 static PyObject *
@@ -1553,6 +1787,8 @@ make_synchronized(modstate *st, PyObject *func, int strict)
                      "synchronize() expects a coroutine function, got %R", func);
         return NULL;
     }
+    if (Py_TYPE(func) == st->SynchronizedType)
+        return Py_NewRef(func); /* already plain-callable */
     if (strict) {
         int is_coro = bridge_is_coroutine_function(st, func);
         if (is_coro < 0)
@@ -1744,7 +1980,7 @@ static PyType_Slot cf_slots[] = {
 static PyType_Spec cf_spec = {
     .name = "aiopyramid._core.CoroutineFunction",
     .basicsize = sizeof(CoroutineFunction),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION | Py_TPFLAGS_HAVE_GC |
              Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_HAVE_VECTORCALL |
              Py_TPFLAGS_METHOD_DESCRIPTOR,
     .slots = cf_slots,
@@ -1821,12 +2057,10 @@ coroutine(PyObject *module, PyObject *func)
         PyObject *r = PyObject_CallOneArg(st->types_coroutine, func);
         if (r == NULL)
             return NULL;
-        if (r == func && mark_coroutine_function(st, r) < 0) {
-            Py_DECREF(r);
-            return NULL;
-        }
-        return r;
+        Py_DECREF(r);
     }
+    /* calls return a registered Coroutine, which asyncio.run and
+     * create_task accept (they refuse generators since 3.12) */
     return make_coroutine_function(st, func, NULL, CF_CALL);
 }
 
@@ -1968,7 +2202,7 @@ static PyType_Slot threadcall_slots[] = {
 static PyType_Spec threadcall_spec = {
     .name = "aiopyramid._core.ThreadCall",
     .basicsize = sizeof(ThreadCall),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
     .slots = threadcall_slots,
 };
 
@@ -2162,6 +2396,7 @@ set_pool_limit(PyObject *module, PyObject *arg)
     PyObject *d = PyThreadState_GetDict();
     if (d != NULL && PyDict_DelItem(d, st->str_pool_key) < 0)
         PyErr_Clear();
+    thread_pool = NULL;
     return PyLong_FromSsize_t(old);
 }
 
@@ -2293,6 +2528,8 @@ bridge_init(PyObject *module, modstate *st)
         (st->run_coroutine_threadsafe = import_attr(
              "asyncio", "run_coroutine_threadsafe", 0)) == NULL ||
         (st->asyncio_run = import_attr("asyncio", "run", 0)) == NULL ||
+        (st->CancelledError = import_attr("asyncio", "CancelledError",
+                                          0)) == NULL ||
         (st->types_coroutine = import_attr("types", "coroutine", 0)) == NULL ||
         (st->update_wrapper = import_attr("functools", "update_wrapper",
                                           0)) == NULL ||

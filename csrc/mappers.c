@@ -246,7 +246,7 @@ static PyType_Slot mapped_slots[] = {
 static PyType_Spec mapped_spec = {
     .name = "aiopyramid._core.MappedView",
     .basicsize = sizeof(MappedView),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION | Py_TPFLAGS_HAVE_GC |
              Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_HAVE_VECTORCALL,
     .slots = mapped_slots,
 };

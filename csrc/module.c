@@ -4,7 +4,8 @@
 #define STATE_OBJECTS(X)                                                     \
     X(BridgeGreenletType) X(SpawnType) X(DelegateType) X(SynchronizedType)    \
     X(CoroutineFunctionType) X(ThreadCallType) X(MappedViewType)              \
-    X(ScopeError) X(ConfigurationError) X(GreenletExit) X(gr_context_descr)   \
+    X(ScopeError) X(ConfigurationError) X(GreenletExit) X(CancelledError)     \
+    X(gr_context_descr)   \
     X(get_running_loop) X(run_coroutine_threadsafe) X(asyncio_run)            \
     X(types_coroutine) X(update_wrapper) X(is_coroutine_marker)               \
     X(inspect_marker) X(iscoroutinefunction) X(request_loop)                  \

@@ -1,5 +1,6 @@
 """Shared fixtures.  Server fixtures start real processes on 127.0.0.1 with a
 free port, wait until they answer, and always stop them."""
+import asyncio
 import os
 import signal
 import socket
@@ -8,6 +9,37 @@ import sys
 import time
 
 import pytest
+from pyramid.request import Request
+
+from aiopyramid.helpers import spawn_greenlet
+
+
+@pytest.fixture
+def run():
+    """Run a coroutine to completion on a fresh event loop."""
+    return asyncio.run
+
+
+async def get(app, path, **kw):
+    """One request through the whole app, in a pooled request greenlet (the
+    way the servers run it)."""
+    request = Request.blank(path, **kw)
+    return await spawn_greenlet(request.get_response, app)
+
+
+@pytest.fixture
+def make_app():
+    """A Pyramid app with aiopyramid included; configure(config) adds views."""
+    from pyramid.config import Configurator
+
+    def make(configure, settings=None):
+        with Configurator(settings=settings or {}) as config:
+            config.include("aiopyramid")
+            configure(config)
+            return config.make_wsgi_app()
+
+    return make
+
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

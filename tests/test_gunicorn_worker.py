@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from conftest import ROOT, free_port, http_get
-from rawhttp import blocking_exchange, parse_all
+from .conftest import ROOT, free_port, http_get
+from .rawhttp import blocking_exchange, parse_all
 
 pytest.importorskip("gunicorn")
 

@@ -8,7 +8,7 @@ import pytest
 
 from aiopyramid import _core
 
-from rawhttp import parse_all
+from .rawhttp import parse_all
 
 
 class FakeTransport:

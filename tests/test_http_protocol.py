@@ -10,7 +10,7 @@ import pytest
 
 from aiopyramid import _core
 
-from rawhttp import exchange, parse_all
+from .rawhttp import exchange, parse_all
 
 try:
     import uvloop
