@@ -1,4 +1,4 @@
-"""Pyramid hello-world for bench/http.py.
+"""Pyramid hello-world for bench/http_bench.py.
 
 aio()    config.include('aiopyramid'): /hello is a coroutine view,
          /hello-legacy a plain view (run in the executor)

@@ -4,7 +4,7 @@
 /sleep?s=0.5    a coroutine view that really waits on the loop
 /api/items      a JSON API: GET lists, POST (a JSON body) adds
 /api/items/{n}  GET one item, as JSON; the lookup awaits
-/hello          hello world as a coroutine view (what bench/http.py serves)
+/hello          hello world as a coroutine view (what bench/http_bench.py serves)
 /hello-legacy   hello world as a plain view (run in the executor)
 """
 import asyncio

@@ -1,7 +1,7 @@
 """HTTP benchmark: wrk against one gunicorn worker serving Pyramid's
 hello-world.
 
-    .venv/bin/python bench/http.py [--duration 5] [--rounds 3] [--conns 50,1000]
+    .venv/bin/python bench/http_bench.py [--duration 5] [--rounds 3] [--conns 50,1000]
 
 Needs wrk (Debian: ``apt-get install wrk``) and, for the gevent worker,
 gevent (``pip install gevent``); configurations whose worker is missing are
@@ -22,7 +22,7 @@ Benchmarks are hard.  What this does, so you can judge it:
 * Pyramid's own cost per request is measured in-process: the WSGI app
   called directly with a prebuilt environ (copied per call) and no server.
 
-    .venv/bin/python bench/http.py --inflight 10000
+    .venv/bin/python bench/http_bench.py --inflight 10000
 
 instead holds N requests in flight on one worker (each awaits a 1 s
 asyncio.sleep), checks that every one is answered, and reports the time
@@ -268,7 +268,7 @@ def main():
     if args.inflight:
         return inflight(args.inflight)
     if shutil.which("wrk") is None:
-        sys.exit("bench/http.py needs wrk: apt-get install wrk (Debian/Ubuntu)")
+        sys.exit("bench/http_bench.py needs wrk: apt-get install wrk (Debian/Ubuntu)")
     raise_fd_limit()
     conns = [int(c) for c in args.conns.split(",")]
     configs = [c for c in CONFIGS if available(c) and (not args.only or args.only in c[0])]
