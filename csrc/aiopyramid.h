@@ -142,6 +142,21 @@ PyObject_GetOptionalAttrString(PyObject *obj, const char *name,
 }
 #endif
 
+/* tp_dealloc of our GC types: weak references, then tp_clear, then the
+ * memory and the reference to the heap type. */
+static inline void
+gc_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    if (tp->tp_weaklistoffset > 0 &&
+        *(PyObject **)((char *)op + tp->tp_weaklistoffset) != NULL)
+        PyObject_ClearWeakRefs(op);
+    tp->tp_clear(op);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
 /* What 'await' accepts: coroutines, generators, objects with __await__. */
 static inline int
 is_awaitable(PyObject *obj)

@@ -1462,16 +1462,6 @@ delegate_clear(PyObject *op)
     return 0;
 }
 
-static void
-delegate_dealloc(PyObject *op)
-{
-    PyTypeObject *tp = Py_TYPE(op);
-    PyObject_GC_UnTrack(op);
-    delegate_clear(op);
-    tp->tp_free(op);
-    Py_DECREF(tp);
-}
-
 static PyMethodDef delegate_methods[] = {
     {"send", delegate_send, METH_O, NULL},
     {"throw", (PyCFunction)(void (*)(void))delegate_throw, METH_FASTCALL, NULL},
@@ -1487,7 +1477,7 @@ static PyType_Slot delegate_slots[] = {
     {Py_tp_methods, delegate_methods},
     {Py_tp_traverse, delegate_traverse},
     {Py_tp_clear, delegate_clear},
-    {Py_tp_dealloc, delegate_dealloc},
+    {Py_tp_dealloc, gc_dealloc},
     {Py_tp_doc, "A coroutine that awaits another awaitable."},
     {0, NULL},
 };
@@ -1698,18 +1688,6 @@ sync_clear(PyObject *op)
     return 0;
 }
 
-static void
-sync_dealloc(PyObject *op)
-{
-    PyTypeObject *tp = Py_TYPE(op);
-    PyObject_GC_UnTrack(op);
-    if (((Synchronized *)op)->weakreflist != NULL)
-        PyObject_ClearWeakRefs(op);
-    sync_clear(op);
-    tp->tp_free(op);
-    Py_DECREF(tp);
-}
-
 static PyGetSetDef sync_dict_getset[] = {
     {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
@@ -1733,7 +1711,7 @@ static PyType_Slot sync_slots[] = {
     {Py_tp_getset, sync_dict_getset},
     {Py_tp_traverse, sync_traverse},
     {Py_tp_clear, sync_clear},
-    {Py_tp_dealloc, sync_dealloc},
+    {Py_tp_dealloc, gc_dealloc},
     {Py_tp_doc, "A coroutine function made callable from plain code."},
     {0, NULL},
 };
@@ -1938,18 +1916,6 @@ cf_clear(PyObject *op)
     return 0;
 }
 
-static void
-cf_dealloc(PyObject *op)
-{
-    PyTypeObject *tp = Py_TYPE(op);
-    PyObject_GC_UnTrack(op);
-    if (((CoroutineFunction *)op)->weakreflist != NULL)
-        PyObject_ClearWeakRefs(op);
-    cf_clear(op);
-    tp->tp_free(op);
-    Py_DECREF(tp);
-}
-
 static PyGetSetDef cf_dict_getset[] = {
     {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
@@ -1972,7 +1938,7 @@ static PyType_Slot cf_slots[] = {
     {Py_tp_getset, cf_dict_getset},
     {Py_tp_traverse, cf_traverse},
     {Py_tp_clear, cf_clear},
-    {Py_tp_dealloc, cf_dealloc},
+    {Py_tp_dealloc, gc_dealloc},
     {Py_tp_doc, "A coroutine function around a plain callable."},
     {0, NULL},
 };
@@ -2181,21 +2147,11 @@ threadcall_clear(PyObject *op)
     return 0;
 }
 
-static void
-threadcall_dealloc(PyObject *op)
-{
-    PyTypeObject *tp = Py_TYPE(op);
-    PyObject_GC_UnTrack(op);
-    threadcall_clear(op);
-    tp->tp_free(op);
-    Py_DECREF(tp);
-}
-
 static PyType_Slot threadcall_slots[] = {
     {Py_tp_call, threadcall_call},
     {Py_tp_traverse, threadcall_traverse},
     {Py_tp_clear, threadcall_clear},
-    {Py_tp_dealloc, threadcall_dealloc},
+    {Py_tp_dealloc, gc_dealloc},
     {0, NULL},
 };
 

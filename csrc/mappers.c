@@ -194,18 +194,6 @@ mapped_clear(PyObject *op)
     return 0;
 }
 
-static void
-mapped_dealloc(PyObject *op)
-{
-    PyTypeObject *tp = Py_TYPE(op);
-    PyObject_GC_UnTrack(op);
-    if (((MappedView *)op)->weakreflist != NULL)
-        PyObject_ClearWeakRefs(op);
-    mapped_clear(op);
-    tp->tp_free(op);
-    Py_DECREF(tp);
-}
-
 static PyObject *
 mapped_get_kind(PyObject *op, void *closure)
 {
@@ -238,7 +226,7 @@ static PyType_Slot mapped_slots[] = {
     {Py_tp_getset, mapped_getset},
     {Py_tp_traverse, mapped_traverse},
     {Py_tp_clear, mapped_clear},
-    {Py_tp_dealloc, mapped_dealloc},
+    {Py_tp_dealloc, gc_dealloc},
     {Py_tp_doc, "A view as mapped by aiopyramid: call with (context, request)."},
     {0, NULL},
 };
