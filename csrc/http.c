@@ -411,7 +411,8 @@ environ_set_url(HttpServer *srv, modstate *st, PyObject *env, const char *url,
     if (pi == NULL)
         return -1;
     Py_ssize_t sn = PyUnicode_GET_LENGTH(srv->script_name);
-    if (sn > 0 && PyUnicode_Tailmatch(pi, srv->script_name, 0, sn, -1) == 1) {
+    if (sn > 0 && PyUnicode_Tailmatch(pi, srv->script_name, 0, sn, -1) == 1 &&
+        (PyUnicode_GET_LENGTH(pi) == sn || PyUnicode_READ_CHAR(pi, sn) == '/')) {
         PyObject *rest = PyUnicode_Substring(pi, sn, PyUnicode_GET_LENGTH(pi));
         Py_DECREF(pi);
         if (rest == NULL)
@@ -777,7 +778,8 @@ render_head(HttpRequest *r, wbuf *b, long long known)
         }
     }
     if (!r->keep_alive || srv->shutting_down || srv->keepalive <= 0 ||
-        p->broken || p->upgrade)
+        p->broken || p->upgrade ||
+        (r->expect_continue && !r->continue_sent && !r->body_done))
         r->close_after = 1;
     if (r->close_after) {
         if (WB_LIT(b, "Connection: close\r\n") < 0)
@@ -979,10 +981,19 @@ send_result(HttpRequest *r, PyObject *result)
             total += PyBytes_GET_SIZE(items[i]);
         }
         if (r->headers_sent) {
-            for (Py_ssize_t i = 0; i < n; i++)
-                if (write_chunk(r, PyBytes_AS_STRING(items[i]),
-                                (size_t)PyBytes_GET_SIZE(items[i]), -1) < 0)
+            /* write_chunk() may suspend: the list may change meanwhile */
+            PyObject *copy = PySequence_Tuple(seq);
+            if (copy == NULL)
+                return -1;
+            for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(copy); i++) {
+                PyObject *it = PyTuple_GET_ITEM(copy, i);
+                if (write_chunk(r, PyBytes_AS_STRING(it),
+                                (size_t)PyBytes_GET_SIZE(it), -1) < 0) {
+                    Py_DECREF(copy);
                     return -1;
+                }
+            }
+            Py_DECREF(copy);
         }
         else {
             wbuf b = {NULL, 0, 0};
@@ -1710,14 +1721,18 @@ on_headers_complete(llhttp_t *parser)
     r->http11 = http11;
     r->head = parser->method == HTTP_HEAD;
     r->keep_alive = llhttp_should_keep_alive(parser);
+    if (!http11 && (parser->flags & F_TRANSFER_ENCODING))
+        r->keep_alive = 0; /* RFC 9112 6.1: faulty framing, close after */
     if (http11) {
         PyObject *expect = PyDict_GetItemWithError(env, HSTR(st, HTTP_EXPECT));
         if (expect == NULL && PyErr_Occurred()) {
             Py_DECREF(r);
             return cb_error(p);
         }
-        if (expect != NULL &&
-            PyUnicode_CompareWithASCIIString(expect, "100-continue") == 0)
+        if (expect != NULL && PyUnicode_GET_LENGTH(expect) == 12 &&
+            PyUnicode_KIND(expect) == PyUnicode_1BYTE_KIND &&
+            strncasecmp((const char *)PyUnicode_1BYTE_DATA(expect),
+                        "100-continue", 12) == 0)
             r->expect_continue = 1;
     }
     if (parser->upgrade)
@@ -1876,6 +1891,14 @@ feed(HttpProtocol *p)
                  * connection closes after its response */
                 p->broken = 1;
                 body_error(p);
+                p->rpos = p->rlen; /* nothing more is parsed: drop it */
+                set_read_paused(p, PAUSE_PIPELINE, 1);
+            }
+            else if (r != NULL && r->response_done) {
+                /* its response is complete: just close */
+                proto_release_request(p);
+                p->broken = 1;
+                proto_close(p);
             }
             else {
                 proto_release_request(p);

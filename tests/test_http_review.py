@@ -1,0 +1,138 @@
+"""Regressions found by review of the HTTP protocol: each test failed (or,
+for the first, read freed memory under ASan) before its fix."""
+import gc
+
+from .rawhttp import parse_all
+from .test_http_feed import connect, loop, spin  # noqa: F401 -- fixture
+
+
+def test_list_changed_while_a_paused_write_waits(loop):
+    body = [b"a" * 10, b"b" * 10, b"c" * 10]
+    holder = {}
+
+    def app(env, start_response):
+        write = start_response("200 OK", [])
+        write(b"head ")
+        holder["proto"].pause_writing()  # the client stopped reading
+        return body
+
+    server, proto, t = connect(loop, app)
+    holder["proto"] = proto
+    proto.data_received(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    body[:] = [b"z"]
+    gc.collect()
+    proto.resume_writing()
+    spin(loop)
+    (response,) = parse_all(bytes(t.out))
+    assert response.body == b"head " + b"a" * 10 + b"b" * 10 + b"c" * 10
+    proto.connection_lost(None)
+
+
+def test_malformed_body_stops_reading_while_the_app_runs(loop):
+    import asyncio
+
+    from aiopyramid import _core
+
+    release = loop.create_future()
+
+    def app(env, start_response):
+        try:
+            env["wsgi.input"].read()
+        except Exception:
+            pass
+        _core.await_(release)  # the app goes on with other work
+        start_response("200 OK", [])
+        return [b"done"]
+
+    server, proto, t = connect(loop, app)
+    proto.data_received(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")
+    spin(loop)  # the app waits for the body...
+    proto.data_received(b"zz\r\n")  # ...which turns out malformed
+    spin(loop)
+    for _ in range(50):
+        proto.data_received(b"x" * 65536)  # a client that keeps sending
+    spin(loop)
+    assert t.paused and not t.closed  # nothing more is read meanwhile
+    release.set_result(None)
+    spin(loop)
+    assert parse_all(bytes(t.out))[0].body == b"done" and t.closed
+    assert asyncio.isfuture(release)
+
+
+def test_transfer_encoding_in_http10_closes_after_the_response(loop):
+    seen = []
+
+    def app(env, start_response):
+        seen.append((env["PATH_INFO"], env["wsgi.input"].read()))
+        start_response("200 OK", [])
+        return [b""]
+
+    server, proto, t = connect(loop, app)
+    proto.data_received(b"POST /a HTTP/1.0\r\nConnection: keep-alive\r\n"
+                        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+                        b"GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n")
+    spin(loop)
+    assert [path for path, _ in seen] == ["/a"] and t.closed
+
+
+def test_expect_is_case_insensitive(loop):
+    def app(env, start_response):
+        body = env["wsgi.input"].read()
+        start_response("200 OK", [])
+        return [body]
+
+    server, proto, t = connect(loop, app)
+    proto.data_received(b"POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-Continue\r\n"
+                        b"Content-Length: 5\r\n\r\n")
+    spin(loop)
+    assert bytes(t.out) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    proto.data_received(b"hello")
+    spin(loop)
+    assert parse_all(bytes(t.out)[25:])[0].body == b"hello"
+    proto.connection_lost(None)
+
+
+def test_unanswered_expect_announces_the_close(loop):
+    def app(env, start_response):
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"hi"]
+
+    server, proto, t = connect(loop, app)
+    proto.data_received(b"POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n"
+                        b"Content-Length: 5\r\n\r\n")
+    spin(loop)
+    head = bytes(t.out).split(b"\r\n\r\n", 1)[0]
+    assert b"Connection: close" in head and t.closed
+
+
+def test_no_second_response_after_a_complete_one(loop):
+    def app(env, start_response):
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]  # answers without reading the chunked body
+
+    server, proto, t = connect(loop, app)
+    proto.data_received(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")
+    spin(loop)
+    proto.data_received(b"zz\r\n")
+    spin(loop)
+    assert [r.status for r in parse_all(bytes(t.out))] == [200]
+    assert t.closed
+
+
+def test_script_name_is_stripped_on_a_segment_boundary(loop):
+    seen = []
+
+    def app(env, start_response):
+        seen.append((env["SCRIPT_NAME"], env["PATH_INFO"]))
+        start_response("200 OK", [])
+        return [b""]
+
+    for path, expected in [(b"/app/x", ("/app", "/x")), (b"/app", ("/app", "")),
+                           (b"/apple", ("/app", "/apple")),
+                           (b"/appx/y", ("/app", "/appx/y"))]:
+        seen.clear()
+        server, proto, t = connect(loop, app, base_environ={"SCRIPT_NAME": "/app"})
+        proto.data_received(b"GET " + path + b" HTTP/1.1\r\nHost: h\r\n\r\n")
+        spin(loop)
+        assert seen == [expected], path
+        proto.connection_lost(None)
