@@ -1589,6 +1589,8 @@ static int
 on_url(llhttp_t *parser, const char *at, size_t n)
 {
     HttpProtocol *p = PROTO(parser);
+    if (p->slen == 0) /* the whole line counts, as gunicorn counts it */
+        p->line_len += (Py_ssize_t)(sizeof("  HTTP/1.1") - 1);
     p->line_len += (Py_ssize_t)n;
     if (p->server->limit_line > 0 && p->line_len > p->server->limit_line)
         return limit_error(parser, 414, "request line is too large");

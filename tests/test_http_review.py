@@ -136,3 +136,39 @@ def test_script_name_is_stripped_on_a_segment_boundary(loop):
         spin(loop)
         assert seen == [expected], path
         proto.connection_lost(None)
+
+
+def test_request_line_limit_counts_the_whole_line(loop):
+    def app(env, start_response):
+        start_response("200 OK", [])
+        return [b""]
+
+    for url, status in [(b"/" + b"a" * 6, 200), (b"/" + b"a" * 7, 414)]:
+        line = b"GET " + url + b" HTTP/1.1"
+        server, proto, t = connect(loop, app, limit_request_line=20)
+        proto.data_received(line + b"\r\nHost: h\r\n\r\n")
+        spin(loop)
+        assert len(line) == 20 + (status == 414)
+        assert [r.status for r in parse_all(bytes(t.out))] == [status], line
+        proto.connection_lost(None)
+
+
+def test_worker_limits_are_gunicorns():
+    from types import SimpleNamespace
+
+    from aiopyramid.gunicorn.worker import _request_limits
+
+    def limits(line, fields, size):
+        return _request_limits(SimpleNamespace(
+            limit_request_line=line, limit_request_fields=fields,
+            limit_request_field_size=size))
+
+    # 0 is never "unbounded" for a server that buffers the head
+    assert limits(0, 0, 0) == {"limit_request_line": 1024 * 1024,
+                               "limit_request_fields": 32768,
+                               "limit_request_field_size": 8190}
+    assert limits(4094, 100, 8190) == {"limit_request_line": 4094,
+                                       "limit_request_fields": 100,
+                                       "limit_request_field_size": 8190}
+    assert limits(99999, 99999, 100)["limit_request_line"] == 8190
+    assert limits(99999, 99999, 100)["limit_request_fields"] == 32768

@@ -103,6 +103,33 @@ def _new_loop(kind):
     return asyncio.new_event_loop()
 
 
+# gunicorn's own bounds (gunicorn/http/message.py): 0 never means
+# "unbounded" for the server that buffers the head
+_MAX_REQUEST_LINE = 8190
+_UNLIMITED_REQUEST_LINE = 1024 * 1024
+_MAX_HEADERS = 32768
+_DEFAULT_MAX_HEADERFIELD_SIZE = 8190
+
+
+def _request_limits(cfg):
+    line = cfg.limit_request_line
+    if line < 0 or line >= _MAX_REQUEST_LINE:
+        line = _MAX_REQUEST_LINE
+    elif line == 0:
+        line = _UNLIMITED_REQUEST_LINE
+    fields = cfg.limit_request_fields
+    if fields <= 0 or fields > _MAX_HEADERS:
+        fields = _MAX_HEADERS
+    field_size = cfg.limit_request_field_size
+    if field_size <= 0:
+        field_size = _DEFAULT_MAX_HEADERFIELD_SIZE
+    return {
+        "limit_request_line": line,
+        "limit_request_fields": fields,
+        "limit_request_field_size": field_size,
+    }
+
+
 class AsyncGunicornWorker(base.Worker):
     """gunicorn worker: aiopyramid's C HTTP server on an asyncio loop."""
 
@@ -238,9 +265,7 @@ class AsyncGunicornWorker(base.Worker):
             self.wsgi,
             loop,
             base_environ=self._base_environ(),
-            limit_request_line=cfg.limit_request_line,
-            limit_request_fields=cfg.limit_request_fields,
-            limit_request_field_size=cfg.limit_request_field_size,
+            **_request_limits(cfg),
             keepalive=float(cfg.keepalive),
             secure_scheme_headers=dict(cfg.secure_scheme_headers or {}),
             forwarded_allow_ips=allow,
