@@ -69,6 +69,7 @@ struct HttpProtocol {
     char *sbuf;                 /* url, then the header being parsed */
     size_t slen, scap, url_len, field_len;
     Py_ssize_t nfields, line_len;
+    int host_fields;      /* Host headers in this request's head */
     PyObject *environ;          /* being built, until headers are complete */
     int err_status;             /* 414/431 from a limit, or 0 */
     int read_paused;            /* PAUSE_* bits */
@@ -389,6 +390,9 @@ environ_set_url(HttpServer *srv, modstate *st, PyObject *env, const char *url,
             path = q ? q : end; /* no path: "/" below */
         else
             path = slash;
+        /* RFC 9112 3.2.2: the target's authority replaces Host */
+        if (set_item_str(env, HSTR(st, HTTP_HOST), a, (size_t)(path - a)) < 0)
+            return -1;
     }
     const char *hash = memchr(path, '#', (size_t)(end - path));
     if (hash != NULL)
@@ -1573,6 +1577,7 @@ on_message_begin(llhttp_t *parser)
     p->slen = p->url_len = p->field_len = 0;
     p->nfields = 0;
     p->line_len = 0;
+    p->host_fields = 0;
     Py_CLEAR(p->environ);
     return 0;
 }
@@ -1663,6 +1668,8 @@ on_header_value_complete(llhttp_t *parser)
         p->field_len = 0;
         return 0;
     }
+    if (p->field_len == 4 && strncasecmp(name, "host", 4) == 0)
+        p->host_fields++;
     if (ensure_environ(p) < 0 ||
         environ_add_header(st, p->environ, name, p->field_len,
                            name + p->field_len, vlen) < 0)
@@ -1685,6 +1692,11 @@ on_headers_complete(llhttp_t *parser)
     int http11 = parser->http_major == 1 && parser->http_minor >= 1;
     if (parser->http_major > 1)
         http11 = 1;
+    /* RFC 9112 3.2: an HTTP/1.1 request has exactly one Host; none has
+     * two (they would be joined into one value the app cannot trust) */
+    if ((http11 && p->host_fields != 1) || p->host_fields > 1)
+        return limit_error(parser, 400, p->host_fields ? "repeated Host header"
+                                                       : "missing Host header");
     if (PyDict_SetItem(env, HSTR(st, REQUEST_METHOD), method) < 0 ||
         PyDict_SetItem(env, HSTR(st, SERVER_PROTOCOL),
                        http11 ? HSTR(st, HTTP11) : HSTR(st, HTTP10)) < 0 ||

@@ -42,7 +42,8 @@
     X(ABORT, "abort")                                                        \
     X(READ, "read")                                                          \
     X(CONTEXT, "context")                                                    \
-    X(HTTP_EXPECT, "HTTP_EXPECT")
+    X(HTTP_EXPECT, "HTTP_EXPECT")                                            \
+    X(HTTP_HOST, "HTTP_HOST")
 
 enum {
 #define HTTP_STR_ENUM(name, text) HS_##name,

@@ -375,7 +375,7 @@ def test_limits_are_configurable(run):
         async with serving(text_app(), limit_request_line=0, limit_request_fields=0,
                            limit_request_field_size=0) as (port, srv):
             return await exchange(
-                port, b"GET /" + b"a" * 10000 + b" HTTP/1.1\r\n"
+                port, b"GET /" + b"a" * 10000 + b" HTTP/1.1\r\nHost: x\r\n"
                 + b"".join(b"X-%d: 1\r\n" % i for i in range(200))
                 + b"X-Big: " + b"v" * 20000 + b"\r\n\r\n", count=1)
     (r,), closed = run(main())

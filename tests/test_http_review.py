@@ -172,3 +172,28 @@ def test_worker_limits_are_gunicorns():
                                        "limit_request_field_size": 8190}
     assert limits(99999, 99999, 100)["limit_request_line"] == 8190
     assert limits(99999, 99999, 100)["limit_request_fields"] == 32768
+
+
+def test_host_rules(loop):
+    seen = []
+
+    def app(env, start_response):
+        seen.append(env.get("HTTP_HOST"))
+        start_response("200 OK", [])
+        return [b""]
+
+    cases = [
+        (b"GET / HTTP/1.1\r\n\r\n", 400, []),  # HTTP/1.1 needs a Host
+        (b"GET / HTTP/1.1\r\nHost: good.example\r\nHost: evil.example\r\n\r\n", 400, []),
+        (b"GET http://evil.example:8080/x HTTP/1.1\r\nHost: good.example\r\n\r\n",
+         200, ["evil.example:8080"]),  # the target's authority wins
+        (b"GET / HTTP/1.0\r\n\r\n", 200, [None]),  # HTTP/1.0 may omit it
+    ]
+    for request, status, hosts in cases:
+        seen.clear()
+        server, proto, t = connect(loop, app)
+        proto.data_received(request)
+        spin(loop)
+        assert [r.status for r in parse_all(bytes(t.out))] == [status], request
+        assert seen == hosts, request
+        proto.connection_lost(None)
