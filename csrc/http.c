@@ -929,6 +929,9 @@ request_finish(HttpRequest *r)
     /* a body nobody reads any more: drop it, and read (to discard the
      * rest of it) if a full buffer had paused reading */
     r->bpos = r->blen = 0;
+    PyMem_Free(r->bbuf);
+    r->bbuf = NULL;
+    r->bcap = 0;
     set_read_paused(p, PAUSE_BODY, 0);
     if (r->close_after || srv->shutting_down) {
         p->broken = 1;
@@ -1797,6 +1800,9 @@ proto_release_request(HttpProtocol *p)
     p->req = NULL;
     if (r->task != NULL)
         Py_CLEAR(r->task);
+    /* environ -> wsgi.input -> request is a cycle: break it here, so the
+     * request and its body buffer go now rather than at the next GC */
+    Py_CLEAR(r->environ);
     Py_DECREF(r);
 }
 

@@ -197,3 +197,25 @@ def test_host_rules(loop):
         assert [r.status for r in parse_all(bytes(t.out))] == [status], request
         assert seen == hosts, request
         proto.connection_lost(None)
+
+
+def test_finished_requests_go_without_the_cyclic_gc(loop):
+    def app(env, start_response):
+        env["wsgi.input"].read()
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    request = b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n\r\n" + b"x" * 1000
+    gc.collect()
+    gc.disable()
+    try:
+        server, proto, t = connect(loop, app)
+        for _ in range(20):
+            proto.data_received(request)
+            spin(loop, 2)
+        alive = sum(type(o).__name__ == "HttpRequest" for o in gc.get_objects())
+    finally:
+        gc.enable()
+    assert server.requests == 20
+    assert alive <= 1  # at most the one being released
+    proto.connection_lost(None)
