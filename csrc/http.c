@@ -654,6 +654,22 @@ latin1_view(PyObject *s, const char **data, Py_ssize_t *len, const char *what)
     return 0;
 }
 
+/* RFC 9110 5.6.2: a field name is a token */
+static int
+is_token(const char *s, Py_ssize_t n)
+{
+    if (n == 0)
+        return 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
+              (c >= 'A' && c <= 'Z') || strchr("!#$%&'*+-.^_`|~", c) != NULL) ||
+            c == 0)
+            return 0;
+    }
+    return 1;
+}
+
 static int
 bodyless_status(int code)
 {
@@ -713,9 +729,15 @@ render_head(HttpRequest *r, wbuf *b, long long known)
         if (latin1_view(PyTuple_GET_ITEM(h, 0), &name, &nl, "header name") < 0 ||
             latin1_view(PyTuple_GET_ITEM(h, 1), &value, &vl, "header value") < 0)
             return -1;
-        if (nl == 0 || memchr(name, ':', (size_t)nl) != NULL) {
+        if (!is_token(name, nl)) {
             PyErr_Format(PyExc_ValueError, "invalid response header name %R",
                          PyTuple_GET_ITEM(h, 0));
+            return -1;
+        }
+        if (memchr(value, '\0', (size_t)vl) != NULL) {
+            PyErr_Format(PyExc_ValueError,
+                         "response header value %R contains a NUL",
+                         PyTuple_GET_ITEM(h, 1));
             return -1;
         }
         if (nl == 10 && strncasecmp(name, "connection", 10) == 0) {
@@ -737,6 +759,12 @@ render_head(HttpRequest *r, wbuf *b, long long known)
                 PyErr_Format(PyExc_ValueError,
                              "invalid Content-Length response header %R",
                              PyTuple_GET_ITEM(h, 1));
+                return -1;
+            }
+            if (r->resp_length >= 0 && r->resp_length != v) {
+                PyErr_Format(PyExc_ValueError,
+                             "conflicting Content-Length response headers: "
+                             "%lld and %lld", r->resp_length, v);
                 return -1;
             }
             r->resp_length = v;

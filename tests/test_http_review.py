@@ -2,6 +2,8 @@
 for the first, read freed memory under ASan) before its fix."""
 import gc
 
+import pytest
+
 from .rawhttp import parse_all
 from .test_http_feed import connect, loop, spin  # noqa: F401 -- fixture
 
@@ -218,4 +220,27 @@ def test_finished_requests_go_without_the_cyclic_gc(loop):
         gc.enable()
     assert server.requests == 20
     assert alive <= 1  # at most the one being released
+    proto.connection_lost(None)
+
+
+@pytest.mark.parametrize("headers,message", [
+    ([("X Y", "z")], "invalid response header name 'X Y'"),
+    ([("X-A\x00", "b")], "invalid response header name 'X-A\\x00'"),
+    ([("X-A", "b\x00c")], "response header value 'b\\x00c' contains a NUL"),
+    ([("Content-Length", "4"), ("Content-Length", "2")],
+     "conflicting Content-Length response headers: 4 and 2"),
+])
+def test_bad_response_headers_are_the_apps_error(loop, headers, message):
+    logged = []
+
+    def app(env, start_response):
+        start_response("200 OK", headers)
+        return [b"body"]
+
+    server, proto, t = connect(loop, app,
+                               error_log=lambda msg, exc: logged.append(str(exc)))
+    proto.data_received(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    spin(loop)
+    assert [r.status for r in parse_all(bytes(t.out))] == [500]
+    assert logged == [message]
     proto.connection_lost(None)
