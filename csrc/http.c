@@ -70,6 +70,7 @@ struct HttpProtocol {
     size_t slen, scap, url_len, field_len;
     Py_ssize_t nfields, line_len;
     int host_fields;      /* Host headers in this request's head */
+    double head_started;  /* when this head's first byte came; 0: none */
     PyObject *environ;          /* being built, until headers are complete */
     int err_status;             /* 414/431 from a limit, or 0 */
     int read_paused;            /* PAUSE_* bits */
@@ -298,6 +299,7 @@ reason_of(int status)
 {
     switch (status) {
     case 400: return "Bad Request";
+    case 408: return "Request Timeout";
     case 413: return "Content Too Large";
     case 414: return "URI Too Long";
     case 431: return "Request Header Fields Too Large";
@@ -1609,6 +1611,7 @@ on_message_begin(llhttp_t *parser)
     p->nfields = 0;
     p->line_len = 0;
     p->host_fields = 0;
+    p->head_started = monotonic();
     Py_CLEAR(p->environ);
     return 0;
 }
@@ -1714,6 +1717,7 @@ static int
 on_headers_complete(llhttp_t *parser)
 {
     HttpProtocol *p = PROTO(parser);
+    p->head_started = 0;
     HttpServer *srv = p->server;
     modstate *st = proto_state(p);
     if (ensure_environ(p) < 0)
@@ -2294,6 +2298,7 @@ proto_resume_writing(PyObject *op, PyObject *unused)
 {
     HttpProtocol *p = (HttpProtocol *)op;
     p->write_paused = 0;
+    p->last_activity = monotonic(); /* the client reads: progress */
     wake(proto_state(p), &p->drain_waiter);
     Py_RETURN_NONE;
 }
@@ -2568,24 +2573,42 @@ server_connection_list(HttpServer *s)
     return PySequence_List(s->connections);
 }
 
+static void
+proto_abort(HttpProtocol *p)
+{
+    if (p->transport == NULL)
+        return;
+    PyObject *r = PyObject_CallMethodNoArgs(p->transport,
+                                            HSTR(proto_state(p), ABORT));
+    if (r == NULL)
+        PyErr_Clear();
+    Py_XDECREF(r);
+}
+
+/* A request kept waiting on its client: for the rest of its body, or for
+ * the client to read what the app wrote. */
+static int
+waits_on_client(HttpProtocol *p)
+{
+    HttpRequest *r = p->req;
+    return r != NULL && r->started && !r->response_done &&
+           (r->body_waiter != NULL || p->write_paused);
+}
+
 static PyObject *
 server_close_idle(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 {
     HttpServer *s = (HttpServer *)op;
-    double max_idle = s->keepalive, first_wait = -1.0;
-    if (nargs > 2) {
+    double max_idle = s->keepalive, first_wait = -1.0, client_wait = -1.0;
+    if (nargs > 3) {
         PyErr_Format(PyExc_TypeError,
-                     "close_idle() takes at most 2 arguments (%zd given)", nargs);
+                     "close_idle() takes at most 3 arguments (%zd given)", nargs);
         return NULL;
     }
-    if (nargs >= 1) {
-        max_idle = PyFloat_AsDouble(args[0]);
-        if (max_idle == -1.0 && PyErr_Occurred())
-            return NULL;
-    }
-    if (nargs == 2) {
-        first_wait = PyFloat_AsDouble(args[1]);
-        if (first_wait == -1.0 && PyErr_Occurred())
+    double *slots[] = {&max_idle, &first_wait, &client_wait};
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        *slots[i] = PyFloat_AsDouble(args[i]);
+        if (*slots[i] == -1.0 && PyErr_Occurred())
             return NULL;
     }
     if (first_wait < 0)
@@ -2597,12 +2620,26 @@ server_close_idle(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t closed = 0;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(conns); i++) {
         HttpProtocol *p = (HttpProtocol *)PyList_GET_ITEM(conns, i);
+        if (p->closed)
+            continue;
         int busy = p->req != NULL && p->req->started && !p->req->response_done;
         /* keep-alive between requests; a new connection may take longer
          * to send its first one */
         double limit = p->served ? max_idle : first_wait;
-        if (!busy && !p->closed && now - p->last_activity >= limit) {
+        if (!busy && now - p->last_activity >= limit) {
             proto_close(p);
+            closed++;
+        }
+        else if (client_wait >= 0 && !busy && p->head_started > 0 &&
+                 now - p->head_started >= client_wait) {
+            /* a head sent a byte at a time never completes */
+            respond_error_and_close(p, 408);
+            closed++;
+        }
+        else if (client_wait >= 0 && waits_on_client(p) &&
+                 now - p->last_activity >= client_wait) {
+            /* connection_lost then cancels the request */
+            proto_abort(p);
             closed++;
         }
     }
@@ -2684,10 +2721,13 @@ server_get_app(PyObject *op, void *closure)
 static PyMethodDef server_methods[] = {
     {"close_idle", (PyCFunction)(void (*)(void))server_close_idle,
      METH_FASTCALL,
-     "close_idle(max_idle=keepalive, first_request=max_idle)\n--\n\n"
+     "close_idle(max_idle=keepalive, first_request=max_idle, client_wait=-1)\n--\n\n"
      "Close connections with no request in progress that have been quiet "
      "for max_idle seconds (first_request seconds for a connection yet to "
-     "send its first request); returns how many."},
+     "send its first request).  With client_wait >= 0, also answer 408 to a "
+     "request head still incomplete after client_wait seconds, and drop a "
+     "connection whose request has waited that long on its client (for body "
+     "bytes, or to read the response); returns how many."},
     {"shutdown", server_shutdown, METH_NOARGS,
      "shutdown()\n--\n\nClose idle connections now and the others after "
      "their response; no keep-alive from now on."},

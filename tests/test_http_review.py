@@ -244,3 +244,39 @@ def test_bad_response_headers_are_the_apps_error(loop, headers, message):
     assert [r.status for r in parse_all(bytes(t.out))] == [500]
     assert logged == [message]
     proto.connection_lost(None)
+
+
+def test_clients_that_keep_a_request_waiting_are_cut_off(loop):
+    import time
+
+    from aiopyramid import _core
+
+    from .test_http_feed import FakeTransport
+
+    def app(env, start_response):
+        env["wsgi.input"].read()
+        start_response("200 OK", [])
+        return [b"x"]
+
+    server = _core.HttpServer(app, loop)
+    conns = []
+    for data in (b"GET / HTT",  # a head sent a byte at a time
+                 b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nab",  # stalls
+                 b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"):  # answered, kept alive
+        proto, t = server(), FakeTransport()
+        proto.connection_made(t)
+        proto.data_received(data)
+        conns.append((proto, t))
+    spin(loop)
+    assert server.close_idle(60.0, 60.0, 60.0) == 0  # not yet
+    time.sleep(0.05)
+    conns[0][0].data_received(b"P")  # trickling does not help a head
+    assert server.close_idle(60.0, 60.0, 0.02) == 2
+    (_, t_head), (_, t_body), (_, t_ok) = conns
+    assert t_head.closed and b"408 Request Timeout" in bytes(t_head.out)
+    assert t_body.closed and t_body.out == b""  # aborted: nothing to answer
+    assert not t_ok.closed  # waiting for nothing: keep-alive rules apply
+    for proto, _ in conns:
+        proto.connection_lost(None)
+    spin(loop)
+    assert server.active == 0

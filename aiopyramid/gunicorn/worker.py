@@ -348,8 +348,10 @@ class AsyncGunicornWorker(base.Worker):
                     self.alive = False
                     break
                 # keepalive between requests; a new connection gets the
-                # worker timeout to send its first one
-                server.close_idle(max(keepalive, 0.0), first_wait)
+                # worker timeout to send its first one, and a client that
+                # keeps a request waiting (a head sent a byte at a time, a
+                # body that stalls, a response it does not read) as long
+                server.close_idle(max(keepalive, 0.0), first_wait, first_wait)
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), 1.0)
                 except asyncio.TimeoutError:
