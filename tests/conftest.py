@@ -13,6 +13,8 @@ from pyramid.request import Request
 
 from aiopyramid.helpers import spawn_greenlet
 
+from .rawhttp import read_to_eof
+
 
 @pytest.fixture
 def run():
@@ -57,12 +59,7 @@ def http_get(port, path="/hello", timeout=5.0):
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
             s.sendall(b"GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % path.encode())
-            data = b""
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+            data = read_to_eof(s)
     except OSError:
         return None
     head, _, body = data.partition(b"\r\n\r\n")

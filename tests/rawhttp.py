@@ -130,6 +130,16 @@ async def exchange(port, *pieces, methods=(), count=None, timeout=10.0,
             pass
 
 
+def read_to_eof(sock):
+    """Everything a socket receives until the peer closes."""
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
 def blocking_exchange(port, data, timeout=10.0, shut_write=False):
     """All bytes until the server closes (or timeout): for e2e tests."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from .conftest import ROOT, free_port, http_get
-from .rawhttp import blocking_exchange, parse_all
+from .rawhttp import blocking_exchange, parse_all, read_to_eof
 
 pytest.importorskip("gunicorn")
 
@@ -66,12 +66,7 @@ def test_expect_100_continue(gunicorn):
         interim = s.recv(100)
         assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
         s.sendall(b"hello")
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = read_to_eof(s)
     (r,) = parse_all(data)
     assert r.body == b"hello"
 
@@ -308,12 +303,7 @@ def test_ssl(gunicorn, tmp_path):
             with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as raw:
                 with ctx.wrap_socket(raw) as s:
                     s.sendall(b"GET /env HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-                    data = b""
-                    while True:
-                        chunk = s.recv(65536)
-                        if not chunk:
-                            break
-                        data += chunk
+                    data = read_to_eof(s)
             break
         except (OSError, ssl.SSLError):
             if time.monotonic() > deadline or srv.proc.poll() is not None:

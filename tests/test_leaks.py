@@ -10,6 +10,18 @@ import pytest
 
 asan = bool(os.environ.get("AIOPYRAMID_ASAN"))
 
+def run_fresh(tmp_path, text, n):
+    """Runs a measuring script in a fresh interpreter; its last line of
+    output, as JSON."""
+    script = tmp_path / "leak.py"
+    script.write_text(text)
+    out = subprocess.run(
+        [sys.executable, "-W", "ignore", str(script), str(n)],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout
+    return json.loads(out.splitlines()[-1])
+
+
 SCRIPT = textwrap.dedent(
     """
     import asyncio, gc, json, sys
@@ -72,13 +84,7 @@ SCRIPT = textwrap.dedent(
 
 @pytest.mark.skipif(asan, reason="RSS under ASan measures the sanitizer")
 def test_100k_synchronized_calls_leave_memory_flat(tmp_path):
-    script = tmp_path / "leak.py"
-    script.write_text(SCRIPT)
-    out = subprocess.run(
-        [sys.executable, "-W", "ignore", str(script), "100000"],
-        capture_output=True, text=True, timeout=300, check=True,
-    ).stdout
-    result = json.loads(out.splitlines()[-1])
+    result = run_fresh(tmp_path, SCRIPT, 100000)
     # 300k further calls: a leak of even one small object per call would
     # show as megabytes and hundreds of thousands of objects
     assert result["calls"] == 5 * 100000, result
@@ -147,13 +153,7 @@ APP_SCRIPT = textwrap.dedent(
 
 @pytest.mark.skipif(asan, reason="RSS under ASan measures the sanitizer")
 def test_requests_through_mapped_views_leave_memory_flat(tmp_path):
-    script = tmp_path / "leak_app.py"
-    script.write_text(APP_SCRIPT)
-    out = subprocess.run(
-        [sys.executable, "-W", "ignore", str(script), "5000"],
-        capture_output=True, text=True, timeout=300, check=True,
-    ).stdout
-    result = json.loads(out.splitlines()[-1])
+    result = run_fresh(tmp_path, APP_SCRIPT, 5000)
     assert result["served"] == 5 * 5000 * 45 // 50, result
     assert result["object_growth"] < 1000, result
     assert result["rss_growth"] < 4 * 1024 * 1024, result
