@@ -1999,6 +1999,8 @@ proto_new(modstate *st, HttpServer *srv)
     p->rpos = p->rlen = p->rcap = 0;
     p->slen = p->scap = p->url_len = p->field_len = 0;
     p->nfields = p->line_len = 0;
+    p->host_fields = 0;
+    p->head_started = 0;
     p->err_status = 0;
     p->read_paused = p->write_paused = 0;
     p->closed = p->waiting = p->broken = p->trusted = p->upgrade = 0;
