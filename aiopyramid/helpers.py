@@ -18,7 +18,6 @@
 """
 from ._core import (
     coroutine,
-    in_coroutine_view,
     is_coroutine_function,
     is_generator,
     run_in_greenlet,
@@ -29,7 +28,6 @@ from ._core import (
 
 __all__ = [
     "coroutine",
-    "in_coroutine_view",
     "is_coroutine_function",
     "is_generator",
     "run_in_greenlet",
