@@ -1224,16 +1224,6 @@ input_clear(PyObject *op)
     return 0;
 }
 
-static void
-input_dealloc(PyObject *op)
-{
-    PyTypeObject *tp = Py_TYPE(op);
-    PyObject_GC_UnTrack(op);
-    input_clear(op);
-    tp->tp_free(op);
-    Py_DECREF(tp);
-}
-
 /* Waits for more of the body; 0 when some came (or the body ended). */
 static int
 input_wait(HttpRequest *r)
@@ -1420,7 +1410,7 @@ static PyType_Slot input_slots[] = {
     {Py_tp_iternext, input_iternext},
     {Py_tp_traverse, input_traverse},
     {Py_tp_clear, input_clear},
-    {Py_tp_dealloc, input_dealloc},
+    {Py_tp_dealloc, gc_dealloc},
     {Py_tp_doc, "wsgi.input: the request body, streamed from the socket."},
     {0, NULL},
 };
@@ -1543,16 +1533,6 @@ filewrapper_clear(PyObject *op)
     return 0;
 }
 
-static void
-filewrapper_dealloc(PyObject *op)
-{
-    PyTypeObject *tp = Py_TYPE(op);
-    PyObject_GC_UnTrack(op);
-    filewrapper_clear(op);
-    tp->tp_free(op);
-    Py_DECREF(tp);
-}
-
 static PyMethodDef filewrapper_methods[] = {
     {"close", filewrapper_close, METH_NOARGS,
      "close()\n--\n\nClose the wrapped file."},
@@ -1566,7 +1546,7 @@ static PyType_Slot filewrapper_slots[] = {
     {Py_tp_methods, filewrapper_methods},
     {Py_tp_traverse, filewrapper_traverse},
     {Py_tp_clear, filewrapper_clear},
-    {Py_tp_dealloc, filewrapper_dealloc},
+    {Py_tp_dealloc, gc_dealloc},
     {Py_tp_doc, "FileWrapper(filelike, blksize=8192)\n--\n\n"
                 "wsgi.file_wrapper: iterates a file in blocks."},
     {0, NULL},
@@ -2558,16 +2538,6 @@ server_clear(PyObject *op)
     return 0;
 }
 
-static void
-server_dealloc(PyObject *op)
-{
-    PyTypeObject *tp = Py_TYPE(op);
-    PyObject_GC_UnTrack(op);
-    server_clear(op);
-    tp->tp_free(op);
-    Py_DECREF(tp);
-}
-
 /* A list of the connections, so closing them may change the set. */
 static PyObject *
 server_connection_list(HttpServer *s)
@@ -2753,7 +2723,7 @@ static PyType_Slot server_slots[] = {
     {Py_tp_getset, server_getset},
     {Py_tp_traverse, server_traverse},
     {Py_tp_clear, server_clear},
-    {Py_tp_dealloc, server_dealloc},
+    {Py_tp_dealloc, gc_dealloc},
     {Py_tp_doc,
      "HttpServer(app, loop, *, base_environ=None, limit_request_line=4094, "
      "limit_request_fields=100, limit_request_field_size=8190, keepalive=2.0, "
