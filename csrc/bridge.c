@@ -38,7 +38,42 @@ bgreenlet_dealloc(PyObject *self)
     Py_DECREF(tp);
 }
 
+/* Only a job's driver (spawn_step) may resume a greenlet that waits for it;
+ * defined with Spawn below. */
+static int refuse_foreign_resume(BridgeGreenlet *g);
+
+static PyObject *
+bgreenlet_switch(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    if (refuse_foreign_resume((BridgeGreenlet *)self) < 0)
+        return NULL;
+    return PyGreenlet_Switch((PyGreenlet *)self, args, kwargs);
+}
+
+static PyObject *
+bgreenlet_throw(PyObject *self, PyObject *args)
+{
+    PyObject *typ = PyExc_GreenletExit, *val = NULL, *tb = NULL;
+    if (!PyArg_UnpackTuple(args, "throw", 0, 3, &typ, &val, &tb))
+        return NULL;
+    if (refuse_foreign_resume((BridgeGreenlet *)self) < 0)
+        return NULL;
+    return PyGreenlet_Throw((PyGreenlet *)self, typ, val, tb);
+}
+
+static PyMethodDef bgreenlet_methods[] = {
+    {"switch", (PyCFunction)(void (*)(void))bgreenlet_switch,
+     METH_VARARGS | METH_KEYWORDS,
+     "switch(*args, **kwargs): greenlet's switch, refused while the "
+     "greenlet's job waits for its driver."},
+    {"throw", bgreenlet_throw, METH_VARARGS,
+     "throw([typ, [val, [tb]]]): greenlet's throw, refused while the "
+     "greenlet's job waits for its driver."},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyType_Slot bgreenlet_slots[] = {
+    {Py_tp_methods, bgreenlet_methods},
     {Py_tp_traverse, bgreenlet_traverse},
     {Py_tp_dealloc, bgreenlet_dealloc},
     {Py_tp_doc, "A pooled request greenlet of aiopyramid's bridge."},
@@ -70,7 +105,26 @@ struct Spawn {
                                        Task's first send(None) */
     int state, outcome;
     int running;                    /* inside a switch into the child */
+    int waiting;                    /* the child waits for this Spawn's
+                                       driver: only spawn_step resumes it */
+    int raw;                        /* ...in a switch of its own to the
+                                       driver with a future (0.4's
+                                       run_in_greenlet protocol) */
 };
+
+static int
+refuse_foreign_resume(BridgeGreenlet *g)
+{
+    if (g->job == NULL || !g->job->waiting)
+        return 0;
+    PyErr_SetString(PyExc_RuntimeError,
+                    "this greenlet runs an aiopyramid job that waits for a "
+                    "coroutine: only its driver (the Task awaiting "
+                    "spawn_greenlet) may resume it, when what it waits for "
+                    "is done; switching to it or throwing into it from "
+                    "elsewhere is refused (cancel the Task instead)");
+    return -1;
+}
 
 /* The job whose greenlet this thread runs now: spawn_step sets it (with a
  * reference) around its switch into the child and restores it when the
@@ -244,6 +298,8 @@ bridge_spawn_new(modstate *st, PyObject *func, PyObject *args,
     self->state = SPAWN_NEW;
     self->outcome = OUT_NONE;
     self->running = 0;
+    self->waiting = 0;
+    self->raw = 0;
     PyObject_GC_Track(self);
     if (self->args == NULL) {
         Py_DECREF(self);
@@ -290,6 +346,50 @@ stop_iteration_to_runtime_error(PyObject *exc)
     PyException_SetCause(err, Py_NewRef(exc));
     PyException_SetContext(err, exc);
     return err;
+}
+
+/* asyncio.isfuture(obj): 1, 0, or -1 with an error set */
+static int
+is_future(modstate *st, PyObject *obj)
+{
+    PyObject *blocking;
+    if (PyObject_GetOptionalAttr((PyObject *)Py_TYPE(obj), st->str_blocking,
+                                 &blocking) < 0)
+        return -1;
+    if (blocking == NULL)
+        return 0;
+    Py_DECREF(blocking);
+    if (PyObject_GetOptionalAttr(obj, st->str_blocking, &blocking) < 0)
+        return -1;
+    int fut = blocking != NULL && blocking != Py_None;
+    Py_XDECREF(blocking);
+    return fut;
+}
+
+/* Resumes a job suspended in a switch of its own to the driver: the switch
+ * returns `value` (nothing for None), or raises `exc` (stolen). */
+static PyObject *
+raw_resume(Spawn *self, PyObject *value, PyObject *exc)
+{
+    PyGreenlet *child = (PyGreenlet *)self->child;
+    Py_CLEAR(self->value);
+    Py_CLEAR(self->exc);
+    if (exc != NULL) {
+        PyObject *tb = PyException_GetTraceback(exc);
+        PyObject *r = PyGreenlet_Throw(child, (PyObject *)Py_TYPE(exc), exc,
+                                       tb);
+        Py_XDECREF(tb);
+        Py_DECREF(exc);
+        return r;
+    }
+    if (value == Py_None)
+        return PyGreenlet_Switch(child, NULL, NULL);
+    PyObject *args = PyTuple_Pack(1, value);
+    if (args == NULL)
+        return NULL;
+    PyObject *r = PyGreenlet_Switch(child, args, NULL);
+    Py_DECREF(args);
+    return r;
 }
 
 /* One step of the job: send `value` (borrowed) or throw `exc` (stolen). */
@@ -374,16 +474,44 @@ spawn_step(Spawn *self, PyObject *value, PyObject *exc, PyObject **result)
         Py_DECREF(cur);
     }
 
-    Py_XSETREF(self->value, exc ? NULL : Py_NewRef(value));
-    Py_XSETREF(self->exc, exc);
     /* the slot owns a reference to what it points to */
     Spawn *outer = running_job;
     running_job = (Spawn *)Py_NewRef(self);
     self->outcome = OUT_NONE;
     self->running = 1;
-    PyObject *r = PyGreenlet_Switch((PyGreenlet *)self->child, NULL, NULL);
+    self->waiting = 0;
+    PyObject *r;
+    if (self->raw) {
+        /* resume the job's own switch to its driver, as 0.4's
+         * run_in_greenlet did with back.switch() */
+        self->raw = 0;
+        r = raw_resume(self, value, exc);
+    }
+    else {
+        Py_XSETREF(self->value, exc ? NULL : Py_NewRef(value));
+        Py_XSETREF(self->exc, exc);
+        r = PyGreenlet_Switch((PyGreenlet *)self->child, NULL, NULL);
+    }
     self->running = 0;
     Py_XSETREF(running_job, outer);
+    if (r != NULL && self->outcome == OUT_NONE && self->child != NULL &&
+        PyGreenlet_ACTIVE((PyGreenlet *)self->child)) {
+        /* the job switched to its driver by hand: with a future, that is
+         * 0.4's protocol (plain code switching a run_in_greenlet task up
+         * to the driver, which awaits it); its driver resumes it when the
+         * future is done, as for any suspension */
+        int fut = is_future(st, r);
+        if (fut > 0 &&
+            PyObject_SetAttr(r, st->str_blocking, Py_True) == 0) {
+            self->raw = 1;
+            self->waiting = 1;
+            *result = r;
+            return PYGEN_NEXT;
+        }
+        if (fut != 0) {
+            Py_SETREF(r, NULL); /* error set: the job cannot go on */
+        }
+    }
     if (r == NULL && self->outcome == OUT_RAISED &&
         PyErr_ExceptionMatches(st->GreenletExit)) {
         /* a killed job: the child ended, handing GreenletExit to us */
@@ -400,9 +528,12 @@ spawn_step(Spawn *self, PyObject *value, PyObject *exc, PyObject **result)
             Py_XSETREF(self->exc, exc_take());
         }
         else {
+            PyErr_Format(PyExc_RuntimeError,
+                         "bridge greenlet switched back without reporting: "
+                         "plain code in spawn_greenlet switched to its "
+                         "driver with %R, which is not a future (to wait for "
+                         "a coroutine there, call it synchronized)", r);
             Py_DECREF(r);
-            PyErr_SetString(PyExc_RuntimeError,
-                            "bridge greenlet switched back without reporting");
             Py_XSETREF(self->exc, exc_take());
         }
         self->outcome = OUT_RAISED;
@@ -931,6 +1062,28 @@ iter_throw(modstate *st, PyObject *it, PyObject *exc, PyObject **result)
 static PyObject *
 resume_greenlet(PyObject *g, PyObject *unused)
 {
+    /* A greenlet that user code made inside a job, and which the loop
+     * drives from now on: it must end into (or suspend up to) the loop's
+     * side, never into the job's greenlet, which has moved on and may be
+     * waiting for its own driver. */
+    PyGreenlet *p = PyGreenlet_GetParent((PyGreenlet *)g);
+    while (p != NULL && PyGreenlet_STARTED(p) && !PyGreenlet_ACTIVE(p)) {
+        PyGreenlet *up = PyGreenlet_GetParent(p); /* dead: greenlet skips it */
+        Py_SETREF(p, up);
+    }
+    int reparent = p != NULL && Py_TYPE(p)->tp_dealloc == bgreenlet_dealloc;
+    Py_XDECREF(p);
+    if (PyErr_Occurred())
+        return NULL;
+    if (reparent) {
+        PyGreenlet *cur = PyGreenlet_GetCurrent();
+        if (cur == NULL)
+            return NULL;
+        int rc = PyGreenlet_SetParent((PyGreenlet *)g, cur);
+        Py_DECREF(cur);
+        if (rc < 0)
+            return NULL;
+    }
     PyObject *r = PyGreenlet_Switch((PyGreenlet *)g, NULL, NULL);
     if (r == NULL)
         return NULL;
@@ -979,6 +1132,26 @@ done:
     return 0;
 }
 
+/* Reports (as unraisable) a resume that refuse_foreign_resume() could not
+ * stop; `r` (stolen) is what it brought, NULL for an exception. */
+static void
+refused_resume(BridgeGreenlet *me, PyObject *r)
+{
+    PyObject *arrived = r == NULL ? exc_take() : NULL;
+    Py_XDECREF(r);
+    PyErr_SetString(PyExc_RuntimeError,
+                    "a request greenlet waiting for its driver was resumed "
+                    "by another greenlet (one that ended into it, or a "
+                    "switch around BridgeGreenlet.switch): ignored, the job "
+                    "goes on waiting");
+    if (arrived != NULL) {
+        PyObject *err = exc_take();
+        PyException_SetContext(err, arrived);
+        exc_restore(err);
+    }
+    PyErr_WriteUnraisable((PyObject *)me);
+}
+
 /* Suspends the calling greenlet with `yielded` (stolen) until resumed.
  * Returns the value sent (new ref), or NULL with *thrown set to what is to
  * be thrown into the coroutine. */
@@ -999,8 +1172,18 @@ suspend(modstate *st, BridgeGreenlet *me, PyObject *cur, PyObject *yielded,
         }
         job->outcome = OUT_YIELDED;
         Py_XSETREF(job->value, yielded);
+        job->waiting = 1;
         PyObject *r = PyGreenlet_Switch((PyGreenlet *)job->driver, NULL, NULL);
         job = me->job;
+        while (job != NULL && job->waiting) {
+            /* resumed, but not by spawn_step: a child greenlet ending into
+             * its parent, or a switch that went around our switch(); the
+             * job keeps waiting, and control goes back to the driver's
+             * side, where it came from */
+            refused_resume(me, r);
+            r = PyGreenlet_Switch((PyGreenlet *)job->driver, NULL, NULL);
+            job = me->job;
+        }
         if (r == NULL) {
             *thrown = exc_take();
             return NULL;
@@ -1273,7 +1456,17 @@ delegate_report(modstate *st, Delegate *self, PySendResult sr,
     Py_DECREF(future);
     PyObject *report_error = r == NULL ? exc_take() : NULL;
     Py_XDECREF(r);
-    r = PyGreenlet_Switch((PyGreenlet *)back, NULL, NULL);
+    if (Py_TYPE(back) == st->BridgeGreenletType &&
+        ((BridgeGreenlet *)back)->job != NULL &&
+        ((BridgeGreenlet *)back)->job->waiting) {
+        /* a job's greenlet waiting for its driver (0.4's protocol under
+         * spawn_greenlet: it switched this task up to the driver): the
+         * driver resumes it once this task is done */
+        r = Py_NewRef(Py_None);
+    }
+    else {
+        r = PyGreenlet_Switch((PyGreenlet *)back, NULL, NULL);
+    }
     Py_DECREF(back);
     if (report_error != NULL) {
         Py_XDECREF(r);

@@ -1,0 +1,310 @@
+"""The bridge under hostile use (issue 13): request greenlets resumed by
+anything but their driver, nesting deep enough to exhaust the C stack, the
+original run_in_greenlet protocol.  Each case that could crash runs in a
+fresh interpreter, so a crash fails its test and not the run."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+PRELUDE = textwrap.dedent(
+    """
+    import asyncio, gc, sys, threading
+    import greenlet
+    from aiopyramid import _core
+    from aiopyramid.helpers import (run_in_greenlet, spawn_greenlet,
+                                    synchronize)
+
+    @synchronize
+    async def tick(v=None):
+        await asyncio.sleep(0)
+        return v
+
+    @synchronize
+    async def nap(v=None):
+        await asyncio.sleep(0.01)
+        return v
+    """
+)
+
+
+def run_fresh(body, timeout=120):
+    """Runs PRELUDE + body in a fresh interpreter; returns its stdout.  A
+    crash (signal) or a non-zero exit fails the calling test."""
+    code = PRELUDE + textwrap.dedent(body)
+    proc = subprocess.run([sys.executable, "-X", "dev", "-c", code],
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, (
+        "exit %d\n--- stdout\n%s\n--- stderr\n%s"
+        % (proc.returncode, proc.stdout[-3000:], proc.stderr[-6000:]))
+    return proc.stdout
+
+
+@pytest.mark.parametrize("then", ["tick", "nap", "tick tick", "nap tick"])
+def test_plain_greenlet_finishing_into_a_suspended_job(then):
+    # a plain greenlet made in a job calls a synchronized coroutine that
+    # suspends (the foreign-driver path), then the job suspends on other
+    # synchronized calls; the plain greenlet ends while the job waits
+    out = run_fresh(
+        """
+        log = []
+
+        def inner():
+            log.append(("inner", tick("a")))
+            return "inner done"
+
+        def job():
+            g = greenlet.greenlet(inner)
+            g.switch()                      # back here when inner suspends
+            for name in %r.split():
+                log.append(("job", globals()[name](name)))
+            return "job done"
+
+        async def main():
+            r = await asyncio.wait_for(spawn_greenlet(job), 10)
+            for _ in range(5):
+                await asyncio.sleep(0)
+            return r
+
+        print(asyncio.run(main()), sorted(log))
+        """ % then
+    )
+    expected = sorted([("inner", "a")] + [("job", n) for n in then.split()])
+    assert out.split("\n")[0] == "job done %s" % expected
+
+
+def test_plain_greenlets_in_a_job_keep_working_many_times():
+    out = run_fresh(
+        """
+        def inner(i):
+            return tick(i) + tick(i)
+
+        def job(i):
+            results = []
+            gs = [greenlet.greenlet(inner) for _ in range(3)]
+            for g in gs:
+                g.switch(i)
+            results.append(tick(i))
+            return results
+
+        async def main():
+            rs = await asyncio.wait_for(
+                asyncio.gather(*(spawn_greenlet(job, i) for i in range(50))), 20)
+            for _ in range(10):
+                await asyncio.sleep(0)
+            return rs
+
+        print(asyncio.run(main()) == [[i] for i in range(50)])
+        """
+    )
+    assert out.strip() == "True"
+
+
+def test_throw_into_a_suspended_job_greenlet_is_refused():
+    out = run_fresh(
+        """
+        saved = {}
+
+        def job():
+            saved["g"] = greenlet.getcurrent()
+            return tick("resumed by its driver")
+
+        async def main():
+            t = asyncio.ensure_future(spawn_greenlet(job))
+            await asyncio.sleep(0)          # the job waits in tick()
+            try:
+                saved["g"].throw(ValueError("hostile"))
+            except RuntimeError as e:
+                print("refused:", "only its driver" in str(e))
+            return await asyncio.wait_for(t, 10)
+
+        print(asyncio.run(main()))
+        """
+    )
+    assert out.split("\n")[:2] == ["refused: True", "resumed by its driver"]
+
+
+def test_stale_switch_after_the_future_is_done_is_refused():
+    out = run_fresh(
+        """
+        saved = {}
+
+        def job():
+            saved["g"] = greenlet.getcurrent()
+            a = tick("first")
+            b = tick("second")
+            return a + " " + b
+
+        async def main():
+            t = asyncio.ensure_future(spawn_greenlet(job))
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)          # the sleep's future is done
+            for _ in range(3):
+                try:
+                    saved["g"].switch("stale")
+                except RuntimeError as e:
+                    print("refused:", "only its driver" in str(e))
+            return await asyncio.wait_for(t, 10)
+
+        print(asyncio.run(main()))
+        """
+    )
+    lines = out.split("\n")
+    assert lines[:3] == ["refused: True"] * 3
+    assert lines[3] == "first second"
+
+
+def test_stale_switch_from_a_loop_callback_is_refused():
+    out = run_fresh(
+        """
+        saved = {}
+        errors = []
+
+        def job():
+            saved["g"] = greenlet.getcurrent()
+            return nap("ok")
+
+        async def main():
+            loop = asyncio.get_running_loop()
+            loop.set_exception_handler(
+                lambda loop, ctx: errors.append(ctx.get("exception")))
+            t = asyncio.ensure_future(spawn_greenlet(job))
+            await asyncio.sleep(0)
+            loop.call_soon(saved["g"].switch)
+            loop.call_soon(saved["g"].switch)
+            r = await asyncio.wait_for(t, 10)
+            await asyncio.sleep(0)
+            return r
+
+        print(asyncio.run(main()), [type(e).__name__ for e in errors])
+        """
+    )
+    assert out.strip() == "ok ['RuntimeError', 'RuntimeError']"
+
+
+def test_bypassing_the_guard_still_leaves_the_job_intact():
+    # greenlet.greenlet.switch(g) skips BridgeGreenlet's own switch(): the
+    # job still refuses the resume where it waits
+    out = run_fresh(
+        """
+        saved = {}
+        unraisable = []
+        sys.unraisablehook = unraisable.append
+
+        def job():
+            saved["g"] = greenlet.getcurrent()
+            return tick("a") + tick("b")
+
+        async def main():
+            t = asyncio.ensure_future(spawn_greenlet(job))
+            await asyncio.sleep(0)
+            greenlet.greenlet.switch(saved["g"], "bypass")
+            greenlet.greenlet.throw(saved["g"], ValueError("bypass"))
+            return await asyncio.wait_for(t, 10)
+
+        print(asyncio.run(main()), len(unraisable) >= 1)
+        """
+    )
+    assert out.strip() == "ab True"
+
+
+def original_synchronized_call(coro_func, *args):
+    """aiopyramid 0.4's synchronize, as its users wrote it by hand: switch a
+    run_in_greenlet task up to the parent, which awaits it."""
+    import asyncio
+
+    import greenlet
+
+    from aiopyramid.helpers import run_in_greenlet
+
+    this = greenlet.getcurrent()
+    future = asyncio.get_running_loop().create_future()
+    sub_task = asyncio.ensure_future(
+        run_in_greenlet(this, future, coro_func, *args))
+    while not future.done():
+        this.parent.switch(sub_task)
+    return future.result()
+
+
+def test_original_run_in_greenlet_protocol_under_spawn_greenlet(run):
+    import asyncio
+
+    from aiopyramid.helpers import spawn_greenlet, synchronize
+
+    async def add(a, b):
+        await asyncio.sleep(0.001)
+        return a + b
+
+    async def fails():
+        await asyncio.sleep(0)
+        raise KeyError("inside")
+
+    @synchronize
+    async def new_style(x):
+        await asyncio.sleep(0)
+        return x
+
+    def job():
+        first = original_synchronized_call(add, 1, 2)
+        second = original_synchronized_call(add, first, 10)
+        try:
+            original_synchronized_call(fails)
+        except KeyError as e:
+            caught = e.args[0]
+        return first, second, caught, new_style("mixed")
+
+    async def main():
+        results = await asyncio.wait_for(
+            asyncio.gather(*(spawn_greenlet(job) for _ in range(20))), 10)
+        # the pooled greenlets survived and are reused
+        assert await spawn_greenlet(job) == (3, 13, "inside", "mixed")
+        return results
+
+    assert run(main()) == [(3, 13, "inside", "mixed")] * 20
+
+
+def test_original_protocol_job_cancelled_while_it_waits(run):
+    import asyncio
+
+    from aiopyramid.helpers import spawn_greenlet
+
+    log = []
+
+    async def slow():
+        await asyncio.sleep(10)
+
+    def job():
+        try:
+            original_synchronized_call(slow)
+        except asyncio.CancelledError:
+            log.append("cancelled at the switch")
+            raise
+
+    async def main():
+        task = asyncio.ensure_future(spawn_greenlet(job))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        try:
+            await asyncio.wait_for(task, 5)
+        except asyncio.CancelledError:
+            log.append("task cancelled")
+        assert await spawn_greenlet(lambda: "next job") == "next job"
+
+    run(main())
+    assert log == ["cancelled at the switch", "task cancelled"]
+
+
+def test_switching_a_non_future_to_the_driver_says_what_to_do(run):
+    import asyncio
+
+    import greenlet
+    import pytest
+
+    from aiopyramid.helpers import spawn_greenlet
+
+    def job():
+        greenlet.getcurrent().parent.switch(42)
+
+    with pytest.raises(RuntimeError, match="with 42, which is not a future"):
+        run(asyncio.wait_for(spawn_greenlet(job), 5))
