@@ -11,6 +11,8 @@
 #include "aiopyramid.h"
 #include <greenlet/greenlet.h>
 #include <alloca.h>
+#include <pthread.h>
+#include <stdint.h>
 
 /* ------------------------------------------------------------------ */
 /* BridgeGreenlet: greenlet with a pointer to its current job          */
@@ -217,6 +219,61 @@ start_deep(PyObject *g)
     return rc;
 }
 
+/* A fresh greenlet's stack begins STACK_HEADROOM below the caller's, on
+ * this thread's one C stack, so nested spawns walk down it (a pooled
+ * greenlet, begun higher up, costs none).  Before starting one, check what
+ * is left against the thread's bounds, found once per thread, and keep
+ * STACK_RESERVE (or an eighth of the stack, at most 1 MiB) for the code the
+ * greenlet runs: running out is a RecursionError, never a jump past the
+ * guard page. */
+#define STACK_RESERVE 65536
+
+static _Thread_local int stack_known;
+static _Thread_local uintptr_t stack_low, stack_high;
+
+static void
+find_thread_stack(void)
+{
+    stack_known = 1;
+#if defined(__linux__)
+    pthread_attr_t attr;
+    if (pthread_getattr_np(pthread_self(), &attr) != 0)
+        return;
+    void *addr;
+    size_t size;
+    if (pthread_attr_getstack(&attr, &addr, &size) == 0) {
+        stack_low = (uintptr_t)addr; /* above the guard page */
+        stack_high = stack_low + size;
+    }
+    pthread_attr_destroy(&attr);
+#elif defined(__APPLE__)
+    stack_high = (uintptr_t)pthread_get_stackaddr_np(pthread_self());
+    stack_low = stack_high - pthread_get_stacksize_np(pthread_self());
+#endif
+}
+
+static __attribute__((noinline)) int
+check_stack_for_new_greenlet(void)
+{
+    if (!stack_known)
+        find_thread_stack();
+    uintptr_t sp = (uintptr_t)__builtin_frame_address(0);
+    if (stack_low == 0 || sp <= stack_low || sp > stack_high)
+        return 0; /* bounds unknown, or not on the thread's stack */
+    size_t reserve = (stack_high - stack_low) / 8;
+    if (reserve < STACK_RESERVE)
+        reserve = STACK_RESERVE;
+    if (reserve > 1048576)
+        reserve = 1048576;
+    if (sp - stack_low >= STACK_HEADROOM + reserve)
+        return 0;
+    PyErr_Format(PyExc_RecursionError,
+                 "no C stack left for another greenlet in this thread (%zu "
+                 "bytes left of %zu): spawn_greenlet nested too deep",
+                 (size_t)(sp - stack_low), (size_t)(stack_high - stack_low));
+    return -1;
+}
+
 static BridgeGreenlet *
 pool_take(modstate *st)
 {
@@ -229,6 +286,8 @@ pool_take(modstate *st)
             return (BridgeGreenlet *)g;
         Py_DECREF(g); /* died parked: switched to by hand, say */
     }
+    if (check_stack_for_new_greenlet() < 0)
+        return NULL;
     PyObject *g = PyObject_CallOneArg((PyObject *)st->BridgeGreenletType,
                                       st->worker);
     if (g == NULL)

@@ -308,3 +308,63 @@ def test_switching_a_non_future_to_the_driver_says_what_to_do(run):
 
     with pytest.raises(RuntimeError, match="with 42, which is not a future"):
         run(asyncio.wait_for(spawn_greenlet(job), 5))
+
+
+NESTING = """
+deepest = [0]
+
+@synchronize
+async def deeper(n):
+    return await spawn_greenlet(nest, n)
+
+def nest(n):
+    deepest[0] = max(deepest[0], n)
+    return 0 if n == LEVELS else deeper(n + 1) + 1
+
+def run_nested():
+    try:
+        r = asyncio.run(spawn_greenlet(nest, 0))
+    except RecursionError as e:
+        r = "RecursionError: %s" % e
+    # the pool and the loop still work afterwards
+    assert asyncio.run(spawn_greenlet(lambda: tick("ok"))) == "ok"
+    return r
+"""
+
+
+def test_nested_spawn_on_the_main_thread_stops_before_the_stack_ends():
+    out = run_fresh(NESTING + """
+LEVELS = 5000
+sys.setrecursionlimit(1000000)   # Python's own limit would stop it first
+r = run_nested()
+print(r.split(":")[0], deepest[0] > 100)
+""")
+    assert out.split("\n")[0] == "RecursionError True"
+
+
+def test_nested_spawn_in_a_small_thread_stack_stops_before_the_guard_page():
+    out = run_fresh(NESTING + """
+LEVELS = 1000
+sys.setrecursionlimit(1000000)
+threading.stack_size(256 * 1024)
+box = []
+t = threading.Thread(target=lambda: box.append(run_nested()))
+t.start()
+t.join(60)
+print(box[0].split(":")[0], deepest[0] > 2)
+""")
+    assert out.split("\n")[0] == "RecursionError True"
+
+
+def test_moderate_nesting_still_works():
+    out = run_fresh(NESTING + """
+LEVELS = 30
+print(run_nested())
+threading.stack_size(1024 * 1024)
+box = []
+t = threading.Thread(target=lambda: box.append(run_nested()))
+t.start()
+t.join(60)
+print(box[0])
+""")
+    assert out.split("\n")[:2] == ["30", "30"]
