@@ -11,7 +11,8 @@ mapped view it returns is a C object doing the per-request work:
   threadlocals and the request's contextvars, so it cannot block the loop.
 
 Outside any request (a unit test calling ``render_view_to_response``), a
-plain view runs inline and a coroutine view runs on a fresh event loop.
+plain view runs inline and a coroutine view runs on a fresh event loop, in
+a request greenlet driven by a Task, as under a server.
 """
 import inspect
 

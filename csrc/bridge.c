@@ -1773,6 +1773,18 @@ scope_error(modstate *st, PyObject *aw, PyObject *name)
     return NULL;
 }
 
+/* The job of the request greenlet that a fresh loop drives, when plain
+ * code with no loop calls a coroutine: the coroutine runs in the greenlet,
+ * so plain code it calls in turn can suspend it, as under a server. */
+static PyObject *
+await_in_job(PyObject *module, PyObject *aw)
+{
+    return bridge_await(state_of_module(module), aw, 1);
+}
+
+static PyMethodDef await_in_job_def = {"await_in_job", await_in_job, METH_O,
+                                       NULL};
+
 PyObject *
 bridge_run_outside(modstate *st, PyObject *aw, PyObject *name)
 {
@@ -1800,8 +1812,18 @@ bridge_run_outside(modstate *st, PyObject *aw, PyObject *name)
         }
     }
     else {
-        /* no loop at all (a unit test, a script): run it on a fresh one */
-        r = PyObject_CallOneArg(st->asyncio_run, coro);
+        /* no loop at all (a unit test, a script): run it on a fresh one,
+         * in a request greenlet driven by a Task, as a server would */
+        PyObject *job = PyCFunction_NewEx(
+            &await_in_job_def, PyType_GetModule(st->SpawnType), NULL);
+        PyObject *args = job ? PyTuple_Pack(1, coro) : NULL;
+        PyObject *spawn = args ? bridge_spawn_new(st, job, args, NULL, NULL)
+                               : NULL;
+        if (spawn != NULL)
+            r = PyObject_CallOneArg(st->asyncio_run, spawn);
+        Py_XDECREF(spawn);
+        Py_XDECREF(args);
+        Py_XDECREF(job);
     }
 done:
     Py_XDECREF(request_loop);
@@ -1891,16 +1913,18 @@ sync_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
         return r;
     }
     if (!self->strict) {
-        /* the original's strict=False: hand the coroutine back to a caller
-         * that is on the loop or has none, so it can be awaited */
-        PyObject *request_loop = NULL;
-        if (PyContextVar_Get(st->request_loop, NULL, &request_loop) < 0) {
+        /* the original's strict=False: on the loop itself, hand the
+         * coroutine back to the caller, to await; with no loop (an executor
+         * thread, a script, a unit test) it runs to completion below, since
+         * nothing there could await it */
+        PyObject *loop = running_loop(st);
+        if (loop == NULL) {
             Py_DECREF(aw);
             return NULL;
         }
-        if (request_loop == NULL)
+        Py_DECREF(loop);
+        if (loop != Py_None)
             return aw;
-        Py_DECREF(request_loop);
     }
     r = bridge_run_outside(st, aw, self->func);
     Py_DECREF(aw);
