@@ -14,6 +14,7 @@ Outside any request (a unit test calling ``render_view_to_response``), a
 plain view runs inline and a coroutine view runs on a fresh event loop, in
 a request greenlet driven by a Task, as under a server.
 """
+import functools
 import inspect
 
 from pyramid.exceptions import ConfigurationError
@@ -36,6 +37,8 @@ EXECUTOR_THREADS_SETTING = "aiopyramid.executor_threads"
 
 def _target(view, attr):
     """The callable whose nature decides the view's kind."""
+    while isinstance(view, functools.partial) and not inspect.isclass(view.func):
+        view = view.func  # what a partial calls decides, not the partial
     if inspect.isclass(view):
         return getattr(view, attr or "__call__", None)
     if attr is not None:
@@ -43,6 +46,18 @@ def _target(view, attr):
     if inspect.isroutine(view) or is_coroutine_function(view):
         return view
     return getattr(type(view), "__call__", None)
+
+
+def _refuse_async_generator(view, attr):
+    target = _target(view, attr)
+    if target is not None and inspect.isasyncgenfunction(target):
+        raise ConfigurationError(
+            "{!r} is an async generator function ('async def' with 'yield'): "
+            "calling it gives an async iterator, never a response, so it "
+            "cannot be a view. Make it an 'async def' that returns a "
+            "response (to stream a body, return a Response whose app_iter "
+            "yields the chunks)".format(target)
+        )
 
 
 def _is_coroutine_view(view, attr):
@@ -68,6 +83,7 @@ class AsyncioMapperBase(DefaultViewMapper):
                 "Unbound method calls are not supported, please set the "
                 "class as your `view` and the method as your `attr`"
             )
+        _refuse_async_generator(view, self.attr)
         kind = self._kind(view)
         if kind == _core.KIND_COROUTINE:
             self._make_awaitable(view)

@@ -109,8 +109,8 @@ prepare_body_for_thread(modstate *st, PyObject *request)
 }
 
 static PyObject *
-mapped_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
-                  PyObject *kwnames)
+mapped_run(PyObject *op, PyObject *const *args, size_t nargsf,
+           PyObject *kwnames)
 {
     MappedView *self = (MappedView *)op;
     modstate *st = state_of_type(Py_TYPE(op));
@@ -153,6 +153,25 @@ mapped_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
     Py_XDECREF(fn);
     Py_DECREF(loop);
     return r;
+}
+
+static PyObject *
+mapped_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
+                  PyObject *kwnames)
+{
+    PyObject *r = mapped_run(op, args, nargsf, kwnames);
+    if (r == NULL || ((MappedView *)op)->kind != KIND_EXECUTOR)
+        return r;
+    modstate *st = state_of_type(Py_TYPE(op));
+    if (!PyCoro_CheckExact(r) && Py_TYPE(r) != st->SpawnType &&
+        Py_TYPE(r) != st->DelegateType)
+        return r;
+    /* a plain def that returned a coroutine (a thin wrapper, a decorator
+     * that hid the coroutine function): only the call tells, so await it
+     * here, in the request greenlet, as a coroutine view's */
+    PyObject *v = bridge_await(st, r, 1);
+    Py_DECREF(r);
+    return v;
 }
 
 static PyObject *
