@@ -1081,13 +1081,33 @@ awaitable_iter(PyObject *aw)
     return NULL;
 }
 
-/* Throws exc (stolen) into iterator `it`; like yield from when `it` has no
- * throw(): the exception is raised right here. */
+/* Throws exc (stolen) into iterator `it` as yield from does: GeneratorExit
+ * closes it instead, and when `it` has no throw() the exception is raised
+ * right here. */
 static PySendResult
 iter_throw(modstate *st, PyObject *it, PyObject *exc, PyObject **result)
 {
     *result = NULL;
     PyObject *meth;
+    if (PyErr_GivenExceptionMatches(exc, PyExc_GeneratorExit)) {
+        /* PEP 380: GeneratorExit closes the sub-iterator (an error from its
+         * close() wins), then is raised here */
+        if (PyObject_GetOptionalAttr(it, st->str_close, &meth) < 0) {
+            Py_DECREF(exc);
+            return PYGEN_ERROR;
+        }
+        if (meth != NULL) {
+            PyObject *r = PyObject_CallNoArgs(meth);
+            Py_DECREF(meth);
+            if (r == NULL) {
+                Py_DECREF(exc);
+                return PYGEN_ERROR;
+            }
+            Py_DECREF(r);
+        }
+        exc_restore(exc);
+        return PYGEN_ERROR;
+    }
     if (PyObject_GetOptionalAttr(it, st->str_throw, &meth) < 0) {
         Py_DECREF(exc);
         return PYGEN_ERROR;

@@ -368,3 +368,88 @@ t.join(60)
 print(box[0])
 """)
     assert out.split("\n")[:2] == ["30", "30"]
+
+
+class RecordingIterator:
+    """An awaitable's iterator with send, throw and close of its own."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.send(None)
+
+    def send(self, value):
+        self.log.append("send")
+        return None  # a bare yield, for ever
+
+    def throw(self, *args):
+        self.log.append("throw %s" % args[0].__name__
+                        if isinstance(args[0], type) else
+                        "throw %s" % type(args[0]).__name__)
+        raise args[0]
+
+    def close(self):
+        self.log.append("close")
+
+
+class RecordingAwaitable:
+    def __init__(self, log):
+        self.log = log
+
+    def __await__(self):
+        return RecordingIterator(self.log)
+
+
+def test_generator_exit_closes_a_delegated_iterator_as_yield_from_does():
+    import pytest
+
+    from aiopyramid import _core
+    from aiopyramid.helpers import coroutine
+
+    async def native(log):
+        await RecordingAwaitable(log)
+
+    expected = []
+    c = native(expected)
+    c.send(None)
+    with pytest.raises(GeneratorExit):
+        c.throw(GeneratorExit)
+    assert expected == ["send", "close"]  # CPython: close(), not throw()
+
+    log = []
+    d = coroutine(lambda: RecordingAwaitable(log))()
+    d.send(None)
+    with pytest.raises(GeneratorExit):
+        d.throw(GeneratorExit)
+    assert log == expected
+
+    log = []
+    d = coroutine(lambda: RecordingAwaitable(log))()
+    d.send(None)
+    with pytest.raises(KeyError):
+        d.throw(KeyError)  # anything else is thrown in, as before
+    assert log == ["send", "throw KeyError"]
+
+
+def test_closing_a_spawn_closes_the_iterator_its_job_waits_on():
+    import asyncio
+
+    from aiopyramid import _core
+    from aiopyramid.helpers import spawn_greenlet
+
+    log = []
+
+    def job():
+        _core.await_(RecordingAwaitable(log))
+
+    async def main():
+        s = spawn_greenlet(job)
+        s.send(None)
+        s.close()
+
+    asyncio.run(main())
+    assert log == ["send", "close"]

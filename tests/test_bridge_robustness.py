@@ -13,14 +13,21 @@ from aiopyramid.helpers import coroutine, run_in_greenlet, spawn_greenlet, synch
 
 def test_orphaned_job_waiting_again_while_it_unwinds(run):
     @synchronize
-    async def cleanup_twice():
+    async def long_wait():
+        await asyncio.sleep(10)
+
+    @synchronize
+    async def wait_again():
         try:
             await asyncio.sleep(10)
-        finally:  # GeneratorExit from close(): one await...
-            try:
-                await asyncio.sleep(0)
-            finally:  # ...then GreenletExit from the kill: another
-                await asyncio.sleep(0)
+        finally:  # ...then GreenletExit from the kill: another
+            await asyncio.sleep(0)
+
+    def cleanup_twice():
+        try:
+            long_wait()  # closed (PEP 380), GeneratorExit raised here
+        finally:  # GeneratorExit from close(): one wait...
+            wait_again()
 
     unraisable = []
 
