@@ -6,6 +6,9 @@
 ``run_in_greenlet(back, future, func, *args, **kwargs)``
     A coroutine: awaits ``func(*args, **kwargs)``, sets the result (or the
     exception) on ``future``, then switches back to greenlet ``back``.
+    Under ``spawn_greenlet``, plain code may switch such a task up to its
+    parent, as aiopyramid 0.4 did: the driving Task awaits it and resumes
+    the switch (``synchronize`` does this job with less work).
 ``synchronize`` / ``synchronize(strict=False)``
     Makes a coroutine function a plain callable for code running in a
     request greenlet (tweens, traversal, ``__acl__``, auth callbacks).
