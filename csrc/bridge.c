@@ -1536,11 +1536,13 @@ delegate_report(modstate *st, Delegate *self, PySendResult sr,
     PyObject *report_error = r == NULL ? exc_take() : NULL;
     Py_XDECREF(r);
     if (Py_TYPE(back) == st->BridgeGreenletType &&
-        ((BridgeGreenlet *)back)->job != NULL &&
-        ((BridgeGreenlet *)back)->job->waiting) {
+        (((BridgeGreenlet *)back)->job == NULL ||
+         ((BridgeGreenlet *)back)->job->waiting)) {
         /* a job's greenlet waiting for its driver (0.4's protocol under
          * spawn_greenlet: it switched this task up to the driver): the
-         * driver resumes it once this task is done */
+         * driver resumes it once this task is done.  With no job, the one
+         * that started this task is over (cancelled, say): its greenlet is
+         * idle in the pool */
         r = Py_NewRef(Py_None);
     }
     else {

@@ -295,6 +295,46 @@ def test_original_protocol_job_cancelled_while_it_waits(run):
     assert log == ["cancelled at the switch", "task cancelled"]
 
 
+def test_run_in_greenlet_task_outliving_its_job_leaves_the_pool_alone(run):
+    import asyncio
+
+    import greenlet
+
+    from aiopyramid import _core
+    from aiopyramid.helpers import run_in_greenlet, spawn_greenlet
+
+    async def short():
+        await asyncio.sleep(0.02)
+        return "late"
+
+    def job(box):
+        this = greenlet.getcurrent()
+        future = asyncio.get_running_loop().create_future()
+        box.append(future)
+        box.append(asyncio.ensure_future(
+            run_in_greenlet(this, future, short)))
+        this.parent.switch(asyncio.shield(box[1]))  # the shield is cancelled
+
+    async def main():
+        box = []
+        task = asyncio.ensure_future(spawn_greenlet(job, box))
+        await asyncio.sleep(0)
+        task.cancel()
+        try:
+            await asyncio.wait_for(task, 5)
+        except asyncio.CancelledError:
+            pass
+        created = _core.pool_stats()["created"]
+        # the job is over, its greenlet idle in the pool: the task ends
+        # without switching into it
+        assert await asyncio.wait_for(box[1], 5) is None
+        assert box[0].result() == "late"
+        assert await spawn_greenlet(lambda: "reused") == "reused"
+        return _core.pool_stats()["created"] - created
+
+    assert run(main()) == 0
+
+
 def test_switching_a_non_future_to_the_driver_says_what_to_do(run):
     import asyncio
 
