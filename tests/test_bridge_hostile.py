@@ -493,3 +493,34 @@ def test_closing_a_spawn_closes_the_iterator_its_job_waits_on():
 
     asyncio.run(main())
     assert log == ["send", "close"]
+
+
+def test_plain_greenlets_in_a_job_may_switch_to_it_by_hand(run):
+    # a running job's greenlet is not waiting for its driver: ordinary
+    # greenlet ping-pong with it works, with values both ways
+    import asyncio
+
+    import greenlet
+
+    from aiopyramid.helpers import spawn_greenlet
+
+    def job():
+        me = greenlet.getcurrent()
+
+        def producer():
+            for i in range(3):
+                me.switch(i)           # BridgeGreenlet.switch, allowed here
+            return "end"
+
+        g = greenlet.greenlet(producer)
+        got = [g.switch()]
+        while not g.dead:
+            got.append(g.switch())
+        try:
+            me.throw(KeyError("to myself"))  # the current greenlet: raises here
+        except KeyError:
+            got.append("threw to itself")
+        return got
+
+    assert run(asyncio.wait_for(spawn_greenlet(job), 5)) == [
+        0, 1, 2, "end", "threw to itself"]
