@@ -8,7 +8,12 @@ mapped view it returns is a C object doing the per-request work:
   ``attr`` method is one) is driven in the request greenlet and suspends it
   only when the coroutine waits;
 * any other view runs in the loop's executor (a thread), with Pyramid's
-  threadlocals and the request's contextvars, so it cannot block the loop.
+  threadlocals and the request's contextvars, so it cannot block the loop;
+  if it returns a coroutine (a plain def wrapping one), that coroutine is
+  awaited in the request greenlet;
+* an async generator function can never give a response: refused with a
+  ``ConfigurationError``.  A ``functools.partial`` is classified by what it
+  calls.
 
 Outside any request (a unit test calling ``render_view_to_response``), a
 plain view runs inline and a coroutine view runs on a fresh event loop, in
