@@ -2,11 +2,21 @@
 anything but their driver, nesting deep enough to exhaust the C stack, the
 original run_in_greenlet protocol.  Each case that could crash runs in a
 fresh interpreter, so a crash fails its test and not the run."""
+import asyncio
 import subprocess
 import sys
 import textwrap
 
+import greenlet
 import pytest
+
+from aiopyramid import _core
+from aiopyramid.helpers import (
+    coroutine,
+    run_in_greenlet,
+    spawn_greenlet,
+    synchronize,
+)
 
 PRELUDE = textwrap.dedent(
     """
@@ -212,11 +222,8 @@ def test_bypassing_the_guard_still_leaves_the_job_intact():
 def original_synchronized_call(coro_func, *args):
     """aiopyramid 0.4's synchronize, as its users wrote it by hand: switch a
     run_in_greenlet task up to the parent, which awaits it."""
-    import asyncio
 
-    import greenlet
 
-    from aiopyramid.helpers import run_in_greenlet
 
     this = greenlet.getcurrent()
     future = asyncio.get_running_loop().create_future()
@@ -228,9 +235,7 @@ def original_synchronized_call(coro_func, *args):
 
 
 def test_original_run_in_greenlet_protocol_under_spawn_greenlet(run):
-    import asyncio
 
-    from aiopyramid.helpers import spawn_greenlet, synchronize
 
     async def add(a, b):
         await asyncio.sleep(0.001)
@@ -265,9 +270,7 @@ def test_original_run_in_greenlet_protocol_under_spawn_greenlet(run):
 
 
 def test_original_protocol_job_cancelled_while_it_waits(run):
-    import asyncio
 
-    from aiopyramid.helpers import spawn_greenlet
 
     log = []
 
@@ -296,12 +299,8 @@ def test_original_protocol_job_cancelled_while_it_waits(run):
 
 
 def test_run_in_greenlet_task_outliving_its_job_leaves_the_pool_alone(run):
-    import asyncio
 
-    import greenlet
 
-    from aiopyramid import _core
-    from aiopyramid.helpers import run_in_greenlet, spawn_greenlet
 
     async def short():
         await asyncio.sleep(0.02)
@@ -336,12 +335,8 @@ def test_run_in_greenlet_task_outliving_its_job_leaves_the_pool_alone(run):
 
 
 def test_switching_a_non_future_to_the_driver_says_what_to_do(run):
-    import asyncio
 
-    import greenlet
-    import pytest
 
-    from aiopyramid.helpers import spawn_greenlet
 
     def job():
         greenlet.getcurrent().parent.switch(42)
@@ -412,7 +407,6 @@ print(box[0])
 
 class RecordingIterator:
     """An awaitable's iterator with send, throw and close of its own."""
-
     def __init__(self, log):
         self.log = log
 
@@ -445,10 +439,7 @@ class RecordingAwaitable:
 
 
 def test_generator_exit_closes_a_delegated_iterator_as_yield_from_does():
-    import pytest
 
-    from aiopyramid import _core
-    from aiopyramid.helpers import coroutine
 
     async def native(log):
         await RecordingAwaitable(log)
@@ -476,10 +467,7 @@ def test_generator_exit_closes_a_delegated_iterator_as_yield_from_does():
 
 
 def test_closing_a_spawn_closes_the_iterator_its_job_waits_on():
-    import asyncio
 
-    from aiopyramid import _core
-    from aiopyramid.helpers import spawn_greenlet
 
     log = []
 
@@ -498,11 +486,8 @@ def test_closing_a_spawn_closes_the_iterator_its_job_waits_on():
 def test_plain_greenlets_in_a_job_may_switch_to_it_by_hand(run):
     # a running job's greenlet is not waiting for its driver: ordinary
     # greenlet ping-pong with it works, with values both ways
-    import asyncio
 
-    import greenlet
 
-    from aiopyramid.helpers import spawn_greenlet
 
     def job():
         me = greenlet.getcurrent()
