@@ -34,7 +34,6 @@ from setuptools.command.sdist import sdist as _sdist
 
 LLHTTP_VERSION = "9.3.0.0"
 LLHTTP_SHA256 = "0d989363e7fb6f270b9d49956e7a3945c26778f8c70a166815264309ac6a8295"
-LLHTTP_FILES = ("llhttp.h", "api.c", "http.c", "llhttp.c")
 # the files as the sdist above holds them (lib/, and its LICENSE): a copy
 # (an sdist's third_party/, an earlier fetch's build/) is checked against
 # these before it is compiled

@@ -52,7 +52,7 @@ def copy_tree(dest, with_llhttp):
     return dest
 
 
-def run(cmd, timeout=600, **kw):
+def run(cmd, timeout=300, **kw):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
     assert out.returncode == 0, "%s exited %s:\n%s\n%s" % (
         " ".join(map(str, cmd)), out.returncode, out.stdout[-4000:], out.stderr[-4000:])
@@ -138,7 +138,7 @@ def test_build_gives_wheel_and_offline_sdist_that_install_and_serve(tmp_path):
     src = copy_tree(tmp_path / "src", with_llhttp=True)
     dist = tmp_path / "dist"
     run([sys.executable, "-m", "build", "--outdir", str(dist), str(src)],
-        env=clean_env(), timeout=600)
+        env=clean_env(), timeout=300)
     version = aiopyramid.__version__
     sdist = dist / ("aiopyramid-%s.tar.gz" % version)
     wheels = list(dist.glob("aiopyramid-%s-*.whl" % version))
