@@ -23,8 +23,7 @@ def no_index_env(**extra):
     """The environment for a step that must not reach any package index:
     pip's configuration files and its find-links are dropped, the index is
     off and points nowhere, and aiopyramid's own switch forbids a fetch."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PIP_", "AIOPYRAMID_", "PYTHON"))}
+    env = {k: v for k, v in clean_env().items() if not k.startswith("PIP_")}
     env.update(PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1",
                PIP_INDEX_URL="http://127.0.0.1:9/simple/",
                AIOPYRAMID_LLHTTP="offline")
@@ -33,8 +32,11 @@ def no_index_env(**extra):
 
 
 def clean_env():
+    """What a user's shell would have: none of the suite's switches (nor the
+    sanitizer run's preloaded runtime: what is built here is a plain build)."""
     return {k: v for k, v in os.environ.items()
-            if not k.startswith(("AIOPYRAMID_", "PYTHON"))}
+            if not k.startswith(("AIOPYRAMID_", "PYTHON", "ASAN_", "UBSAN_"))
+            and k != "LD_PRELOAD"}
 
 
 def copy_tree(dest, with_llhttp):

@@ -147,7 +147,8 @@ def project(tmp_path, upto, port=None):
 
 def env():
     e = {k: v for k, v in os.environ.items()
-         if not k.startswith(("PYTHON", "AIOPYRAMID_", "GUNICORN_"))}
+         if k not in ("PYTHONPATH", "PYTHONDEVMODE", "PYTHONWARNINGS")
+         and not k.startswith("GUNICORN_")}
     e["PATH"] = os.path.dirname(sys.executable) + os.pathsep + e.get("PATH", "")
     return e
 
