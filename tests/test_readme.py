@@ -265,3 +265,26 @@ def test_our_import_hides_only_pyramids_pkg_resources_warning(tmp_path):
     out = subprocess.run([sys.executable, "-W", "default", "-c", code], env=env(),
                          capture_output=True, text=True, timeout=TIMEOUT)
     assert "pkg_resources is deprecated" in out.stderr
+
+
+def test_demo_ini_serves_with_pserve_as_the_readme_says(tmp_path):
+    """README: ``PYTHONPATH=examples .venv/bin/pserve examples/development.ini``
+    (here on a free port instead of 6543)."""
+    with open(README, encoding="utf-8") as f:
+        assert "`PYTHONPATH=examples .venv/bin/pserve examples/development.ini`" in f.read()
+    port = free_port()
+    with open(os.path.join(ROOT, "examples", "development.ini"), encoding="utf-8") as f:
+        ini = re.sub(r"\b6543\b", str(port), f.read())
+    (tmp_path / "development.ini").write_text(ini)
+    e = env()
+    e["PYTHONPATH"] = os.path.join(ROOT, "examples")
+    log_path = tmp_path / "pserve.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [os.path.join(os.path.dirname(sys.executable), "pserve"), "development.ini"],
+            cwd=tmp_path, env=e, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = ServerProcess(proc, port, log_path)
+    try:
+        server.wait_ready("/hello", timeout=60)
+    finally:
+        server.stop()
