@@ -49,4 +49,4 @@ bench: build
 	$(PY) bench/http_bench.py
 
 clean:
-	rm -rf build .build-stamp aiopyramid/*.so *.egg-info
+	rm -rf build dist .build-stamp aiopyramid/*.so *.egg-info
