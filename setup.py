@@ -12,8 +12,9 @@ Switches (environment variables):
 
 llhttp (the HTTP/1.1 parser of Node.js) is never part of this repository:
 its C sources come from the pinned, hash-checked ``llhttp`` sdist on PyPI
-(``pip download``), unpacked into build/llhttp-<version>/, or from a system
-libllhttp found with pkg-config.  Only ``build_ext`` needs llhttp, so only
+(``pip download``, or the index's JSON API in build environments without
+pip), unpacked into build/llhttp-<version>/ and checked file by file, or
+from a system libllhttp found with pkg-config.  Only ``build_ext`` needs llhttp, so only
 it (and ``sdist``, which packs the verified sources into
 third_party/llhttp-<version>/ so that an sdist builds offline) may fetch;
 ``egg_info`` and the other metadata commands never touch the network.
