@@ -170,3 +170,30 @@ def test_build_gives_wheel_and_offline_sdist_that_install_and_serve(tmp_path):
     assert "third_party/%s" % LLHTTP_DIR in out.stdout + out.stderr
     body = serve_once(sdist_venv, tmp_path / "sdist")
     assert body.startswith(version + " " + str(sdist_venv)), body
+
+
+def test_tampered_llhttp_sources_are_refused(tmp_path):
+    src = copy_tree(tmp_path / "src", with_llhttp=True)
+    bundled = src / "third_party" / LLHTTP_DIR
+    shutil.copytree(src / "build" / LLHTTP_DIR, bundled)
+    with open(bundled / "http.c", "a") as f:
+        f.write("/* changed */\n")
+    out = subprocess.run([sys.executable, "setup.py", "-q", "build_ext"], cwd=src,
+                         env=no_index_env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "http.c has sha256" in out.stderr and "refusing to build with it" in out.stderr
+
+
+@pytest.mark.slow
+def test_sdist_from_a_fresh_clone_fetches_llhttp_in_an_isolated_build(tmp_path):
+    """``python -m build --sdist`` on a clone that never built: the isolated
+    build environment has no pip, and the sdist still gets llhttp's
+    verified sources (from the package index)."""
+    src = copy_tree(tmp_path / "src", with_llhttp=False)
+    dist = tmp_path / "dist"
+    out = run([sys.executable, "-m", "build", "--sdist", "--outdir", str(dist), str(src)],
+              env=clean_env())
+    assert "fetching llhttp" in out.stdout + out.stderr
+    sdist = dist / ("aiopyramid-%s.tar.gz" % aiopyramid.__version__)
+    listing = run(["tar", "tzf", str(sdist)]).stdout.split()
+    assert "aiopyramid-%s/third_party/%s/llhttp.c" % (aiopyramid.__version__, LLHTTP_DIR) in listing
