@@ -5,7 +5,9 @@
     .venv/bin/python bench/bridge.py --loop uvloop    # one loop only
     .venv/bin/python bench/bridge.py --quick          # a smoke run, ~3 s
 
-Exits 1 when a target is missed on any loop.  Everything is measured on
+A missed target is a result: it is printed (a FAIL verdict and a closing
+"missed:" line) and the exit status stays 0; ``--strict`` exits 1 on a
+miss, for a gate.  Everything is measured on
 asyncio's default loop and, when installed, on uvloop (what the gunicorn
 worker uses), each in its own worker processes.
 
@@ -484,6 +486,8 @@ def main():
     p.add_argument("--quick", action="store_true",
                    help="1 process per loop, 30 rounds, 2 ms samples: a smoke run")
     p.add_argument("--json", metavar="FILE", help="also write raw samples here")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 when a target is missed (default: report it, exit 0)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -532,7 +536,7 @@ def main():
     print("| target | " + " | ".join(f"{k}: raw (net)" for k in loops)
           + " | verdict |")
     print("|---|" + "---:|" * len(loops) + "---|")
-    failed = 0
+    missed = []
     for label, num, den, op, thr in TARGETS:
         cells, verdicts = [], []
         for kind in loops:
@@ -542,7 +546,8 @@ def main():
             if ok and not nok:
                 v += " (net FAIL)"
             verdicts.append(f"{kind} {v}")
-            failed += not ok
+            if not ok:
+                missed.append(f"{label} on {kind}")
         print(f"| {label} (`{num}`/`{den}` {op} {thr:g}) | "
               + " | ".join(cells) + " | **" + "; ".join(verdicts) + "** |")
     opts = [f"--loop {args.loop}"] if args.loop != default_loops else []
@@ -554,7 +559,9 @@ def main():
     print(f"\n_Verdicts on the raw ratio; total {time.monotonic() - t_start:.0f} s; "
           f"reproduce: `make build && .venv/bin/python bench/bridge.py "
           f"{' '.join(opts)}`_")
-    return 1 if failed else 0
+    print("\nmissed: " + "; ".join(missed) if missed
+          else "\nall targets met")
+    return 1 if missed and args.strict else 0
 
 
 if __name__ == "__main__":

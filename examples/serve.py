@@ -16,7 +16,7 @@ def main(argv=None):
         port = argv[i + 1]
         del argv[i:i + 2]
     url = "http://127.0.0.1:%s/" % port
-    print("aiopyramid demo: serving on %s (Ctrl-C to stop)" % url, flush=True)
+    print("aiopyramid demo: starting on %s (Ctrl-C stops it)" % url, flush=True)
     args = [
         sys.executable, "-m", "gunicorn",
         "--chdir", HERE,
@@ -24,6 +24,7 @@ def main(argv=None):
         "--worker-class", "aiopyramid.gunicorn.worker.AsyncGunicornWorker",
         "--workers", "1",
         "--access-logfile", "-",
+        "--config", os.path.join(HERE, "gunicorn_conf.py"),
         *argv,
         "app:main()",
     ]
