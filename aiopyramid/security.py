@@ -61,48 +61,36 @@ from pyramid.interfaces import ISecurityPolicy
 from zope.interface import implementer
 
 from .auth import _route
-from .helpers import is_coroutine_function, synchronize
 
 __all__ = ["CoroutineSecurityPolicyProxy"]
-
-_METHODS = ("identity", "authenticated_userid", "permits", "remember",
-            "forget")
-
-
-def _plain(method):
-    if is_coroutine_function(method):
-        return synchronize(method)
-    return method
 
 
 @implementer(ISecurityPolicy)
 class CoroutineSecurityPolicyProxy:
     """Proxies a security policy whose methods may be coroutines: plain
-    values for plain code, awaitables for coroutines.  Other attributes are
-    read from the wrapped policy."""
+    values for plain code, awaitables for coroutines.  Whether a method is
+    a coroutine is decided when it is called, by what it returns: anything
+    awaitable is awaited before Pyramid sees it.  Other attributes are read
+    from the wrapped policy."""
 
     def __init__(self, policy):
         self._policy = policy
-        self._plain = {
-            name: _plain(getattr(policy, name))
-            for name in _METHODS
-            if hasattr(policy, name)
-        }
 
     def _method(self, name):
         try:
-            return self._plain[name]
-        except KeyError:
+            return getattr(self._policy, name)
+        except AttributeError:
             raise AttributeError(
                 "{!r} has no {} method".format(self._policy, name)
             ) from None
 
     def identity(self, request):
-        return _route(self._method("identity"), (request,), {}, "identity")
+        return _route(self._method("identity"), (request,), {},
+                      "request.identity")
 
     def authenticated_userid(self, request):
         return _route(self._method("authenticated_userid"), (request,), {},
-                      "authenticated_userid")
+                      "request.authenticated_userid")
 
     def permits(self, request, context, permission):
         return _route(self._method("permits"), (request, context, permission),
