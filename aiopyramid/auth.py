@@ -375,6 +375,9 @@ class PolicyAwaitable:
     def __len__(self):
         raise _misuse(self, ", not take its length")
 
+    def __getitem__(self, key):
+        raise _misuse(self, ", then index the value")
+
     def __str__(self):
         raise _misuse(self, ", not format it")
 
