@@ -61,6 +61,7 @@ inlined comprehensions), so it counts as plain code; a generator that is not
 a coroutine (no ``@coroutine``) counts as plain code too.
 """
 import asyncio
+import contextvars
 import inspect
 import sys
 import types
@@ -71,6 +72,7 @@ import greenlet
 from pyramid.interfaces import IAuthenticationPolicy
 from zope.interface import implementer
 
+from .exceptions import ScopeError
 from .helpers import coroutine, spawn_greenlet, synchronize
 
 __all__ = [
@@ -180,7 +182,7 @@ def _can_block():
     return greenlet.getcurrent().parent is not None
 
 
-def _wants_awaitable(frame):
+def _wants_awaitable(frame, name):
     """Does the code of ``frame`` (skipping Pyramid's delegating frames) get
     an awaitable?  Yes when it is a coroutine that a coroutine view runs
     (the view itself, or a coroutine awaited by it), and when it is a
@@ -200,7 +202,32 @@ def _wants_awaitable(frame):
         driver = driver.f_back
     if driver is not None and driver.f_code in _VIEW_CALLERS:
         return True
-    return not _can_block()
+    if _can_block():
+        return False
+    if _runs_for_a_thread():
+        raise ScopeError(
+            "{} was asked for in a coroutine that plain code in an executor "
+            "thread (a legacy view, a use_executor function) runs through "
+            "synchronize: it runs on the event loop, where no plain value "
+            "can be computed, and an awaitable would contradict what "
+            "synchronized code gets.  Ask for it in the plain code itself "
+            "(it gets the value) and pass it in".format(name))
+    return True
+
+
+_REQUEST_LOOP_VAR = "aiopyramid_request_loop"
+
+
+def _runs_for_a_thread():
+    """Is this Task one that an executor thread of a request waits for
+    (``synchronize`` called there runs the coroutine on the request's loop,
+    in a copy of the thread's context, where the bridge has set its
+    request-loop variable)?  A Task a coroutine view made has no such
+    variable: the request's own context never sets it."""
+    for var in contextvars.copy_context():
+        if var.name == _REQUEST_LOOP_VAR:
+            return True
+    return False
 
 
 _MAX_NESTED = 16
@@ -252,7 +279,7 @@ def _route(method, args, kwargs, name):
     """``method(*args, **kwargs)``, resolved, for a caller that gets values;
     a ``PolicyAwaitable`` of it for one that gets awaitables.  Frame 1 is
     the proxy's method, 2 its caller."""
-    if _wants_awaitable(sys._getframe(2)):
+    if _wants_awaitable(sys._getframe(2), name):
         return PolicyAwaitable(_call_resolved, (method, args, kwargs, name),
                                {}, name)
     return _call_resolved(method, args, kwargs, name)
