@@ -2,59 +2,68 @@
 
 ``authn_policy_factory(policy_class, coroutine, *args, **kwargs)`` (also
 named ``coroutine_callback_authentication_policy_factory``) builds
-``policy_class(*args, callback=synchronize(coroutine), **kwargs)`` and wraps
-it in a ``CoroutineAuthenticationPolicyProxy``, so a callback-based policy
+``policy_class(*args, callback=coroutine, **kwargs)`` and wraps it in a
+``CoroutineAuthenticationPolicyProxy``, so a callback-based policy
 such as ``AuthTktAuthenticationPolicy`` may look principals up with I/O::
 
     authn = authn_policy_factory(AuthTktAuthenticationPolicy, get_principals,
                                  'sekrit', hashalg='sha512')
     config.set_authentication_policy(authn)
 
+Whatever the callback returns that is awaitable (an ``async def``, also
+behind an ordinary decorator, an object with ``async def __call__``, a
+plain function returning a coroutine) is awaited in place, decided when it
+is called: Pyramid tests ``callback(...) is not None``, which a coroutine
+object would pass.  The same holds for the wrapped policy's own methods.
+
 When the proxy returns an awaitable
 ------------------------------------
 
-The rule: **a value is awaitable exactly when the code that asked for it is
-a coroutine.**  ``request.authenticated_userid``,
-``request.unauthenticated_userid``, ``request.effective_principals``,
-``request.identity``, ``remember(request, userid)``, ``forget(request)``,
-and the proxy's own methods called directly, give
+``request.authenticated_userid``, ``request.unauthenticated_userid``,
+``request.effective_principals``, ``request.identity``,
+``remember(request, userid)``, ``forget(request)``, and the proxy's own
+methods called directly, give
 
-* an awaitable when they are written in the body of a coroutine function:
-  an ``async def`` (or async generator), or a generator coroutine made by
-  ``@aiopyramid.helpers.coroutine`` (or by the view mappers, for views);
-* the plain value everywhere else: tweens, traversal, ``__acl__``,
-  renderers and templates, legacy views in executor threads, plain helper
-  functions, even a plain helper called from a coroutine view.
+* an awaitable when they are written in the body of a coroutine (an
+  ``async def`` or async generator, or a generator coroutine made by
+  ``@aiopyramid.helpers.coroutine`` or by the view mappers) that a
+  coroutine view runs: the view itself or a coroutine it awaits; and in a
+  coroutine running on the event loop outside any request greenlet (a Task
+  the view made), where no plain value can be computed;
+* the plain value everywhere else: plain code (tweens, traversal,
+  ``__acl__``, renderers and templates, legacy views in executor threads,
+  plain helpers, even one called from a coroutine view), and a coroutine
+  that plain code runs through ``synchronize`` (a synchronized
+  ``__acl__``, ``__getitem__``, groupfinder or helper, and what it
+  awaits): plain code asked, so it gets what plain code gets.  Where that
+  is impossible (such a coroutine that an executor thread runs on the
+  loop) the read raises ``ScopeError``, rather than hand out an awaitable
+  that ``is not None`` would take for a user.
 
-So a coroutine view writes ``userid = await request.authenticated_userid``
-(or ``yield from``), plain code writes ``request.authenticated_userid``, and
-each gets what it can use.  Pyramid's own compound checks are plain code and
-always get plain values: ``request.has_permission(...)`` (and view
-``permission=`` checks) and ``request.is_authenticated`` work unchanged in
-views of both kinds.
+Pyramid's own compound checks are plain code and always get plain values:
+``request.has_permission(...)`` (and view ``permission=`` checks) and
+``request.is_authenticated``.
 
-"The code that asked" is the frame that called Pyramid's public API (the
-``request`` property, ``remember``/``forget``), found by stepping over
-Pyramid's own delegating frames (``LegacySecurityPolicy``, the property
-getters, ``zope.deprecation``'s wrapper).  A coroutine flag on that frame's
-code is a fact of the source, the same in a request greenlet, on the event
-loop itself (a Task the view created) and in any thread; whereas "is a
-coroutine view running in this greenlet" (``_core.in_coroutine_view()``,
-which is also true while Pyramid's ``has_permission`` runs inside a
-coroutine view) cannot tell ``request.is_authenticated`` from
-``request.authenticated_userid``, and is false on the loop, where a plain
-value cannot be computed.
+"The code that asked" is the frame that called Pyramid's public API, found
+by stepping over Pyramid's own delegating frames (``LegacySecurityPolicy``,
+the property getters, ``zope.deprecation``'s wrapper).  If it is a
+coroutine, the frame under the outermost coroutine of its chain tells who
+runs it: Pyramid's renderer wrapper (or ``_call_view``) calling a view, or
+plain code calling a synchronized coroutine.  These Pyramid functions are
+looked up at import: if one is missing the import fails, naming the
+Pyramid version, instead of the rule silently changing.
 
-A plain value is computed right where it is asked for: the synchronized
+A plain value is computed right where it is asked for: a synchronized
 callback suspends the request greenlet while it waits (in an executor
 thread it runs on the request's loop and blocks only that thread).  An
 awaitable runs the policy's method in a pooled request greenlet
-(``spawn_greenlet``) when awaited, so it works wherever it is awaited, the
-event loop included.  It keeps its result: awaiting it again gives the same
-value without running the policy again; each read of
-``request.authenticated_userid`` makes a new one.  Its truth value is an
-error (``if request.authenticated_userid:`` in a coroutine would otherwise
-always be true): ``await`` it.
+(``spawn_greenlet``) when awaited, at most once: it keeps its result (or
+its error), so awaiting it again gives the same; each read of
+``request.authenticated_userid`` makes a new one.  Every other use of it
+(truth value, comparisons, ``in``, iteration other than ``yield from``,
+hashing, ``str()``, attributes) raises ``TypeError``, and one dropped
+without being awaited warns, as a coroutine does.  ``x is None`` cannot be
+caught: await first.
 
 A comprehension or lambda has a frame of its own (before Python 3.12's
 inlined comprehensions), so it counts as plain code; a generator that is not

@@ -8,7 +8,7 @@ Wrap the policy in ``CoroutineSecurityPolicyProxy`` and any of its
 
     class SecurityPolicy:
         async def identity(self, request):
-            return await load_user(request.headers.get('X-User'))
+            return await load_user(request.headers.get('X-User'))  # yours
 
         async def authenticated_userid(self, request):
             user = await self.identity(request)
@@ -25,22 +25,27 @@ Wrap the policy in ``CoroutineSecurityPolicyProxy`` and any of its
 
     config.set_security_policy(CoroutineSecurityPolicyProxy(SecurityPolicy()))
 
-The proxy follows the rule of ``aiopyramid.auth``: **a value is awaitable
-exactly when the code that asked for it is a coroutine.**
-``request.identity``, ``request.authenticated_userid``,
-``remember(request, userid)``, ``forget(request)`` and the proxy's methods
-called directly give an awaitable in the body of a coroutine function
-(``await request.identity``) and the plain value in plain code (tweens,
-traversal, legacy views in executor threads, renderers).  Pyramid's
-predicates are plain code and always give plain values, in views of both
-kinds: ``request.is_authenticated``, ``request.has_permission(...)`` and the
-``permission=`` check of a view.
+Whatever a method returns that is awaitable is awaited before Pyramid sees
+it, decided each time it is called (so an ``async def`` behind an ordinary
+decorator, an object with ``async def __call__`` or a plain function that
+returns a coroutine work too).
 
-A coroutine method's plain value is computed in place: the method is
-synchronized, so it suspends the request greenlet while it waits (in an
-executor thread it runs on the request's loop and blocks only that thread).
-An awaitable runs the method in a pooled request greenlet when awaited, and
-keeps its result.  Plain methods are called as they are.
+The proxy follows the rule of ``aiopyramid.auth``: ``request.identity``,
+``request.authenticated_userid``, ``remember(request, userid)``,
+``forget(request)`` and the proxy's methods called directly give an
+awaitable in a coroutine that a coroutine view runs (``await
+request.identity``) and the plain value to plain code (tweens, traversal,
+legacy views in executor threads, renderers) and to coroutines that plain
+code runs through ``synchronize`` (a synchronized ``__acl__``).  Pyramid's
+predicates are plain code and always give plain values, in views of both
+kinds: ``request.is_authenticated``, ``request.has_permission(...)`` and
+the ``permission=`` check of a view.
+
+A coroutine method's plain value is computed in place: it is awaited in the
+request greenlet, which it suspends while it waits (in an executor thread
+it runs on the request's loop and blocks only that thread).  An awaitable
+runs the method in a pooled request greenlet when awaited, and keeps its
+result.  Plain methods are called as they are.
 
 Each call runs the method again.  Cache values, never coroutine objects (an
 awaited coroutine cannot be awaited again): Pyramid's ``RequestLocalCache``
