@@ -33,9 +33,10 @@ methods called directly, give
 * the plain value everywhere else: plain code (tweens, traversal,
   ``__acl__``, renderers and templates, legacy views in executor threads,
   plain helpers, even one called from a coroutine view), and a coroutine
-  that plain code runs through ``synchronize`` (a synchronized
-  ``__acl__``, ``__getitem__``, groupfinder or helper, and what it
-  awaits): plain code asked, so it gets what plain code gets.  Where that
+  run through ``synchronize`` (a synchronized ``__acl__``,
+  ``__getitem__``, groupfinder or helper, also one a coroutine view calls,
+  and what it awaits): it was written for plain code, so it gets what
+  plain code gets.  Where that
   is impossible (such a coroutine that an executor thread runs on the
   loop) the read raises ``ScopeError``, rather than hand out an awaitable
   that ``is not None`` would take for a user.
@@ -47,9 +48,10 @@ Pyramid's own compound checks are plain code and always get plain values:
 "The code that asked" is the frame that called Pyramid's public API, found
 by stepping over Pyramid's own delegating frames (``LegacySecurityPolicy``,
 the property getters, ``zope.deprecation``'s wrapper).  If it is a
-coroutine, the frame under the outermost coroutine of its chain tells who
-runs it: Pyramid's renderer wrapper (or ``_call_view``) calling a view, or
-plain code calling a synchronized coroutine.  These Pyramid functions are
+coroutine, the frame under the outermost coroutine of its chain (the
+coroutines awaiting each other: each frame above is at a ``SEND``) tells
+who runs it: Pyramid's renderer wrapper (or ``_call_view``) calling a view,
+or code calling a synchronized coroutine.  These Pyramid functions are
 looked up at import: if one is missing the import fails, naming the
 Pyramid version, instead of the rule silently changing.
 
@@ -71,6 +73,7 @@ a coroutine (no ``@coroutine``) counts as plain code too.
 """
 import asyncio
 import contextvars
+import dis
 import inspect
 import sys
 import types
@@ -197,17 +200,19 @@ def _wants_awaitable(frame, name):
     (the view itself, or a coroutine awaited by it), and when it is a
     coroutine on the event loop outside any request greenlet (a Task),
     where no plain value can be computed.  No for plain code, and for a
-    coroutine run by plain code through ``synchronize`` (a synchronized
-    ``__acl__``, ``__getitem__``, callback, tween...): plain code asked
-    for a value, so the coroutine it runs gets values too."""
+    coroutine run through ``synchronize`` (a synchronized ``__acl__``,
+    ``__getitem__``, callback, tween, helper...), also when a coroutine
+    view calls it: it was written for plain code, it gets values too."""
     while frame is not None and frame.f_code in _DELEGATING:
         frame = frame.f_back
     if frame is None or not frame.f_code.co_flags & _COROUTINE_FLAGS:
         return False
-    # up the chain of coroutines awaiting each other, to the plain frame
-    # that drives the outermost one
+    # up the chain of coroutines awaiting each other, to the frame that
+    # drives the outermost one: plain code, or a coroutine that *called*
+    # (not awaited) something that runs it, a synchronized function
     driver = frame.f_back
-    while driver is not None and driver.f_code.co_flags & _COROUTINE_FLAGS:
+    while driver is not None and driver.f_code.co_flags & _COROUTINE_FLAGS \
+            and _current_op(driver) == _SEND:
         driver = driver.f_back
     if driver is not None and driver.f_code in _VIEW_CALLERS:
         return True
@@ -237,6 +242,23 @@ def _runs_for_a_thread():
         if var.name == _REQUEST_LOOP_VAR:
             return True
     return False
+
+
+_SEND = dis.opmap["SEND"]
+_CACHE = dis.opmap.get("CACHE", 0)
+_YIELD_FROM_ITER = dis.opmap["GET_YIELD_FROM_ITER"]
+
+
+def _current_op(frame):
+    """The opcode ``frame`` is executing (3.12 may point into its inline
+    cache)."""
+    code = frame.f_code.co_code
+    i = frame.f_lasti
+    if not 0 <= i < len(code):
+        return None
+    while i > 0 and code[i] == _CACHE:
+        i -= 2
+    return code[i]
 
 
 _MAX_NESTED = 16
@@ -319,8 +341,6 @@ def _resolved_callback(callback):
 
 _PENDING, _RUNNING, _DONE, _FAILED = range(4)
 
-_YIELD_FROM_ITER = __import__("dis").opmap["GET_YIELD_FROM_ITER"]
-
 
 def _misuse(self, what):
     object.__setattr__(self, "_reported", True)
@@ -387,10 +407,7 @@ class PolicyAwaitable:
     def __iter__(self):
         # `yield from` (generator coroutines) is awaiting; `for`, list(),
         # unpacking... are not
-        frame = sys._getframe(1)
-        code = frame.f_code.co_code
-        if frame.f_lasti < len(code) and \
-                code[frame.f_lasti] == _YIELD_FROM_ITER:
+        if _current_op(sys._getframe(1)) == _YIELD_FROM_ITER:
             return self.__await__()
         raise _misuse(self, ", not iterate over it")
 

@@ -263,6 +263,20 @@ def seed_misuse(request):
     raise HTTPForbidden()
 
 
+@synchronize
+async def is_logged_in(request):
+    """A synchronized helper: written for plain code, it gets values, also
+    when a coroutine view calls it."""
+    await asyncio.sleep(0)
+    return request.authenticated_userid is not None
+
+
+async def synchronized_helper_view(request):
+    if is_logged_in(request):
+        return Response("granted")
+    raise HTTPForbidden()
+
+
 class BadACLResource:
     """A synchronized generator ``__acl__`` written against the rule: it is
     run by plain code (Pyramid's ACL check), so it gets values, and
@@ -304,6 +318,7 @@ def main(global_config=None, kind=None, shape=None, error_view=None,
             ("login", login, {}),
             ("logout", logout, {}),
             ("coroutine-login", coroutine_login, {}),
+            ("synchronized-helper", synchronized_helper_view, {}),
         ]:
             config.add_route(name, "/" + name)
             config.add_view(view, route_name=name, **extra)
