@@ -74,7 +74,6 @@ a coroutine (no ``@coroutine``) counts as plain code too.
 import asyncio
 import contextvars
 import dis
-import inspect
 import sys
 import types
 import warnings
@@ -84,6 +83,7 @@ import greenlet
 from pyramid.interfaces import IAuthenticationPolicy
 from zope.interface import implementer
 
+from . import _core
 from .exceptions import ScopeError
 from .helpers import coroutine, spawn_greenlet, synchronize
 
@@ -271,15 +271,25 @@ def _awaiting(awaitable):
     return (yield from awaitable)
 
 
-_await_here = synchronize(_awaiting)
+# awaits in place: the bridge's own primitive (what synchronize does), or
+# the same through synchronize
+_await_here = getattr(_core, "await_", None) or synchronize(_awaiting)
+
+
+# what policies return most: no need to ask further
+_PLAIN_TYPES = frozenset({type(None), str, bool, int, list, tuple, dict, set,
+                          frozenset})
 
 
 def _is_pending(value):
-    if isinstance(value, types.GeneratorType):
-        # a seed-style coroutine made without @coroutine; not a generator
-        # expression (a plain iterable of principals, say)
+    cls = type(value)
+    if cls in _PLAIN_TYPES:
+        return False
+    if cls is types.GeneratorType:
+        # a seed-style coroutine, also one made without @coroutine; not a
+        # generator expression (a plain iterable of principals, say)
         return value.gi_code.co_name != "<genexpr>"
-    return inspect.isawaitable(value)
+    return hasattr(cls, "__await__")  # coroutines, futures, any awaitable
 
 
 def _resolve(value, name):
@@ -313,7 +323,18 @@ def _route(method, args, kwargs, name):
     if _wants_awaitable(sys._getframe(2), name):
         return PolicyAwaitable(_call_resolved, (method, args, kwargs, name),
                                {}, name)
-    return _call_resolved(method, args, kwargs, name)
+    value = method(*args, **kwargs)
+    if type(value) in _PLAIN_TYPES:
+        return value
+    if type(value) is types.CoroutineType:  # an async def: the common case
+        try:
+            value = _await_here(value)
+        except BaseException:
+            value.close()  # e.g. a ScopeError before it ran
+            raise
+        if type(value) in _PLAIN_TYPES:
+            return value
+    return _resolve(value, name)
 
 
 class _ResolvedCallback:
@@ -327,7 +348,10 @@ class _ResolvedCallback:
         self.__wrapped__ = callback
 
     def __call__(self, *args, **kwargs):
-        return _resolve(self.__wrapped__(*args, **kwargs), "the callback")
+        value = self.__wrapped__(*args, **kwargs)
+        if type(value) in _PLAIN_TYPES:
+            return value
+        return _resolve(value, "the callback")
 
     def __repr__(self):
         return "<resolved callback {!r}>".format(self.__wrapped__)
