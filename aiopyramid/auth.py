@@ -365,6 +365,8 @@ def _resolved_callback(callback):
 
 _PENDING, _RUNNING, _DONE, _FAILED = range(4)
 
+_GATHER = asyncio.gather.__code__
+
 
 def _misuse(self, what):
     object.__setattr__(self, "_reported", True)
@@ -444,6 +446,9 @@ class PolicyAwaitable:
     __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = _compare
 
     def __hash__(self):
+        if sys._getframe(1).f_code is _GATHER:
+            # asyncio.gather() keys its arguments in a dict
+            return object.__hash__(self)
         raise _misuse(self, ", not hash it")
 
     def __contains__(self, item):

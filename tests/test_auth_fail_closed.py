@@ -248,6 +248,17 @@ class TestPolicyAwaitable:
             "it is an awaitable, 'await' it to get the value"]
         assert attack_app.CALLS == []  # and the policy was never asked
 
+    def test_asyncio_helpers_still_work(self):
+        ask = self._awaitable()
+
+        async def main():
+            first, second = await asyncio.gather(await ask(), await ask())
+            third = await asyncio.wait_for(await ask(), 5)
+            fourth = await asyncio.ensure_future(await ask())
+            return first, second, third, fourth
+
+        assert asyncio.run(main()) == ("george",) * 4
+
     def test_yield_from_still_works(self):
         from aiopyramid.helpers import coroutine
 
