@@ -365,7 +365,15 @@ def _resolved_callback(callback):
 
 _PENDING, _RUNNING, _DONE, _FAILED = range(4)
 
-_GATHER = asyncio.gather.__code__
+# asyncio's functions that key their arguments in a dict or set
+_HASHING_HELPERS = frozenset(
+    func.__code__ for func in (
+        asyncio.gather,
+        asyncio.as_completed,
+        getattr(getattr(asyncio.tasks, "_AsCompletedIterator", None),
+                "__init__", None),  # Python 3.13
+    ) if hasattr(func, "__code__")
+)
 
 
 def _misuse(self, what):
@@ -446,8 +454,8 @@ class PolicyAwaitable:
     __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = _compare
 
     def __hash__(self):
-        if sys._getframe(1).f_code is _GATHER:
-            # asyncio.gather() keys its arguments in a dict
+        if sys._getframe(1).f_code in _HASHING_HELPERS:
+            # asyncio.gather(), as_completed() key their arguments
             return object.__hash__(self)
         raise _misuse(self, ", not hash it")
 

@@ -255,9 +255,10 @@ class TestPolicyAwaitable:
             first, second = await asyncio.gather(await ask(), await ask())
             third = await asyncio.wait_for(await ask(), 5)
             fourth = await asyncio.ensure_future(await ask())
-            return first, second, third, fourth
+            fifth = [await f for f in asyncio.as_completed([await ask()])]
+            return first, second, third, fourth, *fifth
 
-        assert asyncio.run(main()) == ("george",) * 4
+        assert asyncio.run(main()) == ("george",) * 5
 
     def test_yield_from_still_works(self):
         from aiopyramid.helpers import coroutine
