@@ -10,7 +10,10 @@ import asyncio
 import functools
 import os
 
-from pyramid.authentication import CallbackAuthenticationPolicy
+from pyramid.authentication import (
+    BasicAuthAuthenticationPolicy,
+    CallbackAuthenticationPolicy,
+)
 from pyramid.authorization import (
     ALL_PERMISSIONS,
     ACLAuthorizationPolicy,
@@ -92,6 +95,15 @@ async def groupfinder(userid, request):
     CALLS.append(("groupfinder", userid))
     user = await load_user(userid)
     if user is None or user.get("disabled"):
+        return None
+    return user["groups"]
+
+
+async def basic_check(username, password, request):
+    """For BasicAuthAuthenticationPolicy: everyone's password is 'secret'."""
+    CALLS.append(("check", username))
+    user = await load_user(username)
+    if user is None or user.get("disabled") or password != "secret":
         return None
     return user["groups"]
 
@@ -306,6 +318,12 @@ def main(global_config=None, kind=None, shape=None, error_view=None,
         if kind == "security":
             config.set_security_policy(
                 CoroutineSecurityPolicyProxy(security_policy(shape)))
+        elif kind == "basic":
+            # its callback is a method that returns what check returns
+            config.set_authentication_policy(authn_policy_factory(
+                BasicAuthAuthenticationPolicy, None,
+                SHAPES[shape](basic_check)))
+            config.set_authorization_policy(ACLAuthorizationPolicy())
         else:
             config.set_authentication_policy(authn_policy_factory(
                 HeaderAuthenticationPolicy, SHAPES[shape](groupfinder)))

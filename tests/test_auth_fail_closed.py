@@ -309,3 +309,33 @@ def test_through_gunicorn(gunicorn):
             "/check?what=authenticated": 403, "/misuse/ne-none": 500,
             "/seed-misuse/ne-none": 500, "/bad-acl": 500,
         }, (kind, shape, srv.log())
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+class TestBasicAuth:
+    """Pyramid's BasicAuthAuthenticationPolicy with a coroutine `check`: its
+    `callback` is a method that returns what `check` returns."""
+
+    def _get(self, app, path, user=None, password=None):
+        import base64
+
+        headers = {}
+        if user:
+            token = "{}:{}".format(user, password).encode()
+            headers["Authorization"] = \
+                "Basic " + base64.b64encode(token).decode()
+
+        async def main():
+            request = Request.blank(path, headers=headers)
+            return await spawn_greenlet(request.get_response, app)
+
+        return asyncio.run(main())
+
+    @pytest.mark.parametrize("path", ["/admin", "/legacy-admin",
+                                      "/check?what=authenticated"])
+    def test_wrong_password_and_disabled_refused(self, apps, shape, path):
+        app = apps("basic", shape)
+        assert self._get(app, path).status_int == 403
+        assert self._get(app, path, "george", "guess").status_int == 403
+        assert self._get(app, path, "mallory", "secret").status_int == 403
+        assert self._get(app, path, "george", "secret").status_int == 200
