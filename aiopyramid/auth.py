@@ -2,71 +2,90 @@
 
 ``authn_policy_factory(policy_class, coroutine, *args, **kwargs)`` (also
 named ``coroutine_callback_authentication_policy_factory``) builds
-``policy_class(*args, callback=synchronize(coroutine), **kwargs)`` and wraps
-it in a ``CoroutineAuthenticationPolicyProxy``, so a callback-based policy
+``policy_class(*args, callback=coroutine, **kwargs)`` and wraps it in a
+``CoroutineAuthenticationPolicyProxy``, so a callback-based policy
 such as ``AuthTktAuthenticationPolicy`` may look principals up with I/O::
 
     authn = authn_policy_factory(AuthTktAuthenticationPolicy, get_principals,
                                  'sekrit', hashalg='sha512')
     config.set_authentication_policy(authn)
 
+Whatever the callback returns that is awaitable (an ``async def``, also
+behind an ordinary decorator, an object with ``async def __call__``, a
+plain function returning a coroutine) is awaited in place, decided when it
+is called: Pyramid tests ``callback(...) is not None``, which a coroutine
+object would pass.  The same holds for the wrapped policy's own methods.
+
 When the proxy returns an awaitable
 ------------------------------------
 
-The rule: **a value is awaitable exactly when the code that asked for it is
-a coroutine.**  ``request.authenticated_userid``,
-``request.unauthenticated_userid``, ``request.effective_principals``,
-``request.identity``, ``remember(request, userid)``, ``forget(request)``,
-and the proxy's own methods called directly, give
+``request.authenticated_userid``, ``request.unauthenticated_userid``,
+``request.effective_principals``, ``request.identity``,
+``remember(request, userid)``, ``forget(request)``, and the proxy's own
+methods called directly, give
 
-* an awaitable when they are written in the body of a coroutine function:
-  an ``async def`` (or async generator), or a generator coroutine made by
-  ``@aiopyramid.helpers.coroutine`` (or by the view mappers, for views);
-* the plain value everywhere else: tweens, traversal, ``__acl__``,
-  renderers and templates, legacy views in executor threads, plain helper
-  functions, even a plain helper called from a coroutine view.
+* an awaitable when they are written in the body of a coroutine (an
+  ``async def`` or async generator, or a generator coroutine made by
+  ``@aiopyramid.helpers.coroutine`` or by the view mappers) that a
+  coroutine view runs: the view itself or a coroutine it awaits; and in a
+  coroutine running on the event loop outside any request greenlet (a Task
+  the view made), where no plain value can be computed;
+* the plain value everywhere else: plain code (tweens, traversal,
+  ``__acl__``, renderers and templates, legacy views in executor threads,
+  plain helpers, even one called from a coroutine view), and a coroutine
+  run through ``synchronize`` (a synchronized ``__acl__``,
+  ``__getitem__``, groupfinder or helper, also one a coroutine view calls,
+  and what it awaits): it was written for plain code, so it gets what
+  plain code gets.  Where that
+  is impossible (such a coroutine that an executor thread runs on the
+  loop) the read raises ``ScopeError``, rather than hand out an awaitable
+  that ``is not None`` would take for a user.
 
-So a coroutine view writes ``userid = await request.authenticated_userid``
-(or ``yield from``), plain code writes ``request.authenticated_userid``, and
-each gets what it can use.  Pyramid's own compound checks are plain code and
-always get plain values: ``request.has_permission(...)`` (and view
-``permission=`` checks) and ``request.is_authenticated`` work unchanged in
-views of both kinds.
+Pyramid's own compound checks are plain code and always get plain values:
+``request.has_permission(...)`` (and view ``permission=`` checks) and
+``request.is_authenticated``.
 
-"The code that asked" is the frame that called Pyramid's public API (the
-``request`` property, ``remember``/``forget``), found by stepping over
-Pyramid's own delegating frames (``LegacySecurityPolicy``, the property
-getters, ``zope.deprecation``'s wrapper).  A coroutine flag on that frame's
-code is a fact of the source, the same in a request greenlet, on the event
-loop itself (a Task the view created) and in any thread; whereas "is a
-coroutine view running in this greenlet" (``_core.in_coroutine_view()``,
-which is also true while Pyramid's ``has_permission`` runs inside a
-coroutine view) cannot tell ``request.is_authenticated`` from
-``request.authenticated_userid``, and is false on the loop, where a plain
-value cannot be computed.
+"The code that asked" is the frame that called Pyramid's public API, found
+by stepping over Pyramid's own delegating frames (``LegacySecurityPolicy``,
+the property getters, ``zope.deprecation``'s wrapper).  If it is a
+coroutine, the frame under the outermost coroutine of its chain (the
+coroutines awaiting each other: each frame above is at a ``SEND``) tells
+who runs it: Pyramid's renderer wrapper (or ``_call_view``) calling a view,
+or code calling a synchronized coroutine.  These Pyramid functions are
+looked up at import: if one is missing the import fails, naming the
+Pyramid version, instead of the rule silently changing.
 
-A plain value is computed right where it is asked for: the synchronized
+A plain value is computed right where it is asked for: a synchronized
 callback suspends the request greenlet while it waits (in an executor
 thread it runs on the request's loop and blocks only that thread).  An
 awaitable runs the policy's method in a pooled request greenlet
-(``spawn_greenlet``) when awaited, so it works wherever it is awaited, the
-event loop included.  It keeps its result: awaiting it again gives the same
-value without running the policy again; each read of
-``request.authenticated_userid`` makes a new one.  Its truth value is an
-error (``if request.authenticated_userid:`` in a coroutine would otherwise
-always be true): ``await`` it.
+(``spawn_greenlet``) when awaited, at most once: it keeps its result (or
+its error), so awaiting it again gives the same; each read of
+``request.authenticated_userid`` makes a new one.  Every other use of it
+(truth value, comparisons, ``in``, iteration other than ``yield from``,
+hashing, ``str()``, attributes) raises ``TypeError``, and one dropped
+without being awaited warns, as a coroutine does.  ``x is None`` cannot be
+caught: await first.
 
 A comprehension or lambda has a frame of its own (before Python 3.12's
 inlined comprehensions), so it counts as plain code; a generator that is not
 a coroutine (no ``@coroutine``) counts as plain code too.
 """
+import asyncio
+import contextvars
+import dis
 import sys
+import types
+import warnings
 from inspect import CO_ASYNC_GENERATOR, CO_COROUTINE, CO_ITERABLE_COROUTINE
 
+import greenlet
 from pyramid.interfaces import IAuthenticationPolicy
 from zope.interface import implementer
 
-from .helpers import is_coroutine_function, spawn_greenlet, synchronize
+from . import _core
+from .exceptions import ScopeError
+from .helpers import coroutine, spawn_greenlet, synchronize
 
 __all__ = [
     "CoroutineAuthenticationPolicyProxy",
@@ -78,23 +97,54 @@ __all__ = [
 _COROUTINE_FLAGS = CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR
 
 
-def _delegating_codes():
-    """Code objects of the frames between a caller and a policy's method
-    that only pass the call on: Pyramid's request properties, ``remember``
-    and ``forget``, ``LegacySecurityPolicy``, zope's deprecation wrapper."""
+def _pyramid_version():
+    try:
+        from importlib.metadata import version
+
+        return version("pyramid")
+    except Exception:  # pragma: no cover - an unusual install
+        return "(unknown version)"
+
+
+def _code(obj):
+    obj = getattr(obj, "prop", obj)  # zope.deprecation's property
+    obj = getattr(obj, "fget", obj)
+    return getattr(obj, "__code__", None)
+
+
+def _nested_code(func, name):
+    """The code of the function ``name`` defined inside ``func``."""
+    code = getattr(func, "__code__", None)
+    for const in getattr(code, "co_consts", ()):
+        if isinstance(const, types.CodeType) and const.co_name == name:
+            return const
+    return None
+
+
+def _pyramid_codes():
+    """Code objects of the Pyramid functions the rule depends on, as
+    ``(delegating, view_callers)``.
+
+    ``delegating``: the frames between a caller and a policy's method that
+    only pass the call on (the request properties, ``remember`` and
+    ``forget``, ``LegacySecurityPolicy``, zope's deprecation wrapper).
+    ``view_callers``: the frames that call a mapped view and nothing else
+    of the user's (the renderer wrappers, ``pyramid.view._call_view``).
+
+    Every one must be found: were one missing (another Pyramid), the rule
+    would silently give the wrong kind of value, so the import fails."""
     import pyramid.security as security
+    import pyramid.view as view
+    import pyramid.viewderivers as viewderivers
+    from zope.deprecation.deprecation import DeprecatedGetProperty
 
-    codes = set()
-
-    def add(obj):
-        obj = getattr(obj, "prop", obj)  # zope.deprecation's property
-        obj = getattr(obj, "fget", obj)
-        code = getattr(obj, "__code__", None)
-        if code is not None:
-            codes.add(code)
-
-    add(getattr(security, "remember", None))
-    add(getattr(security, "forget", None))
+    found = {
+        "pyramid.security.remember": _code(getattr(security, "remember",
+                                                   None)),
+        "pyramid.security.forget": _code(getattr(security, "forget", None)),
+        "zope.deprecation.deprecation.DeprecatedGetProperty.__get__":
+            _code(DeprecatedGetProperty.__get__),
+    }
     for cls_name, names in (
         ("SecurityAPIMixin", ("identity", "authenticated_userid")),
         ("AuthenticationAPIMixin", ("unauthenticated_userid",
@@ -104,38 +154,252 @@ def _delegating_codes():
     ):
         namespace = vars(getattr(security, cls_name, object))
         for name in names:
-            add(namespace.get(name))
-    try:
-        from zope.deprecation.deprecation import DeprecatedGetProperty
-    except ImportError:  # pragma: no cover - pyramid depends on it
-        pass
-    else:
-        add(DeprecatedGetProperty.__get__)
-    return frozenset(codes)
+            found["pyramid.security.{}.{}".format(cls_name, name)] = _code(
+                namespace.get(name))
+    callers = {
+        "pyramid.viewderivers.rendered_view.<locals>.viewresult_to_response":
+            _nested_code(getattr(viewderivers, "rendered_view", None),
+                         "viewresult_to_response"),
+        "pyramid.viewderivers.rendered_view.<locals>.rendered_view":
+            _nested_code(getattr(viewderivers, "rendered_view", None),
+                         "rendered_view"),
+        "pyramid.view._call_view": _code(getattr(view, "_call_view", None)),
+    }
+    missing = [name for name, code in {**found, **callers}.items()
+               if code is None]
+    if missing:
+        raise ImportError(
+            "aiopyramid.auth cannot work with Pyramid {}: it decides whether "
+            "a coroutine gets an awaitable by stepping over Pyramid's own "
+            "functions, and {} not found: {}. Use a Pyramid version "
+            "aiopyramid supports (2.0 to 2.1 are tested), or report this "
+            "version.".format(
+                _pyramid_version(),
+                "this one was" if len(missing) == 1 else "these were",
+                ", ".join(missing),
+            )
+        )
+    return frozenset(found.values()), frozenset(callers.values())
 
 
-_DELEGATING = _delegating_codes()
+_DELEGATING, _VIEW_CALLERS = _pyramid_codes()
 
 
-def _route(call, args, kwargs, name):
-    """``call(*args, **kwargs)`` for a plain caller; a ``PolicyAwaitable``
-    of it for a coroutine.  Frame 1 is the proxy's method, 2 its caller."""
-    frame = sys._getframe(2)
+def _can_block():
+    """True where a plain value can be computed in place: in a request
+    greenlet (a synchronized call suspends it), or in a thread with no
+    running loop (an executor thread: it blocks only itself)."""
+    if asyncio._get_running_loop() is None:
+        return True
+    return greenlet.getcurrent().parent is not None
+
+
+def _wants_awaitable(frame, name):
+    """Does the code of ``frame`` (skipping Pyramid's delegating frames) get
+    an awaitable?  Yes when it is a coroutine that a coroutine view runs
+    (the view itself, or a coroutine awaited by it), and when it is a
+    coroutine on the event loop outside any request greenlet (a Task),
+    where no plain value can be computed.  No for plain code, and for a
+    coroutine run through ``synchronize`` (a synchronized ``__acl__``,
+    ``__getitem__``, callback, tween, helper...), also when a coroutine
+    view calls it: it was written for plain code, it gets values too."""
     while frame is not None and frame.f_code in _DELEGATING:
         frame = frame.f_back
-    if frame is not None and frame.f_code.co_flags & _COROUTINE_FLAGS:
-        return PolicyAwaitable(call, args, kwargs, name)
-    return call(*args, **kwargs)
+    if frame is None or not frame.f_code.co_flags & _COROUTINE_FLAGS:
+        return False
+    # up the chain of coroutines awaiting each other, to the frame that
+    # drives the outermost one: plain code, or a coroutine that *called*
+    # (not awaited) something that runs it, a synchronized function
+    driver = frame.f_back
+    while driver is not None and driver.f_code.co_flags & _COROUTINE_FLAGS \
+            and _current_op(driver) == _SEND:
+        driver = driver.f_back
+    if driver is not None and driver.f_code in _VIEW_CALLERS:
+        return True
+    if _can_block():
+        return False
+    if _runs_for_a_thread():
+        raise ScopeError(
+            "{} was asked for in a coroutine that plain code in an executor "
+            "thread (a legacy view, a use_executor function) runs through "
+            "synchronize: it runs on the event loop, where no plain value "
+            "can be computed, and an awaitable would contradict what "
+            "synchronized code gets.  Ask for it in the plain code itself "
+            "(it gets the value) and pass it in".format(name))
+    return True
+
+
+_REQUEST_LOOP_VAR = "aiopyramid_request_loop"
+
+
+def _runs_for_a_thread():
+    """Is this Task one that an executor thread of a request waits for
+    (``synchronize`` called there runs the coroutine on the request's loop,
+    in a copy of the thread's context, where the bridge has set its
+    request-loop variable)?  A Task a coroutine view made has no such
+    variable: the request's own context never sets it."""
+    for var in contextvars.copy_context():
+        if var.name == _REQUEST_LOOP_VAR:
+            return True
+    return False
+
+
+_SEND = dis.opmap["SEND"]
+_CACHE = dis.opmap.get("CACHE", 0)
+_YIELD_FROM_ITER = dis.opmap["GET_YIELD_FROM_ITER"]
+
+
+def _current_op(frame):
+    """The opcode ``frame`` is executing (3.12 may point into its inline
+    cache)."""
+    code = frame.f_code.co_code
+    i = frame.f_lasti
+    if not 0 <= i < len(code):
+        return None
+    while i > 0 and code[i] == _CACHE:
+        i -= 2
+    return code[i]
+
+
+_MAX_NESTED = 16
+
+
+@coroutine
+def _awaiting(awaitable):
+    if not isinstance(awaitable, types.GeneratorType):
+        awaitable = awaitable.__await__()
+    return (yield from awaitable)
+
+
+# awaits in place: the bridge's own primitive (what synchronize does), or
+# the same through synchronize
+_await_here = getattr(_core, "await_", None) or synchronize(_awaiting)
+
+
+# what policies return most: no need to ask further
+_PLAIN_TYPES = frozenset({type(None), str, bool, int, list, tuple, dict, set,
+                          frozenset})
+
+
+def _is_pending(value):
+    cls = type(value)
+    if cls in _PLAIN_TYPES:
+        return False
+    if cls is types.GeneratorType:
+        # a seed-style coroutine, also one made without @coroutine; not a
+        # generator expression (a plain iterable of principals, say)
+        return value.gi_code.co_name != "<genexpr>"
+    return hasattr(cls, "__await__")  # coroutines, futures, any awaitable
+
+
+def _resolve(value, name):
+    """``value``, awaited (in place) as long as it is awaitable: whatever a
+    policy's method or callback gives, Pyramid gets the value."""
+    for _ in range(_MAX_NESTED):
+        if not _is_pending(value):
+            return value
+        try:
+            value = _await_here(value)
+        except BaseException:
+            # e.g. a ScopeError before it ever ran: no "never awaited"
+            close = getattr(value, "close", None)
+            if close is not None:
+                close()
+            raise
+    raise TypeError(
+        "{} gave an awaitable whose result is an awaitable, {} levels deep: "
+        "return a value".format(name, _MAX_NESTED)
+    )
+
+
+def _call_resolved(method, args, kwargs, name):
+    return _resolve(method(*args, **kwargs), name)
+
+
+def _route(method, args, kwargs, name):
+    """``method(*args, **kwargs)``, resolved, for a caller that gets values;
+    a ``PolicyAwaitable`` of it for one that gets awaitables.  Frame 1 is
+    the proxy's method, 2 its caller."""
+    if _wants_awaitable(sys._getframe(2), name):
+        return PolicyAwaitable(_call_resolved, (method, args, kwargs, name),
+                               {}, name)
+    value = method(*args, **kwargs)
+    if type(value) in _PLAIN_TYPES:
+        return value
+    if type(value) is types.CoroutineType:  # an async def: the common case
+        try:
+            value = _await_here(value)
+        except BaseException:
+            value.close()  # e.g. a ScopeError before it ran
+            raise
+        if type(value) in _PLAIN_TYPES:
+            return value
+    return _resolve(value, name)
+
+
+class _ResolvedCallback:
+    """A policy's callback (groupfinder) whose result, if awaitable, is
+    awaited in place: Pyramid tests ``callback(...) is not None``, which a
+    coroutine object would always pass."""
+
+    __slots__ = ("__wrapped__",)
+
+    def __init__(self, callback):
+        self.__wrapped__ = callback
+
+    def __call__(self, *args, **kwargs):
+        value = self.__wrapped__(*args, **kwargs)
+        if type(value) in _PLAIN_TYPES:
+            return value
+        return _resolve(value, "the callback")
+
+    def __repr__(self):
+        return "<resolved callback {!r}>".format(self.__wrapped__)
+
+
+def _resolved_callback(callback):
+    if callback is None or isinstance(callback, _ResolvedCallback):
+        return callback
+    return _ResolvedCallback(callback)
+
+
+_PENDING, _RUNNING, _DONE, _FAILED = range(4)
+
+# asyncio's functions that key their arguments in a dict or set
+_HASHING_HELPERS = frozenset(
+    func.__code__ for func in (
+        asyncio.gather,
+        asyncio.as_completed,
+        getattr(getattr(asyncio.tasks, "_AsCompletedIterator", None),
+                "__init__", None),  # Python 3.13
+    ) if hasattr(func, "__code__")
+)
+
+
+def _misuse(self, what):
+    object.__setattr__(self, "_reported", True)
+    return TypeError(
+        "{} was asked for in a coroutine, which gets an awaitable: "
+        "'await' it (or 'yield from' it) to get the value{}".format(
+            self._name, what
+        )
+    )
 
 
 class PolicyAwaitable:
-    """What a policy proxy gives a coroutine: awaiting it runs
-    ``call(*args, **kwargs)`` in a pooled request greenlet, where a
-    synchronized callback may suspend, and returns its result.  The result
-    is kept, so awaiting again gives the same value; ``yield from`` works
-    too, for generator coroutines."""
+    """What a policy proxy gives a coroutine: awaiting it runs the policy's
+    method in a pooled request greenlet, where a synchronized callback may
+    suspend, and returns its result.  The method runs at most once: the
+    result (or the error) is kept, so awaiting again gives the same.
+    ``yield from`` works too, for generator coroutines.
 
-    __slots__ = ("_call", "_args", "_kwargs", "_name", "_value")
+    Any other use is an error, never a wrong answer: truth value,
+    comparisons, ``in``, iteration, hashing, ``str()``, attributes.  One
+    dropped without being awaited warns (``RuntimeWarning``), as a
+    coroutine does.  ``x is None`` cannot be caught: await first."""
+
+    __slots__ = ("_call", "_args", "_kwargs", "_name", "_value", "_state",
+                 "_reported")
 
     def __init__(self, call, args, kwargs, name):
         self._call = call
@@ -143,29 +407,88 @@ class PolicyAwaitable:
         self._kwargs = kwargs
         self._name = name
         self._value = None
+        self._state = _PENDING
+        self._reported = False
 
     def __await__(self):
-        if self._call is not None:
-            value = yield from spawn_greenlet(
-                self._call, *self._args, **self._kwargs
-            )
-            self._value = value
-            self._call = self._args = self._kwargs = None
-        return self._value
+        state = self._state
+        if state == _DONE:
+            return self._value
+        if state == _FAILED:
+            raise self._value
+        if state == _RUNNING:
+            raise RuntimeError(
+                "{} is already being awaited".format(self._name))
+        call, args, kwargs = self._call, self._args, self._kwargs
+        self._call = self._args = self._kwargs = None
+        self._state = _RUNNING
+        try:
+            value = yield from spawn_greenlet(call, *args, **kwargs)
+        except GeneratorExit:
+            self._state = _FAILED
+            self._value = RuntimeError(
+                "{}: its first await was abandoned before it finished (the "
+                "policy is not asked twice)".format(self._name))
+            raise
+        except BaseException as exc:
+            self._state = _FAILED
+            self._value = exc
+            raise
+        self._state = _DONE
+        self._value = value
+        return value
 
-    __iter__ = __await__
+    def __iter__(self):
+        # `yield from` (generator coroutines) is awaiting; `for`, list(),
+        # unpacking... are not
+        if _current_op(sys._getframe(1)) == _YIELD_FROM_ITER:
+            return self.__await__()
+        raise _misuse(self, ", not iterate over it")
 
     def __bool__(self):
-        raise TypeError(
-            "{} was asked for in a coroutine, which gets an awaitable: "
-            "'await' it (or 'yield from' it) to get the value".format(
-                self._name
-            )
-        )
+        raise _misuse(self, "")
+
+    def _compare(self, other):
+        raise _misuse(self, ", then compare the value")
+
+    __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = _compare
+
+    def __hash__(self):
+        if sys._getframe(1).f_code in _HASHING_HELPERS:
+            # asyncio.gather(), as_completed() key their arguments
+            return object.__hash__(self)
+        raise _misuse(self, ", not hash it")
+
+    def __contains__(self, item):
+        raise _misuse(self, ", then test membership in the value")
+
+    def __len__(self):
+        raise _misuse(self, ", not take its length")
+
+    def __getitem__(self, key):
+        raise _misuse(self, ", then index the value")
+
+    def __str__(self):
+        raise _misuse(self, ", not format it")
+
+    def __format__(self, spec):
+        raise _misuse(self, ", not format it")
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise _misuse(self, ", then read .{} of the value".format(name))
 
     def __repr__(self):
-        state = "pending" if self._call is not None else "done"
+        state = ("pending", "running", "done", "failed")[self._state]
         return "<PolicyAwaitable {} {}>".format(self._name, state)
+
+    def __del__(self):
+        if self._state == _PENDING and not self._reported:
+            warnings.warn(
+                "{} was never awaited: in a coroutine it is an awaitable, "
+                "'await' it to get the value".format(self._name),
+                RuntimeWarning, stacklevel=2, source=self)
 
 
 @implementer(IAuthenticationPolicy)
@@ -177,6 +500,11 @@ class CoroutineAuthenticationPolicyProxy:
 
     def __init__(self, policy):
         self._policy = policy
+        callback = getattr(policy, "callback", None)
+        if callback is not None:
+            # decided when called, not here: whatever it returns that is
+            # awaitable is awaited before Pyramid sees it
+            policy.callback = _resolved_callback(callback)
 
     def remember(self, request, userid, **kw):
         return _route(self._policy.remember, (request, userid), kw,
@@ -187,15 +515,15 @@ class CoroutineAuthenticationPolicyProxy:
 
     def unauthenticated_userid(self, request):
         return _route(self._policy.unauthenticated_userid, (request,), {},
-                      "unauthenticated_userid")
+                      "request.unauthenticated_userid")
 
     def authenticated_userid(self, request):
         return _route(self._policy.authenticated_userid, (request,), {},
-                      "authenticated_userid")
+                      "request.authenticated_userid")
 
     def effective_principals(self, request):
         return _route(self._policy.effective_principals, (request,), {},
-                      "effective_principals")
+                      "request.effective_principals")
 
     def __getattr__(self, name):
         if name == "_policy":  # not set yet (copy, pickle)
@@ -214,15 +542,15 @@ def coroutine_callback_authentication_policy_factory(
     """``policy_class(*args, callback=..., **kwargs)`` wrapped in a
     ``CoroutineAuthenticationPolicyProxy``.
 
-    A coroutine function given as ``coroutine`` is synchronized and passed
-    as ``callback``; a plain or already synchronized callable is passed as
-    it is; with ``None`` no callback is passed.  A policy that takes its
-    callback under another name gets a synchronized coroutine in
-    ``kwargs`` instead (or use the proxy directly)."""
+    ``coroutine`` is passed as ``callback``, wrapped so that whatever it
+    returns that is awaitable (an ``async def``, also behind a decorator,
+    an object with ``async def __call__``, a plain function returning a
+    coroutine) is awaited in place; with ``None`` no callback is passed.
+    A policy that takes its callback under another name gets a
+    synchronized coroutine in ``kwargs`` instead (or use the proxy
+    directly)."""
     if coroutine is not None:
-        if is_coroutine_function(coroutine):
-            coroutine = synchronize(coroutine)
-        kwargs["callback"] = coroutine
+        kwargs["callback"] = _resolved_callback(coroutine)
     return CoroutineAuthenticationPolicyProxy(policy_class(*args, **kwargs))
 
 

@@ -8,7 +8,7 @@ Wrap the policy in ``CoroutineSecurityPolicyProxy`` and any of its
 
     class SecurityPolicy:
         async def identity(self, request):
-            return await load_user(request.headers.get('X-User'))
+            return await load_user(request.headers.get('X-User'))  # yours
 
         async def authenticated_userid(self, request):
             user = await self.identity(request)
@@ -25,22 +25,27 @@ Wrap the policy in ``CoroutineSecurityPolicyProxy`` and any of its
 
     config.set_security_policy(CoroutineSecurityPolicyProxy(SecurityPolicy()))
 
-The proxy follows the rule of ``aiopyramid.auth``: **a value is awaitable
-exactly when the code that asked for it is a coroutine.**
-``request.identity``, ``request.authenticated_userid``,
-``remember(request, userid)``, ``forget(request)`` and the proxy's methods
-called directly give an awaitable in the body of a coroutine function
-(``await request.identity``) and the plain value in plain code (tweens,
-traversal, legacy views in executor threads, renderers).  Pyramid's
-predicates are plain code and always give plain values, in views of both
-kinds: ``request.is_authenticated``, ``request.has_permission(...)`` and the
-``permission=`` check of a view.
+Whatever a method returns that is awaitable is awaited before Pyramid sees
+it, decided each time it is called (so an ``async def`` behind an ordinary
+decorator, an object with ``async def __call__`` or a plain function that
+returns a coroutine work too).
 
-A coroutine method's plain value is computed in place: the method is
-synchronized, so it suspends the request greenlet while it waits (in an
-executor thread it runs on the request's loop and blocks only that thread).
-An awaitable runs the method in a pooled request greenlet when awaited, and
-keeps its result.  Plain methods are called as they are.
+The proxy follows the rule of ``aiopyramid.auth``: ``request.identity``,
+``request.authenticated_userid``, ``remember(request, userid)``,
+``forget(request)`` and the proxy's methods called directly give an
+awaitable in a coroutine that a coroutine view runs (``await
+request.identity``) and the plain value to plain code (tweens, traversal,
+legacy views in executor threads, renderers) and to coroutines that plain
+code runs through ``synchronize`` (a synchronized ``__acl__``).  Pyramid's
+predicates are plain code and always give plain values, in views of both
+kinds: ``request.is_authenticated``, ``request.has_permission(...)`` and
+the ``permission=`` check of a view.
+
+A coroutine method's plain value is computed in place: it is awaited in the
+request greenlet, which it suspends while it waits (in an executor thread
+it runs on the request's loop and blocks only that thread).  An awaitable
+runs the method in a pooled request greenlet when awaited, and keeps its
+result.  Plain methods are called as they are.
 
 Each call runs the method again.  Cache values, never coroutine objects (an
 awaited coroutine cannot be awaited again): Pyramid's ``RequestLocalCache``
@@ -61,48 +66,36 @@ from pyramid.interfaces import ISecurityPolicy
 from zope.interface import implementer
 
 from .auth import _route
-from .helpers import is_coroutine_function, synchronize
 
 __all__ = ["CoroutineSecurityPolicyProxy"]
-
-_METHODS = ("identity", "authenticated_userid", "permits", "remember",
-            "forget")
-
-
-def _plain(method):
-    if is_coroutine_function(method):
-        return synchronize(method)
-    return method
 
 
 @implementer(ISecurityPolicy)
 class CoroutineSecurityPolicyProxy:
     """Proxies a security policy whose methods may be coroutines: plain
-    values for plain code, awaitables for coroutines.  Other attributes are
-    read from the wrapped policy."""
+    values for plain code, awaitables for coroutines.  Whether a method is
+    a coroutine is decided when it is called, by what it returns: anything
+    awaitable is awaited before Pyramid sees it.  Other attributes are read
+    from the wrapped policy."""
 
     def __init__(self, policy):
         self._policy = policy
-        self._plain = {
-            name: _plain(getattr(policy, name))
-            for name in _METHODS
-            if hasattr(policy, name)
-        }
 
     def _method(self, name):
         try:
-            return self._plain[name]
-        except KeyError:
+            return getattr(self._policy, name)
+        except AttributeError:
             raise AttributeError(
                 "{!r} has no {} method".format(self._policy, name)
             ) from None
 
     def identity(self, request):
-        return _route(self._method("identity"), (request,), {}, "identity")
+        return _route(self._method("identity"), (request,), {},
+                      "request.identity")
 
     def authenticated_userid(self, request):
         return _route(self._method("authenticated_userid"), (request,), {},
-                      "authenticated_userid")
+                      "request.authenticated_userid")
 
     def permits(self, request, context, permission):
         return _route(self._method("permits"), (request, context, permission),

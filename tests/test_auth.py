@@ -149,7 +149,7 @@ class TestFactory:
         assert authn_policy_factory is \
             coroutine_callback_authentication_policy_factory
 
-    def test_coroutine_is_synchronized_and_passed_as_callback(self):
+    def test_coroutine_is_passed_as_callback(self):
         from aiopyramid.auth import CoroutineAuthenticationPolicyProxy
 
         async def groups(userid, request):
@@ -159,21 +159,22 @@ class TestFactory:
                               hashalg="sha512")
         assert isinstance(proxy, CoroutineAuthenticationPolicyProxy)
         assert isinstance(proxy._policy, AuthTktAuthenticationPolicy)
-        assert isinstance(proxy.callback, _core.Synchronized)
         assert proxy.callback.__wrapped__ is groups
-        # outside any loop a synchronized coroutine runs on a fresh one
+        # outside any loop the coroutine runs on a fresh one
         assert proxy.callback("u", None) == ["g"]
         assert proxy.cookie.secret == "sekrit"  # attributes of the policy
 
-    def test_plain_or_synchronized_callback_is_passed_as_is(self):
+    def test_plain_or_synchronized_callback_is_called_as_it_is(self):
         def plain(userid, request):
-            return []
+            return ["p"]
 
         sync = synchronize(async_get_principals(Recorder()))
-        assert self._callFUT(HeaderAuthenticationPolicy, plain).callback \
-            is plain
-        assert self._callFUT(HeaderAuthenticationPolicy, sync).callback \
-            is sync
+        proxy = self._callFUT(HeaderAuthenticationPolicy, plain)
+        assert proxy.callback.__wrapped__ is plain
+        assert proxy.callback("u", None) == ["p"]
+        proxy = self._callFUT(HeaderAuthenticationPolicy, sync)
+        assert proxy.callback.__wrapped__ is sync
+        assert proxy.callback("george", None) == ["group:editors"]
 
     def test_no_callback(self):
         proxy = self._callFUT(HeaderAuthenticationPolicy, None, None, True)
@@ -234,11 +235,43 @@ class TestProxyDirectly:
     def test_plain_code_outside_any_loop(self, policy):
         assert self.call_plain(policy, self._makeRequest()) == self.EXPECTED
 
+    async def call_values(self, policy, request):
+        return self.call_plain(policy, request)
+
+    @coroutine
+    def call_seed_values(self, policy, request):
+        yield from asyncio.sleep(0)
+        return (
+            policy.unauthenticated_userid(request),
+            policy.authenticated_userid(request),
+            policy.effective_principals(request),
+            policy.remember(request, "george"),
+            policy.forget(request),
+        )
+
+    async def call_async_values(self, policy, request):
+        await asyncio.sleep(0)
+        return (
+            policy.unauthenticated_userid(request),
+            policy.authenticated_userid(request),
+            policy.effective_principals(request),
+            policy.remember(request, "george"),
+            policy.forget(request),
+        )
+
     def test_synchronized_coroutines_in_a_request_greenlet(self, policy):
-        for caller in (self.call_async, self.call_seed):
+        # a coroutine that plain code runs through synchronize gets values,
+        # as the plain code that asked would
+        for caller in (self.call_async_values, self.call_seed_values):
             out = asyncio.run(spawn_greenlet(synchronize(caller), policy,
                                              self._makeRequest()))
             assert out == self.EXPECTED
+
+    def test_awaiting_a_value_in_a_synchronized_coroutine_fails(self, policy):
+        # written the other way, it fails loudly: never a wrong answer
+        with pytest.raises(TypeError, match="can't be used in 'await'"):
+            asyncio.run(spawn_greenlet(synchronize(self.call_async), policy,
+                                       self._makeRequest()))
 
     def test_coroutines_on_the_loop(self, policy):
         # no greenlet at all: the awaitables bring their own
@@ -282,8 +315,9 @@ class TestProxyDirectly:
         with pytest.raises(TypeError) as exc:
             asyncio.run(main())
         assert str(exc.value) == (
-            "authenticated_userid was asked for in a coroutine, which gets "
-            "an awaitable: 'await' it (or 'yield from' it) to get the value"
+            "request.authenticated_userid was asked for in a coroutine, which "
+            "gets an awaitable: 'await' it (or 'yield from' it) to get the "
+            "value"
         )
 
     def test_error_of_the_callback_reaches_the_awaiter(self):
@@ -300,7 +334,7 @@ class TestProxyDirectly:
             with pytest.raises(LookupError, match="no database"):
                 await pending
             with pytest.raises(LookupError, match="no database"):
-                await pending  # not kept: tried again
+                await pending  # the error is kept: not asked again
 
         asyncio.run(main())
 

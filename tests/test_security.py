@@ -187,12 +187,17 @@ class TestProxy:
         verifyObject(ISecurityPolicy,
                      self._makeOne(AsyncSecurityPolicy(events)))
 
-    def test_coroutine_methods_are_synchronized_plain_ones_kept(self, events):
-        proxy = self._makeOne(AsyncSecurityPolicy(events))
-        assert isinstance(proxy._plain["identity"], _core.Synchronized)
-        cached = CachedSecurityPolicy(events)
-        proxy = self._makeOne(cached)
-        assert proxy._plain["identity"] == cached.identity
+    def test_methods_are_read_from_the_policy_when_called(self, events):
+        # decided when called, by what the method returns: a method set on
+        # the policy after the proxy was made is used
+        policy = AsyncSecurityPolicy(events)
+        proxy = self._makeOne(policy)
+
+        async def other(request):
+            return "other"
+
+        policy.authenticated_userid = other
+        assert proxy.authenticated_userid(self._makeRequest()) == "other"
 
     def test_other_attributes_are_the_policys(self, events):
         policy = AsyncSecurityPolicy(events)
@@ -237,8 +242,21 @@ class TestProxy:
 
         expected = (USERS["fred"], "fred", False, [("X-Login", "george")],
                     [("X-Logout", "1")])
-        # on the loop itself, and driven in a request greenlet
+        # on the loop itself (a Task)
         assert asyncio.run(main(self._makeRequest("fred"))) == expected
+
+    def test_synchronized_coroutines_get_values(self, policy):
+        # plain code asked (through synchronize): the coroutine it runs
+        # gets values, as the plain code would
+        async def main(request):
+            return (policy.identity(request),
+                    policy.authenticated_userid(request),
+                    bool(policy.permits(request, Root(request), "edit")),
+                    policy.remember(request, "george"),
+                    policy.forget(request))
+
+        expected = (USERS["fred"], "fred", False, [("X-Login", "george")],
+                    [("X-Logout", "1")])
         assert asyncio.run(spawn_greenlet(synchronize(main),
                                           self._makeRequest("fred"))) \
             == expected
