@@ -2156,6 +2156,9 @@ proto_connection_lost(PyObject *op, PyObject *exc)
     Py_CLEAR(p->write);
     Py_CLEAR(p->transport);
     Py_CLEAR(p->environ);
+    /* a bound method of this protocol: a cycle the GC alone would break
+     * (a Task still running holds its own reference) */
+    Py_CLEAR(p->task_done);
     Py_RETURN_NONE;
 }
 
