@@ -279,10 +279,23 @@ wake(modstate *st, PyObject **fut)
 static int
 wait_on(modstate *st, HttpServer *srv, PyObject **slot)
 {
-    PyObject *fut = PyObject_CallNoArgs(srv->create_future);
-    if (fut == NULL)
-        return -1;
-    Py_XSETREF(*slot, Py_NewRef(fut));
+    PyObject *fut = NULL;
+    if (*slot != NULL) {
+        /* another greenlet waits for the same thing: share its future, so
+         * one wake() resolves both (unless that one is done: cancelled) */
+        PyObject *done = PyObject_CallMethodNoArgs(*slot, HSTR(st, DONE));
+        if (done == NULL)
+            return -1;
+        if (done == Py_False)
+            fut = Py_NewRef(*slot);
+        Py_DECREF(done);
+    }
+    if (fut == NULL) {
+        fut = PyObject_CallNoArgs(srv->create_future);
+        if (fut == NULL)
+            return -1;
+        Py_XSETREF(*slot, Py_NewRef(fut));
+    }
     PyObject *r = bridge_await(st, fut, 0);
     Py_DECREF(fut);
     if (r == NULL)

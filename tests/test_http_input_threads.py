@@ -85,3 +85,28 @@ def test_wsgi_input_read_from_another_thread(run):
             return results
 
     assert run(main()) == [(200, b"line one\nline two\ntail")] * 3
+
+
+def two_readers_app(environ, start_response):
+    """Two greenlets of one request wait for the body at once."""
+    from aiopyramid.helpers import spawn_greenlet
+
+    inp = environ["wsgi.input"]
+    other = asyncio.ensure_future(spawn_greenlet(inp.read, 4))
+    _core.await_(asyncio.sleep(0.01))  # the other one waits first
+    mine = inp.read(4)
+    theirs = _core.await_(asyncio.wait_for(other, 5))
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"|".join(sorted([mine, theirs]))]
+
+
+def test_two_waiters_for_the_body_both_wake(run):
+    async def main():
+        async with serving(two_readers_app) as (port, srv):
+            (r,), _ = await exchange(
+                port, b"POST / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+                      b"Content-Length: 8\r\n\r\n", b"aaaa", b"bbbb",
+                delay=0.05)
+            return r.status, r.body
+
+    assert run(main()) == (200, b"aaaa|bbbb")
