@@ -2517,20 +2517,47 @@ server_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
         Py_ssize_t n = PyList_GET_SIZE(items);
         self->secure_headers = PyTuple_New(n);
         for (Py_ssize_t i = 0; self->secure_headers && i < n; i++) {
-            PyObject *kv = PyList_GET_ITEM(items, i);
+            /* a custom mapping's items() may give anything: pairs only */
+            PyObject *item = PyList_GET_ITEM(items, i);
+            PyObject *kv = PySequence_Check(item) && !PyUnicode_Check(item)
+                               ? PySequence_Tuple(item) : NULL;
+            if (kv == NULL || PyTuple_GET_SIZE(kv) != 2) {
+                PyErr_Clear();
+                if (kv == NULL)
+                    PyErr_Format(PyExc_TypeError,
+                                 "secure_scheme_headers: items() element #%zd "
+                                 "is a %.100s, not a (header, value) pair", i,
+                                 Py_TYPE(item)->tp_name);
+                else
+                    PyErr_Format(PyExc_TypeError,
+                                 "secure_scheme_headers: items() element #%zd "
+                                 "has length %zd; 2 is required", i,
+                                 PyTuple_GET_SIZE(kv));
+                Py_XDECREF(kv);
+                Py_CLEAR(self->secure_headers);
+                break;
+            }
             PyObject *name = PyTuple_GET_ITEM(kv, 0);
-            const char *s = PyUnicode_AsUTF8(name);
+            const char *s = NULL;
+            if (PyUnicode_Check(name))
+                s = PyUnicode_AsUTF8(name);
+            else
+                PyErr_Format(PyExc_TypeError,
+                             "secure scheme header names must be str, not "
+                             "%.100s", Py_TYPE(name)->tp_name);
             PyObject *key = s ? header_key(st, s, strlen(s)) : NULL;
             if (key == NULL) {
                 if (!PyErr_Occurred())
                     PyErr_Format(PyExc_ValueError,
                                  "secure scheme header %R has an underscore, "
                                  "such headers are dropped", name);
+                Py_DECREF(kv);
                 Py_CLEAR(self->secure_headers);
                 break;
             }
             PyObject *pair = PyTuple_Pack(2, key, PyTuple_GET_ITEM(kv, 1));
             Py_DECREF(key);
+            Py_DECREF(kv);
             if (pair == NULL) {
                 Py_CLEAR(self->secure_headers);
                 break;
