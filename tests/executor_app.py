@@ -38,6 +38,13 @@ async def nested():
     return await use_executor(via_use_executor)()
 
 
+@synchronize
+async def via_view_pool(request):
+    # the views' own pool (aiopyramid.executor_threads), or the default one
+    pool = getattr(request.registry, "aiopyramid_executor", None)
+    return await asyncio.get_running_loop().run_in_executor(pool, _pause)
+
+
 def hello(request):
     return Response(b"Hello, world!", content_type="text/plain")
 
@@ -54,6 +61,10 @@ def legacy_nested(request):
     return Response(nested(), content_type="text/plain")
 
 
+def legacy_view_pool(request):
+    return Response(via_view_pool(request), content_type="text/plain")
+
+
 def main(global_config=None, **settings):
     threads = os.environ.get("EXECUTOR_THREADS")
     if threads:
@@ -63,7 +74,8 @@ def main(global_config=None, **settings):
         for name, view in [("hello", hello),
                            ("use_executor", legacy_use_executor),
                            ("default", legacy_default),
-                           ("nested", legacy_nested)]:
+                           ("nested", legacy_nested),
+                           ("view_pool", legacy_view_pool)]:
             config.add_route(name, "/" + name)
             config.add_view(view, route_name=name)
         return config.make_wsgi_app()

@@ -31,7 +31,8 @@ def get_all(port, path, n=REQUESTS, timeout=15.0):
 
 
 @pytest.mark.parametrize("threads", [None, 4])
-@pytest.mark.parametrize("path", ["/use_executor", "/default", "/nested"])
+@pytest.mark.parametrize("path", ["/use_executor", "/default", "/nested",
+                                  "/view_pool"])
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_many_more_requests_than_threads(gunicorn, threads, path, loop):
     env = {"AIOPYRAMID_LOOP": loop}
@@ -51,7 +52,6 @@ def _waiting_thread_on(loop_closes):
     import asyncio
     import threading
 
-    from aiopyramid import _executor
     from aiopyramid.helpers import synchronize, use_executor
 
     outcome = []
@@ -81,6 +81,8 @@ def _waiting_thread_on(loop_closes):
     try:
         loop.run_until_complete(start())
         if not loop_closes:
+            from aiopyramid import _executor
+
             assert _executor.stop_waiting(loop) == 1
             loop.run_until_complete(asyncio.sleep(0.1))
     finally:
