@@ -9,7 +9,6 @@ and still thread-local for plain threads, which have contexts of their own.
 import contextvars
 import threading
 
-import pyramid.config
 import pyramid.threadlocal
 from pyramid.threadlocal import ThreadLocalManager
 
@@ -52,15 +51,19 @@ class ContextLocalManager(ThreadLocalManager):
 
 
 def install():
-    """Replace Pyramid's manager (idempotent), carrying over what the
-    calling thread had pushed (a Configurator in a ``with`` block)."""
-    old = pyramid.threadlocal.manager
-    if isinstance(old, ContextLocalManager):
-        return old
-    new = ContextLocalManager(default=old.default)
-    for info in old.stack:
-        new.push(info)
-    old.clear()
-    pyramid.threadlocal.manager = new
-    pyramid.config.Configurator.manager = new
-    return new
+    """Make Pyramid's manager request-local (idempotent), in place: the
+    object stays the one that pyramid.testing, pyramid.view and
+    pyramid.config imported by name, only its class changes.  What the
+    calling thread had pushed (a Configurator in a ``with`` block) is kept."""
+    manager = pyramid.threadlocal.manager
+    if isinstance(manager, ContextLocalManager):
+        return manager
+    pushed = list(manager.stack)
+    manager.clear()
+    manager.__class__ = ContextLocalManager
+    # the thread-local list is shadowed by the property now; drop it here
+    # (other threads' copies go with their threads)
+    manager.__dict__.pop("stack", None)
+    for info in pushed:
+        manager.push(info)
+    return manager

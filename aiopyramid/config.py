@@ -190,9 +190,9 @@ def includeme(config):
     install()
     threads = _executor_threads(config.registry.settings)
     if threads is not None:
-        from concurrent.futures import ThreadPoolExecutor
+        from ._executor import Executor
 
-        config.registry.aiopyramid_executor = ThreadPoolExecutor(
+        config.registry.aiopyramid_executor = Executor(
             max_workers=threads, thread_name_prefix="aiopyramid-view"
         )
     config.set_view_mapper(CoroutineOrExecutorMapper)

@@ -33,6 +33,9 @@ typedef struct {
     PyObject *iscoroutinefunction; /* inspect.iscoroutinefunction */
     PyObject *request_loop;        /* ContextVar: the loop of the request that
                                       started an executor thread */
+    PyObject *waiting_thread;      /* ContextVar: the executor thread that
+                                      waits for this coroutine (see
+                                      aiopyramid/_executor.py) */
     PyObject *threadlocal_manager; /* pyramid.threadlocal.manager, or None */
     PyObject *worker;              /* the run() of every pooled greenlet */
 

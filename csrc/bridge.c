@@ -1807,6 +1807,9 @@ await_in_job(PyObject *module, PyObject *aw)
 static PyMethodDef await_in_job_def = {"await_in_job", await_in_job, METH_O,
                                        NULL};
 
+static PyObject *import_attr(const char *module, const char *name,
+                             int optional);
+
 PyObject *
 bridge_run_outside(modstate *st, PyObject *aw, PyObject *name)
 {
@@ -1825,12 +1828,14 @@ bridge_run_outside(modstate *st, PyObject *aw, PyObject *name)
     if (PyContextVar_Get(st->request_loop, NULL, &request_loop) < 0)
         goto done;
     if (request_loop != NULL) {
-        /* an executor thread of a request: block only this thread */
-        PyObject *cf = PyObject_CallFunctionObjArgs(
-            st->run_coroutine_threadsafe, coro, request_loop, NULL);
-        if (cf != NULL) {
-            r = PyObject_CallMethodNoArgs(cf, st->str_result);
-            Py_DECREF(cf);
+        /* an executor thread of a request: block only this thread, which
+         * meanwhile runs the executor jobs the coroutine submits (else they
+         * could queue behind the threads that wait for them) */
+        PyObject *wait = import_attr("aiopyramid._executor", "wait_in_thread",
+                                     0);
+        if (wait != NULL) {
+            r = PyObject_CallFunctionObjArgs(wait, coro, request_loop, NULL);
+            Py_DECREF(wait);
         }
     }
     else {
@@ -2479,6 +2484,23 @@ bridge_run_in_executor(modstate *st, PyObject *loop, PyObject *executor,
         Py_DECREF(call);
         return NULL;
     }
+    /* from a coroutine whose caller's thread waits for it: that thread
+     * runs the job (aiopyramid/_executor.py) */
+    PyObject *waiter;
+    if (PyContextVar_Get(st->waiting_thread, NULL, &waiter) < 0) {
+        Py_DECREF(call);
+        return NULL;
+    }
+    if (waiter != NULL) {
+        PyObject *fut = PyObject_CallMethod(waiter, "run_in_executor", "OO",
+                                            loop, (PyObject *)call);
+        Py_DECREF(waiter);
+        if (fut != Py_None) {
+            Py_DECREF(call);
+            return fut;
+        }
+        Py_DECREF(fut);
+    }
     PyObject *margs[] = {loop, executor ? executor : Py_None, (PyObject *)call};
     PyObject *fut = PyObject_VectorcallMethod(
         st->str_run_in_executor, margs, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET,
@@ -2798,6 +2820,11 @@ bridge_init(PyObject *module, modstate *st)
         return -1;
     st->request_loop = PyContextVar_New("aiopyramid_request_loop", NULL);
     if (st->request_loop == NULL)
+        return -1;
+    st->waiting_thread = PyContextVar_New("aiopyramid_waiting_thread", NULL);
+    if (st->waiting_thread == NULL ||
+        PyModule_AddObjectRef(module, "_waiting_thread",
+                              st->waiting_thread) < 0)
         return -1;
 
     /* asyncio.iscoroutine() and create_task() accept what spawn_greenlet

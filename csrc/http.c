@@ -279,10 +279,23 @@ wake(modstate *st, PyObject **fut)
 static int
 wait_on(modstate *st, HttpServer *srv, PyObject **slot)
 {
-    PyObject *fut = PyObject_CallNoArgs(srv->create_future);
-    if (fut == NULL)
-        return -1;
-    Py_XSETREF(*slot, Py_NewRef(fut));
+    PyObject *fut = NULL;
+    if (*slot != NULL) {
+        /* another greenlet waits for the same thing: share its future, so
+         * one wake() resolves both (unless that one is done: cancelled) */
+        PyObject *done = PyObject_CallMethodNoArgs(*slot, HSTR(st, DONE));
+        if (done == NULL)
+            return -1;
+        if (done == Py_False)
+            fut = Py_NewRef(*slot);
+        Py_DECREF(done);
+    }
+    if (fut == NULL) {
+        fut = PyObject_CallNoArgs(srv->create_future);
+        if (fut == NULL)
+            return -1;
+        Py_XSETREF(*slot, Py_NewRef(fut));
+    }
     PyObject *r = bridge_await(st, fut, 0);
     Py_DECREF(fut);
     if (r == NULL)
@@ -1301,9 +1314,77 @@ size_arg(PyObject *const *args, Py_ssize_t nargs, const char *fname,
     return 0;
 }
 
+/* wsgi.input read from a thread other than the loop's (an executor
+ * thread): waiting for the body, and pausing or resuming the transport, must
+ * happen on the loop, so the whole call runs there, in a greenlet, while this
+ * thread waits.  NULL with no exception: on the loop's thread, read here. */
+static PyObject *
+input_off_loop(PyObject *self, const char *name, PyObject *const *args,
+               Py_ssize_t nargs)
+{
+    HttpRequest *r = ((HttpInput *)self)->req;
+    if (r == NULL || r->proto == NULL || r->proto->server == NULL)
+        return NULL;
+    modstate *st = proto_state(r->proto);
+    if (bridge_can_suspend(st))
+        return NULL; /* a request greenlet */
+    PyObject *loop = PyObject_CallNoArgs(st->get_running_loop);
+    if (loop == NULL)
+        return NULL;
+    Py_DECREF(loop);
+    PyObject *server_loop = r->proto->server->loop;
+    if (loop == server_loop)
+        return NULL;
+    if (loop != Py_None) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "wsgi.input was read on another event loop than its "
+                        "server's");
+        return NULL;
+    }
+    /* no loop runs here: read here too unless the server's runs elsewhere */
+    PyObject *running = PyObject_CallMethod(server_loop, "is_running", NULL);
+    if (running == NULL)
+        return NULL;
+    Py_DECREF(running);
+    if (running != Py_True)
+        return NULL;
+    PyObject *func, *fargs = NULL, *coro = NULL, *wait = NULL, *res = NULL;
+    func = PyObject_GetAttrString(self, name);
+    if (func == NULL || (fargs = PyTuple_New(nargs)) == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < nargs; i++)
+        PyTuple_SET_ITEM(fargs, i, Py_NewRef(args[i]));
+    coro = bridge_spawn_new(st, func, fargs, NULL, NULL);
+    if (coro == NULL)
+        goto done;
+    PyObject *mod = PyImport_ImportModule("aiopyramid._executor");
+    if (mod != NULL) {
+        wait = PyObject_GetAttrString(mod, "wait_in_thread");
+        Py_DECREF(mod);
+    }
+    if (wait != NULL)
+        res = PyObject_CallFunctionObjArgs(wait, coro, server_loop, NULL);
+done:
+    Py_XDECREF(wait);
+    Py_XDECREF(coro);
+    Py_XDECREF(fargs);
+    Py_XDECREF(func);
+    if (res == NULL && !PyErr_Occurred())
+        PyErr_SetString(PyExc_SystemError, "wsgi.input: no result");
+    return res;
+}
+
+#define INPUT_ON_LOOP(name)                                             \
+    do {                                                                \
+        PyObject *off_ = input_off_loop(self, (name), args, nargs);     \
+        if (off_ != NULL || PyErr_Occurred())                           \
+            return off_;                                                \
+    } while (0)
+
 static PyObject *
 input_read(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
+    INPUT_ON_LOOP("read");
     HttpRequest *r = ((HttpInput *)self)->req;
     Py_ssize_t size;
     if (size_arg(args, nargs, "read", &size) < 0)
@@ -1322,6 +1403,7 @@ input_read(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 input_readline(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
+    INPUT_ON_LOOP("readline");
     HttpRequest *r = ((HttpInput *)self)->req;
     Py_ssize_t size;
     if (size_arg(args, nargs, "readline", &size) < 0)
@@ -1345,6 +1427,7 @@ input_readline(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 input_readlines(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
+    INPUT_ON_LOOP("readlines");
     Py_ssize_t hint;
     if (size_arg(args, nargs, "readlines", &hint) < 0)
         return NULL;
@@ -1379,7 +1462,9 @@ input_readlines(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 input_iternext(PyObject *self)
 {
-    PyObject *line = input_readline(self, NULL, 0);
+    PyObject *line = input_off_loop(self, "readline", NULL, 0);
+    if (line == NULL && !PyErr_Occurred())
+        line = input_readline(self, NULL, 0);
     if (line != NULL && PyBytes_GET_SIZE(line) == 0) {
         Py_DECREF(line);
         return NULL;
@@ -2156,6 +2241,9 @@ proto_connection_lost(PyObject *op, PyObject *exc)
     Py_CLEAR(p->write);
     Py_CLEAR(p->transport);
     Py_CLEAR(p->environ);
+    /* a bound method of this protocol: a cycle the GC alone would break
+     * (a Task still running holds its own reference) */
+    Py_CLEAR(p->task_done);
     Py_RETURN_NONE;
 }
 
@@ -2412,6 +2500,11 @@ server_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
     if (PyDict_SetItemString(self->base_environ, "wsgi.file_wrapper",
                              (PyObject *)st->FileWrapperType) < 0)
         goto error;
+    /* wsgi.input ends at the body's end, whatever its framing: WebOb reads
+     * a chunked body only when told so */
+    if (PyDict_SetItemString(self->base_environ, "wsgi.input_terminated",
+                             Py_True) < 0)
+        goto error;
     /* secure_scheme_headers: {"X-FORWARDED-PROTO": "https"} as pairs of
      * environ key and expected value */
     if (secure == NULL || secure == Py_None) {
@@ -2424,20 +2517,47 @@ server_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
         Py_ssize_t n = PyList_GET_SIZE(items);
         self->secure_headers = PyTuple_New(n);
         for (Py_ssize_t i = 0; self->secure_headers && i < n; i++) {
-            PyObject *kv = PyList_GET_ITEM(items, i);
+            /* a custom mapping's items() may give anything: pairs only */
+            PyObject *item = PyList_GET_ITEM(items, i);
+            PyObject *kv = PySequence_Check(item) && !PyUnicode_Check(item)
+                               ? PySequence_Tuple(item) : NULL;
+            if (kv == NULL || PyTuple_GET_SIZE(kv) != 2) {
+                PyErr_Clear();
+                if (kv == NULL)
+                    PyErr_Format(PyExc_TypeError,
+                                 "secure_scheme_headers: items() element #%zd "
+                                 "is a %.100s, not a (header, value) pair", i,
+                                 Py_TYPE(item)->tp_name);
+                else
+                    PyErr_Format(PyExc_TypeError,
+                                 "secure_scheme_headers: items() element #%zd "
+                                 "has length %zd; 2 is required", i,
+                                 PyTuple_GET_SIZE(kv));
+                Py_XDECREF(kv);
+                Py_CLEAR(self->secure_headers);
+                break;
+            }
             PyObject *name = PyTuple_GET_ITEM(kv, 0);
-            const char *s = PyUnicode_AsUTF8(name);
+            const char *s = NULL;
+            if (PyUnicode_Check(name))
+                s = PyUnicode_AsUTF8(name);
+            else
+                PyErr_Format(PyExc_TypeError,
+                             "secure scheme header names must be str, not "
+                             "%.100s", Py_TYPE(name)->tp_name);
             PyObject *key = s ? header_key(st, s, strlen(s)) : NULL;
             if (key == NULL) {
                 if (!PyErr_Occurred())
                     PyErr_Format(PyExc_ValueError,
                                  "secure scheme header %R has an underscore, "
                                  "such headers are dropped", name);
+                Py_DECREF(kv);
                 Py_CLEAR(self->secure_headers);
                 break;
             }
             PyObject *pair = PyTuple_Pack(2, key, PyTuple_GET_ITEM(kv, 1));
             Py_DECREF(key);
+            Py_DECREF(kv);
             if (pair == NULL) {
                 Py_CLEAR(self->secure_headers);
                 break;

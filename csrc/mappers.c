@@ -135,11 +135,18 @@ mapped_run(PyObject *op, PyObject *const *args, size_t nargsf,
     /* a legacy view: off the loop when there is one to keep free */
     if (!bridge_can_suspend(st))
         return invoke(st, self, context, request);
-    if (prepare_body_for_thread(st, request) < 0)
-        return NULL;
     PyObject *loop = PyObject_CallNoArgs(st->get_running_loop);
     if (loop == NULL)
         return NULL;
+    if (loop == Py_None) {
+        /* a request greenlet driven with no loop running: inline */
+        Py_DECREF(loop);
+        return invoke(st, self, context, request);
+    }
+    if (prepare_body_for_thread(st, request) < 0) {
+        Py_DECREF(loop);
+        return NULL;
+    }
     PyObject *fn = PyCFunction_New(&invoke_def, op);
     PyObject *fargs = fn ? PyTuple_Pack(2, context, request) : NULL;
     PyObject *fut = NULL, *r = NULL;

@@ -361,3 +361,20 @@ def test_mapped_view_is_c(make_app):
     assert type(mapped) is _core.MappedView
     with pytest.raises(TypeError, match="takes \\(context, request\\)"):
         mapped(1)
+
+
+def test_executor_view_in_a_greenlet_with_no_running_loop_runs_inline():
+    """A request greenlet driven with no loop running (its coroutine sent
+    to by hand): a legacy view runs right there, as with no loop at all."""
+    from pyramid.request import Request
+
+    from aiopyramid.helpers import spawn_greenlet
+
+    def view(request):
+        return "plain"
+
+    mapped = ExecutorMapper()(view)
+    coro = spawn_greenlet(mapped, None, Request.blank("/"))
+    with pytest.raises(StopIteration) as stop:
+        coro.send(None)
+    assert stop.value.value == "plain"

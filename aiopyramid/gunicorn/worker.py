@@ -32,7 +32,7 @@ import sys
 
 from gunicorn.workers import base
 
-from .. import _core
+from .. import _core, _executor
 
 __all__ = ["AsyncGunicornWorker", "AsyncioGunicornWorker"]
 
@@ -151,6 +151,9 @@ class AsyncGunicornWorker(base.Worker):
         asyncio.set_event_loop(None)
         self.loop = _new_loop(self.loop_kind)
         asyncio.set_event_loop(self.loop)
+        # an executor whose jobs, when a thread waits for the coroutine that
+        # submits them, run in that thread (no deadlock on a full pool)
+        self.loop.set_default_executor(_executor.Executor())
         self._raise_fd_limit()
         super().init_process()  # signals, app, then run()
 
@@ -372,6 +375,8 @@ class AsyncGunicornWorker(base.Worker):
                 self.notify()
                 await asyncio.sleep(0.05)
         server.abort()
+        # executor threads still waiting on coroutines give up now
+        _executor.stop_waiting(loop)
         # let the cancelled requests unwind
         for _ in range(20):
             if not server.active:

@@ -1,0 +1,163 @@
+"""Executor threads that wait on the loop run the loop's executor work.
+
+A legacy view runs in an executor thread.  When it calls a synchronized
+coroutine, the thread blocks until that coroutine, run on the loop,
+finishes.  If the coroutine itself waits on executor work (a
+``use_executor`` function, ``loop.run_in_executor(None, ...)``), that work
+would queue behind the very threads that wait for it, and with more such
+requests than threads none would ever finish.  As asgiref's
+``CurrentThreadExecutor`` does, the waiting thread runs that work itself:
+the coroutine's Task inherits a mark (a ContextVar) naming the waiting
+thread, and executor work submitted from that Task, on the loop, is handed
+to it instead of queued.
+
+The mark is read by ``_core`` (views and ``use_executor`` functions) and by
+:class:`Executor`, the pool the gunicorn worker makes the loop's default
+and ``aiopyramid.executor_threads`` creates, for plain
+``loop.run_in_executor`` calls.
+
+A waiting thread is bounded by its loop's life: when the loop closes, or
+the worker stops (:func:`stop_waiting`), it wakes with an error.
+"""
+import collections
+import concurrent.futures
+import threading
+from asyncio import events, futures, run_coroutine_threadsafe
+
+from ._core import _waiting_thread
+
+__all__ = ["Executor", "stop_waiting", "wait_in_thread"]
+
+#: seconds between a waiting thread's checks that its loop is still open
+POLL = 0.5
+
+_waiters = set()
+_waiters_lock = threading.Lock()
+
+
+class WaitingThread:
+    """An executor thread blocked on a coroutine running on ``loop``, which
+    meanwhile runs the executor jobs that coroutine submits."""
+
+    __slots__ = ("loop", "_cond", "_jobs", "_open", "_error")
+
+    def __init__(self, loop):
+        self.loop = loop
+        self._cond = threading.Condition(threading.Lock())
+        self._jobs = collections.deque()
+        self._open = True
+        self._error = None
+
+    def submit(self, fn, *args, **kwargs):
+        """A concurrent Future of ``fn(*args, **kwargs)`` run by the waiting
+        thread; None once it no longer waits, or when not called on the
+        loop's own thread (a job running here must not queue work behind
+        itself)."""
+        if events._get_running_loop() is not self.loop:
+            return None
+        f = concurrent.futures.Future()
+        with self._cond:
+            if not self._open:
+                return None
+            self._jobs.append((f, fn, args, kwargs))
+            self._cond.notify()
+        return f
+
+    def run_in_executor(self, loop, fn):
+        """``loop.run_in_executor`` done by the waiting thread (for _core);
+        None when it cannot take the job."""
+        f = self.submit(fn)
+        return None if f is None else futures.wrap_future(f, loop=loop)
+
+    def stop(self, error):
+        """Wakes the waiting thread, which raises ``error``."""
+        with self._cond:
+            if self._error is None:
+                self._error = error
+            self._cond.notify()
+
+    def _wake(self, _future):
+        with self._cond:
+            self._cond.notify()
+
+    def wait(self, cf):
+        """Runs handed jobs until ``cf`` (the coroutine's) is done; its
+        result."""
+        cf.add_done_callback(self._wake)
+        while True:
+            with self._cond:
+                while not self._jobs and not cf.done() and self._error is None:
+                    self._cond.wait(POLL)
+                    if self._error is None and self.loop.is_closed():
+                        self._error = RuntimeError(
+                            "the event loop closed while this thread waited "
+                            "for a synchronized coroutine"
+                        )
+                if self._error is not None:
+                    self._open = False
+                    dropped = list(self._jobs)
+                    self._jobs.clear()
+                    error = self._error
+                    break
+                if not self._jobs:
+                    self._open = False
+                    return cf.result()
+                f, fn, args, kwargs = self._jobs.popleft()
+            if f.set_running_or_notify_cancel():
+                try:
+                    r = fn(*args, **kwargs)
+                except BaseException as e:
+                    f.set_exception(e)
+                    del e
+                else:
+                    f.set_result(r)
+        # the loop is gone or the worker stops: nothing will finish these
+        if not self.loop.is_closed():
+            cf.cancel()
+            for f, *_ in dropped:
+                f.cancel()
+        raise error
+
+
+def wait_in_thread(coro, loop):
+    """Runs ``coro`` on ``loop`` (running in another thread) and waits for
+    its result here, running the executor jobs it submits meanwhile."""
+    waiter = WaitingThread(loop)
+    token = _waiting_thread.set(waiter)
+    try:
+        cf = run_coroutine_threadsafe(coro, loop)
+    except BaseException:
+        coro.close()
+        raise
+    finally:
+        _waiting_thread.reset(token)
+    with _waiters_lock:
+        _waiters.add(waiter)
+    try:
+        return waiter.wait(cf)
+    finally:
+        with _waiters_lock:
+            _waiters.discard(waiter)
+
+
+def stop_waiting(loop, message="the server is stopping"):
+    """Wakes every thread waiting on a coroutine of ``loop`` with a
+    RuntimeError (the worker calls it when it stops)."""
+    with _waiters_lock:
+        waiters = [w for w in _waiters if w.loop is loop]
+    for w in waiters:
+        w.stop(RuntimeError(message))
+    return len(waiters)
+
+
+class Executor(concurrent.futures.ThreadPoolExecutor):
+    """A ThreadPoolExecutor that hands a job submitted by a synchronized
+    coroutine, whose caller's thread waits for it, to that thread."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        waiter = _waiting_thread.get(None)
+        if waiter is not None:
+            f = waiter.submit(fn, *args, **kwargs)
+            if f is not None:
+                return f
+        return super().submit(fn, *args, **kwargs)
