@@ -113,6 +113,13 @@ async def die(request):
     raise SystemExit(int(request.params.get("code", "3")))
 
 
+def die_legacy(request):
+    """The same in a plain view, run in the executor."""
+    if request.params.get("kind") == "kbi":
+        raise KeyboardInterrupt
+    raise SystemExit(int(request.params.get("code", "3")))
+
+
 def hostile_main(global_config=None, **settings):
     """The e2e app plus the views above, and raw WSGI answers under /raw/
     (hop-by-hop headers and statuses Pyramid would not let through)."""
@@ -120,7 +127,8 @@ def hostile_main(global_config=None, **settings):
         config.include("aiopyramid")
         for name, view in [("hello", hello), ("env", env), ("sleep", sleep),
                            ("big", big), ("endless", endless), ("zerofile", zerofile),
-                           ("streamed", streamed), ("die", die)]:
+                           ("streamed", streamed), ("die", die),
+                           ("die_legacy", die_legacy)]:
             config.add_route(name, "/" + name)
             config.add_view(view, route_name=name)
         pyramid_app = config.make_wsgi_app()

@@ -4,6 +4,7 @@ fails the test; memory is the worker's RSS.  The figures each test measures
 are printed (run with -s to see them)."""
 import asyncio
 import json
+import os
 import re
 import signal
 import socket
@@ -21,6 +22,7 @@ psutil = pytest.importorskip("psutil")
 pytest.importorskip("gunicorn")
 
 APP = "http_e2e_app:hostile_main()"
+ASAN = bool(os.environ.get("AIOPYRAMID_ASAN"))
 MIB = 1024 * 1024
 
 
@@ -144,7 +146,8 @@ def test_pipelined_responses_wait_for_the_client_to_read(gunicorn):
         # and once the client reads, every answer comes, in order
         rs = read_responses(s, n, timeout=60)
         assert rs == [(200, MIB)] * n
-        assert rss_mib(worker) - before < 48
+        if not ASAN:  # ASan keeps freed memory in quarantine
+            assert rss_mib(worker) - before < 48
     finally:
         s.close()
 
@@ -293,13 +296,15 @@ def test_a_long_inline_response_does_not_starve_others(gunicorn, path):
 
 # -- 5. SystemExit and KeyboardInterrupt from a view -------------------------
 
-@pytest.mark.parametrize("query", ["code=3", "code=3&after=1", "kind=kbi", "kind=kbi&after=1",
-                                   "code=0&after=1"])
-def test_systemexit_in_a_view_is_a_500(gunicorn, query):
+@pytest.mark.parametrize("target", ["/die?code=3", "/die?code=3&after=1", "/die?kind=kbi",
+                                    "/die?kind=kbi&after=1", "/die?code=0&after=1",
+                                    "/die_legacy?code=3", "/die_legacy?kind=kbi"])
+def test_systemexit_in_a_view_is_a_500(gunicorn, target):
     srv = gunicorn(app=APP)
+    query = target
     pid = json.loads(http_get(srv.port, "/env")[1])["pid"]
     data, _ = blocking_exchange(
-        srv.port, b"GET /die?%s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % query.encode())
+        srv.port, b"GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % target.encode())
     (r,) = parse_all(data)
     assert r.status == 500
     # the same worker goes on, and the master is up
