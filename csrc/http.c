@@ -596,6 +596,7 @@ request_dealloc(PyObject *op)
 
 /* start_response(status, headers, exc_info=None) */
 static PyObject *request_write_method(PyObject *self, PyObject *data);
+static int yield_to_loop(modstate *st);
 static PyMethodDef write_def = {
     "write", request_write_method, METH_O,
     "write(data)\n--\n\nThe legacy WSGI write callable."};
@@ -970,6 +971,7 @@ request_write_method(PyObject *self, PyObject *data)
     if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
         return NULL;
     int rc = 0;
+    long long before = r->resp_written;
     if (view.len > 0)
         rc = write_chunk(r, view.buf, (size_t)view.len, -1);
     PyBuffer_Release(&view);
@@ -982,6 +984,9 @@ request_write_method(PyObject *self, PyObject *data)
                         "the client disconnected");
         return NULL;
     }
+    if (before / INLINE_YIELD_BYTES != r->resp_written / INLINE_YIELD_BYTES &&
+        yield_to_loop(proto_state(r->proto)) < 0)
+        return NULL; /* a long response lets the others run */
     Py_RETURN_NONE;
 }
 

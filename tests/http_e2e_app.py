@@ -134,9 +134,17 @@ def hostile_main(global_config=None, **settings):
         pyramid_app = config.make_wsgi_app()
 
     def app(environ, start_response):
+        global STREAMED
         path = environ["PATH_INFO"]
         if not path.startswith("/raw/"):
             return pyramid_app(environ, start_response)
+        if path == "/raw/writer":
+            # the legacy write() callable, for ever
+            write = start_response("200 OK", [("Content-Type", "text/plain")])
+            chunk = b"w" * 65536
+            while True:
+                STREAMED += 1
+                write(chunk)
         qs = dict(p.split("=", 1) for p in environ["QUERY_STRING"].split("&") if "=" in p)
         status = qs.get("status", "200").replace("+", " ")
         if " " not in status:

@@ -233,7 +233,7 @@ def test_worker_recovers_from_running_out_of_descriptors(start_server):
 
 # -- 4. a client gone during a response that never suspends ------------------
 
-@pytest.mark.parametrize("path", ["/endless", "/zerofile"])
+@pytest.mark.parametrize("path", ["/endless", "/zerofile", "/raw/writer"])
 def test_an_endless_inline_response_stops_when_the_client_goes(gunicorn, path):
     srv = gunicorn(app=APP)
     worker = worker_of(srv)
@@ -262,7 +262,7 @@ def test_an_endless_inline_response_stops_when_the_client_goes(gunicorn, path):
     assert first[1] == second[1], "the response is still being produced"
 
 
-@pytest.mark.parametrize("path", ["/endless", "/zerofile"])
+@pytest.mark.parametrize("path", ["/endless", "/raw/writer"])
 def test_a_long_inline_response_does_not_starve_others(gunicorn, path):
     srv = gunicorn(app=APP)
     s = socket.socket()
