@@ -80,6 +80,7 @@ struct HttpProtocol {
     double head_started;  /* when this head's first byte came; 0: none */
     PyObject *environ;          /* being built, until headers are complete */
     int err_status;             /* 414/431 from a limit, or 0 */
+    const char *err_message;    /* and what it says (a static string) */
     int read_paused;            /* PAUSE_* bits */
     int write_paused;
     int closed;                 /* connection_lost, or closing */
@@ -343,19 +344,29 @@ reason_of(int status)
     }
 }
 
+/* The status's reason phrase, and `message` (the reason when NULL) as the
+ * body, as gunicorn tells what was wrong. */
 static void
-respond_error_and_close(HttpProtocol *p, int status)
+respond_message_and_close(HttpProtocol *p, int status, const char *message)
 {
     char buf[512];
     const char *reason = reason_of(status);
+    if (message == NULL || strlen(message) > 200)
+        message = reason;
     int n = snprintf(buf, sizeof(buf),
                      "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\n"
                      "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
-                     status, reason, strlen(reason), reason);
+                     status, reason, strlen(message), message);
     if (n > 0 && (size_t)n < sizeof(buf) && proto_write(p, buf, (size_t)n) < 0)
         PyErr_Clear();
     p->broken = 1;
     proto_close(p);
+}
+
+static void
+respond_error_and_close(HttpProtocol *p, int status)
+{
+    respond_message_and_close(p, status, NULL);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1709,6 +1720,7 @@ static int
 limit_error(llhttp_t *parser, int status, const char *reason)
 {
     PROTO(parser)->err_status = status;
+    PROTO(parser)->err_message = reason;
     llhttp_set_error_reason(parser, reason);
     return HPE_USER;
 }
@@ -2114,7 +2126,11 @@ feed(HttpProtocol *p)
             }
             else {
                 proto_release_request(p);
-                respond_error_and_close(p, status);
+                /* a limit or rule of ours says which (a Host, the scheme
+                 * headers, a size); llhttp's own errors get the reason */
+                respond_message_and_close(
+                    p, status, p->err_status && status == p->err_status
+                                   ? p->err_message : NULL);
             }
             break;
         }
@@ -2163,6 +2179,7 @@ proto_new(modstate *st, HttpServer *srv)
     p->host_fields = 0;
     p->head_started = 0;
     p->err_status = 0;
+    p->err_message = NULL;
     p->read_paused = p->write_paused = 0;
     p->closed = p->waiting = p->broken = p->trusted = p->upgrade = 0;
     p->feeding = p->scheme = 0;

@@ -459,6 +459,8 @@ def test_contradictory_scheme_headers_are_refused(gunicorn):
             srv.port, b"GET /env HTTP/1.1\r\nHost: t\r\n%sConnection: close\r\n\r\n"
             % b"".join(h + b"\r\n" for h in headers))
         (r,) = parse_all(data)
+        if r.status == 400:
+            assert r.body == b"Contradictory scheme headers", data
         return r.status, (json.loads(r.body)["wsgi.url_scheme"] if r.status == 200 else None)
 
     assert scheme(b"X-Forwarded-Proto: http", b"X-Forwarded-Protocol: ssl") == (400, None)
