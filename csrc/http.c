@@ -2979,7 +2979,9 @@ static PyMethodDef server_methods[] = {
      "send its first request).  With client_wait >= 0, also answer 408 to a "
      "request head still incomplete after client_wait seconds, and drop a "
      "connection whose request has waited that long on its client (for body "
-     "bytes, or to read the response); returns how many."},
+     "bytes, or to read the response), or whose transport has held unsent "
+     "bytes that long, the response over or not (a send timeout); returns "
+     "how many."},
     {"shutdown", (PyCFunction)(void (*)(void))server_shutdown, METH_FASTCALL,
      "shutdown(linger=0)\n--\n\nClose connections idle for linger seconds "
      "now and the others after their response; no keep-alive from now on "
