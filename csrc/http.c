@@ -2083,10 +2083,11 @@ feed(HttpProtocol *p)
         return; /* the outer call goes on where this one would */
     Py_INCREF(p);
     p->feeding = 1;
-    /* no new request while the client does not read the responses: memory
-     * per connection stays bounded by the transport's buffer */
-    while (!p->closed && !p->broken && !p->waiting && !p->write_paused &&
-           p->rpos < p->rlen) {
+    /* no new request while the client does not read the responses (the
+     * body of the one in progress still comes): memory per connection
+     * stays bounded by the transport's buffer */
+    while (!p->closed && !p->broken && !p->waiting && p->rpos < p->rlen &&
+           !(p->write_paused && (p->req == NULL || p->req->body_done))) {
         const char *start = p->rbuf + p->rpos;
         size_t n = p->rlen - p->rpos;
         llhttp_errno_t err = llhttp_execute(&p->parser, start, n);

@@ -499,3 +499,37 @@ def test_access_log_shows_content_type_and_length(gunicorn):
     while time.monotonic() < deadline and "POST /hello" not in srv.log():
         time.sleep(0.05)
     assert "POST /hello HTTP/1.1 ct=text/x-thing cl=3" in srv.log(), srv.log()
+
+
+# -- back-pressure stops new requests, not the body of the one in progress ----
+
+def test_a_paused_write_still_lets_the_body_in_progress_come():
+    from .test_http_feed import connect, spin
+
+    loop = asyncio.new_event_loop()
+    got = []
+    holder = {}
+
+    def app(environ, start_response):
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write(b"early ")
+        holder["proto"].pause_writing()  # the client reads nothing until it has sent all
+        got.append(environ["wsgi.input"].read())
+        return [b"late"]
+
+    try:
+        server, proto, t = connect(loop, app)
+        holder["proto"] = proto
+        proto.data_received(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\n")
+        spin(loop)
+        proto.data_received(b"hello")
+        spin(loop)
+        assert got == [b"hello"]
+        proto.resume_writing()
+        spin(loop)
+        (r,) = parse_all(bytes(t.out))
+        assert r.body == b"early late"
+        proto.connection_lost(None)
+        spin(loop)
+    finally:
+        loop.close()
