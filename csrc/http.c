@@ -45,6 +45,8 @@ typedef struct {
     double keepalive;
     int shutting_down;
     unsigned long long requests;
+    unsigned long long max_requests; /* 0: none; on_limit called at it */
+    PyObject *on_limit;
     Py_ssize_t active;
     time_t date_time;
     char date[64];
@@ -52,6 +54,11 @@ typedef struct {
 } HttpServer;
 
 enum { PAUSE_BODY = 1, PAUSE_PIPELINE = 2 };
+
+/* A response longer than this, iterated without suspending, lets the loop
+ * run between its chunks (one response must not starve the others). */
+#define INLINE_YIELD_BYTES (1024 * 1024)
+#define INLINE_YIELD_CHUNKS 256
 
 struct HttpProtocol {
     PyObject_HEAD
@@ -73,6 +80,7 @@ struct HttpProtocol {
     double head_started;  /* when this head's first byte came; 0: none */
     PyObject *environ;          /* being built, until headers are complete */
     int err_status;             /* 414/431 from a limit, or 0 */
+    const char *err_message;    /* and what it says (a static string) */
     int read_paused;            /* PAUSE_* bits */
     int write_paused;
     int closed;                 /* connection_lost, or closing */
@@ -80,6 +88,9 @@ struct HttpProtocol {
     int broken;                 /* no more parsing: close after the response */
     int trusted;                /* peer in forwarded_allow_ips */
     int upgrade;
+    int feeding;                /* inside feed(): no re-entry */
+    int scheme;                 /* from secure scheme headers: 0, 1 http, 2 https */
+    Py_ssize_t wsize_seen;      /* write buffer size when last looked at */
     unsigned long served;       /* responses completed on this connection */
     double last_activity;
 };
@@ -101,7 +112,7 @@ struct HttpRequest {
     int status_code;
     int body_done, body_error;
     int head, http11, keep_alive, expect_continue, continue_sent;
-    int started, headers_sent, chunked, app_chunked, response_done;
+    int started, headers_sent, chunked, response_done;
     int close_after;
 };
 
@@ -224,12 +235,37 @@ proto_write_bytes(HttpProtocol *p, PyObject *data)
         return 0;
     PyObject *r = PyObject_CallOneArg(p->write, data);
     if (r == NULL) {
-        /* a transport closed under us: the response is lost, not the loop */
+        /* a transport closed under us: the response is lost, not the loop;
+         * nothing more is written on it */
         PyErr_Clear();
+        p->closed = 1;
         return 0;
     }
     Py_DECREF(r);
     return 1;
+}
+
+/* True once the connection is gone or going: a failed send makes the
+ * transport close (and drop later writes silently) before connection_lost
+ * runs, so a response iterated inline asks the transport itself. */
+static int
+proto_gone(HttpProtocol *p)
+{
+    if (p->closed || p->transport == NULL)
+        return 1;
+    PyObject *r = PyObject_CallMethodNoArgs(p->transport,
+                                            HSTR(proto_state(p), IS_CLOSING));
+    if (r == NULL) {
+        PyErr_Clear(); /* a transport without is_closing(): trust write() */
+        return 0;
+    }
+    int gone = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    if (gone < 0)
+        PyErr_Clear();
+    if (gone > 0)
+        p->closed = 1;
+    return gone > 0;
 }
 
 static int
@@ -321,19 +357,29 @@ reason_of(int status)
     }
 }
 
+/* The status's reason phrase, and `message` (the reason when NULL) as the
+ * body, as gunicorn tells what was wrong. */
 static void
-respond_error_and_close(HttpProtocol *p, int status)
+respond_message_and_close(HttpProtocol *p, int status, const char *message)
 {
     char buf[512];
     const char *reason = reason_of(status);
+    if (message == NULL || strlen(message) > 200)
+        message = reason;
     int n = snprintf(buf, sizeof(buf),
                      "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\n"
                      "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
-                     status, reason, strlen(reason), reason);
+                     status, reason, strlen(message), message);
     if (n > 0 && (size_t)n < sizeof(buf) && proto_write(p, buf, (size_t)n) < 0)
         PyErr_Clear();
     p->broken = 1;
     proto_close(p);
+}
+
+static void
+respond_error_and_close(HttpProtocol *p, int status)
+{
+    respond_message_and_close(p, status, NULL);
 }
 
 /* ------------------------------------------------------------------ */
@@ -527,7 +573,7 @@ request_new(modstate *st, HttpProtocol *p, PyObject *environ)
     r->body_done = r->body_error = 0;
     r->head = r->http11 = r->keep_alive = 0;
     r->expect_continue = r->continue_sent = 0;
-    r->started = r->headers_sent = r->chunked = r->app_chunked = 0;
+    r->started = r->headers_sent = r->chunked = 0;
     r->response_done = r->close_after = 0;
     PyObject_GC_Track(r);
     return r;
@@ -574,6 +620,7 @@ request_dealloc(PyObject *op)
 
 /* start_response(status, headers, exc_info=None) */
 static PyObject *request_write_method(PyObject *self, PyObject *data);
+static int yield_to_loop(modstate *st);
 static PyMethodDef write_def = {
     "write", request_write_method, METH_O,
     "write(data)\n--\n\nThe legacy WSGI write callable."};
@@ -685,6 +732,23 @@ is_token(const char *s, Py_ssize_t n)
     return 1;
 }
 
+/* The hop-by-hop headers gunicorn drops from an app's response (its
+ * util.hop_headers but Connection, handled apart, and Server and Date). */
+static int
+is_hop_by_hop(const char *name, Py_ssize_t n)
+{
+    static const char *const names[] = {
+        "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+        "trailers", "transfer-encoding", "upgrade", NULL};
+    if (n != 2 && n != 7 && n != 8 && n != 10 && n != 17 && n != 18 &&
+        n != 19)
+        return 0;
+    for (int i = 0; names[i] != NULL; i++)
+        if ((size_t)n == strlen(names[i]) && strncasecmp(name, names[i], n) == 0)
+            return 1;
+    return 0;
+}
+
 static int
 bodyless_status(int code)
 {
@@ -725,6 +789,13 @@ render_head(HttpRequest *r, wbuf *b, long long known)
     Py_ssize_t n;
     if (latin1_view(r->status, &s, &n, "status") < 0)
         return -1;
+    if (r->status_code < 200) {
+        /* an interim status is no answer: the client would wait on */
+        PyErr_Format(PyExc_ValueError,
+                     "the WSGI application's final status must be 200 or "
+                     "more; %R is an interim response", r->status);
+        return -1;
+    }
     if (WB_LIT(b, "HTTP/1.1 ") < 0 || wb_put(b, s, (size_t)n) < 0 ||
         WB_LIT(b, "\r\n") < 0)
         return -1;
@@ -761,6 +832,8 @@ render_head(HttpRequest *r, wbuf *b, long long known)
                 r->close_after = 1;
             continue;
         }
+        if (is_hop_by_hop(name, nl))
+            continue; /* the server frames the body itself, as gunicorn */
         if (nl == 14 && strncasecmp(name, "content-length", 14) == 0) {
             long long v = 0;
             int ok = vl > 0 && vl <= 18;
@@ -783,10 +856,11 @@ render_head(HttpRequest *r, wbuf *b, long long known)
                 return -1;
             }
             r->resp_length = v;
-        }
-        else if (nl == 17 && strncasecmp(name, "transfer-encoding", 17) == 0) {
-            /* the app frames its own body: it ends with the connection */
-            r->app_chunked = 1;
+            if (r->status_code == 204) {
+                /* RFC 9110 8.6: never on a 204 (gunicorn strips it) */
+                r->resp_length = -1;
+                continue;
+            }
         }
         else if (nl == 4 && strncasecmp(name, "date", 4) == 0) {
             has_date = 1;
@@ -800,10 +874,7 @@ render_head(HttpRequest *r, wbuf *b, long long known)
         if (wb_put(b, srv->date, srv->date_len) < 0)
             return -1;
     }
-    if (r->app_chunked) {
-        r->close_after = 1;
-    }
-    else if (r->resp_length < 0 && !bodyless_status(r->status_code)) {
+    if (r->resp_length < 0 && !bodyless_status(r->status_code)) {
         if (known >= 0) {
             char num[48];
             int k = snprintf(num, sizeof(num), "Content-Length: %lld\r\n",
@@ -826,6 +897,8 @@ render_head(HttpRequest *r, wbuf *b, long long known)
     }
     if (!r->keep_alive || srv->shutting_down || srv->keepalive <= 0 ||
         p->broken || p->upgrade ||
+        (srv->max_requests &&
+         srv->requests + (unsigned long long)srv->active >= srv->max_requests) ||
         (r->expect_continue && !r->continue_sent && !r->body_done))
         r->close_after = 1;
     if (r->close_after) {
@@ -896,15 +969,14 @@ write_chunk(HttpRequest *r, const char *data, size_t n, long long known)
 {
     wbuf b = {NULL, 0, 0};
     int rc = -1;
-    int first = !r->headers_sent;
-    if (first) {
+    if (!r->headers_sent) {
         if (render_head(r, &b, known) < 0)
             goto done;
         r->headers_sent = 1;
     }
     if (frame_body(r, &b, data, n) < 0)
         goto done;
-    rc = send_wbuf(r, &b, !first);
+    rc = send_wbuf(r, &b, 1);
 done:
     PyMem_Free(b.p);
     return rc;
@@ -923,11 +995,22 @@ request_write_method(PyObject *self, PyObject *data)
     if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
         return NULL;
     int rc = 0;
+    long long before = r->resp_written;
     if (view.len > 0)
         rc = write_chunk(r, view.buf, (size_t)view.len, -1);
     PyBuffer_Release(&view);
     if (rc < 0)
         return NULL;
+    if (view.len > 0 && (r->proto == NULL || proto_gone(r->proto))) {
+        /* as a failed send raises in gunicorn's workers: a writer in a
+         * loop stops here */
+        PyErr_SetString(PyExc_ConnectionResetError,
+                        "the client disconnected");
+        return NULL;
+    }
+    if (before / INLINE_YIELD_BYTES != r->resp_written / INLINE_YIELD_BYTES &&
+        yield_to_loop(proto_state(r->proto)) < 0)
+        return NULL; /* a long response lets the others run */
     Py_RETURN_NONE;
 }
 
@@ -962,6 +1045,17 @@ request_finish(HttpRequest *r)
     r->response_done = 1;
     srv->requests++;
     srv->active--;
+    if (srv->max_requests && srv->requests == srv->max_requests) {
+        /* exactly max_requests: from now on every response closes its
+         * connection, and the owner stops accepting */
+        srv->shutting_down = 1;
+        if (srv->on_limit != NULL) {
+            PyObject *res = PyObject_CallNoArgs(srv->on_limit);
+            if (res == NULL)
+                log_error(srv, "Error in the max_requests callback");
+            Py_XDECREF(res);
+        }
+    }
     request_access_log(r);
     wake(proto_state(p), &r->body_waiter);
     if (r->resp_length >= 0 && r->resp_written < r->resp_length &&
@@ -1011,6 +1105,25 @@ call_close(PyObject *iterable)
     return rc;
 }
 
+/* Lets the loop run once (asyncio.sleep(0)), in the request greenlet. */
+static int
+yield_to_loop(modstate *st)
+{
+    PyObject *mod = PyImport_ImportModule("asyncio");
+    if (mod == NULL)
+        return -1;
+    PyObject *coro = PyObject_CallMethod(mod, "sleep", "i", 0);
+    Py_DECREF(mod);
+    if (coro == NULL)
+        return -1;
+    PyObject *r = bridge_await(st, coro, 0);
+    Py_DECREF(coro);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
 /* Writes the app's result.  The common case, a list or tuple, goes out in
  * one write with its Content-Length. */
 static int
@@ -1058,7 +1171,8 @@ send_result(HttpRequest *r, PyObject *result)
             if (r->chunked && WB_LIT(&b, "0\r\n\r\n") < 0)
                 goto fail;
             r->chunked = 0;
-            rc = send_wbuf(r, &b, 0);
+            /* b holds copies: the list may change while this waits */
+            rc = send_wbuf(r, &b, 1);
         fail:
             PyMem_Free(b.p);
             return rc;
@@ -1071,6 +1185,7 @@ send_result(HttpRequest *r, PyObject *result)
         if (it == NULL)
             return -1;
         PyObject *item;
+        size_t since_yield = 0, chunks = 0;
         while ((item = PyIter_Next(it)) != NULL) {
             Py_buffer view;
             if (!PyBytes_Check(item)) {
@@ -1087,12 +1202,19 @@ send_result(HttpRequest *r, PyObject *result)
             int rc = view.len > 0
                          ? write_chunk(r, view.buf, (size_t)view.len, -1)
                          : 0;
+            since_yield += (size_t)view.len;
             PyBuffer_Release(&view);
             Py_DECREF(item);
             if (rc < 0)
                 break;
-            if (r->proto->closed)
+            if (proto_gone(r->proto))
                 break; /* nobody is listening any more */
+            if (++chunks >= INLINE_YIELD_CHUNKS ||
+                since_yield >= INLINE_YIELD_BYTES) {
+                chunks = since_yield = 0;
+                if (yield_to_loop(proto_state(r->proto)) < 0)
+                    break;
+            }
         }
         Py_DECREF(it);
         if (PyErr_Occurred())
@@ -1154,6 +1276,22 @@ respond_500(HttpRequest *r)
     respond_failure(r, 500);
 }
 
+/* The current exception is the request's cancellation: a killed greenlet,
+ * a closed coroutine, or a CancelledError once the client is gone (only
+ * then does the connection cancel the request's Task). */
+static int
+request_cancelled(modstate *st, HttpProtocol *p)
+{
+    if (PyErr_ExceptionMatches(PyExc_Exception))
+        return 0;
+    if (PyErr_ExceptionMatches(st->GreenletExit) ||
+        PyErr_ExceptionMatches(PyExc_GeneratorExit))
+        return 1;
+    if (PyErr_ExceptionMatches(st->CancelledError))
+        return p->closed;
+    return 0;
+}
+
 /* run_request(req): the job of a request greenlet. */
 static PyObject *
 run_request(PyObject *module, PyObject *arg)
@@ -1174,7 +1312,10 @@ run_request(PyObject *module, PyObject *arg)
     Py_XDECREF(result);
     PyObject *ret = Py_None;
     if (!ok) {
-        if (PyErr_ExceptionMatches(PyExc_Exception)) {
+        /* SystemExit, KeyboardInterrupt and the like raised by the app are
+         * its errors too (gunicorn's workers answer them 500): only our
+         * own cancellation ends the greenlet's job by an exception */
+        if (!request_cancelled(st, p)) {
             if (r->body_error) {
                 /* the client's malformed body made the app fail */
                 PyErr_Clear();
@@ -1664,6 +1805,7 @@ static int
 limit_error(llhttp_t *parser, int status, const char *reason)
 {
     PROTO(parser)->err_status = status;
+    PROTO(parser)->err_message = reason;
     llhttp_set_error_reason(parser, reason);
     return HPE_USER;
 }
@@ -1676,6 +1818,7 @@ on_message_begin(llhttp_t *parser)
     p->nfields = 0;
     p->line_len = 0;
     p->host_fields = 0;
+    p->scheme = 0;
     p->head_started = monotonic();
     Py_CLEAR(p->environ);
     return 0;
@@ -1754,6 +1897,58 @@ ensure_environ(HttpProtocol *p)
     return 0;
 }
 
+/* A secure scheme header from a trusted proxy, judged occurrence by
+ * occurrence as gunicorn does (Message._apply_header_policy): each says
+ * https when its value is the expected one, http otherwise, and two that
+ * disagree are refused. */
+static int
+scheme_header(HttpProtocol *p, const char *name, size_t nlen,
+              const char *value, size_t vlen)
+{
+    PyObject *pairs = p->server->secure_headers;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(pairs); i++) {
+        PyObject *key = PyTuple_GET_ITEM(PyTuple_GET_ITEM(pairs, i), 0);
+        if (PyUnicode_GET_LENGTH(key) != (Py_ssize_t)nlen + 5 ||
+            PyUnicode_KIND(key) != PyUnicode_1BYTE_KIND)
+            continue;
+        const char *k = (const char *)PyUnicode_1BYTE_DATA(key) + 5;
+        size_t j = 0;
+        for (; j < nlen; j++) {
+            char c = name[j];
+            if (c == '_')
+                break; /* such headers are dropped */
+            if (c >= 'a' && c <= 'z')
+                c -= 32;
+            else if (c == '-')
+                c = '_';
+            if (c != k[j])
+                break;
+        }
+        if (j < nlen)
+            continue;
+        while (vlen > 0 && (value[vlen - 1] == ' ' || value[vlen - 1] == '\t'))
+            vlen--;
+        while (vlen > 0 && (value[0] == ' ' || value[0] == '\t')) {
+            value++;
+            vlen--;
+        }
+        PyObject *v = PyUnicode_DecodeLatin1(value, (Py_ssize_t)vlen, NULL);
+        if (v == NULL)
+            return cb_error(p);
+        int eq = PyObject_RichCompareBool(
+            v, PyTuple_GET_ITEM(PyTuple_GET_ITEM(pairs, i), 1), Py_EQ);
+        Py_DECREF(v);
+        if (eq < 0)
+            return cb_error(p);
+        int scheme = eq ? 2 : 1;
+        if (p->scheme != 0 && p->scheme != scheme)
+            return limit_error(&p->parser, 400, "Contradictory scheme headers");
+        p->scheme = scheme;
+        return 0;
+    }
+    return 0;
+}
+
 static int
 on_header_value_complete(llhttp_t *parser)
 {
@@ -1769,6 +1964,12 @@ on_header_value_complete(llhttp_t *parser)
     }
     if (p->field_len == 4 && strncasecmp(name, "host", 4) == 0)
         p->host_fields++;
+    if (p->trusted && PyTuple_GET_SIZE(p->server->secure_headers) > 0) {
+        int rc = scheme_header(p, name, p->field_len, name + p->field_len,
+                               vlen);
+        if (rc != 0)
+            return rc;
+    }
     if (ensure_environ(p) < 0 ||
         environ_add_header(st, p->environ, name, p->field_len,
                            name + p->field_len, vlen) < 0)
@@ -1802,25 +2003,10 @@ on_headers_complete(llhttp_t *parser)
                        http11 ? HSTR(st, HTTP11) : HSTR(st, HTTP10)) < 0 ||
         environ_set_url(srv, st, env, p->sbuf, p->url_len) < 0)
         return cb_error(p);
-    if (p->trusted && PyTuple_GET_SIZE(srv->secure_headers) > 0) {
-        /* a trusted proxy tells the scheme */
-        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(srv->secure_headers); i++) {
-            PyObject *pair = PyTuple_GET_ITEM(srv->secure_headers, i);
-            PyObject *v = PyDict_GetItemWithError(env, PyTuple_GET_ITEM(pair, 0));
-            if (v == NULL) {
-                if (PyErr_Occurred())
-                    return cb_error(p);
-                continue;
-            }
-            int eq = PyObject_RichCompareBool(v, PyTuple_GET_ITEM(pair, 1), Py_EQ);
-            if (eq < 0)
-                return cb_error(p);
-            if (PyDict_SetItem(env, HSTR(st, WSGI_URL_SCHEME),
-                               eq ? HSTR(st, HTTPS) : HSTR(st, HTTP)) < 0)
-                return cb_error(p);
-            break;
-        }
-    }
+    if (p->scheme != 0 &&
+        PyDict_SetItem(env, HSTR(st, WSGI_URL_SCHEME),
+                       p->scheme == 2 ? HSTR(st, HTTPS) : HSTR(st, HTTP)) < 0)
+        return cb_error(p); /* a trusted proxy told the scheme */
     HttpRequest *r = request_new(st, p, env);
     if (r == NULL)
         return cb_error(p);
@@ -1978,8 +2164,15 @@ body_error(HttpProtocol *p)
 static void
 feed(HttpProtocol *p)
 {
+    if (p->feeding)
+        return; /* the outer call goes on where this one would */
     Py_INCREF(p);
-    while (!p->closed && !p->broken && !p->waiting && p->rpos < p->rlen) {
+    p->feeding = 1;
+    /* no new request while the client does not read the responses (the
+     * body of the one in progress still comes): memory per connection
+     * stays bounded by the transport's buffer */
+    while (!p->closed && !p->broken && !p->waiting && p->rpos < p->rlen &&
+           !(p->write_paused && (p->req == NULL || p->req->body_done))) {
         const char *start = p->rbuf + p->rpos;
         size_t n = p->rlen - p->rpos;
         llhttp_errno_t err = llhttp_execute(&p->parser, start, n);
@@ -2019,7 +2212,11 @@ feed(HttpProtocol *p)
             }
             else {
                 proto_release_request(p);
-                respond_error_and_close(p, status);
+                /* a limit or rule of ours says which (a Host, the scheme
+                 * headers, a size); llhttp's own errors get the reason */
+                respond_message_and_close(
+                    p, status, p->err_status && status == p->err_status
+                                   ? p->err_message : NULL);
             }
             break;
         }
@@ -2043,8 +2240,9 @@ feed(HttpProtocol *p)
         p->rlen -= p->rpos;
         p->rpos = 0;
     }
-    if (p->waiting && p->rlen > 65536)
+    if ((p->waiting || p->write_paused) && p->rlen > 65536)
         set_read_paused(p, PAUSE_PIPELINE, 1);
+    p->feeding = 0;
     Py_DECREF(p);
 }
 
@@ -2067,8 +2265,11 @@ proto_new(modstate *st, HttpServer *srv)
     p->host_fields = 0;
     p->head_started = 0;
     p->err_status = 0;
+    p->err_message = NULL;
     p->read_paused = p->write_paused = 0;
     p->closed = p->waiting = p->broken = p->trusted = p->upgrade = 0;
+    p->feeding = p->scheme = 0;
+    p->wsize_seen = 0;
     p->served = 0;
     p->last_activity = monotonic();
     llhttp_init(&p->parser, HTTP_REQUEST, &parser_settings);
@@ -2370,6 +2571,12 @@ proto_resume_writing(PyObject *op, PyObject *unused)
     p->write_paused = 0;
     p->last_activity = monotonic(); /* the client reads: progress */
     wake(proto_state(p), &p->drain_waiter);
+    if (!p->closed && !p->waiting && p->rpos < p->rlen) {
+        /* pipelined requests waited for the client to read */
+        feed(p);
+        if (!p->waiting && !p->write_paused)
+            set_read_paused(p, PAUSE_PIPELINE, 0);
+    }
     Py_RETURN_NONE;
 }
 
@@ -2636,6 +2843,7 @@ server_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(s->forwarded_allow);
     Py_VISIT(s->trust_check);
     Py_VISIT(s->connections);
+    Py_VISIT(s->on_limit);
     return 0;
 }
 
@@ -2655,6 +2863,7 @@ server_clear(PyObject *op)
     Py_CLEAR(s->forwarded_allow);
     Py_CLEAR(s->trust_check);
     Py_CLEAR(s->connections);
+    Py_CLEAR(s->on_limit);
     return 0;
 }
 
@@ -2687,6 +2896,32 @@ waits_on_client(HttpProtocol *p)
            (r->body_waiter != NULL || p->write_paused);
 }
 
+/* The transport has held unsent bytes for `wait` seconds without the
+ * client taking any. */
+static int
+send_stalled(HttpProtocol *p, double now, double wait)
+{
+    if (p->transport == NULL)
+        return 0;
+    PyObject *r = PyObject_CallMethodNoArgs(
+        p->transport, HSTR(proto_state(p), GET_WRITE_BUFFER_SIZE));
+    Py_ssize_t size = r == NULL ? -1 : PyLong_AsSsize_t(r);
+    Py_XDECREF(r);
+    if (size < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (size == 0)
+        return 0;
+    if (size != p->wsize_seen) {
+        /* the client took some (or more was written): progress */
+        p->wsize_seen = size;
+        p->last_activity = now;
+        return 0;
+    }
+    return now - p->last_activity >= wait;
+}
+
 static PyObject *
 server_close_idle(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -2712,8 +2947,18 @@ server_close_idle(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t closed = 0;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(conns); i++) {
         HttpProtocol *p = (HttpProtocol *)PyList_GET_ITEM(conns, i);
-        if (p->closed)
-            continue;
+        if (p->closed || p->write_paused) {
+            /* closed with a response still buffered (the transport waits to
+             * flush it), or a finished response the client does not read:
+             * a send timeout, as nginx's send_timeout */
+            if (client_wait >= 0 && send_stalled(p, now, client_wait)) {
+                proto_abort(p);
+                closed++;
+                continue;
+            }
+            if (p->closed)
+                continue;
+        }
         int busy = p->req != NULL && p->req->started && !p->req->response_done;
         /* keep-alive between requests; a new connection may take longer
          * to send its first one */
@@ -2740,22 +2985,58 @@ server_close_idle(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 }
 
 static PyObject *
-server_shutdown(PyObject *op, PyObject *unused)
+server_limit_requests(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 {
     HttpServer *s = (HttpServer *)op;
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError,
+                     "limit_requests() takes 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    unsigned long long n = PyLong_AsUnsignedLongLong(args[0]);
+    if (n == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    if (args[1] != Py_None && !PyCallable_Check(args[1])) {
+        PyErr_Format(PyExc_TypeError,
+                     "limit_requests() takes a callable or None, not %.100s",
+                     Py_TYPE(args[1])->tp_name);
+        return NULL;
+    }
+    s->max_requests = n;
+    Py_XSETREF(s->on_limit, args[1] == Py_None ? NULL : Py_NewRef(args[1]));
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+server_shutdown(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    HttpServer *s = (HttpServer *)op;
+    double linger = 0.0;
+    if (nargs > 1) {
+        PyErr_Format(PyExc_TypeError,
+                     "shutdown() takes at most 1 argument (%zd given)", nargs);
+        return NULL;
+    }
+    if (nargs == 1) {
+        linger = PyFloat_AsDouble(args[0]);
+        if (linger == -1.0 && PyErr_Occurred())
+            return NULL;
+    }
     s->shutting_down = 1;
     PyObject *r = server_close_idle(op, NULL, 0);
     Py_XDECREF(r);
     if (r == NULL)
         return NULL;
-    /* idle ones now, busy ones after their response */
+    /* idle ones now (or once quiet for `linger`: a request may be on its
+     * way), busy ones after their response */
     PyObject *conns = server_connection_list(s);
     if (conns == NULL)
         return NULL;
+    double now = monotonic();
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(conns); i++) {
         HttpProtocol *p = (HttpProtocol *)PyList_GET_ITEM(conns, i);
         int busy = p->req != NULL && p->req->started && !p->req->response_done;
-        if (!busy)
+        if (!busy && p->rpos == p->rlen && now - p->last_activity >= linger)
             proto_close(p);
     }
     Py_DECREF(conns);
@@ -2819,10 +3100,17 @@ static PyMethodDef server_methods[] = {
      "send its first request).  With client_wait >= 0, also answer 408 to a "
      "request head still incomplete after client_wait seconds, and drop a "
      "connection whose request has waited that long on its client (for body "
-     "bytes, or to read the response); returns how many."},
-    {"shutdown", server_shutdown, METH_NOARGS,
-     "shutdown()\n--\n\nClose idle connections now and the others after "
-     "their response; no keep-alive from now on."},
+     "bytes, or to read the response), or whose transport has held unsent "
+     "bytes that long, the response over or not (a send timeout); returns "
+     "how many."},
+    {"shutdown", (PyCFunction)(void (*)(void))server_shutdown, METH_FASTCALL,
+     "shutdown(linger=0)\n--\n\nClose connections idle for linger seconds "
+     "now and the others after their response; no keep-alive from now on "
+     "(a request that comes meanwhile is answered with Connection: close)."},
+    {"limit_requests", (PyCFunction)(void (*)(void))server_limit_requests,
+     METH_FASTCALL,
+     "limit_requests(n, callback)\n--\n\nOnce n responses are complete "
+     "(0: no limit), stop keep-alive as shutdown() does and call callback()."},
     {"abort", server_abort, METH_NOARGS,
      "abort()\n--\n\nAbort every connection (their requests are cancelled)."},
     {NULL, NULL, 0, NULL},

@@ -40,6 +40,8 @@
     X(EXCEPTION, "exception")                                                \
     X(DONE, "done")                                                          \
     X(ABORT, "abort")                                                        \
+    X(IS_CLOSING, "is_closing")                                              \
+    X(GET_WRITE_BUFFER_SIZE, "get_write_buffer_size")                        \
     X(READ, "read")                                                          \
     X(CONTEXT, "context")                                                    \
     X(HTTP_EXPECT, "HTTP_EXPECT")                                            \

@@ -52,11 +52,16 @@ class _AccessRequest:
     __slots__ = ("headers",)
 
     def __init__(self, environ):
+        # the request's headers as gunicorn's glogging reads them, with
+        # Content-Type and Content-Length (environ keys without HTTP_)
         self.headers = [
             (k[5:].replace("_", "-"), v)
             for k, v in environ.items()
             if k.startswith("HTTP_")
         ]
+        for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            if key in environ:
+                self.headers.append((key.replace("_", "-"), environ[key]))
 
 
 def _trusted_proxies(allow):
@@ -143,6 +148,7 @@ class AsyncGunicornWorker(base.Worker):
         self._quit_now = False
         self._wakeup = None
         self._connecting = 0
+        self._acceptors = []
 
     # -- process set-up ---------------------------------------------------
 
@@ -289,6 +295,7 @@ class AsyncGunicornWorker(base.Worker):
         sock.setblocking(False)
         limit = max(1, self.cfg.worker_connections)
         server = self.server
+        backoff = 0.0
         while self.alive:
             if server.connections + self._connecting >= limit:
                 # worker_connections: leave the rest in the backlog
@@ -296,23 +303,38 @@ class AsyncGunicornWorker(base.Worker):
                 continue
             try:
                 conns = [await loop.sock_accept(sock)]
-                # take what else waits in the backlog now, not one per
-                # loop iteration: a burst of clients is not kept waiting
-                while server.connections + self._connecting + len(conns) < limit:
-                    try:
-                        conns.append(sock.accept())
-                    except (BlockingIOError, InterruptedError):
-                        break
             except asyncio.CancelledError:
                 raise
             except OSError as e:
-                # EMFILE and friends: breathe, then go on accepting
-                self.log.error("accept() failed: %s", e)
-                await asyncio.sleep(0.1)
+                # EMFILE and friends: back off (longer while it lasts, and
+                # say so once), then go on accepting
+                if not backoff:
+                    self.log.error("accept() failed: %s", e)
+                backoff = min(max(backoff * 2, 0.01), 0.5)
+                await asyncio.sleep(backoff)
                 continue
+            if backoff:
+                self.log.info("accepting again")
+                backoff = 0.0
+            # take what else waits in the backlog now, not one per loop
+            # iteration: a burst of clients is not kept waiting
+            while server.connections + self._connecting + len(conns) < limit:
+                try:
+                    conns.append(sock.accept())
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as e:
+                    # out of descriptors: serve those accepted so far (their
+                    # closing frees descriptors), the rest wait
+                    self.log.error("accept() failed: %s", e)
+                    backoff = 0.01
+                    break
             for conn, _ in conns:
                 self._connecting += 1
                 loop.create_task(self._connect(loop, conn, ssl_ctx))
+            del conns
+            if backoff:
+                await asyncio.sleep(backoff)
 
     async def _connect(self, loop, conn, ssl_ctx):
         try:
@@ -334,17 +356,17 @@ class AsyncGunicornWorker(base.Worker):
         self._wakeup = asyncio.Event()
         self.server = server = self.make_server(loop)
         ssl_ctx = self._ssl_context()
-        acceptors = [
+        self._acceptors = acceptors = [
             loop.create_task(self._accept(s, ssl_ctx)) for s in self.sockets
         ]
+        if self.max_requests and self.max_requests < sys.maxsize:
+            server.limit_requests(self.max_requests, self._on_max_requests)
         keepalive = float(self.cfg.keepalive)
         first_wait = max(keepalive, float(self.cfg.timeout or 30))
         try:
             while self.alive:
                 self.notify()
-                if server.requests >= self.max_requests:
-                    self.log.info("Autorestarting worker after current request.")
-                    self.alive = False
+                if not self.alive:
                     break
                 if self.ppid != os.getppid():
                     self.log.info("Parent changed, shutting down: %s", self)
@@ -365,14 +387,31 @@ class AsyncGunicornWorker(base.Worker):
             await asyncio.gather(*acceptors, return_exceptions=True)
             await self._stop(loop)
 
+    def _on_max_requests(self):
+        # called as the max_requests-th response completes: stop accepting
+        # at once (the server already closes connections after responses)
+        if self.alive:
+            self.log.info("Autorestarting worker after current request.")
+        self.alive = False
+        for t in self._acceptors:
+            t.cancel()
+        self._wake()
+
     async def _stop(self, loop):
         server = self.server
         if not self._quit_now:
-            # graceful: in-flight requests get graceful_timeout to finish
-            server.shutdown()
+            # graceful: in-flight requests get graceful_timeout to finish;
+            # a kept-alive connection lingers until idle for keepalive (a
+            # request may be on the wire: it is answered, with
+            # Connection: close), as gthread does
+            keepalive = max(float(self.cfg.keepalive), 0.0)
+            client_wait = max(keepalive, float(self.cfg.timeout or 30))
+            server.shutdown(keepalive)
             deadline = loop.time() + float(self.cfg.graceful_timeout)
-            while server.active and loop.time() < deadline and not self._quit_now:
+            while ((server.active or server.connections)
+                   and loop.time() < deadline and not self._quit_now):
                 self.notify()
+                server.close_idle(keepalive, keepalive, client_wait)
                 await asyncio.sleep(0.05)
         server.abort()
         # executor threads still waiting on coroutines give up now
