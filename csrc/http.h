@@ -34,14 +34,12 @@
     X(PAUSE_READING, "pause_reading")                                        \
     X(RESUME_READING, "resume_reading")                                      \
     X(CREATE_FUTURE, "create_future")                                        \
-    X(CREATE_TASK, "create_task")                                            \
     X(CANCEL, "cancel")                                                      \
     X(CANCELLED, "cancelled")                                                \
     X(EXCEPTION, "exception")                                                \
     X(DONE, "done")                                                          \
     X(ABORT, "abort")                                                        \
     X(READ, "read")                                                          \
-    X(CONTEXT, "context")                                                    \
     X(HTTP_EXPECT, "HTTP_EXPECT")                                            \
     X(HTTP_HOST, "HTTP_HOST")
 
