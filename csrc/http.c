@@ -1861,65 +1861,77 @@ static PyObject *
 start_task(modstate *st, HttpServer *srv, PyObject *spawn, PyObject *ctx,
            PySendResult *sr)
 {
+    int eager = 0;
 #if PY_VERSION_HEX >= 0x030C0000
-    /* an eager Task: Task() runs the first step, as the loop's current
-     * task, and a Task that ends there is never scheduled */
-    PyObject *args[4] = {spawn, srv->loop, ctx, Py_True};
-    PyObject *task = PyObject_Vectorcall(srv->task_type, args, 1,
-                                         srv->task_kwnames);
-    if (task == NULL)
+    /* an eager Task when the loop runs (always, in a server): Task() runs
+     * the first step, as the loop's current task, and a Task that ends
+     * there is never scheduled */
+    PyObject *running = PyObject_CallNoArgs(st->get_running_loop);
+    if (running == NULL)
         return NULL;
-    PyObject *done = PyObject_CallMethodNoArgs(task, HSTR(st, DONE));
-    if (done == NULL) {
-        *sr = PYGEN_ERROR;
-        return task;
-    }
-    int is_done = done == Py_True;
-    Py_DECREF(done);
-    if (!is_done) {
-        *sr = PYGEN_NEXT;
-        return task;
-    }
-    /* result() also marks an exception as retrieved */
-    PyObject *res = PyObject_CallMethodNoArgs(task, st->str_result);
-    *sr = res != NULL ? PYGEN_RETURN : PYGEN_ERROR;
-    Py_XDECREF(res);
-    return task;
+    eager = running == srv->loop;
+    Py_DECREF(running);
+    PyObject *args[4] = {spawn, srv->loop, ctx, eager ? Py_True : Py_False};
 #else
-    /* no eager tasks before 3.12: the Task is made (its first step is
-     * scheduled) and the first step runs here, with the Task as the loop's
-     * current task; the Task's own first step then takes over where the
-     * app suspended (the spawn keeps what it yielded), or just ends */
     PyObject *args[3] = {spawn, srv->loop, ctx};
+#endif
     PyObject *task = PyObject_Vectorcall(srv->task_type, args, 1,
                                          srv->task_kwnames);
     if (task == NULL)
         return NULL;
-    PyObject *prev = PyDict_GetItemWithError(srv->current_tasks, srv->loop);
-    if (prev == NULL && PyErr_Occurred())
-        goto error;
-    Py_XINCREF(prev);
-    if (PyDict_SetItem(srv->current_tasks, srv->loop, task) < 0) {
-        Py_XDECREF(prev);
-        goto error;
+    if (eager) {
+        PyObject *done = PyObject_CallMethodNoArgs(task, HSTR(st, DONE));
+        if (done == NULL) {
+            *sr = PYGEN_ERROR;
+            return task;
+        }
+        int is_done = done == Py_True;
+        Py_DECREF(done);
+        if (!is_done) {
+            *sr = PYGEN_NEXT;
+            return task;
+        }
+        /* result() also marks an exception as retrieved */
+        PyObject *res = PyObject_CallMethodNoArgs(task, st->str_result);
+        *sr = res != NULL ? PYGEN_RETURN : PYGEN_ERROR;
+        Py_XDECREF(res);
+        return task;
+    }
+    /* no eager tasks (3.11), or no running loop (a protocol driven by
+     * hand): the Task is made, its first step scheduled, and the first step
+     * runs here, with the Task as the loop's current task on 3.11 (3.12+
+     * only gets here with no running loop, where no code can ask for the
+     * current task); the Task's own first step then takes over where the
+     * app suspended (the spawn keeps what it yielded), or just ends */
+    PyObject *prev = NULL;
+    if (srv->current_tasks != NULL) {
+        prev = PyDict_GetItemWithError(srv->current_tasks, srv->loop);
+        if (prev == NULL && PyErr_Occurred())
+            goto error;
+        Py_XINCREF(prev);
+        if (PyDict_SetItem(srv->current_tasks, srv->loop, task) < 0) {
+            Py_XDECREF(prev);
+            goto error;
+        }
     }
     PyObject *yielded = NULL;
     *sr = bridge_spawn_first(spawn, &yielded);
     Py_XDECREF(yielded);
-    PyObject *exc = *sr == PYGEN_ERROR ? exc_take() : NULL;
-    int rc = prev != NULL
-        ? PyDict_SetItem(srv->current_tasks, srv->loop, prev)
-        : PyDict_DelItem(srv->current_tasks, srv->loop);
-    Py_XDECREF(prev);
-    if (rc < 0)
-        PyErr_WriteUnraisable(srv->loop); /* replacing a key cannot fail */
-    if (exc != NULL)
-        exc_restore(exc);
+    if (srv->current_tasks != NULL) {
+        PyObject *exc = *sr == PYGEN_ERROR ? exc_take() : NULL;
+        int rc = prev != NULL
+            ? PyDict_SetItem(srv->current_tasks, srv->loop, prev)
+            : PyDict_DelItem(srv->current_tasks, srv->loop);
+        Py_XDECREF(prev);
+        if (rc < 0)
+            PyErr_WriteUnraisable(srv->loop); /* a key there cannot fail */
+        if (exc != NULL)
+            exc_restore(exc);
+    }
     return task;
 error:
     Py_DECREF(task);
     return NULL;
-#endif
 }
 
 static void
