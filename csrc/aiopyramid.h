@@ -69,7 +69,6 @@ typedef struct {
     PyObject *http_strs;           /* tuple of interned strings, see http.h */
     PyObject *http_methods;        /* tuple: llhttp method number -> name */
     PyObject *http_run;            /* the job of a request greenlet */
-    PyObject *http_kw_context;     /* ("context",): create_task's kwnames */
 
     Py_ssize_t pool_limit;         /* idle greenlets kept per thread */
     unsigned long long greenlets_created;
@@ -196,11 +195,13 @@ int bridge_can_suspend(modstate *st);
 PyObject *bridge_spawn_new(modstate *st, PyObject *func, PyObject *args,
                            PyObject *kwargs, PyObject *context);
 
-/* Runs a new spawn's job until it first suspends or ends, with no Task:
- * PYGEN_RETURN/PYGEN_ERROR when it is done; PYGEN_NEXT with what it
- * yielded (a new ref) when it suspends, in which case a Task made for the
- * spawn afterwards (loop.create_task(spawn, context=...)) gets that same
- * yield from its first send(None) and drives the rest. */
+/* Runs a new spawn's job until it first suspends or ends, for a Task made
+ * for the spawn (asyncio.Task(spawn, ...)) whose first step has not run
+ * yet: PYGEN_RETURN/PYGEN_ERROR when the job is done, and the Task's first
+ * send(None) then returns None; PYGEN_NEXT with what it yielded (a new ref)
+ * when it suspends, and the Task gets that same yield from its first
+ * send(None) and drives the rest.  The caller makes that Task asyncio's
+ * current task around the call (Python 3.11; 3.12+ has eager tasks). */
 PySendResult bridge_spawn_first(PyObject *spawn, PyObject **result);
 
 /* Is `obj` a coroutine function (async def, generator coroutine, marked)? */

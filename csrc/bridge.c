@@ -105,6 +105,8 @@ struct Spawn {
     PyObject *exc;                  /* down: thrown; up: raised */
     PyObject *pending;              /* yielded by bridge_spawn_first, for the
                                        Task's first send(None) */
+    int ended_first;                /* the job ended in bridge_spawn_first:
+                                       the Task's first send returns None */
     int state, outcome;
     int running;                    /* inside a switch into the child */
     int waiting;                    /* the child waits for this Spawn's
@@ -354,6 +356,7 @@ bridge_spawn_new(modstate *st, PyObject *func, PyObject *args,
     self->value = NULL;
     self->exc = NULL;
     self->pending = NULL;
+    self->ended_first = 0;
     self->state = SPAWN_NEW;
     self->outcome = OUT_NONE;
     self->running = 0;
@@ -463,6 +466,17 @@ spawn_step(Spawn *self, PyObject *value, PyObject *exc, PyObject **result)
         return PYGEN_ERROR;
     }
     if (self->state == SPAWN_DONE) {
+        if (self->ended_first) {
+            /* its Task, made before bridge_spawn_first, takes over a job
+             * that has ended: the Task ends too (thrown into: with that) */
+            self->ended_first = 0;
+            if (exc != NULL) {
+                exc_restore(exc);
+                return PYGEN_ERROR;
+            }
+            *result = Py_NewRef(Py_None);
+            return PYGEN_RETURN;
+        }
         Py_XDECREF(exc);
         PyErr_SetString(PyExc_RuntimeError,
                         "cannot reuse already awaited coroutine");
@@ -635,6 +649,8 @@ bridge_spawn_first(PyObject *spawn, PyObject **result)
     PySendResult r = spawn_step(self, Py_None, NULL, result);
     if (r == PYGEN_NEXT)
         self->pending = Py_NewRef(*result);
+    else
+        self->ended_first = 1;
     return r;
 }
 

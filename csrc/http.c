@@ -4,11 +4,12 @@
  *
  * One connection serves one request at a time: the parser pauses at the end
  * of each message and the bytes of pipelined requests wait, unparsed, until
- * the response before them is complete, so responses go out in order.  A
- * request whose app never suspends is answered inline, with no Task; one
- * that suspends (a coroutine view waiting, wsgi.input reading ahead of the
- * socket, a paused transport) is handed to a Task, which the connection
- * cancels when the client goes away.
+ * the response before them is complete, so responses go out in order.  Each
+ * request runs in its own asyncio Task from the app's first line, and the
+ * first step runs at once, inline: a request whose app never suspends is
+ * answered right there; one that suspends (a coroutine view waiting,
+ * wsgi.input reading ahead of the socket, a paused transport) is driven on
+ * by its Task, which the connection cancels when the client goes away.
  *
  * HttpServer  the protocol factory: app, limits, counters, its connections
  * HttpProtocol  one connection (BufferedProtocol and Protocol)
@@ -30,8 +31,10 @@ typedef struct {
     PyObject_HEAD
     PyObject *app;
     PyObject *loop;
-    PyObject *create_task;      /* loop.create_task */
     PyObject *create_future;    /* loop.create_future */
+    PyObject *task_type;        /* asyncio.Task, for each request */
+    PyObject *task_kwnames;     /* its keywords: loop, context(, eager_start) */
+    PyObject *current_tasks;    /* 3.11: asyncio's {loop: current task} */
     PyObject *base_environ;     /* wsgi.* keys, SCRIPT_NAME, ... */
     PyObject *script_name;      /* str */
     PyObject *access_log;       /* callable or NULL */
@@ -2089,12 +2092,125 @@ proto_release_request(HttpProtocol *p)
     Py_DECREF(r);
 }
 
+/* What the server needs to make each request's Task. */
+static int
+server_task_init(HttpServer *self)
+{
+    PyObject *tasks = PyImport_ImportModule("asyncio.tasks");
+    if (tasks == NULL)
+        return -1;
+    self->task_type = PyObject_GetAttrString(tasks, "Task");
+#if PY_VERSION_HEX >= 0x030C0000
+    self->task_kwnames = Py_BuildValue("(sss)", "loop", "context",
+                                       "eager_start");
+#else
+    self->task_kwnames = Py_BuildValue("(ss)", "loop", "context");
+    self->current_tasks = PyObject_GetAttrString(tasks, "_current_tasks");
+    if (self->current_tasks != NULL && !PyDict_Check(self->current_tasks)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "asyncio.tasks._current_tasks is not a dict");
+        Py_CLEAR(self->current_tasks);
+    }
+    if (self->current_tasks == NULL)
+        Py_CLEAR(self->task_kwnames);
+#endif
+    Py_DECREF(tasks);
+    return self->task_type != NULL && self->task_kwnames != NULL ? 0 : -1;
+}
+
+/* The request's Task, with its first step run at once (until the app first
+ * suspends, or to its end) inside it, so that asyncio.current_task() is
+ * that Task from the app's first line (asyncio.timeout(), TaskGroup and
+ * wait_for need it) and stays the same Task after it suspends.  *sr says
+ * how the first step ended: PYGEN_NEXT, the Task drives the rest;
+ * PYGEN_RETURN; PYGEN_ERROR, with the exception set.  NULL (and an
+ * exception) when no Task was made.
+ *
+ * An asyncio.Task made directly, like the loops' create_task without a task
+ * factory: a factory could not promise that first step at once. */
+static PyObject *
+start_task(modstate *st, HttpServer *srv, PyObject *spawn, PyObject *ctx,
+           PySendResult *sr)
+{
+    int eager = 0;
+#if PY_VERSION_HEX >= 0x030C0000
+    /* an eager Task when the loop runs (always, in a server): Task() runs
+     * the first step, as the loop's current task, and a Task that ends
+     * there is never scheduled */
+    PyObject *running = PyObject_CallNoArgs(st->get_running_loop);
+    if (running == NULL)
+        return NULL;
+    eager = running == srv->loop;
+    Py_DECREF(running);
+    PyObject *args[4] = {spawn, srv->loop, ctx, eager ? Py_True : Py_False};
+#else
+    PyObject *args[3] = {spawn, srv->loop, ctx};
+#endif
+    PyObject *task = PyObject_Vectorcall(srv->task_type, args, 1,
+                                         srv->task_kwnames);
+    if (task == NULL)
+        return NULL;
+    if (eager) {
+        PyObject *done = PyObject_CallMethodNoArgs(task, HSTR(st, DONE));
+        if (done == NULL) {
+            *sr = PYGEN_ERROR;
+            return task;
+        }
+        int is_done = done == Py_True;
+        Py_DECREF(done);
+        if (!is_done) {
+            *sr = PYGEN_NEXT;
+            return task;
+        }
+        /* result() also marks an exception as retrieved */
+        PyObject *res = PyObject_CallMethodNoArgs(task, st->str_result);
+        *sr = res != NULL ? PYGEN_RETURN : PYGEN_ERROR;
+        Py_XDECREF(res);
+        return task;
+    }
+    /* no eager tasks (3.11), or no running loop (a protocol driven by
+     * hand): the Task is made, its first step scheduled, and the first step
+     * runs here, with the Task as the loop's current task on 3.11 (3.12+
+     * only gets here with no running loop, where no code can ask for the
+     * current task); the Task's own first step then takes over where the
+     * app suspended (the spawn keeps what it yielded), or just ends */
+    PyObject *prev = NULL;
+    if (srv->current_tasks != NULL) {
+        prev = PyDict_GetItemWithError(srv->current_tasks, srv->loop);
+        if (prev == NULL && PyErr_Occurred())
+            goto error;
+        Py_XINCREF(prev);
+        if (PyDict_SetItem(srv->current_tasks, srv->loop, task) < 0) {
+            Py_XDECREF(prev);
+            goto error;
+        }
+    }
+    PyObject *yielded = NULL;
+    *sr = bridge_spawn_first(spawn, &yielded);
+    Py_XDECREF(yielded);
+    if (srv->current_tasks != NULL) {
+        PyObject *exc = *sr == PYGEN_ERROR ? exc_take() : NULL;
+        int rc = prev != NULL
+            ? PyDict_SetItem(srv->current_tasks, srv->loop, prev)
+            : PyDict_DelItem(srv->current_tasks, srv->loop);
+        Py_XDECREF(prev);
+        if (rc < 0)
+            PyErr_WriteUnraisable(srv->loop); /* a key there cannot fail */
+        if (exc != NULL)
+            exc_restore(exc);
+    }
+    return task;
+error:
+    Py_DECREF(task);
+    return NULL;
+}
+
 static void
 start_request(HttpProtocol *p, HttpRequest *r)
 {
     modstate *st = proto_state(p);
     HttpServer *srv = p->server;
-    PyObject *ctx = NULL, *args = NULL, *spawn = NULL, *yielded = NULL;
+    PyObject *ctx = NULL, *args = NULL, *spawn = NULL, *task = NULL;
     r->started = 1;
     srv->active++;
     Py_INCREF(r);
@@ -2107,15 +2223,13 @@ start_request(HttpProtocol *p, HttpRequest *r)
     spawn = bridge_spawn_new(st, st->http_run, args, NULL, ctx);
     if (spawn == NULL)
         goto error;
-    PySendResult sr = bridge_spawn_first(spawn, &yielded);
+    PySendResult sr;
+    task = start_task(st, srv, spawn, ctx, &sr);
+    if (task == NULL)
+        goto error;
     if (sr == PYGEN_NEXT) {
-        /* the request suspended: a Task drives the rest */
-        PyObject *cargs[2] = {spawn, ctx};
-        PyObject *task = PyObject_Vectorcall(srv->create_task, cargs, 1,
-                                             st->http_kw_context);
-        if (task == NULL)
-            goto error;
-        r->task = task;
+        /* the request suspended: its Task drives the rest */
+        r->task = Py_NewRef(task);
         if (p->task_done == NULL)
             p->task_done = PyObject_GetAttrString((PyObject *)p, "_task_done");
         PyObject *res = p->task_done == NULL ? NULL :
@@ -2144,7 +2258,7 @@ error:
         request_finish(r);
     }
 done:
-    Py_XDECREF(yielded);
+    Py_XDECREF(task);
     Py_XDECREF(spawn);
     Py_XDECREF(args);
     Py_XDECREF(ctx);
@@ -2680,9 +2794,9 @@ server_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
     self->body_buffer = body_buffer;
     self->access_log = access_log == Py_None ? NULL : Py_NewRef(access_log);
     self->error_log = error_log == Py_None ? NULL : Py_NewRef(error_log);
-    if ((self->create_task = PyObject_GetAttr(loop, HSTR(st, CREATE_TASK))) == NULL ||
-        (self->create_future = PyObject_GetAttr(loop, HSTR(st, CREATE_FUTURE))) == NULL ||
-        (self->connections = PySet_New(NULL)) == NULL)
+    if ((self->create_future = PyObject_GetAttr(loop, HSTR(st, CREATE_FUTURE))) == NULL ||
+        (self->connections = PySet_New(NULL)) == NULL ||
+        server_task_init(self) < 0)
         goto error;
     self->base_environ = base ? PyDict_Copy(base) : PyDict_New();
     if (self->base_environ == NULL)
@@ -2833,8 +2947,10 @@ server_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(Py_TYPE(op));
     Py_VISIT(s->app);
     Py_VISIT(s->loop);
-    Py_VISIT(s->create_task);
     Py_VISIT(s->create_future);
+    Py_VISIT(s->task_type);
+    Py_VISIT(s->task_kwnames);
+    Py_VISIT(s->current_tasks);
     Py_VISIT(s->base_environ);
     Py_VISIT(s->script_name);
     Py_VISIT(s->access_log);
@@ -2853,8 +2969,10 @@ server_clear(PyObject *op)
     HttpServer *s = (HttpServer *)op;
     Py_CLEAR(s->app);
     Py_CLEAR(s->loop);
-    Py_CLEAR(s->create_task);
     Py_CLEAR(s->create_future);
+    Py_CLEAR(s->task_type);
+    Py_CLEAR(s->task_kwnames);
+    Py_CLEAR(s->current_tasks);
     Py_CLEAR(s->base_environ);
     Py_CLEAR(s->script_name);
     Py_CLEAR(s->access_log);
@@ -3219,9 +3337,6 @@ http_init(PyObject *module, modstate *st)
     HTTP_ALL_METHOD_MAP(HTTP_METHOD_NAME)
 #undef HTTP_METHOD_NAME
 
-    st->http_kw_context = PyTuple_Pack(1, HSTR(st, CONTEXT));
-    if (st->http_kw_context == NULL)
-        return -1;
     st->http_run = PyCFunction_NewEx(&run_request_def, module, NULL);
     if (st->http_run == NULL)
         return -1;

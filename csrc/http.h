@@ -34,7 +34,6 @@
     X(PAUSE_READING, "pause_reading")                                        \
     X(RESUME_READING, "resume_reading")                                      \
     X(CREATE_FUTURE, "create_future")                                        \
-    X(CREATE_TASK, "create_task")                                            \
     X(CANCEL, "cancel")                                                      \
     X(CANCELLED, "cancelled")                                                \
     X(EXCEPTION, "exception")                                                \
@@ -43,7 +42,6 @@
     X(IS_CLOSING, "is_closing")                                              \
     X(GET_WRITE_BUFFER_SIZE, "get_write_buffer_size")                        \
     X(READ, "read")                                                          \
-    X(CONTEXT, "context")                                                    \
     X(HTTP_EXPECT, "HTTP_EXPECT")                                            \
     X(HTTP_HOST, "HTTP_HOST")
 

@@ -17,8 +17,7 @@
     X(str_result) X(str_push) X(str_pop) X(str_registry) X(str_request)       \
     X(str_view_attr) X(str_call) X(str_make_body_seekable)                    \
     X(HttpServerType) X(HttpProtocolType) X(HttpRequestType) X(HttpInputType) \
-    X(FileWrapperType) X(http_strs) X(http_methods) X(http_run)               \
-    X(http_kw_context)
+    X(FileWrapperType) X(http_strs) X(http_methods) X(http_run)
 
 static int
 module_traverse(PyObject *module, visitproc visit, void *arg)

@@ -9,7 +9,8 @@ or, from a paste ini run by ``pserve``::
     worker_class = aiopyramid.gunicorn.worker.AsyncGunicornWorker
 
 HTTP/1.1 is spoken by ``aiopyramid._core.HttpServer`` (C, on llhttp); each
-request runs in a pooled greenlet, and only requests that wait get a Task.
+request runs in a pooled greenlet, inside its own asyncio Task from the
+first line (answered at once, inline, when it never waits).
 
 The loop is uvloop's when uvloop is installed, asyncio's otherwise;
 ``AIOPYRAMID_LOOP=asyncio`` (or ``uvloop``) in the environment chooses, and
