@@ -235,8 +235,8 @@ if flag("AIOPYRAMID_SANITIZE"):
 
 core = Extension(
     "aiopyramid._core",
-    sources=sorted(glob.glob("csrc/*.c")),
-    depends=sorted(glob.glob("csrc/*.h")),
+    sources=sorted(glob.glob("csrc/**/*.c", recursive=True)),
+    depends=sorted(glob.glob("csrc/**/*.h", recursive=True)),
     include_dirs=["csrc"],  # + llhttp's and greenlet's: build_ext adds them
     extra_compile_args=extra_compile_args,
     extra_link_args=extra_link_args,
