@@ -25,6 +25,9 @@ typedef struct {
     PyObject *gr_context_descr;    /* greenlet.gr_context getset descriptor */
     PyObject *get_running_loop;    /* asyncio._get_running_loop */
     PyObject *run_coroutine_threadsafe;
+    PyObject *wait_in_thread;      /* aiopyramid._lending: an executor thread */
+    PyObject *lend;                /* waiting for a coroutine lends itself to */
+    PyObject *lender;              /* the coroutine's executor calls */
     PyObject *asyncio_run;
     PyObject *types_coroutine;
     PyObject *update_wrapper;      /* functools.update_wrapper */

@@ -1825,13 +1825,10 @@ bridge_run_outside(modstate *st, PyObject *aw, PyObject *name)
     if (PyContextVar_Get(st->request_loop, NULL, &request_loop) < 0)
         goto done;
     if (request_loop != NULL) {
-        /* an executor thread of a request: block only this thread */
-        PyObject *cf = PyObject_CallFunctionObjArgs(
-            st->run_coroutine_threadsafe, coro, request_loop, NULL);
-        if (cf != NULL) {
-            r = PyObject_CallMethodNoArgs(cf, st->str_result);
-            Py_DECREF(cf);
-        }
+        /* an executor thread of a request: block only this thread, which
+         * runs the coroutine's executor calls meanwhile (_lending.py) */
+        r = PyObject_CallFunctionObjArgs(st->wait_in_thread, coro,
+                                         request_loop, NULL);
     }
     else {
         /* no loop at all (a unit test, a script): run it on a fresh one,
@@ -2479,6 +2476,25 @@ bridge_run_in_executor(modstate *st, PyObject *loop, PyObject *executor,
         Py_DECREF(call);
         return NULL;
     }
+    if (executor == NULL || executor == Py_None) {
+        /* a thread of the default executor waits for this coroutine: the
+         * call runs there (_lending.py), never queued behind it */
+        PyObject *lender;
+        if (PyContextVar_Get(st->lender, NULL, &lender) < 0) {
+            Py_DECREF(call);
+            return NULL;
+        }
+        if (lender != NULL) {
+            Py_DECREF(lender);
+            PyObject *fut = PyObject_CallFunctionObjArgs(st->lend, loop, call,
+                                                         NULL);
+            if (fut != Py_None) {
+                Py_DECREF(call);
+                return fut;
+            }
+            Py_DECREF(fut);
+        }
+    }
     PyObject *margs[] = {loop, executor ? executor : Py_None, (PyObject *)call};
     PyObject *fut = PyObject_VectorcallMethod(
         st->str_run_in_executor, margs, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET,
@@ -2781,6 +2797,10 @@ bridge_init(PyObject *module, modstate *st)
                                             0)) == NULL ||
         (st->run_coroutine_threadsafe = import_attr(
              "asyncio", "run_coroutine_threadsafe", 0)) == NULL ||
+        (st->wait_in_thread = import_attr("aiopyramid._lending",
+                                          "wait_in_thread", 0)) == NULL ||
+        (st->lend = import_attr("aiopyramid._lending", "lend", 0)) == NULL ||
+        (st->lender = import_attr("aiopyramid._lending", "lender", 0)) == NULL ||
         (st->asyncio_run = import_attr("asyncio", "run", 0)) == NULL ||
         (st->CancelledError = import_attr("asyncio", "CancelledError",
                                           0)) == NULL ||

@@ -7,6 +7,7 @@
     X(ScopeError) X(ConfigurationError) X(GreenletExit) X(CancelledError)     \
     X(gr_context_descr)   \
     X(get_running_loop) X(run_coroutine_threadsafe) X(asyncio_run)            \
+    X(wait_in_thread) X(lend) X(lender)                                       \
     X(types_coroutine) X(update_wrapper) X(is_coroutine_marker)               \
     X(inspect_marker) X(iscoroutinefunction) X(request_loop)                  \
     X(threadlocal_manager) X(worker)                                          \

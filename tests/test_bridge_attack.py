@@ -1,0 +1,134 @@
+"""The bridge attacked from outside after issue 13's fixes: executor threads
+that wait for coroutines, idle pooled greenlets switched to by hand.  Cases
+that could hang or crash run in a fresh interpreter with a timeout, so they
+fail their test and not the run."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from .conftest import http_get
+
+PRELUDE = textwrap.dedent(
+    """
+    import asyncio, concurrent.futures, gc, sys, threading, time
+    import greenlet
+    from pyramid.config import Configurator
+    from pyramid.request import Request
+    from pyramid.response import Response
+    from aiopyramid import _core
+    from aiopyramid.helpers import spawn_greenlet, synchronize, use_executor
+
+    @synchronize
+    async def tick(v=None):
+        await asyncio.sleep(0)
+        return v
+    """
+)
+
+
+def run_fresh(body, timeout=60):
+    """Runs PRELUDE + body in a fresh interpreter; returns its stdout.  A
+    crash, a hang (timeout) or a non-zero exit fails the calling test."""
+    code = PRELUDE + textwrap.dedent(body)
+    try:
+        proc = subprocess.run([sys.executable, "-X", "dev", "-W", "ignore", "-c", code],
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail("hung for %ss:\n%s" % (timeout, (e.stderr or b"")[-3000:]))
+    assert proc.returncode == 0, (
+        "exit %d\n--- stdout\n%s\n--- stderr\n%s"
+        % (proc.returncode, proc.stdout[-3000:], proc.stderr[-6000:]))
+    return proc.stdout
+
+
+LEGACY_CALLS_EXECUTOR = """
+    @use_executor
+    def blocking(x):
+        time.sleep(0.01)
+        return x
+
+    @synchronize
+    async def through_executor(x):
+        return await blocking(x)
+
+    def legacy(request):
+        # a legacy view (in an executor thread) calling a coroutine that
+        # itself runs blocking code in the executor
+        return Response(str(through_executor(int(request.params["i"]))))
+
+    with Configurator() as config:
+        config.include("aiopyramid")
+        config.add_route("legacy", "/legacy")
+        config.add_view(legacy, route_name="legacy")
+        app = config.make_wsgi_app()
+"""
+
+
+def test_more_legacy_views_calling_executor_coroutines_than_threads():
+    # every executor thread waits for a coroutine whose own executor call
+    # is queued behind the other views: the executor wedged for good
+    out = run_fresh(LEGACY_CALLS_EXECUTOR + """
+    async def one(i):
+        request = Request.blank("/legacy?i=%d" % i)
+        response = await spawn_greenlet(request.get_response, app)
+        return response.text
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(2))
+        return await asyncio.wait_for(
+            asyncio.gather(*(one(i) for i in range(12))), 20)
+
+    print(asyncio.run(main()) == [str(i) for i in range(12)])
+    """, timeout=60)
+    assert out.split() == ["True"]
+
+
+def test_lent_calls_fail_and_get_cancelled_like_executor_calls():
+    out = run_fresh("""
+    @use_executor
+    def fails():
+        raise KeyError("in thread")
+
+    @use_executor
+    def slow():
+        time.sleep(0.05)
+        return "slow"
+
+    @synchronize
+    async def errors():
+        try:
+            await fails()
+        except KeyError as e:
+            return e.args[0]
+
+    @synchronize
+    async def outlives():
+        # a lent call the coroutine gives up on; and a task that outlives
+        # the wait, whose executor call goes to the executor
+        t = asyncio.ensure_future(slow())
+        await asyncio.sleep(0)
+        return t
+
+    def legacy(request):
+        t = outlives()
+        return Response("%s %s" % (errors(), type(t).__name__))
+
+    with Configurator() as config:
+        config.include("aiopyramid")
+        config.add_route("legacy", "/legacy")
+        config.add_view(legacy, route_name="legacy")
+        app = config.make_wsgi_app()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(1))
+        r = await asyncio.wait_for(
+            spawn_greenlet(Request.blank("/legacy").get_response, app), 20)
+        return r.text
+
+    print(asyncio.run(main()))
+    """)
+    assert out.strip() == "in thread Task"
