@@ -23,6 +23,7 @@ typedef struct {
     PyGreenlet base;
     Spawn *job;   /* borrowed: the Spawn outlives its job (see spawn_finalize) */
     int in_view;  /* driving a coroutine view or synchronized coroutine */
+    int idle;     /* parked in the pool, or about to be: no job to resume */
 } BridgeGreenlet;
 
 static int
@@ -117,6 +118,13 @@ struct Spawn {
 static int
 refuse_foreign_resume(BridgeGreenlet *g)
 {
+    if (g->idle) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "this greenlet is idle in aiopyramid's pool of "
+                        "request greenlets: its job is over, and switching "
+                        "to it or throwing into it is refused");
+        return -1;
+    }
     if (g->job == NULL || !g->job->waiting)
         return 0;
     PyErr_SetString(PyExc_RuntimeError,
@@ -949,6 +957,35 @@ current_bridge(modstate *st)
                                                   : NULL;
 }
 
+/* Switches to `to` (borrowed) and waits, idle, until pool_take gives this
+ * greenlet a job.  Resumed with none (a switch around
+ * BridgeGreenlet.switch, or a dead greenlet whose parent this is being
+ * switched to), it passes the switch on to its parent and waits again, as a
+ * dead greenlet would: it never runs anything without a job.  0, or -1 with
+ * an exception when killed (or thrown into). */
+static int
+park_idle(BridgeGreenlet *me, PyGreenlet *to)
+{
+    me->idle = 1;
+    PyObject *r = PyGreenlet_Switch(to, NULL, NULL);
+    while (r != NULL && me->job == NULL) {
+        PyObject *args = PyTuple_Check(r) ? Py_NewRef(r) : PyTuple_Pack(1, r);
+        Py_DECREF(r);
+        PyGreenlet *parent = args ? PyGreenlet_GetParent((PyGreenlet *)me)
+                                  : NULL;
+        r = parent ? PyGreenlet_Switch(parent, args, NULL) : NULL;
+        if (args != NULL && parent == NULL && !PyErr_Occurred())
+            PyErr_SetString(PyExc_RuntimeError, "idle greenlet has no parent");
+        Py_XDECREF(parent);
+        Py_XDECREF(args);
+    }
+    me->idle = 0;
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
 static PyObject *
 worker(PyObject *module, PyObject *unused)
 {
@@ -963,11 +1000,10 @@ worker(PyObject *module, PyObject *unused)
         PyGreenlet *parent = PyGreenlet_GetParent((PyGreenlet *)me);
         if (parent == NULL)
             return NULL;
-        PyObject *r = PyGreenlet_Switch(parent, NULL, NULL);
+        int rc = park_idle(me, parent);
         Py_DECREF(parent);
-        if (r == NULL)
+        if (rc < 0)
             return NULL; /* killed before any job */
-        Py_DECREF(r);
     }
     for (;;) {
         Spawn *job = me->job;
@@ -1017,10 +1053,8 @@ worker(PyObject *module, PyObject *unused)
             exc_restore(exc);
             return NULL;
         }
-        PyObject *r = PyGreenlet_Switch((PyGreenlet *)job->driver, NULL, NULL);
-        if (r == NULL)
+        if (park_idle(me, (PyGreenlet *)job->driver) < 0)
             return NULL; /* killed while idle: end this greenlet */
-        Py_DECREF(r);
     }
 }
 

@@ -132,3 +132,73 @@ def test_lent_calls_fail_and_get_cancelled_like_executor_calls():
     print(asyncio.run(main()))
     """)
     assert out.strip() == "in thread Task"
+
+
+@pytest.mark.parametrize("how", ["switch", "throw"])
+def test_switching_into_another_jobs_idle_greenlet_is_refused(how):
+    # job A gets hold of job B's greenlet, idle in the pool once B is done,
+    # and switches into it: refused at the call, and neither job suffers
+    out = run_fresh("""
+    saved = {}
+
+    def job_b():
+        saved["b"] = greenlet.getcurrent()
+        return "b done"
+
+    def job_a(how):
+        tick(); tick()
+        b = saved["b"]
+        assert b is not greenlet.getcurrent()
+        try:
+            getattr(b, how)()
+            said = "accepted"
+        except RuntimeError as e:
+            said = "refused: idle" if "idle" in str(e) else "other: %s" % e
+        return said, tick("a done")
+
+    async def main():
+        a = asyncio.ensure_future(spawn_greenlet(job_a, "HOW"))
+        b = asyncio.ensure_future(spawn_greenlet(job_b))
+        results = await asyncio.wait_for(
+            asyncio.gather(a, b, return_exceptions=True), 10)
+        results.append(await spawn_greenlet(tick, "pool ok"))
+        return results
+
+    print(asyncio.run(main()))
+    """.replace("HOW", how))
+    assert out.strip() == str([("refused: idle", "a done"), "b done", "pool ok"])
+
+
+def test_run_in_greenlet_back_to_a_dead_greenlet_of_a_finished_job():
+    # 0.4's protocol, unluckily: `back` is a greenlet that died inside a job
+    # that is over; switching to it goes to its parent, the job's greenlet,
+    # now idle in the pool: that must neither fail the task nor kill the
+    # pooled greenlet
+    out = run_fresh('''
+    from aiopyramid.helpers import run_in_greenlet
+    holder = {}
+
+    async def slow(v):
+        await asyncio.sleep(0.01)
+        return v
+
+    def job():
+        g = greenlet.greenlet(lambda: None)
+        g.switch()                      # dead; its parent is this greenlet
+        holder["g"] = g
+        return "job done"
+
+    async def main():
+        assert await spawn_greenlet(job) == "job done"
+        created = _core.pool_stats()["created"]
+        fut = asyncio.get_running_loop().create_future()
+        task = asyncio.ensure_future(run_in_greenlet(holder["g"], fut, slow, 3))
+        await asyncio.wait({task}, timeout=10)
+        r = [task.done() and task.exception(), fut.result()]
+        r.append(await spawn_greenlet(tick, "pool ok"))
+        r.append(_core.pool_stats()["created"] - created)
+        return r
+
+    print(asyncio.run(main()))
+    ''')
+    assert out.strip() == str([None, 3, "pool ok", 0])
