@@ -86,6 +86,51 @@ def test_more_legacy_views_calling_executor_coroutines_than_threads():
     assert out.split() == ["True"]
 
 
+
+def test_nested_legacy_subrequests_with_a_single_executor_thread():
+    # legacy view -> synchronized coroutine -> subrequest to a legacy view
+    # -> ...: each level's executor call runs in the thread waiting for it
+    out = run_fresh("""
+    @use_executor
+    def blocking(x):
+        time.sleep(0.005)
+        return x
+
+    @synchronize
+    async def inner(x):
+        return await blocking(x)
+
+    @synchronize
+    async def outer(request, n):
+        sub = Request.blank("/legacy?n=%d" % n)
+        r = await spawn_greenlet(request.invoke_subrequest, sub)
+        return r.text
+
+    def legacy(request):
+        n = int(request.params["n"])
+        if n == 0:
+            return Response(str(inner(0)))
+        return Response("%d<%s" % (n, outer(request, n - 1)))
+
+    with Configurator() as config:
+        config.include("aiopyramid")
+        config.add_route("legacy", "/legacy")
+        config.add_view(legacy, route_name="legacy")
+        app = config.make_wsgi_app()
+
+    async def one():
+        r = await spawn_greenlet(Request.blank("/legacy?n=3").get_response, app)
+        return r.text
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(1))
+        return await asyncio.wait_for(asyncio.gather(*(one() for _ in range(5))), 20)
+
+    print(asyncio.run(main()))
+    """)
+    assert out.strip() == str(["3<2<1<0"] * 5)
+
 def test_lent_calls_fail_and_get_cancelled_like_executor_calls():
     out = run_fresh("""
     @use_executor
