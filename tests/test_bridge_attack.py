@@ -247,3 +247,19 @@ def test_run_in_greenlet_back_to_a_dead_greenlet_of_a_finished_job():
     print(asyncio.run(main()))
     ''')
     assert out.strip() == str([None, 3, "pool ok", 0])
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "issue 13, not fixed on branch bridge: a request's first step runs with "
+    "no Task under the server, so asyncio.current_task() is None until the "
+    "view first suspends; a view (or a tween's synchronized coroutine) that "
+    "opens with asyncio.timeout() or TaskGroup() gets a 500"))
+@pytest.mark.parametrize("path, body", [
+    ("/timeout-first", b"timeout ok"),
+    ("/taskgroup-first", b"taskgroup ok"),
+    ("/same-task", b"same task"),
+    ("/tween-timeout", b"tween timeout ok"),
+])
+def test_task_bound_helpers_at_a_views_first_line_under_the_server(gunicorn, path, body):
+    srv = gunicorn(app="attack_bridge_app:main()")
+    assert http_get(srv.port, path) == (200, body)
