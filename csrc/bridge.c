@@ -516,6 +516,28 @@ spawn_step(Spawn *self, PyObject *value, PyObject *exc, PyObject **result)
         self->state = SPAWN_RUNNING;
     }
 
+    if (self->raw && self->outcome != OUT_NONE) {
+        /* While it waited in a switch of its own (0.4's protocol), where
+         * nothing of ours is on its stack to refuse it, the job was resumed
+         * by another greenlet (one that ended into it, or a switch around
+         * BridgeGreenlet.switch) and went on: it has reported since.  Take
+         * it as it is now; never switch into a greenlet whose job is over. */
+        self->raw = 0;
+        if (self->outcome != OUT_YIELDED) {
+            Py_XDECREF(exc); /* too late: it is over */
+            self->waiting = 0;
+            goto report;
+        }
+        if (exc == NULL) {
+            /* it waits for a coroutine now: that is what the driver awaits
+             * (what it sent was for the switch, which is past) */
+            *result = self->value ? self->value : Py_NewRef(Py_None);
+            self->value = NULL;
+            return PYGEN_NEXT;
+        }
+        /* else throw exc where it waits now */
+    }
+
     PyObject *cur = (PyObject *)PyGreenlet_GetCurrent();
     if (cur == NULL) {
         Py_XDECREF(exc);
@@ -608,6 +630,7 @@ spawn_step(Spawn *self, PyObject *value, PyObject *exc, PyObject **result)
     else {
         Py_XDECREF(r);
     }
+report:
     switch (self->outcome) {
     case OUT_YIELDED:
         *result = self->value;
@@ -958,7 +981,7 @@ current_bridge(modstate *st)
 }
 
 /* Switches to `to` (borrowed) and waits, idle, until pool_take gives this
- * greenlet a job.  Resumed with none (a switch around
+ * greenlet a job.  Resumed with none, or with the one it ran (a switch around
  * BridgeGreenlet.switch, or a dead greenlet whose parent this is being
  * switched to), it passes the switch on to its parent and waits again, as a
  * dead greenlet would: it never runs anything without a job.  0, or -1 with
@@ -968,7 +991,7 @@ park_idle(BridgeGreenlet *me, PyGreenlet *to)
 {
     me->idle = 1;
     PyObject *r = PyGreenlet_Switch(to, NULL, NULL);
-    while (r != NULL && me->job == NULL) {
+    while (r != NULL && (me->job == NULL || me->job->func == NULL)) {
         PyObject *args = PyTuple_Check(r) ? Py_NewRef(r) : PyTuple_Pack(1, r);
         Py_DECREF(r);
         PyGreenlet *parent = args ? PyGreenlet_GetParent((PyGreenlet *)me)
@@ -1007,7 +1030,7 @@ worker(PyObject *module, PyObject *unused)
     }
     for (;;) {
         Spawn *job = me->job;
-        if (job == NULL) {
+        if (job == NULL || job->func == NULL) { /* none, or one that ran */
             PyErr_SetString(PyExc_RuntimeError,
                             "bridge greenlet switched to without a job");
             return NULL;

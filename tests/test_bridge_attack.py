@@ -263,3 +263,81 @@ def test_run_in_greenlet_back_to_a_dead_greenlet_of_a_finished_job():
 def test_task_bound_helpers_at_a_views_first_line_under_the_server(gunicorn, path, body):
     srv = gunicorn(app="attack_bridge_app:main()")
     assert http_get(srv.port, path) == (200, body)
+
+
+RAW_WAIT_RESUMED = """
+    def job():
+        loop = asyncio.get_running_loop()
+        f = loop.create_future()
+        loop.call_later(0.02, f.set_result, "fine")
+        me = greenlet.getcurrent()
+
+        def poke():
+            try:
+                if "HOW" == "switch":
+                    greenlet.greenlet.switch(me, "poked")
+                else:
+                    greenlet.greenlet.throw(me, KeyError("poked"))
+            except BaseException as e:
+                print("poke raised", repr(e))
+
+        loop.call_soon(poke)
+        # aiopyramid 0.4's protocol: switch a future up to the driver, which
+        # awaits it and switches back; poke() resumes the switch first
+        return me.parent.switch(f)
+
+    async def main():
+        try:
+            r = await asyncio.wait_for(spawn_greenlet(job), 10)
+        except KeyError as e:
+            r = "KeyError " + e.args[0]
+        return r, await spawn_greenlet(tick, "pool ok")
+
+    print(asyncio.run(main()))
+"""
+
+
+@pytest.mark.parametrize("how, result", [("switch", "poked"), ("throw", "KeyError poked")])
+def test_job_waiting_in_its_own_switch_resumed_around_the_guard(how, result):
+    # nothing of ours is on the job's stack while it waits in a switch of
+    # its own (0.4's protocol), so a resume that goes around
+    # BridgeGreenlet.switch/throw runs it on; the driver must then take the
+    # job as it finds it, never switch into its finished greenlet (which
+    # called the job's cleared function: a segfault)
+    out = run_fresh(RAW_WAIT_RESUMED.replace("HOW", how))
+    assert out.strip().splitlines() == [str((result, "pool ok"))]
+
+
+def test_job_waiting_in_its_own_switch_resumed_by_a_greenlet_ending_into_it():
+    # the unlucky shape, all 0.4 code: a plain greenlet made in the job
+    # waits through run_in_greenlet by switching the task up to its parent
+    # (the job), which switches it on up to the driver; when the task is
+    # done it switches back to the plain greenlet, which ends into the job
+    # while the job still waits in its own switch
+    out = run_fresh('''
+    from aiopyramid.helpers import run_in_greenlet
+
+    async def add(a, b):
+        await asyncio.sleep(0.01)
+        return a + b
+
+    def waiter():
+        this = greenlet.getcurrent()
+        fut = asyncio.get_running_loop().create_future()
+        sub = asyncio.ensure_future(run_in_greenlet(this, fut, add, 1, 2))
+        this.parent.switch(sub)          # to the job, which is its parent
+        return fut.result()
+
+    def job():
+        g = greenlet.greenlet(waiter)
+        sub = g.switch()                 # the task waiter switched up
+        got = greenlet.getcurrent().parent.switch(sub)
+        return got, g.dead
+
+    async def main():
+        r = await asyncio.wait_for(spawn_greenlet(job), 10)
+        return r, await spawn_greenlet(tick, "pool ok")
+
+    print(asyncio.run(main()))
+    ''')
+    assert out.strip().splitlines() == [str(((3, True), "pool ok"))]
