@@ -8,6 +8,7 @@ executor would be wedged for good.  Used by _core; not public."""
 import asyncio
 import concurrent.futures
 import contextvars
+import functools
 import queue
 import threading
 
@@ -68,9 +69,9 @@ def wait_in_thread(coro, loop):
     return done.result()
 
 
-def lend(loop, fn):
-    """An asyncio future for fn() run in the thread waiting for the current
-    coroutine, or None when no thread waits for it."""
+def _lend(fn):
+    """A concurrent future for fn() run in the thread waiting for the
+    current coroutine, or None when no thread waits for it."""
     me = lender.get(None)
     if me is None:
         return None
@@ -79,4 +80,24 @@ def lend(loop, fn):
         if not me.open:
             return None
         me.calls.put((future, fn))
-    return asyncio.wrap_future(future, loop=loop)
+    return future
+
+
+def lend(loop, fn):
+    """An asyncio future for fn() run in the thread waiting for the current
+    coroutine, or None when no thread waits for it."""
+    future = _lend(fn)
+    return None if future is None else asyncio.wrap_future(future, loop=loop)
+
+
+class LendingExecutor(concurrent.futures.ThreadPoolExecutor):
+    """The default executor of aiopyramid's gunicorn worker: what a
+    coroutine that an executor thread waits for submits by hand
+    (loop.run_in_executor(None, ...), asyncio.to_thread) runs in that
+    thread too."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        future = _lend(functools.partial(fn, *args, **kwargs))
+        if future is not None:
+            return future
+        return super().submit(fn, *args, **kwargs)

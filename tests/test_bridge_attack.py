@@ -2,6 +2,7 @@
 that wait for coroutines, idle pooled greenlets switched to by hand.  Cases
 that could hang or crash run in a fresh interpreter with a timeout, so they
 fail their test and not the run."""
+import concurrent.futures
 import subprocess
 import sys
 import textwrap
@@ -341,3 +342,16 @@ def test_job_waiting_in_its_own_switch_resumed_by_a_greenlet_ending_into_it():
     print(asyncio.run(main()))
     ''')
     assert out.strip().splitlines() == [str(((3, True), "pool ok"))]
+
+
+def test_legacy_views_waiting_for_run_in_executor_under_the_server(gunicorn):
+    # more legacy views than executor threads, each waiting for a coroutine
+    # that calls loop.run_in_executor(None, ...) itself: the worker's
+    # executor runs such calls in the waiting thread
+    srv = gunicorn(app="attack_bridge_app:main()")
+    n = 24
+    with concurrent.futures.ThreadPoolExecutor(n) as clients:
+        got = list(clients.map(
+            lambda i: http_get(srv.port, "/legacy-by-hand?i=%d" % i, timeout=15), range(n)))
+    assert got == [(200, str(i).encode()) for i in range(n)]
+    assert http_get(srv.port, "/hello") == (200, b"Hello, world!")

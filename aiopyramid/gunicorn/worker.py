@@ -32,7 +32,7 @@ import sys
 
 from gunicorn.workers import base
 
-from .. import _core
+from .. import _core, _lending
 
 __all__ = ["AsyncGunicornWorker", "AsyncioGunicornWorker"]
 
@@ -151,6 +151,9 @@ class AsyncGunicornWorker(base.Worker):
         asyncio.set_event_loop(None)
         self.loop = _new_loop(self.loop_kind)
         asyncio.set_event_loop(self.loop)
+        # legacy views waiting for coroutines lend their threads to those
+        # coroutines' executor calls: they cannot wedge the executor
+        self.loop.set_default_executor(_lending.LendingExecutor())
         self._raise_fd_limit()
         super().init_process()  # signals, app, then run()
 
