@@ -19,9 +19,10 @@ lender = contextvars.ContextVar("aiopyramid_lender")
 
 
 class _Lender:
-    __slots__ = ("calls", "open", "lock")
+    __slots__ = ("loop", "calls", "open", "lock")
 
-    def __init__(self):
+    def __init__(self, loop):
+        self.loop = loop
         self.calls = queue.SimpleQueue()
         self.open = True
         self.lock = threading.Lock()
@@ -42,7 +43,7 @@ def _run(item):
 def wait_in_thread(coro, loop):
     """Runs coro on loop (another thread's) and waits for its result,
     running the executor calls it lends this thread meanwhile."""
-    me = _Lender()
+    me = _Lender(loop)
     token = lender.set(me)
     try:
         done = asyncio.run_coroutine_threadsafe(coro, loop)
@@ -69,11 +70,13 @@ def wait_in_thread(coro, loop):
     return done.result()
 
 
-def _lend(fn):
+def _lend(loop, fn):
     """A concurrent future for fn() run in the thread waiting for the
-    current coroutine, or None when no thread waits for it."""
+    current coroutine, or None when no thread waits for it.  Only calls made
+    on the loop it waits for are lent: a loop of another thread's (or of
+    the waiting thread's own, run by a lent call) never waits on it."""
     me = lender.get(None)
-    if me is None:
+    if me is None or me.loop is not loop:
         return None
     future = concurrent.futures.Future()
     with me.lock:
@@ -86,7 +89,7 @@ def _lend(fn):
 def lend(loop, fn):
     """An asyncio future for fn() run in the thread waiting for the current
     coroutine, or None when no thread waits for it."""
-    future = _lend(fn)
+    future = _lend(loop, fn)
     return None if future is None else asyncio.wrap_future(future, loop=loop)
 
 
@@ -97,7 +100,8 @@ class LendingExecutor(concurrent.futures.ThreadPoolExecutor):
     thread too."""
 
     def submit(self, fn, /, *args, **kwargs):
-        future = _lend(functools.partial(fn, *args, **kwargs))
+        future = _lend(asyncio._get_running_loop(),
+                       functools.partial(fn, *args, **kwargs))
         if future is not None:
             return future
         return super().submit(fn, *args, **kwargs)

@@ -132,6 +132,46 @@ def test_nested_legacy_subrequests_with_a_single_executor_thread():
     """)
     assert out.strip() == str(["3<2<1<0"] * 5)
 
+
+def test_a_lent_call_running_a_loop_of_its_own_keeps_its_executor_calls():
+    # the waiting thread runs a legacy subrequest (lent), which runs a loop
+    # of its own whose coroutine uses use_executor: that call must go to
+    # that loop's executor, not be lent to the thread busy running it
+    out = run_fresh("""
+    @use_executor
+    def blocking(x):
+        return x
+
+    async def inner_main():
+        return await blocking("inner")
+
+    @synchronize
+    async def outer(request):
+        sub = Request.blank("/legacy?n=sub")
+        return (await spawn_greenlet(request.invoke_subrequest, sub)).text
+
+    def legacy(request):
+        if request.params["n"] == "sub":
+            return Response(asyncio.run(inner_main()))
+        return Response("top:" + outer(request))
+
+    with Configurator() as config:
+        config.include("aiopyramid")
+        config.add_route("legacy", "/legacy")
+        config.add_view(legacy, route_name="legacy")
+        app = config.make_wsgi_app()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(1))
+        r = await asyncio.wait_for(
+            spawn_greenlet(Request.blank("/legacy?n=top").get_response, app), 10)
+        return r.text
+
+    print(asyncio.run(main()))
+    """, timeout=30)
+    assert out.strip() == "top:inner"
+
 def test_lent_calls_fail_and_get_cancelled_like_executor_calls():
     out = run_fresh("""
     @use_executor
