@@ -1200,26 +1200,23 @@ resume_greenlet(PyObject *g, PyObject *unused)
 {
     /* A greenlet that user code made inside a job, and which the loop
      * drives from now on: it must end into (or suspend up to) the loop's
-     * side, never into the job's greenlet, which has moved on and may be
-     * waiting for its own driver. */
-    PyGreenlet *p = PyGreenlet_GetParent((PyGreenlet *)g);
-    while (p != NULL && PyGreenlet_STARTED(p) && !PyGreenlet_ACTIVE(p)) {
-        PyGreenlet *up = PyGreenlet_GetParent(p); /* dead: greenlet skips it */
-        Py_SETREF(p, up);
-    }
-    int reparent = p != NULL && Py_TYPE(p)->tp_dealloc == bgreenlet_dealloc;
-    Py_XDECREF(p);
-    if (PyErr_Occurred())
+     * side, never into the greenlet it was made in (the job's, or another
+     * plain greenlet in the job), which went on when it first suspended and
+     * may itself be waiting, for its driver or for a coroutine. */
+    PyGreenlet *cur = PyGreenlet_GetCurrent();
+    if (cur == NULL)
         return NULL;
-    if (reparent) {
-        PyGreenlet *cur = PyGreenlet_GetCurrent();
-        if (cur == NULL)
+    PyGreenlet *p = PyGreenlet_GetParent((PyGreenlet *)g);
+    if (p != cur && PyGreenlet_SetParent((PyGreenlet *)g, cur) < 0) {
+        if (!PyErr_ExceptionMatches(PyExc_ValueError)) {
+            Py_XDECREF(p);
+            Py_DECREF(cur);
             return NULL;
-        int rc = PyGreenlet_SetParent((PyGreenlet *)g, cur);
-        Py_DECREF(cur);
-        if (rc < 0)
-            return NULL;
+        }
+        PyErr_Clear(); /* a cycle (the loop runs below g): leave it be */
     }
+    Py_XDECREF(p);
+    Py_DECREF(cur);
     PyObject *r = PyGreenlet_Switch((PyGreenlet *)g, NULL, NULL);
     if (r == NULL)
         return NULL;

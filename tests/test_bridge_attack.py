@@ -395,3 +395,45 @@ def test_legacy_views_waiting_for_run_in_executor_under_the_server(gunicorn):
             lambda i: http_get(srv.port, "/legacy-by-hand?i=%d" % i, timeout=15), range(n)))
     assert got == [(200, str(i).encode()) for i in range(n)]
     assert http_get(srv.port, "/hello") == (200, b"Hello, world!")
+
+
+def test_nested_plain_greenlets_each_waiting_in_a_job():
+    # plain greenlets nested in a job (g inside p inside the job), each
+    # calling a synchronized coroutine that suspends: g, resumed by the loop,
+    # ends while p waits for its own coroutine; that must not resume p, nor
+    # reach the job (which waits for its driver) through p
+    out = run_fresh("""
+    unraisable = []
+    sys.unraisablehook = lambda u: unraisable.append(repr(u.exc_value))
+
+    @synchronize
+    async def nap(v, t):
+        await asyncio.sleep(t)
+        return v
+
+    log = []
+
+    def g_f():
+        log.append(("g got", nap("g", 0.01)))
+        return "g done"
+
+    def p_f():
+        g = greenlet.greenlet(g_f)
+        g.switch()                  # back here when g suspends
+        log.append(("p got", nap("p", 0.03)))
+        return "p done"
+
+    def job():
+        p = greenlet.greenlet(p_f)
+        p.switch()                  # back here when p suspends
+        return nap("job", 0.06), p.dead
+
+    async def main():
+        r = await asyncio.wait_for(spawn_greenlet(job), 10)
+        await asyncio.sleep(0.05)
+        return r, await spawn_greenlet(tick, "pool ok")
+
+    print(asyncio.run(main()), log, unraisable)
+    """)
+    assert out.strip() == " ".join(map(str, [(("job", True), "pool ok"),
+                                             [("g got", "g"), ("p got", "p")], []]))
