@@ -23,6 +23,7 @@ typedef struct {
     PyGreenlet base;
     Spawn *job;   /* borrowed: the Spawn outlives its job (see spawn_finalize) */
     int in_view;  /* driving a coroutine view or synchronized coroutine */
+    int idle;     /* parked in the pool, or about to be: no job to resume */
 } BridgeGreenlet;
 
 static int
@@ -119,6 +120,13 @@ struct Spawn {
 static int
 refuse_foreign_resume(BridgeGreenlet *g)
 {
+    if (g->idle) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "this greenlet is idle in aiopyramid's pool of "
+                        "request greenlets: its job is over, and switching "
+                        "to it or throwing into it is refused");
+        return -1;
+    }
     if (g->job == NULL || !g->job->waiting)
         return 0;
     PyErr_SetString(PyExc_RuntimeError,
@@ -522,6 +530,28 @@ spawn_step(Spawn *self, PyObject *value, PyObject *exc, PyObject **result)
         self->state = SPAWN_RUNNING;
     }
 
+    if (self->raw && self->outcome != OUT_NONE) {
+        /* While it waited in a switch of its own (0.4's protocol), where
+         * nothing of ours is on its stack to refuse it, the job was resumed
+         * by another greenlet (one that ended into it, or a switch around
+         * BridgeGreenlet.switch) and went on: it has reported since.  Take
+         * it as it is now; never switch into a greenlet whose job is over. */
+        self->raw = 0;
+        if (self->outcome != OUT_YIELDED) {
+            Py_XDECREF(exc); /* too late: it is over */
+            self->waiting = 0;
+            goto report;
+        }
+        if (exc == NULL) {
+            /* it waits for a coroutine now: that is what the driver awaits
+             * (what it sent was for the switch, which is past) */
+            *result = self->value ? self->value : Py_NewRef(Py_None);
+            self->value = NULL;
+            return PYGEN_NEXT;
+        }
+        /* else throw exc where it waits now */
+    }
+
     PyObject *cur = (PyObject *)PyGreenlet_GetCurrent();
     if (cur == NULL) {
         Py_XDECREF(exc);
@@ -614,6 +644,7 @@ spawn_step(Spawn *self, PyObject *value, PyObject *exc, PyObject **result)
     else {
         Py_XDECREF(r);
     }
+report:
     switch (self->outcome) {
     case OUT_YIELDED:
         *result = self->value;
@@ -965,6 +996,35 @@ current_bridge(modstate *st)
                                                   : NULL;
 }
 
+/* Switches to `to` (borrowed) and waits, idle, until pool_take gives this
+ * greenlet a job.  Resumed with none, or with the one it ran (a switch around
+ * BridgeGreenlet.switch, or a dead greenlet whose parent this is being
+ * switched to), it passes the switch on to its parent and waits again, as a
+ * dead greenlet would: it never runs anything without a job.  0, or -1 with
+ * an exception when killed (or thrown into). */
+static int
+park_idle(BridgeGreenlet *me, PyGreenlet *to)
+{
+    me->idle = 1;
+    PyObject *r = PyGreenlet_Switch(to, NULL, NULL);
+    while (r != NULL && (me->job == NULL || me->job->func == NULL)) {
+        PyObject *args = PyTuple_Check(r) ? Py_NewRef(r) : PyTuple_Pack(1, r);
+        Py_DECREF(r);
+        PyGreenlet *parent = args ? PyGreenlet_GetParent((PyGreenlet *)me)
+                                  : NULL;
+        r = parent ? PyGreenlet_Switch(parent, args, NULL) : NULL;
+        if (args != NULL && parent == NULL && !PyErr_Occurred())
+            PyErr_SetString(PyExc_RuntimeError, "idle greenlet has no parent");
+        Py_XDECREF(parent);
+        Py_XDECREF(args);
+    }
+    me->idle = 0;
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
 static PyObject *
 worker(PyObject *module, PyObject *unused)
 {
@@ -979,15 +1039,14 @@ worker(PyObject *module, PyObject *unused)
         PyGreenlet *parent = PyGreenlet_GetParent((PyGreenlet *)me);
         if (parent == NULL)
             return NULL;
-        PyObject *r = PyGreenlet_Switch(parent, NULL, NULL);
+        int rc = park_idle(me, parent);
         Py_DECREF(parent);
-        if (r == NULL)
+        if (rc < 0)
             return NULL; /* killed before any job */
-        Py_DECREF(r);
     }
     for (;;) {
         Spawn *job = me->job;
-        if (job == NULL) {
+        if (job == NULL || job->func == NULL) { /* none, or one that ran */
             PyErr_SetString(PyExc_RuntimeError,
                             "bridge greenlet switched to without a job");
             return NULL;
@@ -1033,10 +1092,8 @@ worker(PyObject *module, PyObject *unused)
             exc_restore(exc);
             return NULL;
         }
-        PyObject *r = PyGreenlet_Switch((PyGreenlet *)job->driver, NULL, NULL);
-        if (r == NULL)
+        if (park_idle(me, (PyGreenlet *)job->driver) < 0)
             return NULL; /* killed while idle: end this greenlet */
-        Py_DECREF(r);
     }
 }
 
@@ -1159,26 +1216,23 @@ resume_greenlet(PyObject *g, PyObject *unused)
 {
     /* A greenlet that user code made inside a job, and which the loop
      * drives from now on: it must end into (or suspend up to) the loop's
-     * side, never into the job's greenlet, which has moved on and may be
-     * waiting for its own driver. */
-    PyGreenlet *p = PyGreenlet_GetParent((PyGreenlet *)g);
-    while (p != NULL && PyGreenlet_STARTED(p) && !PyGreenlet_ACTIVE(p)) {
-        PyGreenlet *up = PyGreenlet_GetParent(p); /* dead: greenlet skips it */
-        Py_SETREF(p, up);
-    }
-    int reparent = p != NULL && Py_TYPE(p)->tp_dealloc == bgreenlet_dealloc;
-    Py_XDECREF(p);
-    if (PyErr_Occurred())
+     * side, never into the greenlet it was made in (the job's, or another
+     * plain greenlet in the job), which went on when it first suspended and
+     * may itself be waiting, for its driver or for a coroutine. */
+    PyGreenlet *cur = PyGreenlet_GetCurrent();
+    if (cur == NULL)
         return NULL;
-    if (reparent) {
-        PyGreenlet *cur = PyGreenlet_GetCurrent();
-        if (cur == NULL)
+    PyGreenlet *p = PyGreenlet_GetParent((PyGreenlet *)g);
+    if (p != cur && PyGreenlet_SetParent((PyGreenlet *)g, cur) < 0) {
+        if (!PyErr_ExceptionMatches(PyExc_ValueError)) {
+            Py_XDECREF(p);
+            Py_DECREF(cur);
             return NULL;
-        int rc = PyGreenlet_SetParent((PyGreenlet *)g, cur);
-        Py_DECREF(cur);
-        if (rc < 0)
-            return NULL;
+        }
+        PyErr_Clear(); /* a cycle (the loop runs below g): leave it be */
     }
+    Py_XDECREF(p);
+    Py_DECREF(cur);
     PyObject *r = PyGreenlet_Switch((PyGreenlet *)g, NULL, NULL);
     if (r == NULL)
         return NULL;

@@ -124,8 +124,11 @@ def test_dead_greenlet_is_not_taken_from_the_pool(run):
 
     async def main():
         await spawn_greenlet(lambda: saved.append(greenlet.getcurrent()))
-        with pytest.raises(RuntimeError, match="switched to without a job"):
+        with pytest.raises(RuntimeError, match="idle in aiopyramid's pool"):
             saved[0].switch()  # a stale callback resuming a parked greenlet
+        assert not saved[0].dead
+        with pytest.raises(ValueError):  # around the guard: it dies of it
+            greenlet.greenlet.throw(saved[0], ValueError)
         assert saved[0].dead
         return await asyncio.wait_for(spawn_greenlet(lambda: "ran"), 5)
 
