@@ -261,6 +261,22 @@ def _current_op(frame):
     return code[i]
 
 
+def _yield_from_awaits(frame):
+    """Is ``frame`` at a ``yield from`` that awaits: in a generator
+    coroutine, or in a plain generator that a chain of ``yield from``s
+    (each frame at ``SEND``) delegates to from one?"""
+    if _current_op(frame) != _YIELD_FROM_ITER:
+        return False
+    for _ in range(_MAX_FRAMES):
+        if frame.f_code.co_flags & _COROUTINE_FLAGS:
+            return True
+        frame = frame.f_back
+        if frame is None or _current_op(frame) != _SEND:
+            return False
+    return False
+
+
+_MAX_FRAMES = 256
 _MAX_NESTED = 16
 
 
@@ -289,6 +305,13 @@ def _is_pending(value):
         # a seed-style coroutine, also one made without @coroutine; not a
         # generator expression (a plain iterable of principals, say)
         return value.gi_code.co_name != "<genexpr>"
+    if cls is types.AsyncGeneratorType:
+        # an `async def` with a `yield`: never a value, and Pyramid would
+        # take the object for one (truthy: `permits` would allow)
+        raise TypeError(
+            "a policy method or callback gave an async generator ({!r}): "
+            "an 'async def' with 'yield' never gives a value; 'return' "
+            "it".format(value))
     return hasattr(cls, "__await__")  # coroutines, futures, any awaitable
 
 
@@ -439,9 +462,10 @@ class PolicyAwaitable:
         return value
 
     def __iter__(self):
-        # `yield from` (generator coroutines) is awaiting; `for`, list(),
-        # unpacking... are not
-        if _current_op(sys._getframe(1)) == _YIELD_FROM_ITER:
+        # `yield from` in a generator coroutine is awaiting; `for`, list(),
+        # unpacking... are not, nor `yield from` in a plain generator that
+        # plain code iterates (its items would be the awaitable's steps)
+        if _yield_from_awaits(sys._getframe(1)):
             return self.__await__()
         raise _misuse(self, ", not iterate over it")
 
