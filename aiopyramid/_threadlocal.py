@@ -5,15 +5,31 @@ storage; with many requests interleaved on one thread each would see the
 others'.  Each request runs in its own contextvars context (the Task's,
 shared by its greenlet), so a stack kept in a ContextVar is request-local,
 and still thread-local for plain threads, which have contexts of their own.
+
+Each push also records the greenlet that pushed (the request greenlet, for
+the router's push): a Task made during the request inherits it, and
+``aiopyramid.auth`` looks at what that greenlet is doing to tell a Task a
+coroutine view made from one a synchronized coroutine made.
 """
 import contextvars
 import threading
+
+import greenlet
 
 import pyramid.config
 import pyramid.threadlocal
 from pyramid.threadlocal import ThreadLocalManager
 
 _stack = contextvars.ContextVar("aiopyramid_threadlocal_stack", default=())
+_pusher = contextvars.ContextVar("aiopyramid_threadlocal_pusher",
+                                 default=None)
+_getcurrent = greenlet.getcurrent
+
+
+def pushing_greenlet():
+    """The greenlet that made the last push in this context (the request
+    greenlet during a request), or None."""
+    return _pusher.get()
 
 
 class ContextLocalManager(ThreadLocalManager):
@@ -31,6 +47,7 @@ class ContextLocalManager(ThreadLocalManager):
 
     def push(self, info):
         _stack.set(_stack.get() + (info,))
+        _pusher.set(_getcurrent())
 
     set = push
 

@@ -38,8 +38,9 @@ methods called directly, give
   and what it awaits): it was written for plain code, so it gets what
   plain code gets.  Where that
   is impossible (such a coroutine that an executor thread runs on the
-  loop) the read raises ``ScopeError``, rather than hand out an awaitable
-  that ``is not None`` would take for a user.
+  loop, or a Task such a coroutine made with ``asyncio.gather()`` or
+  ``wait_for()``) the read raises ``ScopeError``, rather than hand out an
+  awaitable that ``is not None`` would take for a user.
 
 Pyramid's own compound checks are plain code and always get plain values:
 ``request.has_permission(...)`` (and view ``permission=`` checks) and
@@ -84,6 +85,7 @@ from pyramid.interfaces import IAuthenticationPolicy
 from zope.interface import implementer
 
 from . import _core
+from ._threadlocal import pushing_greenlet as _pushing_greenlet
 from .exceptions import ScopeError
 from .helpers import coroutine, spawn_greenlet, synchronize
 
@@ -218,6 +220,15 @@ def _wants_awaitable(frame, name):
         return True
     if _can_block():
         return False
+    if _runs_for_a_synchronized_coroutine():
+        raise ScopeError(
+            "{} was asked for in a Task that a coroutine run through "
+            "synchronize made (asyncio.gather(), wait_for(), create_task() "
+            "in a synchronized __acl__, __getitem__, callback or helper): it "
+            "runs on the event loop, where no plain value can be computed, "
+            "and an awaitable would contradict what synchronized code "
+            "gets.  Ask for it in the synchronized coroutine itself (it "
+            "gets the value) and pass it in".format(name))
     if _runs_for_a_thread():
         raise ScopeError(
             "{} was asked for in a coroutine that plain code in an executor "
@@ -227,6 +238,20 @@ def _wants_awaitable(frame, name):
             "synchronized code gets.  Ask for it in the plain code itself "
             "(it gets the value) and pass it in".format(name))
     return True
+
+
+def _runs_for_a_synchronized_coroutine():
+    """Is this Task one made while its request's greenlet was not running
+    a coroutine view: the request greenlet (inherited through the context
+    from the push of Pyramid's threadlocals) is suspended somewhere other
+    than in Pyramid's call of a view, i.e. in a synchronized call made by
+    plain code (an ``__acl__``, a traversal ``__getitem__``, a callback, a
+    helper a coroutine view called)?"""
+    request_greenlet = _pushing_greenlet()
+    if request_greenlet is None or request_greenlet.dead:
+        return False
+    top = request_greenlet.gr_frame  # None while it runs (no loop case)
+    return top is not None and top.f_code not in _VIEW_CALLERS
 
 
 _REQUEST_LOOP_VAR = "aiopyramid_request_loop"

@@ -223,15 +223,41 @@ def test_callback_giving_an_async_generator_is_refused():
         _ResolvedCallback(groupfinder)("george", None)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a coroutine that a synchronized __acl__ runs through asyncio.gather()"
-    "/wait_for() runs as a Task on the loop, where the rule hands out an "
-    "awaitable (README: it gets values), so `is not None` grants; telling "
-    "such a Task from one a coroutine view made needs the bridge to mark "
-    "synchronized runs in the context (a C change)"))
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # never awaited
 @pytest.mark.parametrize("path", ["/gathered-acl", "/wait-for-acl"])
-def test_task_run_by_a_synchronized_acl(app, path):
-    resp = fetch(app, path)
-    assert resp.status_int in (403, 500), resp.text
-    assert fetch(app, path, "george").status_int == 200
+@pytest.mark.parametrize("user", [None, "george"])
+def test_task_run_by_a_synchronized_acl(app, path, user):
+    # the coroutine runs as a Task on the loop (gather, wait_for), where no
+    # value can be computed; an awaitable would pass `is not None` (the
+    # README's table promises values to what synchronized code runs): a
+    # ScopeError, for everyone
+    resp = fetch(app, path, user)
+    assert resp.status_int == 500, resp.text
+    assert resp.text == "server error: ScopeError"
+
+
+async def is_logged_in_awaiting(request):
+    return (await get_current_request().authenticated_userid) is not None
+
+
+async def gathering_view(request):
+    # the same gather in a coroutine view: its Tasks get awaitables
+    logged_in, = await asyncio.gather(is_logged_in_awaiting(request))
+    if not logged_in:
+        raise HTTPForbidden()
+    return Response("granted")
+
+
+@pytest.mark.parametrize("renderer", [None, "string"])
+def test_task_run_by_a_coroutine_view_gets_an_awaitable(renderer):
+    with Configurator(root_factory=Root) as config:
+        config.include("aiopyramid")
+        config.set_security_policy(CoroutineSecurityPolicyProxy(Policy()))
+        config.add_route("gather", "/gather")
+        config.add_view(gathering_view, route_name="gather",
+                        renderer=renderer)
+        config.add_exception_view(server_error, context=Exception)
+        app = config.make_wsgi_app()
+    assert fetch(app, "/gather").status_int == 403
+    resp = fetch(app, "/gather", "george")
+    assert resp.status_int == 200, resp.text
