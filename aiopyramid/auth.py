@@ -75,6 +75,7 @@ a coroutine (no ``@coroutine``) counts as plain code too.
 import asyncio
 import contextvars
 import dis
+import os
 import sys
 import types
 import warnings
@@ -85,7 +86,6 @@ from pyramid.interfaces import IAuthenticationPolicy
 from zope.interface import implementer
 
 from . import _core
-from ._threadlocal import pushing_greenlet as _pushing_greenlet
 from .exceptions import ScopeError
 from .helpers import coroutine, spawn_greenlet, synchronize
 
@@ -186,6 +186,9 @@ def _pyramid_codes():
 
 _DELEGATING, _VIEW_CALLERS = _pyramid_codes()
 
+# after the check: it imports pyramid.config, which needs what was checked
+from ._threadlocal import pushing_greenlet as _pushing_greenlet  # noqa: E402
+
 
 def _can_block():
     """True where a plain value can be computed in place: in a request
@@ -218,6 +221,8 @@ def _wants_awaitable(frame, name):
         driver = driver.f_back
     if driver is not None and driver.f_code in _VIEW_CALLERS:
         return True
+    if driver is None and _view_run_outside():
+        return True
     if _can_block():
         return False
     if _runs_for_a_synchronized_coroutine():
@@ -238,6 +243,26 @@ def _wants_awaitable(frame, name):
             "synchronized code gets.  Ask for it in the plain code itself "
             "(it gets the value) and pass it in".format(name))
     return True
+
+
+_ASYNCIO_DIR = os.path.dirname(asyncio.__file__) + os.sep
+
+
+def _view_run_outside():
+    """Is this greenlet running a coroutine view with no loop around (a
+    unit test, WebTest): the view's coroutine is at the bottom of a request
+    greenlet whose parent runs a fresh loop (asyncio's frames) for
+    Pyramid's call of the view?  A synchronized coroutine that plain code
+    called with no loop looks the same, but plain code is under the
+    loop."""
+    parent = greenlet.getcurrent().parent
+    frame = None if parent is None else parent.gr_frame
+    for _ in range(_MAX_FRAMES):
+        if frame is None or not frame.f_code.co_filename.startswith(
+                _ASYNCIO_DIR):
+            break
+        frame = frame.f_back
+    return frame is not None and frame.f_code in _VIEW_CALLERS
 
 
 def _runs_for_a_synchronized_coroutine():

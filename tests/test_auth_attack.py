@@ -261,3 +261,103 @@ def test_task_run_by_a_coroutine_view_gets_an_awaitable(renderer):
     assert fetch(app, "/gather").status_int == 403
     resp = fetch(app, "/gather", "george")
     assert resp.status_int == 200, resp.text
+
+
+# no loop running: WebTest, render_view_to_response -----------------------
+
+@synchronize
+async def synchronized_is_logged_in(request):
+    # written for plain code: gets values, with no loop too
+    await asyncio.sleep(0)
+    return request.authenticated_userid is not None
+
+
+async def awaiting_view(request):
+    userid = await request.authenticated_userid
+    if userid is None:
+        raise HTTPForbidden()
+    return Response("hello " + userid)
+
+
+def plain_view_with_helper(request):
+    if not synchronized_is_logged_in(request):
+        raise HTTPForbidden()
+    return Response("granted")
+
+
+async def coroutine_view_with_helper(request):
+    if not synchronized_is_logged_in(request):
+        raise HTTPForbidden()
+    return Response("granted")
+
+
+async def awaiting_forbidden_view(request):
+    userid = await request.authenticated_userid
+    return Response("forbidden for {}".format(userid), status=403)
+
+
+def no_loop_app():
+    with Configurator(root_factory=Root) as config:
+        config.include("aiopyramid")
+        config.set_security_policy(CoroutineSecurityPolicyProxy(Policy()))
+        for name, view, extra in [
+            ("awaiting", awaiting_view, {}),
+            ("awaiting-json", awaiting_view, {"renderer": "json"}),
+            ("plain-helper", plain_view_with_helper, {}),
+            ("coroutine-helper", coroutine_view_with_helper, {}),
+            ("admin", admin, {"permission": "admin"}),
+        ]:
+            config.add_route(name, "/" + name)
+            config.add_view(view, route_name=name, **extra)
+        config.add_view(awaiting_view, name="direct")
+        config.add_forbidden_view(awaiting_forbidden_view)
+        return config.make_wsgi_app()
+
+
+class TestNoLoop:
+    """WebTest drives the app with no loop running: coroutine views run on
+    a fresh loop in a request greenlet, and the rule must hold there too
+    (an awaitable for the view, values for synchronized helpers)."""
+
+    @pytest.fixture
+    def testapp(self):
+        import webtest
+
+        return webtest.TestApp(no_loop_app())
+
+    @pytest.mark.parametrize("path", ["/awaiting", "/awaiting-json"])
+    def test_a_coroutine_view_awaits(self, testapp, path):
+        assert testapp.get(path, status=403).text == "forbidden for None"
+        resp = testapp.get(path, headers={"X-User": "george"}, status=200)
+        assert resp.text == "hello george"
+
+    @pytest.mark.parametrize("path", ["/plain-helper", "/coroutine-helper"])
+    def test_a_synchronized_helper_gets_values(self, testapp, path):
+        testapp.get(path, status=403)
+        testapp.get(path, headers={"X-User": "george"}, status=200)
+
+    def test_permission_and_forbidden_view(self, testapp):
+        resp = testapp.get("/admin", headers={"X-User": "fred"}, status=403)
+        assert resp.text == "forbidden for fred"
+        testapp.get("/admin", headers={"X-User": "george"}, status=200)
+
+    def test_render_view_to_response(self):
+        from pyramid.scripting import prepare
+        from pyramid.view import render_view_to_response
+
+        app = no_loop_app()
+        for user, expected in [(None, HTTPForbidden), ("george", None)]:
+            request = Request.blank(
+                "/", headers={"X-User": user} if user else {})
+            env = prepare(request=request, registry=app.registry)
+            try:
+                if expected is None:
+                    resp = render_view_to_response(
+                        env["root"], request, name="direct")
+                    assert resp.text == "hello george"
+                else:
+                    with pytest.raises(expected):
+                        render_view_to_response(env["root"], request,
+                                                name="direct")
+            finally:
+                env["closer"]()
