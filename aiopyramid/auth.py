@@ -339,7 +339,19 @@ def _awaiting(awaitable):
 
 # awaits in place: the bridge's own primitive (what synchronize does), or
 # the same through synchronize
-_await_here = getattr(_core, "await_", None) or synchronize(_awaiting)
+_await_in_greenlet = getattr(_core, "await_", None) or synchronize(_awaiting)
+
+
+def _await_here(value):
+    """``value`` awaited in place.  In a thread with no loop (an executor
+    thread running a legacy view, which the bridge serves on the request's
+    loop) it is awaited in a request greenlet there, not in a bare Task:
+    the policy's coroutine may call plain code that calls synchronized
+    coroutines (``ACLHelper.permits`` and a synchronized ``__acl__``)."""
+    if greenlet.getcurrent().parent is None \
+            and asyncio._get_running_loop() is None:
+        return _await_in_greenlet(spawn_greenlet(_await_in_greenlet, value))
+    return _await_in_greenlet(value)
 
 
 # what policies return most: no need to ask further

@@ -3,6 +3,7 @@ user code and of policies that got past the first fix.  Each test is the
 attacker's request (anonymous, banned) against a real app: a 403 or a 500,
 never a 200."""
 import asyncio
+import random
 
 import pytest
 from pyramid.authorization import ACLHelper, Allow, Authenticated, Everyone
@@ -361,3 +362,85 @@ class TestNoLoop:
                                                 name="direct")
             finally:
                 env["closer"]()
+
+
+# many interleaved users through a real gunicorn ---------------------------
+
+def test_interleaved_users_through_gunicorn(gunicorn):
+    """Twelve users, 8 connections at a time, 480 requests: each response
+    names its own user (coroutine views, legacy views in executor threads,
+    a tween, synchronized traversal and __acl__), each document is
+    readable by its owner only."""
+    import concurrent.futures
+    import socket
+
+    from .rawhttp import read_to_eof
+
+    srv = gunicorn(app="auth_interleave_app:main()")
+
+    def ask(path, user):
+        with socket.create_connection(("127.0.0.1", srv.port),
+                                      timeout=20) as s:
+            s.sendall("GET {} HTTP/1.1\r\nHost: t\r\nX-User: {}\r\n"
+                      "Connection: close\r\n\r\n".format(path, user).encode())
+            data = read_to_eof(s)
+        head, _, body = data.partition(b"\r\n\r\n")
+        headers = dict(line.split(": ", 1) for line in
+                       head.decode().split("\r\n")[1:])
+        return (int(head.split(b" ", 2)[1]), body.decode(),
+                headers.get("X-Tween-User"))
+
+    from . import auth_interleave_app
+
+    rng = random.Random(15)
+    users = auth_interleave_app.USERS
+    jobs = []
+    for i in range(480):
+        user, owner = rng.choice(users), rng.choice(users)
+        if i % 3 == 0:
+            owner = user
+        view = rng.choice(["", "legacy", "open", "legacy-open"])
+        jobs.append((user, owner, view))
+    try:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(
+                lambda job: ask("/doc/{}/{}".format(job[1], job[2]), job[0]),
+                jobs, timeout=300))
+    finally:
+        srv.stop()
+    wrong = []
+    for (user, owner, view), (status, body, tween_user) in zip(jobs, results):
+        allowed = user == owner
+        if view in ("", "legacy"):
+            expected = (200 if allowed else 403)
+        else:
+            expected = 200
+        ok = status == expected and tween_user == user
+        if status == 200:
+            ok = ok and body == "user={} doc={} perm={}".format(
+                user, owner, allowed)
+        if not ok:
+            wrong.append((user, owner, view, status, body[:200], tween_user))
+    assert not wrong, (wrong[:10], srv.log()[-3000:])
+    assert sum(1 for user, owner, view in jobs
+               if user == owner and view in ("", "legacy")) > 50
+
+
+@pytest.mark.parametrize("view", ["legacy", "legacy-open", "", "open"])
+def test_has_permission_with_a_synchronized_acl_in_every_view(view):
+    """request.has_permission() with a coroutine permits whose ACLHelper
+    calls a synchronized __acl__: in a legacy view (an executor thread) the
+    policy ran in a bare Task on the loop, where the __acl__ raised
+    ScopeError (a 500 for the owner)."""
+    from . import auth_interleave_app
+
+    app = auth_interleave_app.main()
+    resp = fetch(app, "/doc/u1/" + view, "u1")
+    assert resp.status_int == 200, resp.text
+    assert resp.text == "user=u1 doc=u1 perm=True"
+    resp = fetch(app, "/doc/u1/" + view, "u2")
+    if view.endswith("open"):
+        assert resp.status_int == 200, resp.text
+        assert resp.text == "user=u2 doc=u1 perm=False"
+    else:
+        assert resp.status_int == 403, resp.text
