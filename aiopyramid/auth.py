@@ -565,6 +565,10 @@ class PolicyAwaitable:
             raise AttributeError(name)
         raise _misuse(self, ", then read .{} of the value".format(name))
 
+    def __reduce_ex__(self, protocol):
+        # copy.copy(), deepcopy(), pickle: a copy would run the policy again
+        raise _misuse(self, ", not copy or pickle it")
+
     def __repr__(self):
         state = ("pending", "running", "done", "failed")[self._state]
         return "<PolicyAwaitable {} {}>".format(self._name, state)

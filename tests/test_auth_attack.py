@@ -444,3 +444,24 @@ def test_has_permission_with_a_synchronized_acl_in_every_view(view):
         assert resp.text == "user=u2 doc=u1 perm=False"
     else:
         assert resp.status_int == 403, resp.text
+
+
+@pytest.mark.parametrize("use", ["copy", "deepcopy", "pickle"])
+def test_a_policy_awaitable_cannot_be_copied(use):
+    # a copy would be a second awaitable of the same call: the policy would
+    # run twice (and a half-made deep copy complained in __del__)
+    import copy
+    import pickle
+
+    proxy = CoroutineSecurityPolicyProxy(Policy())
+    request = Request.blank("/", headers={"X-User": "george"})
+    uses = {"copy": copy.copy, "deepcopy": copy.deepcopy,
+            "pickle": pickle.dumps}
+
+    async def main():
+        pending = proxy.authenticated_userid(request)
+        with pytest.raises(TypeError, match="not copy or pickle it"):
+            uses[use](pending)
+        return await pending
+
+    assert asyncio.run(main()) == "george"
