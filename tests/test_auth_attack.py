@@ -465,3 +465,141 @@ def test_a_policy_awaitable_cannot_be_copied(use):
         return await pending
 
     assert asyncio.run(main()) == "george"
+
+
+# a coroutine policy registered without its proxy ---------------------------
+
+class AsyncAuthorizationPolicy:
+    async def permits(self, context, principals, permission):
+        return False
+
+    def principals_allowed_by_permission(self, context, permission):
+        return []
+
+
+def _wrapped_policy():
+    import functools
+
+    def logged(func):
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            return func(*args, **kwargs)
+
+        return wrapper
+
+    class WrappedPolicy(Policy):
+        permits = logged(Policy._permits)
+        identity = authenticated_userid = None
+
+        def identity(self, request):  # noqa: F811 - plain
+            return None
+
+        def authenticated_userid(self, request):  # noqa: F811 - plain
+            return None
+
+    return WrappedPolicy()
+
+
+def _callable_policy():
+    class AsyncPermits:
+        async def __call__(self, request, context, permission):
+            return False
+
+    class CallablePolicy:
+        permits = AsyncPermits()
+
+        def identity(self, request):
+            return None
+
+        def authenticated_userid(self, request):
+            return None
+
+        def remember(self, request, userid, **kw):
+            return []
+
+        def forget(self, request, **kw):
+            return []
+
+    return CallablePolicy()
+
+
+def _set_authn_with_async_callback(config):
+    from pyramid.authentication import RemoteUserAuthenticationPolicy
+    from pyramid.authorization import ACLAuthorizationPolicy
+
+    async def groupfinder(userid, request):
+        return None
+
+    config.set_authentication_policy(
+        RemoteUserAuthenticationPolicy(callback=groupfinder))
+    config.set_authorization_policy(ACLAuthorizationPolicy())
+
+
+def _set_async_authz(config):
+    from pyramid.authentication import RemoteUserAuthenticationPolicy
+
+    config.set_authentication_policy(RemoteUserAuthenticationPolicy())
+    config.set_authorization_policy(AsyncAuthorizationPolicy())
+
+
+UNPROXIED = {
+    "security": lambda config: config.set_security_policy(Policy()),
+    "security-wrapped": lambda config: config.set_security_policy(
+        _wrapped_policy()),
+    "security-callable": lambda config: config.set_security_policy(
+        _callable_policy()),
+    "authn-callback": _set_authn_with_async_callback,
+    "authz": _set_async_authz,
+}
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("how", sorted(UNPROXIED))
+def test_a_coroutine_policy_without_its_proxy_is_refused(how):
+    """Registered as it is, a policy's coroutine gives Pyramid a coroutine
+    object, which is truthy: every permission check passed (an anonymous
+    request got the admin page).  Refused when the app is configured."""
+    from pyramid.exceptions import ConfigurationError
+
+    def build():
+        with Configurator(root_factory=Root) as config:
+            config.include("aiopyramid")
+            UNPROXIED[how](config)
+            config.add_route("admin", "/admin")
+            config.add_view(admin, route_name="admin", permission="admin")
+            return config.make_wsgi_app()
+
+    with pytest.raises(ConfigurationError) as caught:
+        app = build()
+        # what it gave before: the anonymous request, let in
+        assert fetch(app, "/admin").status_int == 403
+    assert "aiopyramid" in str(caught.value)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_proxied_and_plain_policies_are_accepted():
+    from pyramid.authentication import RemoteUserAuthenticationPolicy
+    from pyramid.authorization import ACLAuthorizationPolicy
+
+    from aiopyramid.auth import authn_policy_factory
+
+    async def groupfinder(userid, request):
+        return []
+
+    for configure in [
+        lambda c: c.set_security_policy(
+            CoroutineSecurityPolicyProxy(Policy())),
+        lambda c: (c.set_authentication_policy(authn_policy_factory(
+            RemoteUserAuthenticationPolicy, groupfinder)),
+            c.set_authorization_policy(ACLAuthorizationPolicy())),
+        lambda c: (c.set_authentication_policy(
+            RemoteUserAuthenticationPolicy()),
+            c.set_authorization_policy(ACLAuthorizationPolicy())),
+    ]:
+        with Configurator(root_factory=Root) as config:
+            config.include("aiopyramid")
+            configure(config)
+            config.add_route("admin", "/admin")
+            config.add_view(admin, route_name="admin", permission="admin")
+            app = config.make_wsgi_app()
+        assert fetch(app, "/admin").status_int == 403
