@@ -246,15 +246,17 @@ def _wants_awaitable(frame, name):
 
 
 _ASYNCIO_DIR = os.path.dirname(asyncio.__file__) + os.sep
+_MappedView = getattr(_core, "MappedView", None)
 
 
 def _view_run_outside():
     """Is this greenlet running a coroutine view with no loop around (a
     unit test, WebTest): the view's coroutine is at the bottom of a request
     greenlet whose parent runs a fresh loop (asyncio's frames) for
-    Pyramid's call of the view?  A synchronized coroutine that plain code
-    called with no loop looks the same, but plain code is under the
-    loop."""
+    Pyramid's call of the view, and the view it calls is a coroutine view?
+    A synchronized coroutine that plain code called with no loop looks the
+    same, but plain code is under the loop, or (a synchronized view) the
+    view Pyramid calls is a plain one."""
     parent = greenlet.getcurrent().parent
     frame = None if parent is None else parent.gr_frame
     for _ in range(_MAX_FRAMES):
@@ -262,7 +264,11 @@ def _view_run_outside():
                 _ASYNCIO_DIR):
             break
         frame = frame.f_back
-    return frame is not None and frame.f_code in _VIEW_CALLERS
+    if frame is None or frame.f_code not in _VIEW_CALLERS:
+        return False
+    local = frame.f_locals
+    view = local.get("view", local.get("view_callable"))
+    return type(view) is _MappedView and view.kind == "coroutine"
 
 
 def _runs_for_a_synchronized_coroutine():

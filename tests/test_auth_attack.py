@@ -292,6 +292,14 @@ async def coroutine_view_with_helper(request):
     return Response("granted")
 
 
+@synchronize
+async def synchronized_view(request):
+    # a synchronized coroutine as the view: a plain view that gets values
+    if request.authenticated_userid is not None:
+        return Response("granted")
+    raise HTTPForbidden()
+
+
 async def awaiting_forbidden_view(request):
     userid = await request.authenticated_userid
     return Response("forbidden for {}".format(userid), status=403)
@@ -307,6 +315,7 @@ def no_loop_app():
             ("plain-helper", plain_view_with_helper, {}),
             ("coroutine-helper", coroutine_view_with_helper, {}),
             ("admin", admin, {"permission": "admin"}),
+            ("synchronized-view", synchronized_view, {}),
         ]:
             config.add_route(name, "/" + name)
             config.add_view(view, route_name=name, **extra)
@@ -336,6 +345,13 @@ class TestNoLoop:
     def test_a_synchronized_helper_gets_values(self, testapp, path):
         testapp.get(path, status=403)
         testapp.get(path, headers={"X-User": "george"}, status=200)
+
+    def test_a_synchronized_view_is_not_a_coroutine_view(self, testapp):
+        # it runs inline, its coroutine at the bottom of a greenlet under
+        # Pyramid's call of a view, as a coroutine view's does: an
+        # awaitable there would pass `is not None`
+        resp = testapp.get("/synchronized-view", expect_errors=True)
+        assert resp.status_int == 403, resp.text
 
     def test_permission_and_forbidden_view(self, testapp):
         resp = testapp.get("/admin", headers={"X-User": "fred"}, status=403)
