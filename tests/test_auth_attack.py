@@ -4,6 +4,7 @@ attacker's request (anonymous, banned) against a real app: a 403 or a 500,
 never a 200."""
 import asyncio
 import random
+import sys
 
 import pytest
 from pyramid.authorization import ACLHelper, Allow, Authenticated, Everyone
@@ -233,6 +234,11 @@ def test_task_run_by_a_synchronized_acl(app, path, user):
     # README's table promises values to what synchronized code runs): a
     # ScopeError, for everyone
     resp = fetch(app, path, user)
+    if path == "/wait-for-acl" and sys.version_info >= (3, 12):
+        # wait_for() awaits a coroutine in place since 3.12 (no Task): it
+        # is what the synchronized __acl__ awaits, it gets values
+        assert resp.status_int == (403 if user is None else 200), resp.text
+        return
     assert resp.status_int == 500, resp.text
     assert resp.text == "server error: ScopeError"
 
