@@ -388,7 +388,8 @@ class TestNoLoop:
 
 # many interleaved users through a real gunicorn ---------------------------
 
-def test_interleaved_users_through_gunicorn(gunicorn):
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_interleaved_users_through_gunicorn(gunicorn, loop):
     """Twelve users, 8 connections at a time, 480 requests: each response
     names its own user (coroutine views, legacy views in executor threads,
     a tween, synchronized traversal and __acl__), each document is
@@ -398,7 +399,10 @@ def test_interleaved_users_through_gunicorn(gunicorn):
 
     from .rawhttp import read_to_eof
 
-    srv = gunicorn(app="auth_interleave_app:main()")
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+    srv = gunicorn(app="auth_interleave_app:main()",
+                   env={"AIOPYRAMID_LOOP": loop})
 
     def ask(path, user):
         with socket.create_connection(("127.0.0.1", srv.port),
