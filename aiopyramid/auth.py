@@ -58,7 +58,11 @@ Pyramid version, instead of the rule silently changing.
 
 A plain value is computed right where it is asked for: a synchronized
 callback suspends the request greenlet while it waits (in an executor
-thread it runs on the request's loop and blocks only that thread).  An
+thread it runs in a request greenlet on the request's loop and blocks only
+that thread; so plain code it calls may call synchronized coroutines: a
+synchronized ``__acl__`` under ``request.has_permission()``).  With no
+loop (a unit test, WebTest) a coroutine view runs on a fresh loop and gets
+awaitables as under a server.  An
 awaitable runs the policy's method in a pooled request greenlet
 (``spawn_greenlet``) when awaited, at most once: it keeps its result (or
 its error), so awaiting it again gives the same; each read of
