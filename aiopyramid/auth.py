@@ -192,6 +192,7 @@ _DELEGATING, _VIEW_CALLERS = _pyramid_codes()
 
 # after the check: it imports pyramid.config, which needs what was checked
 from ._threadlocal import pushing_greenlet as _pushing_greenlet  # noqa: E402
+from ._threadlocal import record_pushers  # noqa: E402
 
 
 def _can_block():
@@ -600,6 +601,7 @@ class CoroutineAuthenticationPolicyProxy:
 
     def __init__(self, policy):
         self._policy = policy
+        record_pushers()  # for _runs_for_a_synchronized_coroutine
         callback = getattr(policy, "callback", None)
         if callback is not None:
             # decided when called, not here: whatever it returns that is
