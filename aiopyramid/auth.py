@@ -353,13 +353,16 @@ def _awaiting(awaitable):
 _await_in_greenlet = getattr(_core, "await_", None) or synchronize(_awaiting)
 
 
+_getcurrent = greenlet.getcurrent
+
+
 def _await_here(value):
     """``value`` awaited in place.  In a thread with no loop (an executor
     thread running a legacy view, which the bridge serves on the request's
     loop) it is awaited in a request greenlet there, not in a bare Task:
     the policy's coroutine may call plain code that calls synchronized
     coroutines (``ACLHelper.permits`` and a synchronized ``__acl__``)."""
-    if greenlet.getcurrent().parent is None \
+    if _getcurrent().parent is None \
             and asyncio._get_running_loop() is None:
         return _await_in_greenlet(spawn_greenlet(_await_in_greenlet, value))
     return _await_in_greenlet(value)
@@ -424,7 +427,10 @@ def _route(method, args, kwargs, name):
         return value
     if type(value) is types.CoroutineType:  # an async def: the common case
         try:
-            value = _await_here(value)
+            if _getcurrent().parent is not None:  # a request greenlet
+                value = _await_in_greenlet(value)
+            else:
+                value = _await_here(value)
         except BaseException:
             value.close()  # e.g. a ScopeError before it ran
             raise
