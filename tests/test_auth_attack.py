@@ -568,7 +568,44 @@ def _set_async_authz(config):
     config.set_authorization_policy(AsyncAuthorizationPolicy())
 
 
+def _shaped_policy(shape):
+    import functools
+
+    async def permits(request, context, permission, extra=None):
+        return False
+
+    class Shaped:
+        def identity(self, request):
+            return None
+
+        def authenticated_userid(self, request):
+            return None
+
+        def remember(self, request, userid, **kw):
+            return []
+
+        def forget(self, request, **kw):
+            return []
+
+    if shape == "staticmethod":
+        Shaped.permits = staticmethod(permits)
+    elif shape == "classmethod":
+        async def permits_(cls, request, context, permission):
+            return False
+
+        Shaped.permits = classmethod(permits_)
+    else:
+        Shaped.permits = staticmethod(functools.partial(permits, extra=1))
+    return Shaped()
+
+
 UNPROXIED = {
+    "security-staticmethod": lambda config: config.set_security_policy(
+        _shaped_policy("staticmethod")),
+    "security-classmethod": lambda config: config.set_security_policy(
+        _shaped_policy("classmethod")),
+    "security-partial": lambda config: config.set_security_policy(
+        _shaped_policy("partial")),
     "security": lambda config: config.set_security_policy(Policy()),
     "security-wrapped": lambda config: config.set_security_policy(
         _wrapped_policy()),
