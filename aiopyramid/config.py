@@ -185,7 +185,8 @@ _POLICY_METHODS = (
      "wrap it in aiopyramid.security.CoroutineSecurityPolicyProxy"),
     ("IAuthenticationPolicy", "set_authentication_policy",
      ("authenticated_userid", "unauthenticated_userid",
-      "effective_principals", "remember", "forget", "callback"),
+      "effective_principals", "remember", "forget", "callback",
+      "check"),  # BasicAuthAuthenticationPolicy's callback calls check
      "build it with aiopyramid.auth.authn_policy_factory, or wrap it in "
      "aiopyramid.auth.CoroutineAuthenticationPolicyProxy"),
     ("IAuthorizationPolicy", "set_authorization_policy",

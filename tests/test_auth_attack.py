@@ -561,6 +561,17 @@ def _set_authn_with_async_callback(config):
     config.set_authorization_policy(ACLAuthorizationPolicy())
 
 
+def _set_basic_auth_with_async_check(config):
+    from pyramid.authentication import BasicAuthAuthenticationPolicy
+    from pyramid.authorization import ACLAuthorizationPolicy
+
+    async def check(username, password, request):
+        return None
+
+    config.set_authentication_policy(BasicAuthAuthenticationPolicy(check))
+    config.set_authorization_policy(ACLAuthorizationPolicy())
+
+
 def _set_async_authz(config):
     from pyramid.authentication import RemoteUserAuthenticationPolicy
 
@@ -612,6 +623,7 @@ UNPROXIED = {
     "security-callable": lambda config: config.set_security_policy(
         _callable_policy()),
     "authn-callback": _set_authn_with_async_callback,
+    "authn-basic-check": _set_basic_auth_with_async_check,
     "authz": _set_async_authz,
 }
 
