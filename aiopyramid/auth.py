@@ -38,8 +38,9 @@ methods called directly, give
   and what it awaits): it was written for plain code, so it gets what
   plain code gets.  Where that
   is impossible (such a coroutine that an executor thread runs on the
-  loop) the read raises ``ScopeError``, rather than hand out an awaitable
-  that ``is not None`` would take for a user.
+  loop, or a Task such a coroutine made with ``asyncio.gather()`` or
+  ``wait_for()``) the read raises ``ScopeError``, rather than hand out an
+  awaitable that ``is not None`` would take for a user.
 
 Pyramid's own compound checks are plain code and always get plain values:
 ``request.has_permission(...)`` (and view ``permission=`` checks) and
@@ -57,7 +58,11 @@ Pyramid version, instead of the rule silently changing.
 
 A plain value is computed right where it is asked for: a synchronized
 callback suspends the request greenlet while it waits (in an executor
-thread it runs on the request's loop and blocks only that thread).  An
+thread it runs in a request greenlet on the request's loop and blocks only
+that thread; so plain code it calls may call synchronized coroutines: a
+synchronized ``__acl__`` under ``request.has_permission()``).  With no
+loop (a unit test, WebTest) a coroutine view runs on a fresh loop and gets
+awaitables as under a server.  An
 awaitable runs the policy's method in a pooled request greenlet
 (``spawn_greenlet``) when awaited, at most once: it keeps its result (or
 its error), so awaiting it again gives the same; each read of
@@ -74,6 +79,7 @@ a coroutine (no ``@coroutine``) counts as plain code too.
 import asyncio
 import contextvars
 import dis
+import os
 import sys
 import types
 import warnings
@@ -184,6 +190,10 @@ def _pyramid_codes():
 
 _DELEGATING, _VIEW_CALLERS = _pyramid_codes()
 
+# after the check: it imports pyramid.config, which needs what was checked
+from ._threadlocal import pushing_greenlet as _pushing_greenlet  # noqa: E402
+from ._threadlocal import record_pushers  # noqa: E402
+
 
 def _can_block():
     """True where a plain value can be computed in place: in a request
@@ -216,8 +226,19 @@ def _wants_awaitable(frame, name):
         driver = driver.f_back
     if driver is not None and driver.f_code in _VIEW_CALLERS:
         return True
+    if driver is None and _view_run_outside():
+        return True
     if _can_block():
         return False
+    if _runs_for_a_synchronized_coroutine():
+        raise ScopeError(
+            "{} was asked for in a Task that a coroutine run through "
+            "synchronize made (asyncio.gather(), wait_for(), create_task() "
+            "in a synchronized __acl__, __getitem__, callback or helper): it "
+            "runs on the event loop, where no plain value can be computed, "
+            "and an awaitable would contradict what synchronized code "
+            "gets.  Ask for it in the synchronized coroutine itself (it "
+            "gets the value) and pass it in".format(name))
     if _runs_for_a_thread():
         raise ScopeError(
             "{} was asked for in a coroutine that plain code in an executor "
@@ -227,6 +248,46 @@ def _wants_awaitable(frame, name):
             "synchronized code gets.  Ask for it in the plain code itself "
             "(it gets the value) and pass it in".format(name))
     return True
+
+
+_ASYNCIO_DIR = os.path.dirname(asyncio.__file__) + os.sep
+_MappedView = getattr(_core, "MappedView", None)
+
+
+def _view_run_outside():
+    """Is this greenlet running a coroutine view with no loop around (a
+    unit test, WebTest): the view's coroutine is at the bottom of a request
+    greenlet whose parent runs a fresh loop (asyncio's frames) for
+    Pyramid's call of the view, and the view it calls is a coroutine view?
+    A synchronized coroutine that plain code called with no loop looks the
+    same, but plain code is under the loop, or (a synchronized view) the
+    view Pyramid calls is a plain one."""
+    parent = greenlet.getcurrent().parent
+    frame = None if parent is None else parent.gr_frame
+    for _ in range(_MAX_FRAMES):
+        if frame is None or not frame.f_code.co_filename.startswith(
+                _ASYNCIO_DIR):
+            break
+        frame = frame.f_back
+    if frame is None or frame.f_code not in _VIEW_CALLERS:
+        return False
+    local = frame.f_locals
+    view = local.get("view", local.get("view_callable"))
+    return type(view) is _MappedView and view.kind == "coroutine"
+
+
+def _runs_for_a_synchronized_coroutine():
+    """Is this Task one made while its request's greenlet was not running
+    a coroutine view: the request greenlet (inherited through the context
+    from the push of Pyramid's threadlocals) is suspended somewhere other
+    than in Pyramid's call of a view, i.e. in a synchronized call made by
+    plain code (an ``__acl__``, a traversal ``__getitem__``, a callback, a
+    helper a coroutine view called)?"""
+    request_greenlet = _pushing_greenlet()
+    if request_greenlet is None or request_greenlet.dead:
+        return False
+    top = request_greenlet.gr_frame  # None while it runs (no loop case)
+    return top is not None and top.f_code not in _VIEW_CALLERS
 
 
 _REQUEST_LOOP_VAR = "aiopyramid_request_loop"
@@ -261,6 +322,22 @@ def _current_op(frame):
     return code[i]
 
 
+def _yield_from_awaits(frame):
+    """Is ``frame`` at a ``yield from`` that awaits: in a generator
+    coroutine, or in a plain generator that a chain of ``yield from``s
+    (each frame at ``SEND``) delegates to from one?"""
+    if _current_op(frame) != _YIELD_FROM_ITER:
+        return False
+    for _ in range(_MAX_FRAMES):
+        if frame.f_code.co_flags & _COROUTINE_FLAGS:
+            return True
+        frame = frame.f_back
+        if frame is None or _current_op(frame) != _SEND:
+            return False
+    return False
+
+
+_MAX_FRAMES = 256
 _MAX_NESTED = 16
 
 
@@ -273,7 +350,22 @@ def _awaiting(awaitable):
 
 # awaits in place: the bridge's own primitive (what synchronize does), or
 # the same through synchronize
-_await_here = getattr(_core, "await_", None) or synchronize(_awaiting)
+_await_in_greenlet = getattr(_core, "await_", None) or synchronize(_awaiting)
+
+
+_getcurrent = greenlet.getcurrent
+
+
+def _await_here(value):
+    """``value`` awaited in place.  In a thread with no loop (an executor
+    thread running a legacy view, which the bridge serves on the request's
+    loop) it is awaited in a request greenlet there, not in a bare Task:
+    the policy's coroutine may call plain code that calls synchronized
+    coroutines (``ACLHelper.permits`` and a synchronized ``__acl__``)."""
+    if _getcurrent().parent is None \
+            and asyncio._get_running_loop() is None:
+        return _await_in_greenlet(spawn_greenlet(_await_in_greenlet, value))
+    return _await_in_greenlet(value)
 
 
 # what policies return most: no need to ask further
@@ -289,6 +381,13 @@ def _is_pending(value):
         # a seed-style coroutine, also one made without @coroutine; not a
         # generator expression (a plain iterable of principals, say)
         return value.gi_code.co_name != "<genexpr>"
+    if cls is types.AsyncGeneratorType:
+        # an `async def` with a `yield`: never a value, and Pyramid would
+        # take the object for one (truthy: `permits` would allow)
+        raise TypeError(
+            "a policy method or callback gave an async generator ({!r}): "
+            "an 'async def' with 'yield' never gives a value; 'return' "
+            "it".format(value))
     return hasattr(cls, "__await__")  # coroutines, futures, any awaitable
 
 
@@ -328,7 +427,10 @@ def _route(method, args, kwargs, name):
         return value
     if type(value) is types.CoroutineType:  # an async def: the common case
         try:
-            value = _await_here(value)
+            if _getcurrent().parent is not None:  # a request greenlet
+                value = _await_in_greenlet(value)
+            else:
+                value = _await_here(value)
         except BaseException:
             value.close()  # e.g. a ScopeError before it ran
             raise
@@ -439,9 +541,10 @@ class PolicyAwaitable:
         return value
 
     def __iter__(self):
-        # `yield from` (generator coroutines) is awaiting; `for`, list(),
-        # unpacking... are not
-        if _current_op(sys._getframe(1)) == _YIELD_FROM_ITER:
+        # `yield from` in a generator coroutine is awaiting; `for`, list(),
+        # unpacking... are not, nor `yield from` in a plain generator that
+        # plain code iterates (its items would be the awaitable's steps)
+        if _yield_from_awaits(sys._getframe(1)):
             return self.__await__()
         raise _misuse(self, ", not iterate over it")
 
@@ -479,6 +582,10 @@ class PolicyAwaitable:
             raise AttributeError(name)
         raise _misuse(self, ", then read .{} of the value".format(name))
 
+    def __reduce_ex__(self, protocol):
+        # copy.copy(), deepcopy(), pickle: a copy would run the policy again
+        raise _misuse(self, ", not copy or pickle it")
+
     def __repr__(self):
         state = ("pending", "running", "done", "failed")[self._state]
         return "<PolicyAwaitable {} {}>".format(self._name, state)
@@ -500,6 +607,7 @@ class CoroutineAuthenticationPolicyProxy:
 
     def __init__(self, policy):
         self._policy = policy
+        record_pushers()  # for _runs_for_a_synchronized_coroutine
         callback = getattr(policy, "callback", None)
         if callback is not None:
             # decided when called, not here: whatever it returns that is

@@ -178,6 +178,65 @@ def _executor_threads(settings):
     return threads
 
 
+# a policy's methods that Pyramid calls and tests as values, by interface
+_POLICY_METHODS = (
+    ("ISecurityPolicy", "set_security_policy",
+     ("identity", "authenticated_userid", "permits", "remember", "forget"),
+     "wrap it in aiopyramid.security.CoroutineSecurityPolicyProxy"),
+    ("IAuthenticationPolicy", "set_authentication_policy",
+     ("authenticated_userid", "unauthenticated_userid",
+      "effective_principals", "remember", "forget", "callback",
+      "check"),  # BasicAuthAuthenticationPolicy's callback calls check
+     "build it with aiopyramid.auth.authn_policy_factory, or wrap it in "
+     "aiopyramid.auth.CoroutineAuthenticationPolicyProxy"),
+    ("IAuthorizationPolicy", "set_authorization_policy",
+     ("permits", "principals_allowed_by_permission"),
+     "make the method a plain def that calls a synchronized coroutine "
+     "(aiopyramid.helpers.synchronize), or use a security policy wrapped in "
+     "aiopyramid.security.CoroutineSecurityPolicyProxy"),
+)
+
+
+def _is_async(obj):
+    """A coroutine function, also behind ``functools.wraps``, or an object
+    whose ``__call__`` is one."""
+    seen = 0
+    while obj is not None and seen < 32:
+        if inspect.iscoroutinefunction(obj) or \
+                inspect.isasyncgenfunction(obj):
+            return True
+        if not inspect.isroutine(obj) and not inspect.isclass(obj):
+            call = getattr(type(obj), "__call__", None)
+            if call is not None and (inspect.iscoroutinefunction(call) or
+                                     inspect.isasyncgenfunction(call)):
+                return True
+        obj = getattr(obj, "__wrapped__", None)
+        seen += 1
+    return False
+
+
+def _refuse_coroutine_policies(registry):
+    """A policy with coroutine methods registered as it is: Pyramid would
+    take the coroutine object each gives for the answer (truthy: every
+    permission check passes).  Refused when the app is configured."""
+    import pyramid.interfaces
+
+    for iface_name, setter, methods, remedy in _POLICY_METHODS:
+        policy = registry.queryUtility(getattr(pyramid.interfaces,
+                                               iface_name))
+        if policy is None or \
+                type(policy).__module__ in ("aiopyramid.auth",
+                                            "aiopyramid.security"):
+            continue
+        for name in methods:
+            if _is_async(getattr(policy, name, None)):
+                raise ConfigurationError(
+                    "{!r}, given to config.{}(), has a coroutine {}: Pyramid "
+                    "would take the coroutine object it returns for the "
+                    "answer (truthy: every permission check would pass); "
+                    "{}".format(policy, setter, name, remedy))
+
+
 def includeme(config):
     """``config.include('aiopyramid')``: coroutine views on the loop, other
     views in the executor, request-local threadlocals.
@@ -196,3 +255,5 @@ def includeme(config):
             max_workers=threads, thread_name_prefix="aiopyramid-view"
         )
     config.set_view_mapper(CoroutineOrExecutorMapper)
+    # after the policies are registered (PHASE1, PHASE2)
+    config.action(None, _refuse_coroutine_policies, args=(config.registry,))
