@@ -2048,6 +2048,13 @@ on_body(llhttp_t *parser, const char *at, size_t n)
     HttpRequest *r = p->req;
     if (r == NULL || r->response_done)
         return 0; /* a body nobody reads any more */
+    if (r->bpos > 0 && r->blen + n > r->bcap) {
+        /* what the app has read goes before the buffer grows: a reader a
+         * few bytes behind would otherwise keep the whole body */
+        memmove(r->bbuf, r->bbuf + r->bpos, r->blen - r->bpos);
+        r->blen -= r->bpos;
+        r->bpos = 0;
+    }
     if (grow(&r->bbuf, &r->bcap, r->blen + n) < 0)
         return cb_error(p);
     memcpy(r->bbuf + r->blen, at, n);
