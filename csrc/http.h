@@ -45,7 +45,9 @@
     X(READ, "read")                                                          \
     X(CONTEXT, "context")                                                    \
     X(HTTP_EXPECT, "HTTP_EXPECT")                                            \
-    X(HTTP_HOST, "HTTP_HOST")
+    X(HTTP_HOST, "HTTP_HOST")                                                \
+    X(SOCKET, "socket")                                                      \
+    X(FILENO, "fileno")
 
 enum {
 #define HTTP_STR_ENUM(name, text) HS_##name,

@@ -98,3 +98,53 @@ def test_a_body_read_in_pieces_keeps_memory_bounded(gunicorn, chunked):
     assert out.endswith(b"\r\n\r\n%d" % total), out[-200:]
     if not ASAN:  # ASan's quarantine keeps the freed pieces
         assert rss.grown_mib < 16, rss.grown_mib
+
+
+# -- a client that reads slowly but steadily is not cut off ----------------
+
+def read_steadily(s, total, rate, timeout):
+    """Reads `total` bytes off s at about `rate` bytes a second; returns
+    them, or fails saying how far it got."""
+    data = bytearray()
+    step = 0.05
+    deadline = time.monotonic() + timeout
+    while len(data) < total:
+        assert time.monotonic() < deadline, "%d of %d bytes" % (len(data), total)
+        want = int(rate * step)
+        while want > 0 and len(data) < total:
+            try:
+                got = s.recv(min(want, 65536))
+            except ConnectionError as e:
+                raise AssertionError("%r after %d of %d bytes" % (e, len(data), total)) from None
+            assert got, "closed after %d of %d bytes" % (len(data), total)
+            data += got
+            want -= len(got)
+        time.sleep(step)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("n,mb", [(1, 8), (32, 0.25)], ids=["one-8MiB", "pipelined-32x256KiB"])
+def test_a_slow_steady_reader_is_not_cut_off(gunicorn, n, mb):
+    # the send timeout looked only at the transport's buffer, which the
+    # kernel drains in megabyte steps to a slow reader (its send queue
+    # takes more only once half of it has gone): a client reading 512 KiB/s
+    # showed no progress for 4 s and was cut off after 4.09 of 8 MiB
+    # (--timeout 2); and keep-alive closed a connection whose answers it
+    # was still reading (truncating one, the pipelined rest lost)
+    srv = gunicorn("--keep-alive", "1", "--timeout", "2", app=APP)
+    size = int(mb * MIB)
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+    try:
+        s.sendall(b"GET /big?mb=%s HTTP/1.1\r\nHost: t\r\n\r\n" % str(mb).encode() * n)
+        head_len = len(b"HTTP/1.1 200 OK\r\n")  # heads are about 150 bytes
+        data = read_steadily(s, n * (size + head_len), 512 * 1024, timeout=90)
+        s.settimeout(5)
+        # the rest of the last head, then nothing more
+        while data.count(b"x") < n * size:
+            more = s.recv(65536)
+            assert more, "closed before the end"
+            data += more
+        assert data.count(b"HTTP/1.1 200 OK\r\n") == n
+        assert data.count(b"x") == n * size
+    finally:
+        s.close()
