@@ -20,6 +20,10 @@
 #include <llhttp.h>
 #include <time.h>
 #include <string.h>
+#ifdef __linux__
+#include <sys/ioctl.h>
+#include <linux/sockios.h>
+#endif
 
 /* ------------------------------------------------------------------ */
 /* Types                                                                */
@@ -2051,6 +2055,13 @@ on_body(llhttp_t *parser, const char *at, size_t n)
     HttpRequest *r = p->req;
     if (r == NULL || r->response_done)
         return 0; /* a body nobody reads any more */
+    if (r->bpos > 0 && r->blen + n > r->bcap) {
+        /* what the app has read goes before the buffer grows: a reader a
+         * few bytes behind would otherwise keep the whole body */
+        memmove(r->bbuf, r->bbuf + r->bpos, r->blen - r->bpos);
+        r->blen -= r->bpos;
+        r->bpos = 0;
+    }
     if (grow(&r->bbuf, &r->bcap, r->blen + n) < 0)
         return cb_error(p);
     memcpy(r->bbuf + r->blen, at, n);
@@ -3014,6 +3025,32 @@ waits_on_client(HttpProtocol *p)
            (r->body_waiter != NULL || p->write_paused);
 }
 
+/* Bytes the kernel holds in the connection's send queue, not yet taken
+ * by the client (0 where that cannot be known).  The transport hands the
+ * kernel more only once a large part of that queue has gone (megabytes on
+ * a fast link), so a client reading slowly but steadily makes progress
+ * there long before the transport's own buffer moves. */
+static Py_ssize_t
+kernel_unsent(HttpProtocol *p)
+{
+#ifdef SIOCOUTQ
+    modstate *st = proto_state(p);
+    PyObject *sock = extra_info(st, p->transport, HSTR(st, SOCKET));
+    PyObject *fdo = sock == NULL || sock == Py_None ? NULL :
+        PyObject_CallMethodNoArgs(sock, HSTR(st, FILENO));
+    long fd = fdo == NULL ? -1 : PyLong_AsLong(fdo);
+    Py_XDECREF(fdo);
+    Py_XDECREF(sock);
+    PyErr_Clear();
+    int n = 0;
+    if (fd >= 0 && fd <= INT_MAX && ioctl((int)fd, SIOCOUTQ, &n) == 0 && n > 0)
+        return n;
+#else
+    (void)p;
+#endif
+    return 0;
+}
+
 /* The transport has held unsent bytes for `wait` seconds without the
  * client taking any. */
 static int
@@ -3031,6 +3068,7 @@ send_stalled(HttpProtocol *p, double now, double wait)
     }
     if (size == 0)
         return 0;
+    size += kernel_unsent(p);
     if (size != p->wsize_seen) {
         /* the client took some (or more was written): progress */
         p->wsize_seen = size;
@@ -3081,7 +3119,9 @@ server_close_idle(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
         /* keep-alive between requests; a new connection may take longer
          * to send its first one */
         double limit = p->served ? max_idle : first_wait;
-        if (!busy && now - p->last_activity >= limit) {
+        /* (a client yet to read what was sent is not idle: the send
+         * timeout above is its bound; closing would cut it short) */
+        if (!busy && !p->write_paused && now - p->last_activity >= limit) {
             proto_close(p);
             closed++;
         }

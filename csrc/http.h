@@ -43,7 +43,9 @@
     X(GET_WRITE_BUFFER_SIZE, "get_write_buffer_size")                        \
     X(READ, "read")                                                          \
     X(HTTP_EXPECT, "HTTP_EXPECT")                                            \
-    X(HTTP_HOST, "HTTP_HOST")
+    X(HTTP_HOST, "HTTP_HOST")                                                \
+    X(SOCKET, "socket")                                                      \
+    X(FILENO, "fileno")
 
 enum {
 #define HTTP_STR_ENUM(name, text) HS_##name,

@@ -1,5 +1,6 @@
 """The Pyramid app the end-to-end server tests run under gunicorn."""
 import asyncio
+import hashlib
 import json
 import os
 
@@ -146,6 +147,22 @@ def hostile_main(global_config=None, **settings):
                 STREAMED += 1
                 write(chunk)
         qs = dict(p.split("=", 1) for p in environ["QUERY_STRING"].split("&") if "=" in p)
+        if path == "/raw/count":
+            # the body read in small pieces of `n` bytes, as a streaming
+            # upload handler does; answers how many bytes came
+            # (work=k: k hashes of each piece, a reader slower than the client)
+            size, total = int(qs.get("n", "1000")), 0
+            work = int(qs.get("work", "0"))
+            read = environ["wsgi.input"].read
+            while True:
+                data = read(size)
+                if not data:
+                    break
+                for _ in range(work):
+                    hashlib.sha256(data).digest()
+                total += len(data)
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [str(total).encode()]
         status = qs.get("status", "200").replace("+", " ")
         if " " not in status:
             status += " Whatever"
