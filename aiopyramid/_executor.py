@@ -22,17 +22,19 @@ the worker stops (:func:`stop_waiting`), it wakes with an error.
 import collections
 import concurrent.futures
 import threading
+import weakref
 from asyncio import events, futures, run_coroutine_threadsafe
 
 from ._core import _waiting_thread
 
-__all__ = ["Executor", "stop_waiting", "wait_in_thread"]
+__all__ = ["Executor", "shutdown_pools", "stop_waiting", "wait_in_thread"]
 
 #: seconds between a waiting thread's checks that its loop is still open
 POLL = 0.5
 
 _waiters = set()
 _waiters_lock = threading.Lock()
+_pools = weakref.WeakSet()  # every Executor, for shutdown_pools()
 
 
 class WaitingThread:
@@ -150,9 +152,21 @@ def stop_waiting(loop, message="the server is stopping"):
     return len(waiters)
 
 
+def shutdown_pools():
+    """Shuts every :class:`Executor` down without waiting: queued jobs are
+    cancelled, running ones finish in their threads (the worker calls it
+    when it exits)."""
+    for pool in list(_pools):
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
 class Executor(concurrent.futures.ThreadPoolExecutor):
     """A ThreadPoolExecutor that hands a job submitted by a synchronized
     coroutine, whose caller's thread waits for it, to that thread."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _pools.add(self)
 
     def submit(self, fn, /, *args, **kwargs):
         waiter = _waiting_thread.get(None)

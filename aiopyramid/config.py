@@ -22,10 +22,12 @@ a request greenlet driven by a Task, as under a server.
 import functools
 import inspect
 
+from pyramid.config import PHASE1_CONFIG
 from pyramid.exceptions import ConfigurationError
 from pyramid.threadlocal import get_current_registry
 from pyramid.util import is_unbound_method, object_description
 from pyramid.viewderivers import DefaultViewMapper, requestonly
+from zope.interface import Interface
 
 from . import _core
 from ._core import coroutine, is_coroutine_function
@@ -34,10 +36,17 @@ __all__ = [
     "CoroutineOrExecutorMapper",
     "CoroutineMapper",
     "ExecutorMapper",
+    "IViewExecutor",
     "includeme",
 ]
 
 EXECUTOR_THREADS_SETTING = "aiopyramid.executor_threads"
+
+
+class IViewExecutor(Interface):
+    """The utility naming the executor legacy views run in (the pool that
+    ``aiopyramid.executor_threads`` creates); when none is registered they
+    run in the loop's default executor."""
 
 
 def _target(view, attr):
@@ -77,7 +86,7 @@ class AsyncioMapperBase(DefaultViewMapper):
     def __init__(self, **kw):
         super().__init__(**kw)
         registry = get_current_registry()
-        self.executor = getattr(registry, "aiopyramid_executor", None)
+        self.executor = registry.queryUtility(IViewExecutor)
 
     def _kind(self, view):
         raise NotImplementedError
@@ -249,11 +258,19 @@ def includeme(config):
     install()
     threads = _executor_threads(config.registry.settings)
     if threads is not None:
-        from ._executor import Executor
+        registry = config.registry
 
-        config.registry.aiopyramid_executor = Executor(
-            max_workers=threads, thread_name_prefix="aiopyramid-view"
-        )
+        def register_executor():
+            from ._executor import Executor
+
+            registry.registerUtility(
+                Executor(max_workers=threads, thread_name_prefix="aiopyramid-view"),
+                IViewExecutor,
+            )
+
+        # before the views are mapped (they are at the default order, 0);
+        # the gunicorn worker shuts every such pool down when it exits
+        config.action(IViewExecutor, register_executor, order=PHASE1_CONFIG)
     config.set_view_mapper(CoroutineOrExecutorMapper)
     # after the policies are registered (PHASE1, PHASE2)
     config.action(None, _refuse_coroutine_policies, args=(config.registry,))

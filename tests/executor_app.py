@@ -9,6 +9,7 @@ import time
 from pyramid.config import Configurator
 from pyramid.response import Response
 
+from aiopyramid.config import IViewExecutor
 from aiopyramid.helpers import synchronize, use_executor
 
 
@@ -41,7 +42,7 @@ async def nested():
 @synchronize
 async def via_view_pool(request):
     # the views' own pool (aiopyramid.executor_threads), or the default one
-    pool = getattr(request.registry, "aiopyramid_executor", None)
+    pool = request.registry.queryUtility(IViewExecutor)
     return await asyncio.get_running_loop().run_in_executor(pool, _pause)
 
 

@@ -513,6 +513,7 @@ class TestRunInGreenlet:
 
         async def main():
             loop = asyncio.get_running_loop()
+            got = []
 
             def child():
                 future = loop.create_future()
@@ -522,7 +523,7 @@ class TestRunInGreenlet:
                 # switches back
                 while not future.done():
                     greenlet.getcurrent().parent.switch(task)
-                return future.result()
+                got.append(future.result())
 
             g = greenlet.greenlet(child)
             task = g.switch()
@@ -530,9 +531,9 @@ class TestRunInGreenlet:
                 await task
                 if not g.dead:
                     task = g.switch()
-            return
+            return got
 
-        run(main())
+        assert run(main()) == [42]
 
     def test_rejects_non_greenlet(self):
         with pytest.raises(TypeError, match="expects a greenlet"):
@@ -562,7 +563,8 @@ def test_refcounts_stable():
     gc.collect()
     after = sys.getrefcount(_core.GreenletSpawn), sys.getrefcount(None)
     assert after[0] == before[0]
-    assert abs(after[1] - before[1]) < 50
+    if sys.version_info < (3, 12):  # None is immortal from 3.12 on
+        assert abs(after[1] - before[1]) < 50
 
 
 @pytest.mark.parametrize("result", [(1, 2), (), None, [3], StopIteration()])

@@ -9,7 +9,6 @@ from pyramid.response import Response
 from pyramid.threadlocal import get_current_registry, get_current_request
 from pyramid.view import render_view_to_response, view_config
 
-from aiopyramid import _core
 from aiopyramid.config import (
     CoroutineMapper,
     CoroutineOrExecutorMapper,
@@ -229,6 +228,29 @@ def test_executor_threads_setting(run, make_app):
             make_app(configure, {"aiopyramid.executor_threads": bad})
 
 
+def test_executor_threads_pool_is_a_utility_shut_down_with_the_worker(run, make_app):
+    from aiopyramid import _executor
+    from aiopyramid.config import IViewExecutor
+
+    def name(request):
+        return Response(threading.current_thread().name)
+
+    def configure(config):
+        config.add_route("n", "/n")
+        config.add_view(name, route_name="n")
+
+    app = make_app(configure, {"aiopyramid.executor_threads": "2"})
+    pool = app.registry.queryUtility(IViewExecutor)
+    assert isinstance(pool, _executor.Executor) and pool._max_workers == 2
+    assert run(get(app, "/n")).text.startswith("aiopyramid-view")
+    # without the setting there is no pool of the views' own
+    assert make_app(configure).registry.queryUtility(IViewExecutor) is None
+    # what the gunicorn worker calls when it exits
+    _executor.shutdown_pools()
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        pool.submit(print)
+
+
 def test_loop_default_executor_is_used(run, make_app):
     from concurrent.futures import ThreadPoolExecutor
 
@@ -356,9 +378,8 @@ def test_coroutine_view_exception_becomes_pyramid_error(run, make_app):
         run(get(app, "/b"))
 
 
-def test_mapped_view_is_c(make_app):
+def test_mapped_view_takes_context_and_request(make_app):
     mapped = CoroutineOrExecutorMapper()(coro_request_only)
-    assert type(mapped) is _core.MappedView
     with pytest.raises(TypeError, match="takes \\(context, request\\)"):
         mapped(1)
 

@@ -426,6 +426,8 @@ class AsyncGunicornWorker(base.Worker):
             await asyncio.wait_for(loop.shutdown_default_executor(), 5)
         except (asyncio.TimeoutError, RuntimeError):
             pass
+        # and the views' own pools (aiopyramid.executor_threads)
+        _executor.shutdown_pools()
 
 
 class AsyncioGunicornWorker(AsyncGunicornWorker):
