@@ -1,0 +1,633 @@
+/* server.c: HttpServer, the protocol factory: options and limits, counters, idle
+ * and send timeouts, max_requests, shutdown; and the HTTP part of module
+ * init. */
+#include "http.h"
+
+void
+server_update_date(HttpServer *srv)
+{
+    static const char *days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri",
+                                 "Sat"};
+    static const char *months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                   "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+    time_t now = time(NULL);
+    if (now == srv->date_time && srv->date_len)
+        return;
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    int n = snprintf(srv->date, sizeof(srv->date),
+                     "Date: %s, %02d %s %04d %02d:%02d:%02d GMT\r\n",
+                     days[tm.tm_wday % 7], tm.tm_mday, months[tm.tm_mon % 12],
+                     tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+    srv->date_len = n > 0 && (size_t)n < sizeof(srv->date) ? (size_t)n : 0;
+    srv->date_time = now;
+}
+
+/* Logs through the server's error_log(message, exception), or as
+ * unraisable; takes the current exception. */
+void
+log_error(HttpServer *srv, const char *message)
+{
+    PyObject *exc = exc_take();
+    if (srv != NULL && srv->error_log != NULL) {
+        PyObject *r = PyObject_CallFunction(srv->error_log, "sO", message,
+                                            exc ? exc : Py_None);
+        if (r != NULL) {
+            Py_DECREF(r);
+            Py_XDECREF(exc);
+            return;
+        }
+        PyErr_WriteUnraisable(srv->error_log);
+    }
+    if (exc != NULL) {
+        exc_restore(exc);
+        PyErr_WriteUnraisable(NULL);
+    }
+}
+
+static int
+positive_or_zero(Py_ssize_t v, const char *name)
+{
+    if (v < 0) {
+        PyErr_Format(PyExc_ValueError, "%s must be 0 or more, got %zd", name, v);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+server_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {
+        "app", "loop", "base_environ", "limit_request_line",
+        "limit_request_fields", "limit_request_field_size", "keepalive",
+        "secure_scheme_headers", "forwarded_allow_ips", "access_log",
+        "error_log", "body_buffer", NULL};
+    PyObject *app, *loop, *base = NULL, *secure = NULL, *allow = NULL;
+    PyObject *access_log = Py_None, *error_log = Py_None;
+    Py_ssize_t limit_line = 4094, limit_fields = 100, limit_field_size = 8190;
+    Py_ssize_t body_buffer = 262144;
+    double keepalive = 2.0;
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kwargs, "OO|$O!nnndOOOOn:HttpServer", kwlist, &app, &loop,
+            &PyDict_Type, &base, &limit_line, &limit_fields,
+            &limit_field_size, &keepalive, &secure, &allow, &access_log,
+            &error_log, &body_buffer))
+        return NULL;
+    if (positive_or_zero(limit_line, "limit_request_line") < 0 ||
+        positive_or_zero(limit_fields, "limit_request_fields") < 0 ||
+        positive_or_zero(limit_field_size, "limit_request_field_size") < 0)
+        return NULL;
+    if (body_buffer < 1024) {
+        PyErr_Format(PyExc_ValueError,
+                     "body_buffer must be 1024 or more, got %zd", body_buffer);
+        return NULL;
+    }
+    modstate *st = state_of_type(tp);
+    if (st == NULL)
+        return NULL;
+    HttpServer *self = (HttpServer *)tp->tp_alloc(tp, 0);
+    if (self == NULL)
+        return NULL;
+    self->app = Py_NewRef(app);
+    self->loop = Py_NewRef(loop);
+    self->limit_line = limit_line;
+    self->limit_fields = limit_fields;
+    self->limit_field_size = limit_field_size;
+    self->keepalive = keepalive;
+    self->body_buffer = body_buffer;
+    self->access_log = access_log == Py_None ? NULL : Py_NewRef(access_log);
+    self->error_log = error_log == Py_None ? NULL : Py_NewRef(error_log);
+    if ((self->create_future = PyObject_GetAttr(loop, HSTR(st, CREATE_FUTURE))) == NULL ||
+        (self->connections = PySet_New(NULL)) == NULL ||
+        server_task_init(self) < 0)
+        goto error;
+    self->base_environ = base ? PyDict_Copy(base) : PyDict_New();
+    if (self->base_environ == NULL)
+        goto error;
+    PyObject *sn = PyDict_GetItemWithError(self->base_environ,
+                                           HSTR(st, SCRIPT_NAME));
+    if (sn == NULL && PyErr_Occurred())
+        goto error;
+    if (sn == NULL) {
+        sn = HSTR(st, EMPTY);
+        if (PyDict_SetItem(self->base_environ, HSTR(st, SCRIPT_NAME), sn) < 0)
+            goto error;
+    }
+    if (!PyUnicode_Check(sn)) {
+        PyErr_Format(PyExc_TypeError, "SCRIPT_NAME must be str, not %.100s",
+                     Py_TYPE(sn)->tp_name);
+        goto error;
+    }
+    self->script_name = Py_NewRef(sn);
+    if (PyDict_SetDefault(self->base_environ, HSTR(st, WSGI_INPUT), Py_None) == NULL)
+        goto error;
+    if (PyDict_SetItemString(self->base_environ, "wsgi.file_wrapper",
+                             (PyObject *)st->FileWrapperType) < 0)
+        goto error;
+    /* wsgi.input ends at the body's end, whatever its framing: WebOb reads
+     * a chunked body only when told so */
+    if (PyDict_SetItemString(self->base_environ, "wsgi.input_terminated",
+                             Py_True) < 0)
+        goto error;
+    /* secure_scheme_headers: {"X-FORWARDED-PROTO": "https"} as pairs of
+     * environ key and expected value */
+    if (secure == NULL || secure == Py_None) {
+        self->secure_headers = PyTuple_New(0);
+    }
+    else {
+        PyObject *items = PyMapping_Items(secure);
+        if (items == NULL)
+            goto error;
+        Py_ssize_t n = PyList_GET_SIZE(items);
+        self->secure_headers = PyTuple_New(n);
+        for (Py_ssize_t i = 0; self->secure_headers && i < n; i++) {
+            /* a custom mapping's items() may give anything: pairs only */
+            PyObject *item = PyList_GET_ITEM(items, i);
+            PyObject *kv = PySequence_Check(item) && !PyUnicode_Check(item)
+                               ? PySequence_Tuple(item) : NULL;
+            if (kv == NULL || PyTuple_GET_SIZE(kv) != 2) {
+                PyErr_Clear();
+                if (kv == NULL)
+                    PyErr_Format(PyExc_TypeError,
+                                 "secure_scheme_headers: items() element #%zd "
+                                 "is a %.100s, not a (header, value) pair", i,
+                                 Py_TYPE(item)->tp_name);
+                else
+                    PyErr_Format(PyExc_TypeError,
+                                 "secure_scheme_headers: items() element #%zd "
+                                 "has length %zd; 2 is required", i,
+                                 PyTuple_GET_SIZE(kv));
+                Py_XDECREF(kv);
+                Py_CLEAR(self->secure_headers);
+                break;
+            }
+            PyObject *name = PyTuple_GET_ITEM(kv, 0);
+            const char *s = NULL;
+            if (PyUnicode_Check(name))
+                s = PyUnicode_AsUTF8(name);
+            else
+                PyErr_Format(PyExc_TypeError,
+                             "secure scheme header names must be str, not "
+                             "%.100s", Py_TYPE(name)->tp_name);
+            PyObject *key = s ? header_key(st, s, strlen(s)) : NULL;
+            if (key == NULL) {
+                if (!PyErr_Occurred())
+                    PyErr_Format(PyExc_ValueError,
+                                 "secure scheme header %R has an underscore, "
+                                 "such headers are dropped", name);
+                Py_DECREF(kv);
+                Py_CLEAR(self->secure_headers);
+                break;
+            }
+            PyObject *pair = PyTuple_Pack(2, key, PyTuple_GET_ITEM(kv, 1));
+            Py_DECREF(key);
+            Py_DECREF(kv);
+            if (pair == NULL) {
+                Py_CLEAR(self->secure_headers);
+                break;
+            }
+            PyTuple_SET_ITEM(self->secure_headers, i, pair);
+        }
+        Py_DECREF(items);
+    }
+    if (self->secure_headers == NULL)
+        goto error;
+    /* forwarded_allow_ips: '*' or an iterable of addresses */
+    if (allow == NULL || allow == Py_None) {
+        self->forwarded_allow = PySet_New(NULL);
+        if (self->forwarded_allow == NULL)
+            goto error;
+        PyObject *lo = PyUnicode_FromString("127.0.0.1");
+        if (lo == NULL || PySet_Add(self->forwarded_allow, lo) < 0) {
+            Py_XDECREF(lo);
+            goto error;
+        }
+        Py_DECREF(lo);
+    }
+    else if (PyUnicode_Check(allow) &&
+             PyUnicode_CompareWithASCIIString(allow, "*") == 0) {
+        self->forwarded_allow = NULL;
+    }
+    else if (PyCallable_Check(allow)) {
+        self->trust_check = Py_NewRef(allow);
+    }
+    else {
+        self->forwarded_allow = PySet_New(allow);
+        if (self->forwarded_allow == NULL)
+            goto error;
+        PyObject *star = PyUnicode_FromString("*");
+        int c = star ? PySet_Contains(self->forwarded_allow, star) : -1;
+        Py_XDECREF(star);
+        if (c < 0)
+            goto error;
+        if (c)
+            Py_CLEAR(self->forwarded_allow);
+    }
+    return (PyObject *)self;
+error:
+    Py_DECREF(self);
+    return NULL;
+}
+
+static PyObject *
+server_call(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    if (PyTuple_GET_SIZE(args) != 0 || (kwargs && PyDict_GET_SIZE(kwargs))) {
+        PyErr_SetString(PyExc_TypeError,
+                        "an HttpServer makes protocols with no arguments");
+        return NULL;
+    }
+    modstate *st = state_of_type(Py_TYPE(self));
+    if (st == NULL)
+        return NULL;
+    return proto_new(st, (HttpServer *)self);
+}
+
+static int
+server_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    HttpServer *s = (HttpServer *)op;
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(s->app);
+    Py_VISIT(s->loop);
+    Py_VISIT(s->create_future);
+    Py_VISIT(s->task_type);
+    Py_VISIT(s->task_kwnames);
+    Py_VISIT(s->current_tasks);
+    Py_VISIT(s->base_environ);
+    Py_VISIT(s->script_name);
+    Py_VISIT(s->access_log);
+    Py_VISIT(s->error_log);
+    Py_VISIT(s->secure_headers);
+    Py_VISIT(s->forwarded_allow);
+    Py_VISIT(s->trust_check);
+    Py_VISIT(s->connections);
+    Py_VISIT(s->on_limit);
+    return 0;
+}
+
+static int
+server_clear(PyObject *op)
+{
+    HttpServer *s = (HttpServer *)op;
+    Py_CLEAR(s->app);
+    Py_CLEAR(s->loop);
+    Py_CLEAR(s->create_future);
+    Py_CLEAR(s->task_type);
+    Py_CLEAR(s->task_kwnames);
+    Py_CLEAR(s->current_tasks);
+    Py_CLEAR(s->base_environ);
+    Py_CLEAR(s->script_name);
+    Py_CLEAR(s->access_log);
+    Py_CLEAR(s->error_log);
+    Py_CLEAR(s->secure_headers);
+    Py_CLEAR(s->forwarded_allow);
+    Py_CLEAR(s->trust_check);
+    Py_CLEAR(s->connections);
+    Py_CLEAR(s->on_limit);
+    return 0;
+}
+
+/* A list of the connections, so closing them may change the set. */
+static PyObject *
+server_connection_list(HttpServer *s)
+{
+    return PySequence_List(s->connections);
+}
+
+static void
+proto_abort(HttpProtocol *p)
+{
+    if (p->transport == NULL)
+        return;
+    PyObject *r = PyObject_CallMethodNoArgs(p->transport,
+                                            HSTR(proto_state(p), ABORT));
+    if (r == NULL)
+        PyErr_Clear();
+    Py_XDECREF(r);
+}
+
+/* A request kept waiting on its client: for the rest of its body, or for
+ * the client to read what the app wrote. */
+static int
+waits_on_client(HttpProtocol *p)
+{
+    HttpRequest *r = p->req;
+    return r != NULL && r->started && !r->response_done &&
+           (r->body_waiter != NULL || p->write_paused);
+}
+
+/* The transport has held unsent bytes for `wait` seconds without the
+ * client taking any. */
+static int
+send_stalled(HttpProtocol *p, double now, double wait)
+{
+    if (p->transport == NULL)
+        return 0;
+    PyObject *r = PyObject_CallMethodNoArgs(
+        p->transport, HSTR(proto_state(p), GET_WRITE_BUFFER_SIZE));
+    Py_ssize_t size = r == NULL ? -1 : PyLong_AsSsize_t(r);
+    Py_XDECREF(r);
+    if (size < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (size == 0)
+        return 0;
+    if (size != p->wsize_seen) {
+        /* the client took some (or more was written): progress */
+        p->wsize_seen = size;
+        p->last_activity = now;
+        return 0;
+    }
+    return now - p->last_activity >= wait;
+}
+
+static PyObject *
+server_close_idle(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    HttpServer *s = (HttpServer *)op;
+    double max_idle = s->keepalive, first_wait = -1.0, client_wait = -1.0;
+    if (nargs > 3) {
+        PyErr_Format(PyExc_TypeError,
+                     "close_idle() takes at most 3 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    double *slots[] = {&max_idle, &first_wait, &client_wait};
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        *slots[i] = PyFloat_AsDouble(args[i]);
+        if (*slots[i] == -1.0 && PyErr_Occurred())
+            return NULL;
+    }
+    if (first_wait < 0)
+        first_wait = max_idle;
+    PyObject *conns = server_connection_list(s);
+    if (conns == NULL)
+        return NULL;
+    double now = monotonic();
+    Py_ssize_t closed = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(conns); i++) {
+        HttpProtocol *p = (HttpProtocol *)PyList_GET_ITEM(conns, i);
+        if (p->closed || p->write_paused) {
+            /* closed with a response still buffered (the transport waits to
+             * flush it), or a finished response the client does not read:
+             * a send timeout, as nginx's send_timeout */
+            if (client_wait >= 0 && send_stalled(p, now, client_wait)) {
+                proto_abort(p);
+                closed++;
+                continue;
+            }
+            if (p->closed)
+                continue;
+        }
+        int busy = p->req != NULL && p->req->started && !p->req->response_done;
+        /* keep-alive between requests; a new connection may take longer
+         * to send its first one */
+        double limit = p->served ? max_idle : first_wait;
+        if (!busy && now - p->last_activity >= limit) {
+            proto_close(p);
+            closed++;
+        }
+        else if (client_wait >= 0 && !busy && p->head_started > 0 &&
+                 now - p->head_started >= client_wait) {
+            /* a head sent a byte at a time never completes */
+            respond_error_and_close(p, 408);
+            closed++;
+        }
+        else if (client_wait >= 0 && waits_on_client(p) &&
+                 now - p->last_activity >= client_wait) {
+            /* connection_lost then cancels the request */
+            proto_abort(p);
+            closed++;
+        }
+    }
+    Py_DECREF(conns);
+    return PyLong_FromSsize_t(closed);
+}
+
+static PyObject *
+server_limit_requests(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    HttpServer *s = (HttpServer *)op;
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError,
+                     "limit_requests() takes 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    unsigned long long n = PyLong_AsUnsignedLongLong(args[0]);
+    if (n == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    if (args[1] != Py_None && !PyCallable_Check(args[1])) {
+        PyErr_Format(PyExc_TypeError,
+                     "limit_requests() takes a callable or None, not %.100s",
+                     Py_TYPE(args[1])->tp_name);
+        return NULL;
+    }
+    s->max_requests = n;
+    Py_XSETREF(s->on_limit, args[1] == Py_None ? NULL : Py_NewRef(args[1]));
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+server_shutdown(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    HttpServer *s = (HttpServer *)op;
+    double linger = 0.0;
+    if (nargs > 1) {
+        PyErr_Format(PyExc_TypeError,
+                     "shutdown() takes at most 1 argument (%zd given)", nargs);
+        return NULL;
+    }
+    if (nargs == 1) {
+        linger = PyFloat_AsDouble(args[0]);
+        if (linger == -1.0 && PyErr_Occurred())
+            return NULL;
+    }
+    s->shutting_down = 1;
+    PyObject *r = server_close_idle(op, NULL, 0);
+    Py_XDECREF(r);
+    if (r == NULL)
+        return NULL;
+    /* idle ones now (or once quiet for `linger`: a request may be on its
+     * way), busy ones after their response */
+    PyObject *conns = server_connection_list(s);
+    if (conns == NULL)
+        return NULL;
+    double now = monotonic();
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(conns); i++) {
+        HttpProtocol *p = (HttpProtocol *)PyList_GET_ITEM(conns, i);
+        int busy = p->req != NULL && p->req->started && !p->req->response_done;
+        if (!busy && p->rpos == p->rlen && now - p->last_activity >= linger)
+            proto_close(p);
+    }
+    Py_DECREF(conns);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+server_abort(PyObject *op, PyObject *unused)
+{
+    HttpServer *s = (HttpServer *)op;
+    modstate *st = state_of_type(Py_TYPE(op));
+    if (st == NULL)
+        return NULL;
+    s->shutting_down = 1;
+    PyObject *conns = server_connection_list(s);
+    if (conns == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(conns); i++) {
+        HttpProtocol *p = (HttpProtocol *)PyList_GET_ITEM(conns, i);
+        if (p->transport != NULL) {
+            PyObject *r = PyObject_CallMethodNoArgs(p->transport, HSTR(st, ABORT));
+            if (r == NULL)
+                PyErr_Clear();
+            Py_XDECREF(r);
+        }
+    }
+    Py_DECREF(conns);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+server_get_requests(PyObject *op, void *closure)
+{
+    return PyLong_FromUnsignedLongLong(((HttpServer *)op)->requests);
+}
+
+static PyObject *
+server_get_active(PyObject *op, void *closure)
+{
+    return PyLong_FromSsize_t(((HttpServer *)op)->active);
+}
+
+static PyObject *
+server_get_connections(PyObject *op, void *closure)
+{
+    return PyLong_FromSsize_t(PySet_GET_SIZE(((HttpServer *)op)->connections));
+}
+
+static PyObject *
+server_get_app(PyObject *op, void *closure)
+{
+    return Py_NewRef(((HttpServer *)op)->app);
+}
+
+static PyMethodDef server_methods[] = {
+    {"close_idle", (PyCFunction)(void (*)(void))server_close_idle,
+     METH_FASTCALL,
+     "close_idle(max_idle=keepalive, first_request=max_idle, client_wait=-1)\n--\n\n"
+     "Close connections with no request in progress that have been quiet "
+     "for max_idle seconds (first_request seconds for a connection yet to "
+     "send its first request).  With client_wait >= 0, also answer 408 to a "
+     "request head still incomplete after client_wait seconds, and drop a "
+     "connection whose request has waited that long on its client (for body "
+     "bytes, or to read the response), or whose transport has held unsent "
+     "bytes that long, the response over or not (a send timeout); returns "
+     "how many."},
+    {"shutdown", (PyCFunction)(void (*)(void))server_shutdown, METH_FASTCALL,
+     "shutdown(linger=0)\n--\n\nClose connections idle for linger seconds "
+     "now and the others after their response; no keep-alive from now on "
+     "(a request that comes meanwhile is answered with Connection: close)."},
+    {"limit_requests", (PyCFunction)(void (*)(void))server_limit_requests,
+     METH_FASTCALL,
+     "limit_requests(n, callback)\n--\n\nOnce n responses are complete "
+     "(0: no limit), stop keep-alive as shutdown() does and call callback()."},
+    {"abort", server_abort, METH_NOARGS,
+     "abort()\n--\n\nAbort every connection (their requests are cancelled)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef server_getset[] = {
+    {"requests", server_get_requests, NULL, "Requests answered.", NULL},
+    {"active", server_get_active, NULL, "Requests in progress.", NULL},
+    {"connections", server_get_connections, NULL, "Open connections.", NULL},
+    {"app", server_get_app, NULL, "The WSGI application.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot server_slots[] = {
+    {Py_tp_new, server_new},
+    {Py_tp_call, server_call},
+    {Py_tp_methods, server_methods},
+    {Py_tp_getset, server_getset},
+    {Py_tp_traverse, server_traverse},
+    {Py_tp_clear, server_clear},
+    {Py_tp_dealloc, gc_dealloc},
+    {Py_tp_doc,
+     "HttpServer(app, loop, *, base_environ=None, limit_request_line=4094, "
+     "limit_request_fields=100, limit_request_field_size=8190, keepalive=2.0, "
+     "secure_scheme_headers=None, forwarded_allow_ips=None, access_log=None, "
+     "error_log=None, body_buffer=262144)\n--\n\n"
+     "Serves a WSGI app over HTTP/1.1; call it to make a protocol for "
+     "loop.create_server() or loop.connect_accepted_socket()."},
+    {0, NULL},
+};
+
+static PyType_Spec server_spec = {
+    .name = "aiopyramid._core.HttpServer",
+    .basicsize = sizeof(HttpServer),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = server_slots,
+};
+
+PyMethodDef http_module_methods[] = {
+    {NULL, NULL, 0, NULL},
+};
+
+static int
+http_add_type(PyObject *module, PyTypeObject **slot, PyType_Spec *spec)
+{
+    *slot = (PyTypeObject *)PyType_FromModuleAndSpec(module, spec, NULL);
+    if (*slot == NULL)
+        return -1;
+    return PyModule_AddType(module, *slot);
+}
+
+int
+http_init(PyObject *module, modstate *st)
+{
+    if (http_add_type(module, &st->HttpServerType, &server_spec) < 0 ||
+        http_add_type(module, &st->HttpProtocolType, &proto_spec) < 0 ||
+        http_add_type(module, &st->HttpRequestType, &request_spec) < 0 ||
+        http_add_type(module, &st->HttpInputType, &input_spec) < 0 ||
+        http_add_type(module, &st->FileWrapperType, &filewrapper_spec) < 0)
+        return -1;
+
+    static const char *strings[] = {
+#define HTTP_STR_TEXT(name, text) text,
+        HTTP_STRINGS(HTTP_STR_TEXT)
+#undef HTTP_STR_TEXT
+    };
+    st->http_strs = PyTuple_New(HS_COUNT);
+    if (st->http_strs == NULL)
+        return -1;
+    for (int i = 0; i < HS_COUNT; i++) {
+        PyObject *s = PyUnicode_InternFromString(strings[i]);
+        if (s == NULL)
+            return -1;
+        PyTuple_SET_ITEM(st->http_strs, i, s);
+    }
+
+    st->http_methods = PyTuple_New(64);
+    if (st->http_methods == NULL)
+        return -1;
+    for (int i = 0; i < 64; i++)
+        PyTuple_SET_ITEM(st->http_methods, i, Py_NewRef(HSTR(st, EMPTY)));
+#define HTTP_METHOD_NAME(num, name, string)                                 \
+    if ((num) < 64) {                                                        \
+        PyObject *s = PyUnicode_InternFromString(#string);                    \
+        if (s == NULL)                                                       \
+            return -1;                                                       \
+        PyObject *old = PyTuple_GET_ITEM(st->http_methods, (num));            \
+        PyTuple_SET_ITEM(st->http_methods, (num), s);                        \
+        Py_DECREF(old);                                                      \
+    }
+    HTTP_ALL_METHOD_MAP(HTTP_METHOD_NAME)
+#undef HTTP_METHOD_NAME
+
+    st->http_run = PyCFunction_NewEx(&run_request_def, module, NULL);
+    if (st->http_run == NULL)
+        return -1;
+    return 0;
+}
