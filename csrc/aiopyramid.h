@@ -216,12 +216,15 @@ PyObject *bridge_run_in_executor(modstate *st, PyObject *loop,
                                  PyObject *args, PyObject *kwargs,
                                  PyObject *request);
 
+/* module.c */
+int module_add_type(PyObject *module, PyTypeObject **slot, PyType_Spec *spec,
+                    PyObject *base);
+
 /* mappers.c */
 int mappers_init(PyObject *module, modstate *st);
 extern PyMethodDef mappers_methods[];
 
 /* http/ */
 int http_init(PyObject *module, modstate *st);
-extern PyMethodDef http_module_methods[];
 
 #endif

@@ -246,14 +246,12 @@ void start_request(HttpProtocol *p, HttpRequest *r);
 
 /* response.c */
 void respond_message_and_close(HttpProtocol *p, int status, const char *message);
-void respond_error_and_close(HttpProtocol *p, int status);
 int bodyless_status(int code);
 int write_chunk(HttpRequest *r, const char *data, size_t n, long long known);
 int call_close(PyObject *iterable);
 int yield_to_loop(modstate *st);
 int send_result(HttpRequest *r, PyObject *result);
 void respond_failure(HttpRequest *r, int status);
-void respond_500(HttpRequest *r);
 
 /* input.c */
 PyObject *input_new(modstate *st, HttpRequest *r);

@@ -282,7 +282,7 @@ run_request(PyObject *module, PyObject *arg)
                     log_error(srv, "Error handling request");
                 else
                     PyErr_Clear();
-                respond_500(r);
+                respond_failure(r, 500);
             }
         }
         else {
@@ -487,7 +487,7 @@ start_request(HttpProtocol *p, HttpRequest *r)
         /* run_request answers app errors itself: this was the server's */
         if (!r->response_done) {
             log_error(srv, "Error handling request");
-            respond_500(r);
+            respond_failure(r, 500);
             request_finish(r);
         }
         else {
@@ -498,7 +498,7 @@ start_request(HttpProtocol *p, HttpRequest *r)
 error:
     log_error(srv, "Error starting request");
     if (!r->response_done) {
-        respond_500(r);
+        respond_failure(r, 500);
         request_finish(r);
     }
 done:

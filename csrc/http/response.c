@@ -17,10 +17,13 @@ reason_of(int status)
     }
 }
 
-/* The status's reason phrase, and `message` (the reason when NULL) as the
- * body, as gunicorn tells what was wrong. */
-void
-respond_message_and_close(HttpProtocol *p, int status, const char *message)
+/* Writes the server's own response: the status's reason phrase, and
+ * `message` (the reason when NULL) as the body, as gunicorn tells what was
+ * wrong; Connection: close.  Returns the length of the response (0 when it
+ * could not be formatted); a failed write is cleared, the connection closes
+ * anyway. */
+static size_t
+write_error_response(HttpProtocol *p, int status, const char *message)
 {
     char buf[512];
     const char *reason = reason_of(status);
@@ -30,16 +33,21 @@ respond_message_and_close(HttpProtocol *p, int status, const char *message)
                      "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\n"
                      "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
                      status, reason, strlen(message), message);
-    if (n > 0 && (size_t)n < sizeof(buf) && proto_write(p, buf, (size_t)n) < 0)
+    if (n <= 0 || (size_t)n >= sizeof(buf))
+        return 0;
+    if (proto_write(p, buf, (size_t)n) < 0)
         PyErr_Clear();
-    p->broken = 1;
-    proto_close(p);
+    return (size_t)n;
 }
 
+/* An error found before any request ran (a malformed or too large head, a
+ * timeout): the response, then no more parsing and the connection closes. */
 void
-respond_error_and_close(HttpProtocol *p, int status)
+respond_message_and_close(HttpProtocol *p, int status, const char *message)
 {
-    respond_message_and_close(p, status, NULL);
+    write_error_response(p, status, message);
+    p->broken = 1;
+    proto_close(p);
 }
 
 static int
@@ -487,17 +495,11 @@ end:
 void
 respond_failure(HttpRequest *r, int status)
 {
-    HttpProtocol *p = r->proto;
     if (r->headers_sent) {
         r->close_after = 1; /* the response is cut short */
         return;
     }
-    char buf[256];
     const char *reason = reason_of(status);
-    int n = snprintf(buf, sizeof(buf),
-                     "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\n"
-                     "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
-                     status, reason, strlen(reason), reason);
     Py_CLEAR(r->status);
     r->status = PyUnicode_FromFormat("%d %s", status, reason);
     if (r->status == NULL)
@@ -508,15 +510,5 @@ respond_failure(HttpRequest *r, int status)
         PyErr_Clear();
     r->headers_sent = 1;
     r->close_after = 1;
-    if (n > 0 && (size_t)n < sizeof(buf)) {
-        r->sent += (size_t)n;
-        if (proto_write(p, buf, (size_t)n) < 0)
-            PyErr_Clear();
-    }
-}
-
-void
-respond_500(HttpRequest *r)
-{
-    respond_failure(r, 500);
+    r->sent += write_error_response(r->proto, status, NULL);
 }

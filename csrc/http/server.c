@@ -392,7 +392,7 @@ server_close_idle(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
         else if (client_wait >= 0 && !busy && p->head_started > 0 &&
                  now - p->head_started >= client_wait) {
             /* a head sent a byte at a time never completes */
-            respond_error_and_close(p, 408);
+            respond_message_and_close(p, 408, NULL);
             closed++;
         }
         else if (client_wait >= 0 && waits_on_client(p) &&
@@ -477,13 +477,7 @@ server_abort(PyObject *op, PyObject *unused)
     if (conns == NULL)
         return NULL;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(conns); i++) {
-        HttpProtocol *p = (HttpProtocol *)PyList_GET_ITEM(conns, i);
-        if (p->transport != NULL) {
-            PyObject *r = PyObject_CallMethodNoArgs(p->transport, HSTR(st, ABORT));
-            if (r == NULL)
-                PyErr_Clear();
-            Py_XDECREF(r);
-        }
+        proto_abort((HttpProtocol *)PyList_GET_ITEM(conns, i));
     }
     Py_DECREF(conns);
     Py_RETURN_NONE;
@@ -571,27 +565,17 @@ static PyType_Spec server_spec = {
     .slots = server_slots,
 };
 
-PyMethodDef http_module_methods[] = {
-    {NULL, NULL, 0, NULL},
-};
-
-static int
-http_add_type(PyObject *module, PyTypeObject **slot, PyType_Spec *spec)
-{
-    *slot = (PyTypeObject *)PyType_FromModuleAndSpec(module, spec, NULL);
-    if (*slot == NULL)
-        return -1;
-    return PyModule_AddType(module, *slot);
-}
+/* ------------------------------------------------------------------ */
+/* Init                                                                 */
 
 int
 http_init(PyObject *module, modstate *st)
 {
-    if (http_add_type(module, &st->HttpServerType, &server_spec) < 0 ||
-        http_add_type(module, &st->HttpProtocolType, &proto_spec) < 0 ||
-        http_add_type(module, &st->HttpRequestType, &request_spec) < 0 ||
-        http_add_type(module, &st->HttpInputType, &input_spec) < 0 ||
-        http_add_type(module, &st->FileWrapperType, &filewrapper_spec) < 0)
+    if (module_add_type(module, &st->HttpServerType, &server_spec, NULL) < 0 ||
+        module_add_type(module, &st->HttpProtocolType, &proto_spec, NULL) < 0 ||
+        module_add_type(module, &st->HttpRequestType, &request_spec, NULL) < 0 ||
+        module_add_type(module, &st->HttpInputType, &input_spec, NULL) < 0 ||
+        module_add_type(module, &st->FileWrapperType, &filewrapper_spec, NULL) < 0)
         return -1;
 
     static const char *strings[] = {
