@@ -139,7 +139,7 @@ struct HttpProtocol {
     int host_fields;      /* Host headers in this request's head */
     double head_started;  /* when this head's first byte came; 0: none */
     PyObject *environ;          /* being built, until headers are complete */
-    int err_status;             /* 414/431 from a limit, or 0 */
+    int err_status;             /* a rejected head's status, or 0 */
     const char *err_message;    /* and what it says (a static string) */
     int read_paused;            /* PAUSE_* bits */
     int write_paused;

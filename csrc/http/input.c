@@ -326,8 +326,6 @@ filewrapper_iternext(PyObject *op)
 {
     FileWrapper *self = (FileWrapper *)op;
     modstate *st = state_of_type(Py_TYPE(op));
-    if (st == NULL)
-        return NULL;
     PyObject *n = PyLong_FromSsize_t(self->blksize);
     if (n == NULL)
         return NULL;

@@ -15,8 +15,10 @@ cb_error(HttpProtocol *p)
     return HPE_USER;
 }
 
+/* The head is refused: `status` and `reason` go to the client (a limit
+ * exceeded, a missing or repeated Host, contradictory scheme headers). */
 static int
-limit_error(llhttp_t *parser, int status, const char *reason)
+reject_head(llhttp_t *parser, int status, const char *reason)
 {
     PROTO(parser)->err_status = status;
     PROTO(parser)->err_message = reason;
@@ -54,7 +56,7 @@ on_url(llhttp_t *parser, const char *at, size_t n)
         p->line_len += (Py_ssize_t)(sizeof("  HTTP/1.1") - 1);
     p->line_len += (Py_ssize_t)n;
     if (p->server->limit_line > 0 && p->line_len > p->server->limit_line)
-        return limit_error(parser, 414, "request line is too large");
+        return reject_head(parser, 414, "request line is too large");
     if (grow(&p->sbuf, &p->scap, p->slen + n) < 0)
         return cb_error(p);
     memcpy(p->sbuf + p->slen, at, n);
@@ -69,7 +71,7 @@ add_to_field(llhttp_t *parser, const char *at, size_t n)
     HttpProtocol *p = PROTO(parser);
     Py_ssize_t size = (Py_ssize_t)(p->slen - p->url_len + n);
     if (p->server->limit_field_size > 0 && size > p->server->limit_field_size)
-        return limit_error(parser, 431, "request header field is too large");
+        return reject_head(parser, 431, "request header field is too large");
     if (grow(&p->sbuf, &p->scap, p->slen + n) < 0)
         return cb_error(p);
     memcpy(p->sbuf + p->slen, at, n);
@@ -90,7 +92,7 @@ on_header_field_complete(llhttp_t *parser)
     p->field_len = p->slen - p->url_len;
     p->nfields++;
     if (p->server->limit_fields > 0 && p->nfields > p->server->limit_fields)
-        return limit_error(parser, 431, "too many request header fields");
+        return reject_head(parser, 431, "too many request header fields");
     return 0;
 }
 
@@ -156,7 +158,7 @@ scheme_header(HttpProtocol *p, const char *name, size_t nlen,
             return cb_error(p);
         int scheme = eq ? 2 : 1;
         if (p->scheme != 0 && p->scheme != scheme)
-            return limit_error(&p->parser, 400, "Contradictory scheme headers");
+            return reject_head(&p->parser, 400, "Contradictory scheme headers");
         p->scheme = scheme;
         return 0;
     }
@@ -210,7 +212,7 @@ on_headers_complete(llhttp_t *parser)
     /* RFC 9112 3.2: an HTTP/1.1 request has exactly one Host; none has
      * two (they would be joined into one value the app cannot trust) */
     if ((http11 && p->host_fields != 1) || p->host_fields > 1)
-        return limit_error(parser, 400, p->host_fields ? "repeated Host header"
+        return reject_head(parser, 400, p->host_fields ? "repeated Host header"
                                                        : "missing Host header");
     if (PyDict_SetItem(env, HSTR(st, REQUEST_METHOD), method) < 0 ||
         PyDict_SetItem(env, HSTR(st, SERVER_PROTOCOL),

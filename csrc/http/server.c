@@ -84,8 +84,6 @@ server_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     modstate *st = state_of_type(tp);
-    if (st == NULL)
-        return NULL;
     HttpServer *self = (HttpServer *)tp->tp_alloc(tp, 0);
     if (self == NULL)
         return NULL;
@@ -239,8 +237,6 @@ server_call(PyObject *self, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     modstate *st = state_of_type(Py_TYPE(self));
-    if (st == NULL)
-        return NULL;
     return proto_new(st, (HttpServer *)self);
 }
 
@@ -469,16 +465,12 @@ static PyObject *
 server_abort(PyObject *op, PyObject *unused)
 {
     HttpServer *s = (HttpServer *)op;
-    modstate *st = state_of_type(Py_TYPE(op));
-    if (st == NULL)
-        return NULL;
     s->shutting_down = 1;
     PyObject *conns = server_connection_list(s);
     if (conns == NULL)
         return NULL;
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(conns); i++) {
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(conns); i++)
         proto_abort((HttpProtocol *)PyList_GET_ITEM(conns, i));
-    }
     Py_DECREF(conns);
     Py_RETURN_NONE;
 }
