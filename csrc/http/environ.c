@@ -108,7 +108,7 @@ environ_set_url(HttpServer *srv, modstate *st, PyObject *env, const char *url,
 
 /* The environ key of a header name, interned; NULL without an exception
  * for names that are dropped (underscores, as gunicorn's default). */
-PyObject *
+static PyObject *
 header_key(modstate *st, const char *name, size_t n)
 {
     if (n == 12 && strncasecmp(name, "content-type", 12) == 0)

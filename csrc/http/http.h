@@ -232,7 +232,6 @@ extern const llhttp_settings_t parser_settings;
 
 /* environ.c */
 int environ_set_url(HttpServer *srv, modstate *st, PyObject *env, const char *url, size_t n);
-PyObject *header_key(modstate *st, const char *name, size_t n);
 int environ_add_header(modstate *st, PyObject *env, const char *name, size_t nlen, const char *value, size_t vlen);
 int set_addr(modstate *st, PyObject *env, PyObject *addr, PyObject *khost, PyObject *kport);
 PyObject *extra_info(modstate *st, PyObject *transport, PyObject *name);

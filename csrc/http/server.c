@@ -55,40 +55,76 @@ positive_or_zero(Py_ssize_t v, const char *name)
     return 0;
 }
 
+/* HttpServer(app, loop, base_environ, limit_line, limit_fields,
+ * limit_field_size, keepalive, secure_headers, forwarded_allow, trust_check,
+ * access_log, error_log, body_buffer): plain values, as
+ * aiopyramid.server.HttpServer normalises them from the user's options.
+ * base_environ is kept (not copied) and has a str SCRIPT_NAME;
+ * secure_headers is a tuple of (environ key, value) pairs; forwarded_allow a
+ * frozenset of trusted hosts, trust_check a callable(host), both None: every
+ * peer is trusted.  Checked here only as far as the C relies on it. */
 static PyObject *
 server_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {
-        "app", "loop", "base_environ", "limit_request_line",
-        "limit_request_fields", "limit_request_field_size", "keepalive",
-        "secure_scheme_headers", "forwarded_allow_ips", "access_log",
-        "error_log", "body_buffer", NULL};
-    PyObject *app, *loop, *base = NULL, *secure = NULL, *allow = NULL;
-    PyObject *access_log = Py_None, *error_log = Py_None;
-    Py_ssize_t limit_line = 4094, limit_fields = 100, limit_field_size = 8190;
-    Py_ssize_t body_buffer = 262144;
-    double keepalive = 2.0;
-    if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "OO|$O!nnndOOOOn:HttpServer", kwlist, &app, &loop,
-            &PyDict_Type, &base, &limit_line, &limit_fields,
-            &limit_field_size, &keepalive, &secure, &allow, &access_log,
-            &error_log, &body_buffer))
+    PyObject *app, *loop, *base, *secure, *allow, *trust, *access_log,
+        *error_log;
+    Py_ssize_t limit_line, limit_fields, limit_field_size, body_buffer;
+    double keepalive;
+    if (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0) {
+        PyErr_SetString(PyExc_TypeError,
+                        "_core.HttpServer takes plain positional values: "
+                        "make one with aiopyramid.server.HttpServer()");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "OOO!nnndO!OOOOn:HttpServer", &app, &loop,
+                          &PyDict_Type, &base, &limit_line, &limit_fields,
+                          &limit_field_size, &keepalive, &PyTuple_Type,
+                          &secure, &allow, &trust, &access_log, &error_log,
+                          &body_buffer))
         return NULL;
     if (positive_or_zero(limit_line, "limit_request_line") < 0 ||
         positive_or_zero(limit_fields, "limit_request_fields") < 0 ||
-        positive_or_zero(limit_field_size, "limit_request_field_size") < 0)
+        positive_or_zero(limit_field_size, "limit_request_field_size") < 0 ||
+        positive_or_zero(body_buffer, "body_buffer") < 0)
         return NULL;
-    if (body_buffer < 1024) {
-        PyErr_Format(PyExc_ValueError,
-                     "body_buffer must be 1024 or more, got %zd", body_buffer);
+    if (allow != Py_None && !PyFrozenSet_CheckExact(allow)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "forwarded_allow must be a frozenset or None");
         return NULL;
     }
+    if (trust != Py_None && !PyCallable_Check(trust)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "trust_check must be callable or None");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(secure); i++) {
+        PyObject *pair = PyTuple_GET_ITEM(secure, i);
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2 ||
+            !PyUnicode_Check(PyTuple_GET_ITEM(pair, 0))) {
+            PyErr_SetString(PyExc_TypeError,
+                            "secure_headers must hold (environ key, value) "
+                            "pairs");
+            return NULL;
+        }
+    }
     modstate *st = state_of_type(tp);
+    PyObject *sn = PyDict_GetItemWithError(base, HSTR(st, SCRIPT_NAME));
+    if (sn == NULL || !PyUnicode_Check(sn)) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError,
+                            "base_environ['SCRIPT_NAME'] must be a str");
+        return NULL;
+    }
     HttpServer *self = (HttpServer *)tp->tp_alloc(tp, 0);
     if (self == NULL)
         return NULL;
     self->app = Py_NewRef(app);
     self->loop = Py_NewRef(loop);
+    self->base_environ = Py_NewRef(base);
+    self->script_name = Py_NewRef(sn);
+    self->secure_headers = Py_NewRef(secure);
+    self->forwarded_allow = allow == Py_None ? NULL : Py_NewRef(allow);
+    self->trust_check = trust == Py_None ? NULL : Py_NewRef(trust);
     self->limit_line = limit_line;
     self->limit_fields = limit_fields;
     self->limit_field_size = limit_field_size;
@@ -100,128 +136,6 @@ server_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
         (self->connections = PySet_New(NULL)) == NULL ||
         server_task_init(self) < 0)
         goto error;
-    self->base_environ = base ? PyDict_Copy(base) : PyDict_New();
-    if (self->base_environ == NULL)
-        goto error;
-    PyObject *sn = PyDict_GetItemWithError(self->base_environ,
-                                           HSTR(st, SCRIPT_NAME));
-    if (sn == NULL && PyErr_Occurred())
-        goto error;
-    if (sn == NULL) {
-        sn = HSTR(st, EMPTY);
-        if (PyDict_SetItem(self->base_environ, HSTR(st, SCRIPT_NAME), sn) < 0)
-            goto error;
-    }
-    if (!PyUnicode_Check(sn)) {
-        PyErr_Format(PyExc_TypeError, "SCRIPT_NAME must be str, not %.100s",
-                     Py_TYPE(sn)->tp_name);
-        goto error;
-    }
-    self->script_name = Py_NewRef(sn);
-    if (PyDict_SetDefault(self->base_environ, HSTR(st, WSGI_INPUT), Py_None) == NULL)
-        goto error;
-    if (PyDict_SetItemString(self->base_environ, "wsgi.file_wrapper",
-                             (PyObject *)st->FileWrapperType) < 0)
-        goto error;
-    /* wsgi.input ends at the body's end, whatever its framing: WebOb reads
-     * a chunked body only when told so */
-    if (PyDict_SetItemString(self->base_environ, "wsgi.input_terminated",
-                             Py_True) < 0)
-        goto error;
-    /* secure_scheme_headers: {"X-FORWARDED-PROTO": "https"} as pairs of
-     * environ key and expected value */
-    if (secure == NULL || secure == Py_None) {
-        self->secure_headers = PyTuple_New(0);
-    }
-    else {
-        PyObject *items = PyMapping_Items(secure);
-        if (items == NULL)
-            goto error;
-        Py_ssize_t n = PyList_GET_SIZE(items);
-        self->secure_headers = PyTuple_New(n);
-        for (Py_ssize_t i = 0; self->secure_headers && i < n; i++) {
-            /* a custom mapping's items() may give anything: pairs only */
-            PyObject *item = PyList_GET_ITEM(items, i);
-            PyObject *kv = PySequence_Check(item) && !PyUnicode_Check(item)
-                               ? PySequence_Tuple(item) : NULL;
-            if (kv == NULL || PyTuple_GET_SIZE(kv) != 2) {
-                PyErr_Clear();
-                if (kv == NULL)
-                    PyErr_Format(PyExc_TypeError,
-                                 "secure_scheme_headers: items() element #%zd "
-                                 "is a %.100s, not a (header, value) pair", i,
-                                 Py_TYPE(item)->tp_name);
-                else
-                    PyErr_Format(PyExc_TypeError,
-                                 "secure_scheme_headers: items() element #%zd "
-                                 "has length %zd; 2 is required", i,
-                                 PyTuple_GET_SIZE(kv));
-                Py_XDECREF(kv);
-                Py_CLEAR(self->secure_headers);
-                break;
-            }
-            PyObject *name = PyTuple_GET_ITEM(kv, 0);
-            const char *s = NULL;
-            if (PyUnicode_Check(name))
-                s = PyUnicode_AsUTF8(name);
-            else
-                PyErr_Format(PyExc_TypeError,
-                             "secure scheme header names must be str, not "
-                             "%.100s", Py_TYPE(name)->tp_name);
-            PyObject *key = s ? header_key(st, s, strlen(s)) : NULL;
-            if (key == NULL) {
-                if (!PyErr_Occurred())
-                    PyErr_Format(PyExc_ValueError,
-                                 "secure scheme header %R has an underscore, "
-                                 "such headers are dropped", name);
-                Py_DECREF(kv);
-                Py_CLEAR(self->secure_headers);
-                break;
-            }
-            PyObject *pair = PyTuple_Pack(2, key, PyTuple_GET_ITEM(kv, 1));
-            Py_DECREF(key);
-            Py_DECREF(kv);
-            if (pair == NULL) {
-                Py_CLEAR(self->secure_headers);
-                break;
-            }
-            PyTuple_SET_ITEM(self->secure_headers, i, pair);
-        }
-        Py_DECREF(items);
-    }
-    if (self->secure_headers == NULL)
-        goto error;
-    /* forwarded_allow_ips: '*' or an iterable of addresses */
-    if (allow == NULL || allow == Py_None) {
-        self->forwarded_allow = PySet_New(NULL);
-        if (self->forwarded_allow == NULL)
-            goto error;
-        PyObject *lo = PyUnicode_FromString("127.0.0.1");
-        if (lo == NULL || PySet_Add(self->forwarded_allow, lo) < 0) {
-            Py_XDECREF(lo);
-            goto error;
-        }
-        Py_DECREF(lo);
-    }
-    else if (PyUnicode_Check(allow) &&
-             PyUnicode_CompareWithASCIIString(allow, "*") == 0) {
-        self->forwarded_allow = NULL;
-    }
-    else if (PyCallable_Check(allow)) {
-        self->trust_check = Py_NewRef(allow);
-    }
-    else {
-        self->forwarded_allow = PySet_New(allow);
-        if (self->forwarded_allow == NULL)
-            goto error;
-        PyObject *star = PyUnicode_FromString("*");
-        int c = star ? PySet_Contains(self->forwarded_allow, star) : -1;
-        Py_XDECREF(star);
-        if (c < 0)
-            goto error;
-        if (c)
-            Py_CLEAR(self->forwarded_allow);
-    }
     return (PyObject *)self;
 error:
     Py_DECREF(self);
