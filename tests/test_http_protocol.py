@@ -616,3 +616,27 @@ def test_head_with_a_lazy_generator_app(run):
     (h, g), closed = run(main())
     assert h.status == 200 and h.body == b"" and h.header("transfer-encoding") is None
     assert g.body == b"body" and not closed
+
+
+def test_on_close_called_as_each_connection_closes(run):
+    # the worker's accept loop waits on it at worker_connections
+    async def main():
+        async with serving(text_app()) as (port, srv):
+            seen = []
+            srv.on_close = lambda: seen.append(srv.connections)
+            assert srv.on_close is not None
+            with pytest.raises(TypeError, match="on_close must be callable"):
+                srv.on_close = 42
+            for _ in range(3):
+                (r,), closed = await exchange(
+                    port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                    count=1)
+                assert r.body == b"hello"
+            for _ in range(100):  # bounded: the server sees each close
+                if len(seen) == 3:
+                    break
+                await asyncio.sleep(0.01)
+            srv.on_close = None
+            assert srv.on_close is None
+            return seen
+    assert run(main()) == [0, 0, 0]

@@ -278,8 +278,10 @@ class AsyncGunicornWorker(base.Worker):
         backoff = 0.0
         while self.alive:
             if server.connections + self._connecting >= limit:
-                # worker_connections: leave the rest in the backlog
-                await asyncio.sleep(0.01)
+                # worker_connections: leave the rest in the backlog until a
+                # connection closes (server.on_close) or fails to open
+                self._room.clear()
+                await self._room.wait()
                 continue
             try:
                 conns = [await loop.sock_accept(sock)]
@@ -330,11 +332,15 @@ class AsyncGunicornWorker(base.Worker):
             conn.close()
         finally:
             self._connecting -= 1
+            self._room.set()
 
     async def _serve(self):
         loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
         self.server = server = self.make_server(loop)
+        # set when there may be room for another connection
+        self._room = asyncio.Event()
+        server.on_close = self._room.set
         ssl_ctx = self._ssl_context()
         self._acceptors = acceptors = [
             loop.create_task(self._accept(s, ssl_ctx)) for s in self.sockets

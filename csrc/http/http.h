@@ -106,6 +106,7 @@ typedef struct {
     unsigned long long requests;
     unsigned long long max_requests; /* 0: none; on_limit called at it */
     PyObject *on_limit;
+    PyObject *on_close;         /* called as a connection closes, or NULL */
     Py_ssize_t active;
     time_t date_time;
     char date[64];

@@ -414,6 +414,14 @@ proto_connection_lost(PyObject *op, PyObject *exc)
     p->closed = 1;
     if (p->server != NULL && PySet_Discard(p->server->connections, op) < 0)
         PyErr_Clear();
+    if (p->server != NULL && p->server->on_close != NULL) {
+        /* there is room for another connection (the worker's accept loop
+         * waits for it at worker_connections) */
+        PyObject *res = PyObject_CallNoArgs(p->server->on_close);
+        if (res == NULL)
+            log_error(p->server, "Error in HttpServer.on_close");
+        Py_XDECREF(res);
+    }
     HttpRequest *r = p->req;
     if (r != NULL && r->started && !r->response_done) {
         /* the client left: cancel the view where it waits */

@@ -174,6 +174,7 @@ server_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(s->trust_check);
     Py_VISIT(s->connections);
     Py_VISIT(s->on_limit);
+    Py_VISIT(s->on_close);
     return 0;
 }
 
@@ -196,6 +197,7 @@ server_clear(PyObject *op)
     Py_CLEAR(s->trust_check);
     Py_CLEAR(s->connections);
     Py_CLEAR(s->on_limit);
+    Py_CLEAR(s->on_close);
     return 0;
 }
 
@@ -438,11 +440,36 @@ static PyMethodDef server_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *
+server_get_on_close(PyObject *op, void *closure)
+{
+    HttpServer *s = (HttpServer *)op;
+    return Py_NewRef(s->on_close != NULL ? s->on_close : Py_None);
+}
+
+static int
+server_set_on_close(PyObject *op, PyObject *value, void *closure)
+{
+    HttpServer *s = (HttpServer *)op;
+    if (value != NULL && value != Py_None && !PyCallable_Check(value)) {
+        PyErr_Format(PyExc_TypeError,
+                     "on_close must be callable or None, not %.100s",
+                     Py_TYPE(value)->tp_name);
+        return -1;
+    }
+    Py_XSETREF(s->on_close,
+               value == NULL || value == Py_None ? NULL : Py_NewRef(value));
+    return 0;
+}
+
 static PyGetSetDef server_getset[] = {
     {"requests", server_get_requests, NULL, "Requests answered.", NULL},
     {"active", server_get_active, NULL, "Requests in progress.", NULL},
     {"connections", server_get_connections, NULL, "Open connections.", NULL},
     {"app", server_get_app, NULL, "The WSGI application.", NULL},
+    {"on_close", server_get_on_close, server_set_on_close,
+     "Called with no arguments as each connection closes (None: nothing).",
+     NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
