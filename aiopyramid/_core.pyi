@@ -73,6 +73,7 @@ class HttpServer:
     active: int
     connections: int
     app: Callable[..., Any]
+    on_close: Callable[[], Any] | None
     # plain values: aiopyramid.server.HttpServer() makes one from options
     def __init__(
         self,
