@@ -10,6 +10,7 @@ takes plain values, normalised here::
 import collections.abc
 import functools
 import ipaddress
+import sys
 
 from . import _core
 
@@ -132,6 +133,11 @@ def HttpServer(
     # wsgi.input ends at the body's end, whatever its framing: WebOb reads
     # a chunked body only when told so
     environ["wsgi.input_terminated"] = True
+    # interned keys, as the C side's own: each request's environ is a copy,
+    # and lookups with interned strings then match by identity
+    environ = {
+        sys.intern(k) if type(k) is str else k: v for k, v in environ.items()
+    }
     addresses, check = _trusted_peers(forwarded_allow_ips)
     return _core.HttpServer(
         app,
