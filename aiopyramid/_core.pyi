@@ -73,21 +73,24 @@ class HttpServer:
     active: int
     connections: int
     app: Callable[..., Any]
+    on_close: Callable[[], Any] | None
+    # plain values: aiopyramid.server.HttpServer() makes one from options
     def __init__(
         self,
         app: Callable[..., Any],
         loop: asyncio.AbstractEventLoop,
-        *,
-        base_environ: dict[str, Any] | None = ...,
-        limit_request_line: int = ...,
-        limit_request_fields: int = ...,
-        limit_request_field_size: int = ...,
-        keepalive: float = ...,
-        secure_scheme_headers: dict[str, str] | None = ...,
-        forwarded_allow_ips: str | list[str] | Callable[[str], bool] | None = ...,
-        access_log: Callable[[dict[str, Any], str | None, list[tuple[str, str]] | None, int, float], Any] | None = ...,
-        error_log: Callable[[str, BaseException | None], Any] | None = ...,
-        body_buffer: int = ...,
+        base_environ: dict[str, Any],
+        limit_request_line: int,
+        limit_request_fields: int,
+        limit_request_field_size: int,
+        keepalive: float,
+        secure_headers: tuple[tuple[str, Any], ...],
+        forwarded_allow: frozenset[str] | None,
+        trust_check: Callable[[str], bool] | None,
+        access_log: Callable[[dict[str, Any], str | None, list[tuple[str, str]] | None, int, float], Any] | None,
+        error_log: Callable[[str, BaseException | None], Any] | None,
+        body_buffer: int,
+        /,
     ) -> None: ...
     def __call__(self) -> HttpProtocol: ...
     def close_idle(self, max_idle: float = ..., first_request: float = ...) -> int: ...

@@ -29,6 +29,7 @@ from pyramid.config import Configurator  # noqa: E402
 from pyramid.response import Response  # noqa: E402
 
 from aiopyramid import _core  # noqa: E402
+from aiopyramid.server import HttpServer  # noqa: E402
 from bench.hello_app import BODY, hello  # noqa: E402
 
 
@@ -49,7 +50,7 @@ def app():
 
 async def main(path, n):
     loop = asyncio.get_running_loop()
-    srv = _core.HttpServer(app(), loop, base_environ={"wsgi.version": (1, 0)})
+    srv = HttpServer(app(), loop, base_environ={"wsgi.version": (1, 0)})
     ours, theirs = socket.socketpair()
     theirs.setblocking(False)
     transport, proto = await loop.connect_accepted_socket(srv, ours)

@@ -60,13 +60,13 @@ typedef struct {
     PyObject *str_call;            /* __call__ */
     PyObject *str_make_body_seekable;
 
-    /* http.c */
+    /* http/ */
     PyTypeObject *HttpServerType;
     PyTypeObject *HttpProtocolType;
     PyTypeObject *HttpRequestType;
     PyTypeObject *HttpInputType;
     PyTypeObject *FileWrapperType;
-    PyObject *http_strs;           /* tuple of interned strings, see http.h */
+    PyObject *http_strs;           /* tuple of interned strings, see http/http.h */
     PyObject *http_methods;        /* tuple: llhttp method number -> name */
     PyObject *http_run;            /* the job of a request greenlet */
 
@@ -216,12 +216,15 @@ PyObject *bridge_run_in_executor(modstate *st, PyObject *loop,
                                  PyObject *args, PyObject *kwargs,
                                  PyObject *request);
 
+/* module.c */
+int module_add_type(PyObject *module, PyTypeObject **slot, PyType_Spec *spec,
+                    PyObject *base);
+
 /* mappers.c */
 int mappers_init(PyObject *module, modstate *st);
 extern PyMethodDef mappers_methods[];
 
-/* http.c */
+/* http/ */
 int http_init(PyObject *module, modstate *st);
-extern PyMethodDef http_module_methods[];
 
 #endif

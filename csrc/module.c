@@ -74,6 +74,18 @@ intern_strings(modstate *st)
     return 0;
 }
 
+/* A heap type of the module (`base` may be NULL), kept in *slot and added to
+ * the module under its name. */
+int
+module_add_type(PyObject *module, PyTypeObject **slot, PyType_Spec *spec,
+                PyObject *base)
+{
+    *slot = (PyTypeObject *)PyType_FromModuleAndSpec(module, spec, base);
+    if (*slot == NULL)
+        return -1;
+    return PyModule_AddType(module, *slot);
+}
+
 static int
 module_exec(PyObject *module)
 {
@@ -100,7 +112,7 @@ static PyModuleDef_Slot module_slots[] = {
 };
 
 static PyMethodDef *method_tables[] = {bridge_methods, mappers_methods,
-                                       http_module_methods, NULL};
+                                       NULL};
 
 PyModuleDef aiopyramid_module = {
     PyModuleDef_HEAD_INIT,

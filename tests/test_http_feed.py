@@ -7,6 +7,7 @@ import gc
 import pytest
 
 from aiopyramid import _core
+from aiopyramid.server import HttpServer
 
 from .rawhttp import parse_all
 
@@ -64,7 +65,7 @@ def loop():
 
 
 def connect(loop, the_app=app, **kw):
-    server = _core.HttpServer(the_app, loop, **kw)
+    server = HttpServer(the_app, loop, **kw)
     proto = server()
     t = FakeTransport()
     proto.connection_made(t)

@@ -9,6 +9,7 @@ import json
 import pytest
 
 from aiopyramid import _core
+from aiopyramid.server import HttpServer
 
 from .rawhttp import exchange, parse_all
 
@@ -34,7 +35,7 @@ def run(request):
 @contextlib.asynccontextmanager
 async def serving(app, **kw):
     loop = asyncio.get_running_loop()
-    srv = _core.HttpServer(app, loop, base_environ={"wsgi.version": (1, 0)}, **kw)
+    srv = HttpServer(app, loop, base_environ={"wsgi.version": (1, 0)}, **kw)
     server = await loop.create_server(srv, "127.0.0.1", 0)
     try:
         yield server.sockets[0].getsockname()[1], srv
@@ -126,7 +127,7 @@ def test_absolute_form_and_script_name(run):
 
     async def main2():
         loop = asyncio.get_running_loop()
-        srv = _core.HttpServer(env_app, loop, base_environ={"SCRIPT_NAME": "/app", "wsgi.version": (1, 0)})
+        srv = HttpServer(env_app, loop, base_environ={"SCRIPT_NAME": "/app", "wsgi.version": (1, 0)})
         server = await loop.create_server(srv, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         try:
@@ -152,6 +153,28 @@ def test_secure_scheme_headers_from_trusted_proxy(run):
     assert run(main(["10.1.2.3"])) == "http"
     assert run(main(lambda host: host == "127.0.0.1")) == "https"
     assert run(main(lambda host: False)) == "http"
+    # as gunicorn's option reads: a comma separated str, networks
+    assert run(main("10.1.2.3, 127.0.0.1")) == "https"
+    assert run(main("127.0.0.1")) == "https"
+    assert run(main(["10.0.0.0/8", "127.0.0.0/8"])) == "https"
+    assert run(main("10.0.0.0/8")) == "http"
+
+
+def test_core_server_takes_plain_values(run):
+    # options are normalised in Python (aiopyramid.server.HttpServer): the
+    # C type says so when given them, and checks what it relies on
+    async def main():
+        loop = asyncio.get_running_loop()
+        with pytest.raises(TypeError, match="aiopyramid.server.HttpServer"):
+            _core.HttpServer(text_app(), loop, keepalive=1.0)
+        args = [text_app(), loop, {"SCRIPT_NAME": ""}, 10, 10, 10, 1.0, (),
+                None, None, None, None, 1024]
+        _core.HttpServer(*args)
+        for i, bad in ((2, {}), (7, (("HTTP_X",),)), (8, {"127.0.0.1"}),
+                       (9, 42)):
+            with pytest.raises(TypeError):
+                _core.HttpServer(*args[:i], bad, *args[i + 1:])
+    run(main())
 
 
 def test_pipelined_requests_answered_in_order(run):
@@ -536,8 +559,8 @@ def test_server_arguments_are_checked():
     loop = asyncio.new_event_loop()
     try:
         with pytest.raises(ValueError, match="limit_request_line must be 0 or more, got -1"):
-            _core.HttpServer(text_app(), loop, limit_request_line=-1)
-        srv = _core.HttpServer(text_app(), loop)
+            HttpServer(text_app(), loop, limit_request_line=-1)
+        srv = HttpServer(text_app(), loop)
         with pytest.raises(TypeError):
             srv(1)
         with pytest.raises(TypeError):
@@ -593,3 +616,27 @@ def test_head_with_a_lazy_generator_app(run):
     (h, g), closed = run(main())
     assert h.status == 200 and h.body == b"" and h.header("transfer-encoding") is None
     assert g.body == b"body" and not closed
+
+
+def test_on_close_called_as_each_connection_closes(run):
+    # the worker's accept loop waits on it at worker_connections
+    async def main():
+        async with serving(text_app()) as (port, srv):
+            seen = []
+            srv.on_close = lambda: seen.append(srv.connections)
+            assert srv.on_close is not None
+            with pytest.raises(TypeError, match="on_close must be callable"):
+                srv.on_close = 42
+            for _ in range(3):
+                (r,), closed = await exchange(
+                    port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                    count=1)
+                assert r.body == b"hello"
+            for _ in range(100):  # bounded: the server sees each close
+                if len(seen) == 3:
+                    break
+                await asyncio.sleep(0.01)
+            srv.on_close = None
+            assert srv.on_close is None
+            return seen
+    assert run(main()) == [0, 0, 0]

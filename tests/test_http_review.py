@@ -250,6 +250,7 @@ def test_clients_that_keep_a_request_waiting_are_cut_off(loop):
     import time
 
     from aiopyramid import _core
+    from aiopyramid.server import HttpServer
 
     from .test_http_feed import FakeTransport
 
@@ -258,7 +259,7 @@ def test_clients_that_keep_a_request_waiting_are_cut_off(loop):
         start_response("200 OK", [])
         return [b"x"]
 
-    server = _core.HttpServer(app, loop)
+    server = HttpServer(app, loop)
     conns = []
     for data in (b"GET / HTT",  # a head sent a byte at a time
                  b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nab",  # stalls

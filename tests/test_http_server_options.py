@@ -10,7 +10,7 @@ import pytest
 SCRIPT = textwrap.dedent(
     """
     import asyncio, collections.abc, sys
-    from aiopyramid import _core
+    from aiopyramid.server import HttpServer
 
     class Odd(collections.abc.Mapping):
         def __init__(self, items):
@@ -26,8 +26,8 @@ SCRIPT = textwrap.dedent(
 
     loop = asyncio.new_event_loop()
     try:
-        _core.HttpServer(lambda e, s: [], loop,
-                         secure_scheme_headers=Odd(%s))
+        HttpServer(lambda e, s: [], loop,
+                   secure_scheme_headers=Odd(%s))
     except TypeError as e:
         print("TypeError:", e)
     else:

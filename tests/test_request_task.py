@@ -288,9 +288,10 @@ def run(request):
 
 async def serve_and_exchange(app, *pieces, count):
     from aiopyramid import _core
+    from aiopyramid.server import HttpServer
 
     loop = asyncio.get_running_loop()
-    srv = _core.HttpServer(app, loop, base_environ={"wsgi.version": (1, 0)})
+    srv = HttpServer(app, loop, base_environ={"wsgi.version": (1, 0)})
     server = await loop.create_server(srv, "127.0.0.1", 0)
     try:
         port = server.sockets[0].getsockname()[1]

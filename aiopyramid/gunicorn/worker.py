@@ -8,7 +8,8 @@ or, from a paste ini run by ``pserve``::
     use = egg:gunicorn#main
     worker_class = aiopyramid.gunicorn.worker.AsyncGunicornWorker
 
-HTTP/1.1 is spoken by ``aiopyramid._core.HttpServer`` (C, on llhttp); each
+HTTP/1.1 is spoken by ``aiopyramid._core.HttpServer`` (C, on llhttp; made by
+``aiopyramid.server.HttpServer``); each
 request runs in a pooled greenlet, inside its own asyncio Task from the
 first line (answered at once, inline, when it never waits).
 
@@ -33,7 +34,8 @@ import sys
 
 from gunicorn.workers import base
 
-from .. import _core, _executor
+from .. import _executor
+from ..server import HttpServer
 
 __all__ = ["AsyncGunicornWorker", "AsyncioGunicornWorker"]
 
@@ -65,32 +67,6 @@ class _AccessRequest:
                 self.headers.append((key.replace("_", "-"), environ[key]))
 
 
-def _trusted_proxies(allow):
-    """forwarded_allow_ips as HttpServer takes it: '*', a list of
-    addresses, or, when networks are named, a cached membership test."""
-    if isinstance(allow, str):
-        allow = [a.strip() for a in allow.split(",") if a.strip()]
-    allow = [str(a) for a in allow]
-    if "*" in allow:
-        return "*"
-    if not any("/" in a for a in allow):
-        return allow
-    import functools
-    import ipaddress
-
-    networks = [ipaddress.ip_network(a, strict=False) for a in allow]
-
-    @functools.lru_cache(maxsize=1024)
-    def trusted(host):
-        try:
-            addr = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        return any(addr in net for net in networks)
-
-    return trusted
-
-
 def _new_loop(kind):
     if kind is None:
         kind = os.environ.get(LOOP_ENV, "").strip().lower() or None
@@ -109,26 +85,30 @@ def _new_loop(kind):
     return asyncio.new_event_loop()
 
 
-# gunicorn's own bounds (gunicorn/http/message.py): 0 never means
-# "unbounded" for the server that buffers the head
-_MAX_REQUEST_LINE = 8190
+# gunicorn's own bounds: 0 never means "unbounded" for the server that
+# buffers the head (a request line of 0 is gunicorn's "no limit", which
+# here is 1 MiB)
 _UNLIMITED_REQUEST_LINE = 1024 * 1024
-_MAX_HEADERS = 32768
-_DEFAULT_MAX_HEADERFIELD_SIZE = 8190
 
 
 def _request_limits(cfg):
+    from gunicorn.http.message import (
+        DEFAULT_MAX_HEADERFIELD_SIZE,
+        MAX_HEADERS,
+        MAX_REQUEST_LINE,
+    )
+
     line = cfg.limit_request_line
-    if line < 0 or line >= _MAX_REQUEST_LINE:
-        line = _MAX_REQUEST_LINE
+    if line < 0 or line >= MAX_REQUEST_LINE:
+        line = MAX_REQUEST_LINE
     elif line == 0:
         line = _UNLIMITED_REQUEST_LINE
     fields = cfg.limit_request_fields
-    if fields <= 0 or fields > _MAX_HEADERS:
-        fields = _MAX_HEADERS
+    if fields <= 0 or fields > MAX_HEADERS:
+        fields = MAX_HEADERS
     field_size = cfg.limit_request_field_size
     if field_size <= 0:
-        field_size = _DEFAULT_MAX_HEADERFIELD_SIZE
+        field_size = DEFAULT_MAX_HEADERFIELD_SIZE
     return {
         "limit_request_line": line,
         "limit_request_fields": fields,
@@ -270,15 +250,14 @@ class AsyncGunicornWorker(base.Worker):
 
     def make_server(self, loop):
         cfg = self.cfg
-        allow = _trusted_proxies(cfg.forwarded_allow_ips)
-        return _core.HttpServer(
+        return HttpServer(
             self.wsgi,
             loop,
             base_environ=self._base_environ(),
             **_request_limits(cfg),
             keepalive=float(cfg.keepalive),
             secure_scheme_headers=dict(cfg.secure_scheme_headers or {}),
-            forwarded_allow_ips=allow,
+            forwarded_allow_ips=cfg.forwarded_allow_ips,
             access_log=self._access if self._access_log_enabled() else None,
             error_log=self._error,
         )
@@ -299,8 +278,10 @@ class AsyncGunicornWorker(base.Worker):
         backoff = 0.0
         while self.alive:
             if server.connections + self._connecting >= limit:
-                # worker_connections: leave the rest in the backlog
-                await asyncio.sleep(0.01)
+                # worker_connections: leave the rest in the backlog until a
+                # connection closes (server.on_close) or fails to open
+                self._room.clear()
+                await self._room.wait()
                 continue
             try:
                 conns = [await loop.sock_accept(sock)]
@@ -351,11 +332,15 @@ class AsyncGunicornWorker(base.Worker):
             conn.close()
         finally:
             self._connecting -= 1
+            self._room.set()
 
     async def _serve(self):
         loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
         self.server = server = self.make_server(loop)
+        # set when there may be room for another connection
+        self._room = asyncio.Event()
+        server.on_close = self._room.set
         ssl_ctx = self._ssl_context()
         self._acceptors = acceptors = [
             loop.create_task(self._accept(s, ssl_ctx)) for s in self.sockets

@@ -1,0 +1,199 @@
+/* environ.c: Building the WSGI environ: the URL (PATH_INFO, QUERY_STRING), header
+ * keys and values, the peer and server addresses. */
+#include "http.h"
+
+static int
+hexval(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* Percent-decoded `s` as a latin-1 str (PEP 3333's "bytes as latin-1"). */
+static PyObject *
+unquote_latin1(const char *s, size_t n)
+{
+    if (memchr(s, '%', n) == NULL)
+        return PyUnicode_DecodeLatin1(s, (Py_ssize_t)n, NULL);
+    char stackbuf[512];
+    char *out = n <= sizeof(stackbuf) ? stackbuf : PyMem_Malloc(n);
+    if (out == NULL)
+        return PyErr_NoMemory();
+    size_t j = 0;
+    for (size_t i = 0; i < n; i++) {
+        int hi, lo;
+        if (s[i] == '%' && i + 2 < n &&
+            (hi = hexval(s[i + 1])) >= 0 && (lo = hexval(s[i + 2])) >= 0) {
+            out[j++] = (char)(hi * 16 + lo);
+            i += 2;
+        }
+        else {
+            out[j++] = s[i];
+        }
+    }
+    PyObject *r = PyUnicode_DecodeLatin1(out, (Py_ssize_t)j, NULL);
+    if (out != stackbuf)
+        PyMem_Free(out);
+    return r;
+}
+
+static int
+set_item_str(PyObject *d, PyObject *key, const char *s, size_t n)
+{
+    PyObject *v = PyUnicode_DecodeLatin1(s, (Py_ssize_t)n, NULL);
+    if (v == NULL)
+        return -1;
+    int rc = PyDict_SetItem(d, key, v);
+    Py_DECREF(v);
+    return rc;
+}
+
+/* RAW_URI, PATH_INFO, QUERY_STRING (and SCRIPT_NAME's prefix removed). */
+int
+environ_set_url(HttpServer *srv, modstate *st, PyObject *env, const char *url,
+                size_t n)
+{
+    if (set_item_str(env, HSTR(st, RAW_URI), url, n) < 0)
+        return -1;
+    const char *path = url, *end = url + n;
+    /* absolute-form: http://host[:port]/path */
+    if ((n > 7 && strncasecmp(url, "http://", 7) == 0) ||
+        (n > 8 && strncasecmp(url, "https://", 8) == 0)) {
+        const char *a = memchr(url, ':', n) + 3;
+        const char *slash = memchr(a, '/', (size_t)(end - a));
+        const char *q = memchr(a, '?', (size_t)(end - a));
+        if (slash == NULL || (q != NULL && q < slash))
+            path = q ? q : end; /* no path: "/" below */
+        else
+            path = slash;
+        /* RFC 9112 3.2.2: the target's authority replaces Host */
+        if (set_item_str(env, HSTR(st, HTTP_HOST), a, (size_t)(path - a)) < 0)
+            return -1;
+    }
+    const char *hash = memchr(path, '#', (size_t)(end - path));
+    if (hash != NULL)
+        end = hash;
+    const char *q = memchr(path, '?', (size_t)(end - path));
+    const char *pend = q ? q : end;
+    if (q != NULL) {
+        if (set_item_str(env, HSTR(st, QUERY_STRING), q + 1,
+                         (size_t)(end - q - 1)) < 0)
+            return -1;
+    }
+    else if (PyDict_SetItem(env, HSTR(st, QUERY_STRING), HSTR(st, EMPTY)) < 0) {
+        return -1;
+    }
+    PyObject *pi;
+    if (pend == path)
+        pi = PyUnicode_FromString(path == url ? "" : "/");
+    else
+        pi = unquote_latin1(path, (size_t)(pend - path));
+    if (pi == NULL)
+        return -1;
+    Py_ssize_t sn = PyUnicode_GET_LENGTH(srv->script_name);
+    if (sn > 0 && PyUnicode_Tailmatch(pi, srv->script_name, 0, sn, -1) == 1 &&
+        (PyUnicode_GET_LENGTH(pi) == sn || PyUnicode_READ_CHAR(pi, sn) == '/')) {
+        PyObject *rest = PyUnicode_Substring(pi, sn, PyUnicode_GET_LENGTH(pi));
+        Py_DECREF(pi);
+        if (rest == NULL)
+            return -1;
+        pi = rest;
+    }
+    int rc = PyDict_SetItem(env, HSTR(st, PATH_INFO), pi);
+    Py_DECREF(pi);
+    return rc;
+}
+
+/* The environ key of a header name, interned; NULL without an exception
+ * for names that are dropped (underscores, as gunicorn's default). */
+static PyObject *
+header_key(modstate *st, const char *name, size_t n)
+{
+    if (n == 12 && strncasecmp(name, "content-type", 12) == 0)
+        return Py_NewRef(HSTR(st, CONTENT_TYPE));
+    if (n == 14 && strncasecmp(name, "content-length", 14) == 0)
+        return Py_NewRef(HSTR(st, CONTENT_LENGTH));
+    if (memchr(name, '_', n) != NULL)
+        return NULL;
+    char stackbuf[128];
+    char *k = n + 5 <= sizeof(stackbuf) ? stackbuf : PyMem_Malloc(n + 5);
+    if (k == NULL)
+        return PyErr_NoMemory();
+    memcpy(k, "HTTP_", 5);
+    for (size_t i = 0; i < n; i++) {
+        char c = name[i];
+        if (c >= 'a' && c <= 'z')
+            c -= 32;
+        else if (c == '-')
+            c = '_';
+        k[5 + i] = c;
+    }
+    PyObject *key = PyUnicode_DecodeLatin1(k, (Py_ssize_t)(n + 5), NULL);
+    if (k != stackbuf)
+        PyMem_Free(k);
+    if (key != NULL)
+        PyUnicode_InternInPlace(&key);
+    return key;
+}
+
+int
+environ_add_header(modstate *st, PyObject *env, const char *name, size_t nlen,
+                   const char *value, size_t vlen)
+{
+    while (vlen > 0 && (value[vlen - 1] == ' ' || value[vlen - 1] == '\t'))
+        vlen--;
+    while (vlen > 0 && (value[0] == ' ' || value[0] == '\t')) {
+        value++;
+        vlen--;
+    }
+    PyObject *key = header_key(st, name, nlen);
+    if (key == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    PyObject *v = PyUnicode_DecodeLatin1(value, (Py_ssize_t)vlen, NULL);
+    if (v == NULL) {
+        Py_DECREF(key);
+        return -1;
+    }
+    PyObject *old = PyDict_GetItemWithError(env, key);
+    if (old != NULL) {
+        /* repeated header: one value, joined by a comma (RFC 9110 5.3) */
+        PyObject *joined = PyUnicode_FromFormat("%U,%U", old, v);
+        Py_SETREF(v, joined);
+    }
+    int rc = v == NULL || PyErr_Occurred() ? -1 : PyDict_SetItem(env, key, v);
+    Py_DECREF(key);
+    Py_XDECREF(v);
+    return rc;
+}
+
+/* host and port of a socket address as environ strings */
+int
+set_addr(modstate *st, PyObject *env, PyObject *addr, PyObject *khost,
+         PyObject *kport)
+{
+    PyObject *host = NULL, *port = NULL;
+    int rc = -1;
+    if (PyTuple_Check(addr) && PyTuple_GET_SIZE(addr) >= 2) {
+        host = PyObject_Str(PyTuple_GET_ITEM(addr, 0));
+        port = PyObject_Str(PyTuple_GET_ITEM(addr, 1));
+    }
+    else {
+        host = PyUnicode_Check(addr) ? Py_NewRef(addr)
+                                     : Py_NewRef(HSTR(st, EMPTY));
+        port = Py_NewRef(HSTR(st, EMPTY));
+    }
+    if (host != NULL && port != NULL && PyDict_SetItem(env, khost, host) == 0 &&
+        PyDict_SetItem(env, kport, port) == 0)
+        rc = 0;
+    Py_XDECREF(host);
+    Py_XDECREF(port);
+    return rc;
+}
+
+PyObject *
+extra_info(modstate *st, PyObject *transport, PyObject *name)
+{
+    return PyObject_CallMethodOneArg(transport, HSTR(st, GET_EXTRA_INFO), name);
+}

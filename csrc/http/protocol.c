@@ -1,0 +1,622 @@
+/* protocol.c: HttpProtocol, one connection: its read buffer and writes, data in
+ * (BufferedProtocol and Protocol), feeding the parser, the connection
+ * lifecycle, pausing reading and writing. */
+#include "http.h"
+
+/* Grows *buf to hold `need` bytes. */
+int
+grow(char **buf, size_t *cap, size_t need)
+{
+    if (need <= *cap)
+        return 0;
+    size_t n = *cap ? *cap : 256;
+    while (n < need)
+        n *= 2;
+    char *p = PyMem_Realloc(*buf, n);
+    if (p == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    *buf = p;
+    *cap = n;
+    return 0;
+}
+
+void
+set_read_paused(HttpProtocol *p, int bit, int on)
+{
+    if (p->transport == NULL)
+        return;
+    modstate *st = proto_state(p);
+    int before = p->read_paused;
+    p->read_paused = on ? (before | bit) : (before & ~bit);
+    PyObject *r = NULL;
+    if (!before && p->read_paused)
+        r = PyObject_CallMethodNoArgs(p->transport, HSTR(st, PAUSE_READING));
+    else if (before && !p->read_paused)
+        r = PyObject_CallMethodNoArgs(p->transport, HSTR(st, RESUME_READING));
+    else
+        return;
+    if (r == NULL)
+        PyErr_Clear(); /* a closing transport */
+    Py_XDECREF(r);
+}
+
+/* transport.write(data); false once the connection is gone. */
+int
+proto_write_bytes(HttpProtocol *p, PyObject *data)
+{
+    if (p->closed || p->write == NULL)
+        return 0;
+    PyObject *r = PyObject_CallOneArg(p->write, data);
+    if (r == NULL) {
+        /* a transport closed under us: the response is lost, not the loop;
+         * nothing more is written on it */
+        PyErr_Clear();
+        p->closed = 1;
+        return 0;
+    }
+    Py_DECREF(r);
+    return 1;
+}
+
+/* True once the connection is gone or going: a failed send makes the
+ * transport close (and drop later writes silently) before connection_lost
+ * runs, so a response iterated inline asks the transport itself. */
+int
+proto_gone(HttpProtocol *p)
+{
+    if (p->closed || p->transport == NULL)
+        return 1;
+    PyObject *r = PyObject_CallMethodNoArgs(p->transport,
+                                            HSTR(proto_state(p), IS_CLOSING));
+    if (r == NULL) {
+        PyErr_Clear(); /* a transport without is_closing(): trust write() */
+        return 0;
+    }
+    int gone = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    if (gone < 0)
+        PyErr_Clear();
+    if (gone > 0)
+        p->closed = 1;
+    return gone > 0;
+}
+
+int
+proto_write(HttpProtocol *p, const char *data, size_t len)
+{
+    PyObject *b = PyBytes_FromStringAndSize(data, (Py_ssize_t)len);
+    if (b == NULL)
+        return -1;
+    proto_write_bytes(p, b);
+    Py_DECREF(b);
+    return 0;
+}
+
+void
+proto_close(HttpProtocol *p)
+{
+    if (p->transport == NULL || p->closed)
+        return;
+    p->closed = 1;
+    modstate *st = proto_state(p);
+    PyObject *r = PyObject_CallMethodNoArgs(p->transport, st->str_close);
+    if (r == NULL)
+        PyErr_Clear();
+    Py_XDECREF(r);
+}
+
+/* Resolves `*fut` (if any) with None and clears it. */
+void
+wake(modstate *st, PyObject **fut)
+{
+    PyObject *f = *fut;
+    if (f == NULL)
+        return;
+    *fut = NULL;
+    PyObject *done = PyObject_CallMethodNoArgs(f, HSTR(st, DONE));
+    if (done == Py_False) {
+        PyObject *r = PyObject_CallMethodOneArg(f, st->str_set_result, Py_None);
+        Py_XDECREF(r);
+    }
+    Py_XDECREF(done);
+    PyErr_Clear();
+    Py_DECREF(f);
+}
+
+/* Waits, in the request greenlet, for a future that `*slot` will hold and
+ * the protocol will resolve. */
+int
+wait_on(modstate *st, HttpServer *srv, PyObject **slot)
+{
+    PyObject *fut = NULL;
+    if (*slot != NULL) {
+        /* another greenlet waits for the same thing: share its future, so
+         * one wake() resolves both (unless that one is done: cancelled) */
+        PyObject *done = PyObject_CallMethodNoArgs(*slot, HSTR(st, DONE));
+        if (done == NULL)
+            return -1;
+        if (done == Py_False)
+            fut = Py_NewRef(*slot);
+        Py_DECREF(done);
+    }
+    if (fut == NULL) {
+        fut = PyObject_CallNoArgs(srv->create_future);
+        if (fut == NULL)
+            return -1;
+        Py_XSETREF(*slot, Py_NewRef(fut));
+    }
+    PyObject *r = bridge_await(st, fut, 0);
+    Py_DECREF(fut);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+void
+proto_release_request(HttpProtocol *p)
+{
+    HttpRequest *r = p->req;
+    if (r == NULL)
+        return;
+    p->req = NULL;
+    if (r->task != NULL)
+        Py_CLEAR(r->task);
+    /* environ -> wsgi.input -> request is a cycle: break it here, so the
+     * request and its body buffer go now rather than at the next GC */
+    Py_CLEAR(r->environ);
+    Py_DECREF(r);
+}
+
+void
+body_error(HttpProtocol *p)
+{
+    HttpRequest *r = p->req;
+    r->body_error = 1;
+    r->close_after = 1;
+    wake(proto_state(p), &r->body_waiter);
+}
+
+/* Parses what the buffer holds and starts the requests it completes. */
+void
+feed(HttpProtocol *p)
+{
+    if (p->feeding)
+        return; /* the outer call goes on where this one would */
+    Py_INCREF(p);
+    p->feeding = 1;
+    /* no new request while the client does not read the responses (the
+     * body of the one in progress still comes): memory per connection
+     * stays bounded by the transport's buffer */
+    while (!p->closed && !p->broken && !p->waiting && p->rpos < p->rlen &&
+           !(p->write_paused && (p->req == NULL || p->req->body_done))) {
+        const char *start = p->rbuf + p->rpos;
+        size_t n = p->rlen - p->rpos;
+        llhttp_errno_t err = llhttp_execute(&p->parser, start, n);
+        if (err == HPE_OK) {
+            p->rpos = p->rlen;
+        }
+        else if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
+            const char *pos = llhttp_get_error_pos(&p->parser);
+            p->rpos += (size_t)(pos - start);
+            if (err == HPE_PAUSED)
+                llhttp_resume(&p->parser);
+            else
+                p->broken = 1; /* upgrades are not served: close after */
+        }
+        else {
+            HttpRequest *r = p->req;
+            int status = p->err_status ? p->err_status : 400;
+            if (p->cb_exc != NULL) {
+                exc_restore(p->cb_exc);
+                p->cb_exc = NULL;
+                log_error(p->server, "Error parsing request");
+                status = 500;
+            }
+            if (r != NULL && r->started && !r->response_done) {
+                /* the app is reading the body: it sees an error, and the
+                 * connection closes after its response */
+                p->broken = 1;
+                body_error(p);
+                p->rpos = p->rlen; /* nothing more is parsed: drop it */
+                set_read_paused(p, PAUSE_PIPELINE, 1);
+            }
+            else if (r != NULL && r->response_done) {
+                /* its response is complete: just close */
+                proto_release_request(p);
+                p->broken = 1;
+                proto_close(p);
+            }
+            else {
+                proto_release_request(p);
+                /* a limit or rule of ours says which (a Host, the scheme
+                 * headers, a size); llhttp's own errors get the reason */
+                respond_message_and_close(
+                    p, status, p->err_status && status == p->err_status
+                                   ? p->err_message : NULL);
+            }
+            break;
+        }
+        HttpRequest *r = p->req;
+        if (r != NULL && !r->started)
+            start_request(p, r);
+        r = p->req;
+        if (r != NULL && r->body_done) {
+            if (r->response_done)
+                proto_release_request(p);
+            else
+                p->waiting = 1; /* pipelined bytes wait for this response */
+        }
+    }
+    /* keep the unparsed rest at the start of the buffer */
+    if (p->rpos == p->rlen) {
+        p->rpos = p->rlen = 0;
+    }
+    else if (p->rpos > 0 && p->rbuf != NULL) {
+        memmove(p->rbuf, p->rbuf + p->rpos, p->rlen - p->rpos);
+        p->rlen -= p->rpos;
+        p->rpos = 0;
+    }
+    if ((p->waiting || p->write_paused) && p->rlen > 65536)
+        set_read_paused(p, PAUSE_PIPELINE, 1);
+    p->feeding = 0;
+    Py_DECREF(p);
+}
+
+PyObject *
+proto_new(modstate *st, HttpServer *srv)
+{
+    HttpProtocol *p = PyObject_GC_New(HttpProtocol, st->HttpProtocolType);
+    if (p == NULL)
+        return NULL;
+    p->server = (HttpServer *)Py_NewRef(srv);
+    p->transport = p->write = p->conn_environ = NULL;
+    p->task_done = p->drain_waiter = NULL;
+    p->req = NULL;
+    p->cb_exc = NULL;
+    p->environ = NULL;
+    p->rbuf = p->sbuf = NULL;
+    p->rpos = p->rlen = p->rcap = 0;
+    p->slen = p->scap = p->url_len = p->field_len = 0;
+    p->nfields = p->line_len = 0;
+    p->host_fields = 0;
+    p->head_started = 0;
+    p->err_status = 0;
+    p->err_message = NULL;
+    p->read_paused = p->write_paused = 0;
+    p->closed = p->waiting = p->broken = p->trusted = p->upgrade = 0;
+    p->feeding = p->scheme = 0;
+    p->wsize_seen = 0;
+    p->served = 0;
+    p->last_activity = monotonic();
+    llhttp_init(&p->parser, HTTP_REQUEST, &parser_settings);
+    p->parser.data = p;
+    PyObject_GC_Track(p);
+    return (PyObject *)p;
+}
+
+static int
+proto_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    HttpProtocol *p = (HttpProtocol *)op;
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT((PyObject *)p->server);
+    Py_VISIT(p->transport);
+    Py_VISIT(p->write);
+    Py_VISIT(p->conn_environ);
+    Py_VISIT(p->task_done);
+    Py_VISIT(p->drain_waiter);
+    Py_VISIT((PyObject *)p->req);
+    Py_VISIT(p->cb_exc);
+    Py_VISIT(p->environ);
+    return 0;
+}
+
+static int
+proto_clear(PyObject *op)
+{
+    HttpProtocol *p = (HttpProtocol *)op;
+    Py_CLEAR(p->server);
+    Py_CLEAR(p->transport);
+    Py_CLEAR(p->write);
+    Py_CLEAR(p->conn_environ);
+    Py_CLEAR(p->task_done);
+    Py_CLEAR(p->drain_waiter);
+    Py_CLEAR(p->req);
+    Py_CLEAR(p->cb_exc);
+    Py_CLEAR(p->environ);
+    return 0;
+}
+
+static void
+proto_dealloc(PyObject *op)
+{
+    HttpProtocol *p = (HttpProtocol *)op;
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    proto_clear(op);
+    PyMem_Free(p->rbuf);
+    PyMem_Free(p->sbuf);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+proto_connection_made(PyObject *op, PyObject *transport)
+{
+    HttpProtocol *p = (HttpProtocol *)op;
+    HttpServer *srv = p->server;
+    modstate *st = proto_state(p);
+    PyObject *peer = NULL, *sock = NULL, *ssl = NULL, *env = NULL;
+    Py_XSETREF(p->transport, Py_NewRef(transport));
+    Py_XSETREF(p->write, PyObject_GetAttr(transport, HSTR(st, WRITE)));
+    if (p->write == NULL)
+        goto error;
+    env = PyDict_Copy(srv->base_environ);
+    if (env == NULL ||
+        (peer = extra_info(st, transport, HSTR(st, PEERNAME))) == NULL ||
+        (sock = extra_info(st, transport, HSTR(st, SOCKNAME))) == NULL ||
+        (ssl = extra_info(st, transport, HSTR(st, SSLCONTEXT))) == NULL)
+        goto error;
+    if (set_addr(st, env, peer, HSTR(st, REMOTE_ADDR), HSTR(st, REMOTE_PORT)) < 0 ||
+        set_addr(st, env, sock, HSTR(st, SERVER_NAME), HSTR(st, SERVER_PORT)) < 0 ||
+        PyDict_SetItem(env, HSTR(st, WSGI_URL_SCHEME),
+                       ssl != Py_None ? HSTR(st, HTTPS) : HSTR(st, HTTP)) < 0)
+        goto error;
+    if (!PyTuple_Check(peer) ||
+        (srv->forwarded_allow == NULL && srv->trust_check == NULL)) {
+        p->trusted = 1; /* a unix socket's peer, or '*' */
+    }
+    else {
+        PyObject *host = PyDict_GetItemWithError(env, HSTR(st, REMOTE_ADDR));
+        int c = -1;
+        if (host != NULL && srv->trust_check != NULL) {
+            PyObject *v = PyObject_CallOneArg(srv->trust_check, host);
+            c = v ? PyObject_IsTrue(v) : -1;
+            Py_XDECREF(v);
+        }
+        else if (host != NULL) {
+            c = PySet_Contains(srv->forwarded_allow, host);
+        }
+        if (c < 0)
+            goto error;
+        p->trusted = c;
+    }
+    Py_XSETREF(p->conn_environ, env);
+    env = NULL;
+    if (PySet_Add(srv->connections, op) < 0)
+        goto error;
+    p->last_activity = monotonic();
+    Py_DECREF(peer);
+    Py_DECREF(sock);
+    Py_DECREF(ssl);
+    Py_RETURN_NONE;
+error:
+    Py_XDECREF(env);
+    Py_XDECREF(peer);
+    Py_XDECREF(sock);
+    Py_XDECREF(ssl);
+    log_error(srv, "Error setting up a connection");
+    PyObject *r = PyObject_CallMethodNoArgs(transport, HSTR(st, ABORT));
+    if (r == NULL)
+        PyErr_Clear();
+    Py_XDECREF(r);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+proto_connection_lost(PyObject *op, PyObject *exc)
+{
+    HttpProtocol *p = (HttpProtocol *)op;
+    modstate *st = proto_state(p);
+    p->closed = 1;
+    if (p->server != NULL && PySet_Discard(p->server->connections, op) < 0)
+        PyErr_Clear();
+    if (p->server != NULL && p->server->on_close != NULL) {
+        /* there is room for another connection (the worker's accept loop
+         * waits for it at worker_connections) */
+        PyObject *res = PyObject_CallNoArgs(p->server->on_close);
+        if (res == NULL)
+            log_error(p->server, "Error in HttpServer.on_close");
+        Py_XDECREF(res);
+    }
+    HttpRequest *r = p->req;
+    if (r != NULL && r->started && !r->response_done) {
+        /* the client left: cancel the view where it waits */
+        if (r->task != NULL) {
+            PyObject *res = PyObject_CallMethodNoArgs(r->task, HSTR(st, CANCEL));
+            if (res == NULL)
+                log_error(p->server, "Error cancelling a request");
+            Py_XDECREF(res);
+        }
+        wake(st, &r->body_waiter);
+    }
+    wake(st, &p->drain_waiter);
+    if (r == NULL || !r->started || r->response_done)
+        proto_release_request(p);
+    Py_CLEAR(p->write);
+    Py_CLEAR(p->transport);
+    Py_CLEAR(p->environ);
+    /* a bound method of this protocol: a cycle the GC alone would break
+     * (a Task still running holds its own reference) */
+    Py_CLEAR(p->task_done);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+proto_task_done(PyObject *op, PyObject *task)
+{
+    HttpProtocol *p = (HttpProtocol *)op;
+    modstate *st = proto_state(p);
+    PyObject *c = PyObject_CallMethodNoArgs(task, HSTR(st, CANCELLED));
+    if (c == NULL)
+        return NULL;
+    if (c == Py_False) {
+        PyObject *exc = PyObject_CallMethodNoArgs(task, HSTR(st, EXCEPTION));
+        if (exc == NULL) {
+            Py_DECREF(c);
+            return NULL;
+        }
+        if (exc != Py_None && !p->closed) {
+            exc_restore(Py_NewRef(exc));
+            log_error(p->server, "Error handling request");
+        }
+        Py_DECREF(exc);
+    }
+    Py_DECREF(c);
+    HttpRequest *r = p->req;
+    if (r != NULL && r->task == task && r->response_done) {
+        if (r->body_done || p->closed) {
+            proto_release_request(p);
+            p->waiting = 0;
+        }
+    }
+    if (p->closed) {
+        proto_release_request(p);
+        Py_RETURN_NONE;
+    }
+    if (p->req == NULL) {
+        p->waiting = 0;
+        feed(p);
+        if (!p->waiting)
+            set_read_paused(p, PAUSE_PIPELINE, 0);
+    }
+    Py_RETURN_NONE;
+}
+
+static int
+ensure_space(HttpProtocol *p, size_t want)
+{
+    if (p->rpos > 0 && p->rpos == p->rlen)
+        p->rpos = p->rlen = 0;
+    return grow(&p->rbuf, &p->rcap, p->rlen + want);
+}
+
+static PyObject *
+proto_get_buffer(PyObject *op, PyObject *sizehint)
+{
+    HttpProtocol *p = (HttpProtocol *)op;
+    if (ensure_space(p, 16384) < 0)
+        return NULL;
+    if (p->rcap < 65536 && grow(&p->rbuf, &p->rcap, 65536) < 0)
+        return NULL;
+    return PyMemoryView_FromMemory(p->rbuf + p->rlen,
+                                   (Py_ssize_t)(p->rcap - p->rlen), PyBUF_WRITE);
+}
+
+static PyObject *
+proto_buffer_updated(PyObject *op, PyObject *arg)
+{
+    HttpProtocol *p = (HttpProtocol *)op;
+    Py_ssize_t n = PyLong_AsSsize_t(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (n < 0 || (size_t)n > p->rcap - p->rlen) {
+        PyErr_Format(PyExc_ValueError,
+                     "buffer_updated() got %zd bytes, more than the buffer "
+                     "had room for", n);
+        return NULL;
+    }
+    p->rlen += (size_t)n;
+    p->last_activity = monotonic();
+    feed(p);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+proto_data_received(PyObject *op, PyObject *data)
+{
+    HttpProtocol *p = (HttpProtocol *)op;
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    int rc = ensure_space(p, (size_t)view.len);
+    if (rc == 0 && view.len > 0) {
+        memcpy(p->rbuf + p->rlen, view.buf, (size_t)view.len);
+        p->rlen += (size_t)view.len;
+    }
+    PyBuffer_Release(&view);
+    if (rc < 0)
+        return NULL;
+    p->last_activity = monotonic();
+    feed(p);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+proto_eof_received(PyObject *op, PyObject *unused)
+{
+    /* The peer closed its side.  A client that goes away mid-request looks
+     * just like this, so the transport closes (False) and connection_lost
+     * cancels a request in progress, as uvicorn and aiohttp do. */
+    Py_RETURN_FALSE;
+}
+
+static PyObject *
+proto_pause_writing(PyObject *op, PyObject *unused)
+{
+    ((HttpProtocol *)op)->write_paused = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+proto_resume_writing(PyObject *op, PyObject *unused)
+{
+    HttpProtocol *p = (HttpProtocol *)op;
+    p->write_paused = 0;
+    p->last_activity = monotonic(); /* the client reads: progress */
+    wake(proto_state(p), &p->drain_waiter);
+    if (!p->closed && !p->waiting && p->rpos < p->rlen) {
+        /* pipelined requests waited for the client to read */
+        feed(p);
+        if (!p->waiting && !p->write_paused)
+            set_read_paused(p, PAUSE_PIPELINE, 0);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+proto_get_idle(PyObject *op, void *closure)
+{
+    HttpProtocol *p = (HttpProtocol *)op;
+    return PyBool_FromLong(p->req == NULL && p->rlen == p->rpos);
+}
+
+static PyMethodDef proto_methods[] = {
+    {"connection_made", proto_connection_made, METH_O, NULL},
+    {"connection_lost", proto_connection_lost, METH_O, NULL},
+    {"get_buffer", proto_get_buffer, METH_O, NULL},
+    {"buffer_updated", proto_buffer_updated, METH_O, NULL},
+    {"data_received", proto_data_received, METH_O, NULL},
+    {"eof_received", proto_eof_received, METH_NOARGS, NULL},
+    {"pause_writing", proto_pause_writing, METH_NOARGS, NULL},
+    {"resume_writing", proto_resume_writing, METH_NOARGS, NULL},
+    {"_task_done", proto_task_done, METH_O, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef proto_getset[] = {
+    {"idle", proto_get_idle, NULL, "No request in progress.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot proto_slots[] = {
+    {Py_tp_methods, proto_methods},
+    {Py_tp_getset, proto_getset},
+    {Py_tp_traverse, proto_traverse},
+    {Py_tp_clear, proto_clear},
+    {Py_tp_dealloc, proto_dealloc},
+    {Py_tp_doc, "One HTTP/1.1 connection (an asyncio BufferedProtocol); made "
+                "by calling an HttpServer."},
+    {0, NULL},
+};
+
+PyType_Spec proto_spec = {
+    .name = "aiopyramid._core.HttpProtocol",
+    .basicsize = sizeof(HttpProtocol),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
+             Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = proto_slots,
+};

@@ -1,0 +1,510 @@
+/* request.c: HttpRequest, one request: its type, start_response and write(), and
+ * running the app in its Task and request greenlet. */
+#include "http.h"
+
+HttpRequest *
+request_new(modstate *st, HttpProtocol *p, PyObject *environ)
+{
+    HttpRequest *r = PyObject_GC_New(HttpRequest, st->HttpRequestType);
+    if (r == NULL)
+        return NULL;
+    r->proto = (HttpProtocol *)Py_NewRef(p);
+    r->environ = Py_NewRef(environ);
+    r->task = r->status = r->headers = r->body_waiter = NULL;
+    r->bbuf = NULL;
+    r->bpos = r->blen = r->bcap = 0;
+    r->resp_length = -1;
+    r->resp_written = 0;
+    r->sent = 0;
+    r->t_start = monotonic();
+    r->status_code = 0;
+    r->body_done = r->body_error = 0;
+    r->head = r->http11 = r->keep_alive = 0;
+    r->expect_continue = r->continue_sent = 0;
+    r->started = r->headers_sent = r->chunked = 0;
+    r->response_done = r->close_after = 0;
+    PyObject_GC_Track(r);
+    return r;
+}
+
+static int
+request_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    HttpRequest *r = (HttpRequest *)op;
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT((PyObject *)r->proto);
+    Py_VISIT(r->environ);
+    Py_VISIT(r->task);
+    Py_VISIT(r->status);
+    Py_VISIT(r->headers);
+    Py_VISIT(r->body_waiter);
+    return 0;
+}
+
+static int
+request_clear(PyObject *op)
+{
+    HttpRequest *r = (HttpRequest *)op;
+    Py_CLEAR(r->proto);
+    Py_CLEAR(r->environ);
+    Py_CLEAR(r->task);
+    Py_CLEAR(r->status);
+    Py_CLEAR(r->headers);
+    Py_CLEAR(r->body_waiter);
+    return 0;
+}
+
+static void
+request_dealloc(PyObject *op)
+{
+    HttpRequest *r = (HttpRequest *)op;
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    request_clear(op);
+    PyMem_Free(r->bbuf);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+/* start_response(status, headers, exc_info=None) */
+static PyObject *request_write_method(PyObject *self, PyObject *data);
+
+static PyMethodDef write_def = {
+    "write", request_write_method, METH_O,
+    "write(data)\n--\n\nThe legacy WSGI write callable."};
+
+static PyObject *
+request_call(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    HttpRequest *r = (HttpRequest *)self;
+    static char *kwlist[] = {"status", "headers", "exc_info", NULL};
+    PyObject *status, *headers, *exc_info = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "UO|O:start_response",
+                                     kwlist, &status, &headers, &exc_info))
+        return NULL;
+    if (exc_info != Py_None) {
+        if (r->headers_sent) {
+            /* too late to change the response: re-raise, as PEP 3333 says */
+            if (!PyTuple_Check(exc_info) || PyTuple_GET_SIZE(exc_info) < 2) {
+                PyErr_SetString(PyExc_TypeError,
+                                "exc_info must be a (type, value, traceback) "
+                                "tuple");
+                return NULL;
+            }
+            PyObject *exc = PyTuple_GET_ITEM(exc_info, 1);
+            if (!PyExceptionInstance_Check(exc)) {
+                PyErr_SetString(PyExc_TypeError,
+                                "exc_info[1] must be an exception");
+                return NULL;
+            }
+            exc_restore(Py_NewRef(exc));
+            return NULL;
+        }
+    }
+    else if (r->status != NULL) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "start_response() was already called; pass exc_info "
+                        "to replace the response's status and headers");
+        return NULL;
+    }
+    if (!PyList_Check(headers)) {
+        PyErr_Format(PyExc_TypeError,
+                     "response headers must be a list, not %.100s",
+                     Py_TYPE(headers)->tp_name);
+        return NULL;
+    }
+    Py_ssize_t slen = PyUnicode_GET_LENGTH(status);
+    int code = 0;
+    if (slen >= 3) {
+        for (int i = 0; i < 3; i++) {
+            Py_UCS4 c = PyUnicode_READ_CHAR(status, i);
+            if (c < '0' || c > '9') {
+                code = -1;
+                break;
+            }
+            code = code * 10 + (int)(c - '0');
+        }
+    }
+    if (slen < 3 || code < 100 || (slen > 3 &&
+                                   PyUnicode_READ_CHAR(status, 3) != ' ')) {
+        PyErr_Format(PyExc_ValueError,
+                     "status must be a 3-digit code and a reason phrase, "
+                     "like '200 OK'; got %R", status);
+        return NULL;
+    }
+    Py_XSETREF(r->status, Py_NewRef(status));
+    Py_XSETREF(r->headers, Py_NewRef(headers));
+    r->status_code = code;
+    return PyCFunction_New(&write_def, self);
+}
+
+static PyObject *
+request_write_method(PyObject *self, PyObject *data)
+{
+    HttpRequest *r = (HttpRequest *)self;
+    if (r->proto == NULL || r->response_done) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "write() called after the response was complete");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    int rc = 0;
+    long long before = r->resp_written;
+    if (view.len > 0)
+        rc = write_chunk(r, view.buf, (size_t)view.len, -1);
+    PyBuffer_Release(&view);
+    if (rc < 0)
+        return NULL;
+    if (view.len > 0 && (r->proto == NULL || proto_gone(r->proto))) {
+        /* as a failed send raises in gunicorn's workers: a writer in a
+         * loop stops here */
+        PyErr_SetString(PyExc_ConnectionResetError,
+                        "the client disconnected");
+        return NULL;
+    }
+    if (before / INLINE_YIELD_BYTES != r->resp_written / INLINE_YIELD_BYTES &&
+        yield_to_loop(proto_state(r->proto)) < 0)
+        return NULL; /* a long response lets the others run */
+    Py_RETURN_NONE;
+}
+
+static void
+request_access_log(HttpRequest *r)
+{
+    HttpServer *srv = r->proto->server;
+    if (srv->access_log == NULL || r->environ == NULL)
+        return;
+    PyObject *res = PyObject_CallFunction(
+        srv->access_log, "OOOKd", r->environ,
+        r->status ? r->status : Py_None, r->headers ? r->headers : Py_None,
+        (unsigned long long)r->resp_written, monotonic() - r->t_start);
+    if (res == NULL)
+        log_error(srv, "access log failed");
+    Py_XDECREF(res);
+}
+
+/* The response is over: log it, count it, settle the connection. */
+static void
+request_finish(HttpRequest *r)
+{
+    HttpProtocol *p = r->proto;
+    HttpServer *srv = p->server;
+    if (r->response_done)
+        return;
+    r->response_done = 1;
+    srv->requests++;
+    srv->active--;
+    if (srv->max_requests && srv->requests == srv->max_requests) {
+        /* exactly max_requests: from now on every response closes its
+         * connection, and the owner stops accepting */
+        srv->shutting_down = 1;
+        if (srv->on_limit != NULL) {
+            PyObject *res = PyObject_CallNoArgs(srv->on_limit);
+            if (res == NULL)
+                log_error(srv, "Error in the max_requests callback");
+            Py_XDECREF(res);
+        }
+    }
+    request_access_log(r);
+    wake(proto_state(p), &r->body_waiter);
+    if (r->resp_length >= 0 && r->resp_written < r->resp_length &&
+        !r->head && !bodyless_status(r->status_code))
+        r->close_after = 1; /* shorter than its Content-Length */
+    if (!r->body_done && r->expect_continue && !r->continue_sent)
+        r->close_after = 1; /* the client may never send that body */
+    /* a body nobody reads any more: drop it, and read (to discard the
+     * rest of it) if a full buffer had paused reading */
+    r->bpos = r->blen = 0;
+    PyMem_Free(r->bbuf);
+    r->bbuf = NULL;
+    r->bcap = 0;
+    set_read_paused(p, PAUSE_BODY, 0);
+    if (r->close_after || srv->shutting_down) {
+        p->broken = 1;
+        proto_close(p);
+    }
+    p->last_activity = monotonic();
+    p->served++;
+    /* the next request may start once this one's body is parsed */
+    if (r->body_done)
+        proto_release_request(p);
+}
+
+/* The current exception is the request's cancellation: a killed greenlet,
+ * a closed coroutine, or a CancelledError once the client is gone (only
+ * then does the connection cancel the request's Task). */
+static int
+request_cancelled(modstate *st, HttpProtocol *p)
+{
+    if (PyErr_ExceptionMatches(PyExc_Exception))
+        return 0;
+    if (PyErr_ExceptionMatches(st->GreenletExit) ||
+        PyErr_ExceptionMatches(PyExc_GeneratorExit))
+        return 1;
+    if (PyErr_ExceptionMatches(st->CancelledError))
+        return p->closed;
+    return 0;
+}
+
+/* run_request(req): the job of a request greenlet. */
+static PyObject *
+run_request(PyObject *module, PyObject *arg)
+{
+    modstate *st = state_of_module(module);
+    if (Py_TYPE(arg) != st->HttpRequestType) {
+        PyErr_SetString(PyExc_TypeError, "run_request() takes a request");
+        return NULL;
+    }
+    HttpRequest *r = (HttpRequest *)Py_NewRef(arg);
+    HttpProtocol *p = (HttpProtocol *)Py_NewRef(r->proto);
+    HttpServer *srv = (HttpServer *)Py_NewRef(p->server);
+    PyObject *result = PyObject_CallFunctionObjArgs(srv->app, r->environ,
+                                                    (PyObject *)r, NULL);
+    int ok = result != NULL && send_result(r, result) == 0;
+    if (result != NULL && call_close(result) < 0)
+        ok = 0;
+    Py_XDECREF(result);
+    PyObject *ret = Py_None;
+    if (!ok) {
+        /* SystemExit, KeyboardInterrupt and the like raised by the app are
+         * its errors too (gunicorn's workers answer them 500): only our
+         * own cancellation ends the greenlet's job by an exception */
+        if (!request_cancelled(st, p)) {
+            if (r->body_error) {
+                /* the client's malformed body made the app fail */
+                PyErr_Clear();
+                respond_failure(r, 400);
+            }
+            else {
+                if (!p->closed)
+                    log_error(srv, "Error handling request");
+                else
+                    PyErr_Clear();
+                respond_failure(r, 500);
+            }
+        }
+        else {
+            /* cancelled (the client left), or killed: end the greenlet's
+             * job the same way, after closing the connection */
+            r->close_after = 1;
+            ret = NULL;
+        }
+    }
+    PyObject *exc = ret == NULL ? exc_take() : NULL;
+    request_finish(r);
+    if (exc != NULL)
+        exc_restore(exc);
+    Py_DECREF(srv);
+    Py_DECREF(p);
+    Py_DECREF(r);
+    return ret == NULL ? NULL : Py_NewRef(ret);
+}
+
+PyMethodDef run_request_def = {"_run_request", run_request, METH_O,
+                                      NULL};
+
+static PyObject *
+request_get_environ(PyObject *self, void *closure)
+{
+    PyObject *e = ((HttpRequest *)self)->environ;
+    return Py_NewRef(e ? e : Py_None);
+}
+
+static PyGetSetDef request_getset[] = {
+    {"environ", request_get_environ, NULL, "The request's WSGI environ.",
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot request_slots[] = {
+    {Py_tp_call, request_call},
+    {Py_tp_getset, request_getset},
+    {Py_tp_traverse, request_traverse},
+    {Py_tp_clear, request_clear},
+    {Py_tp_dealloc, request_dealloc},
+    {Py_tp_doc, "One HTTP request; calling it is WSGI's start_response."},
+    {0, NULL},
+};
+
+PyType_Spec request_spec = {
+    .name = "aiopyramid._core.HttpRequest",
+    .basicsize = sizeof(HttpRequest),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
+             Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = request_slots,
+};
+
+/* What the server needs to make each request's Task. */
+int
+server_task_init(HttpServer *self)
+{
+    PyObject *tasks = PyImport_ImportModule("asyncio.tasks");
+    if (tasks == NULL)
+        return -1;
+    self->task_type = PyObject_GetAttrString(tasks, "Task");
+#if PY_VERSION_HEX >= 0x030C0000
+    self->task_kwnames = Py_BuildValue("(sss)", "loop", "context",
+                                       "eager_start");
+#else
+    self->task_kwnames = Py_BuildValue("(ss)", "loop", "context");
+    self->current_tasks = PyObject_GetAttrString(tasks, "_current_tasks");
+    if (self->current_tasks != NULL && !PyDict_Check(self->current_tasks)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "asyncio.tasks._current_tasks is not a dict");
+        Py_CLEAR(self->current_tasks);
+    }
+    if (self->current_tasks == NULL)
+        Py_CLEAR(self->task_kwnames);
+#endif
+    Py_DECREF(tasks);
+    return self->task_type != NULL && self->task_kwnames != NULL ? 0 : -1;
+}
+
+/* The request's Task, with its first step run at once (until the app first
+ * suspends, or to its end) inside it, so that asyncio.current_task() is
+ * that Task from the app's first line (asyncio.timeout(), TaskGroup and
+ * wait_for need it) and stays the same Task after it suspends.  *sr says
+ * how the first step ended: PYGEN_NEXT, the Task drives the rest;
+ * PYGEN_RETURN; PYGEN_ERROR, with the exception set.  NULL (and an
+ * exception) when no Task was made.
+ *
+ * An asyncio.Task made directly, like the loops' create_task without a task
+ * factory: a factory could not promise that first step at once. */
+static PyObject *
+start_task(modstate *st, HttpServer *srv, PyObject *spawn, PyObject *ctx,
+           PySendResult *sr)
+{
+    int eager = 0;
+#if PY_VERSION_HEX >= 0x030C0000
+    /* an eager Task when the loop runs (always, in a server): Task() runs
+     * the first step, as the loop's current task, and a Task that ends
+     * there is never scheduled */
+    PyObject *running = PyObject_CallNoArgs(st->get_running_loop);
+    if (running == NULL)
+        return NULL;
+    eager = running == srv->loop;
+    Py_DECREF(running);
+    PyObject *args[4] = {spawn, srv->loop, ctx, eager ? Py_True : Py_False};
+#else
+    PyObject *args[3] = {spawn, srv->loop, ctx};
+#endif
+    PyObject *task = PyObject_Vectorcall(srv->task_type, args, 1,
+                                         srv->task_kwnames);
+    if (task == NULL)
+        return NULL;
+    if (eager) {
+        PyObject *done = PyObject_CallMethodNoArgs(task, HSTR(st, DONE));
+        if (done == NULL) {
+            *sr = PYGEN_ERROR;
+            return task;
+        }
+        int is_done = done == Py_True;
+        Py_DECREF(done);
+        if (!is_done) {
+            *sr = PYGEN_NEXT;
+            return task;
+        }
+        /* result() also marks an exception as retrieved */
+        PyObject *res = PyObject_CallMethodNoArgs(task, st->str_result);
+        *sr = res != NULL ? PYGEN_RETURN : PYGEN_ERROR;
+        Py_XDECREF(res);
+        return task;
+    }
+    /* no eager tasks (3.11), or no running loop (a protocol driven by
+     * hand): the Task is made, its first step scheduled, and the first step
+     * runs here, with the Task as the loop's current task on 3.11 (3.12+
+     * only gets here with no running loop, where no code can ask for the
+     * current task); the Task's own first step then takes over where the
+     * app suspended (the spawn keeps what it yielded), or just ends */
+    PyObject *prev = NULL;
+    if (srv->current_tasks != NULL) {
+        prev = PyDict_GetItemWithError(srv->current_tasks, srv->loop);
+        if (prev == NULL && PyErr_Occurred())
+            goto error;
+        Py_XINCREF(prev);
+        if (PyDict_SetItem(srv->current_tasks, srv->loop, task) < 0) {
+            Py_XDECREF(prev);
+            goto error;
+        }
+    }
+    PyObject *yielded = NULL;
+    *sr = bridge_spawn_first(spawn, &yielded);
+    Py_XDECREF(yielded);
+    if (srv->current_tasks != NULL) {
+        PyObject *exc = *sr == PYGEN_ERROR ? exc_take() : NULL;
+        int rc = prev != NULL
+            ? PyDict_SetItem(srv->current_tasks, srv->loop, prev)
+            : PyDict_DelItem(srv->current_tasks, srv->loop);
+        Py_XDECREF(prev);
+        if (rc < 0)
+            PyErr_WriteUnraisable(srv->loop); /* a key there cannot fail */
+        if (exc != NULL)
+            exc_restore(exc);
+    }
+    return task;
+error:
+    Py_DECREF(task);
+    return NULL;
+}
+
+void
+start_request(HttpProtocol *p, HttpRequest *r)
+{
+    modstate *st = proto_state(p);
+    HttpServer *srv = p->server;
+    PyObject *ctx = NULL, *args = NULL, *spawn = NULL, *task = NULL;
+    r->started = 1;
+    srv->active++;
+    Py_INCREF(r);
+    ctx = PyContext_New();
+    if (ctx == NULL)
+        goto error;
+    args = PyTuple_Pack(1, (PyObject *)r);
+    if (args == NULL)
+        goto error;
+    spawn = bridge_spawn_new(st, st->http_run, args, NULL, ctx);
+    if (spawn == NULL)
+        goto error;
+    PySendResult sr;
+    task = start_task(st, srv, spawn, ctx, &sr);
+    if (task == NULL)
+        goto error;
+    if (sr == PYGEN_NEXT) {
+        /* the request suspended: its Task drives the rest */
+        r->task = Py_NewRef(task);
+        if (p->task_done == NULL)
+            p->task_done = PyObject_GetAttrString((PyObject *)p, "_task_done");
+        PyObject *res = p->task_done == NULL ? NULL :
+            PyObject_CallMethodOneArg(task, st->str_add_done_callback,
+                                      p->task_done);
+        if (res == NULL)
+            goto error;
+        Py_DECREF(res);
+    }
+    else if (sr == PYGEN_ERROR) {
+        /* run_request answers app errors itself: this was the server's */
+        if (!r->response_done) {
+            log_error(srv, "Error handling request");
+            respond_failure(r, 500);
+            request_finish(r);
+        }
+        else {
+            log_error(srv, "Error finishing request");
+        }
+    }
+    goto done;
+error:
+    log_error(srv, "Error starting request");
+    if (!r->response_done) {
+        respond_failure(r, 500);
+        request_finish(r);
+    }
+done:
+    Py_XDECREF(task);
+    Py_XDECREF(spawn);
+    Py_XDECREF(args);
+    Py_XDECREF(ctx);
+    Py_DECREF(r);
+}
