@@ -169,11 +169,22 @@ is_awaitable(PyObject *obj)
     return am != NULL && am->am_await != NULL;
 }
 
-/* bridge.c: module-init helpers */
-int bridge_init(PyObject *module, modstate *st);
-extern PyMethodDef bridge_methods[];
+/* coro.c: coroutine-protocol pieces shared by the coroutine types */
 
-/* bridge.c: the API for mappers.c and http.c */
+/* PEP 479: StopIteration leaving a coroutine body becomes RuntimeError.
+ * Steals exc, returns the exception to raise. */
+PyObject *stop_iteration_to_runtime_error(PyObject *exc);
+/* send()/__next__ as Python sees them, from a PySendResult. */
+PyObject *send_result_to_python(PySendResult r, PyObject *result);
+/* throw(exc) / throw(type[, value[, tb]]) to an exception instance. */
+PyObject *exception_from_throw_args(PyObject *const *args, Py_ssize_t nargs);
+/* __await__ and __iter__ of an object that is its own iterator. */
+PyObject *spawn_await(PyObject *self);
+
+/* bridge/init.c: module-init helpers */
+int bridge_init(PyObject *module, modstate *st);
+
+/* bridge/: the API for mappers.c and http.c */
 
 /* Drives `awaitable` to completion in the calling greenlet, switching to its
  * driver only when it suspends.  `in_view` marks the greenlet as running a

@@ -99,7 +99,7 @@ static PyModuleDef_Slot module_slots[] = {
     {0, NULL},
 };
 
-static PyMethodDef *method_tables[] = {bridge_methods, mappers_methods,
+static PyMethodDef *method_tables[] = {mappers_methods,
                                        http_module_methods, NULL};
 
 PyModuleDef aiopyramid_module = {
