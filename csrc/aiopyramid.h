@@ -170,6 +170,7 @@ is_awaitable(PyObject *obj)
 }
 
 /* coro.c: coroutine-protocol pieces shared by the coroutine types */
+#pragma GCC visibility push(hidden)
 
 /* PEP 479: StopIteration leaving a coroutine body becomes RuntimeError.
  * Steals exc, returns the exception to raise. */
@@ -180,6 +181,21 @@ PyObject *send_result_to_python(PySendResult r, PyObject *result);
 PyObject *exception_from_throw_args(PyObject *const *args, Py_ssize_t nargs);
 /* __await__ and __iter__ of an object that is its own iterator. */
 PyObject *spawn_await(PyObject *self);
+/* send(value) and __next__ of a type with am_send. */
+PyObject *coro_send(PyObject *self, PyObject *arg);
+PyObject *coro_iternext(PyObject *self);
+/* A vectorcall's arguments as a new tuple and a new dict (NULL without
+ * keywords): args[0..nargs) positional, then a value per name in kwnames.
+ * 0, or -1 with an exception set and nothing made. */
+int vectorcall_args_to_tuple_dict(PyObject *const *args, Py_ssize_t nargs,
+                                  PyObject *kwnames, PyObject **tuple,
+                                  PyObject **dict);
+
+/* A heap type from spec (with base, or NULL), in module state and module. */
+int add_type(PyObject *module, PyTypeObject **slot, PyType_Spec *spec,
+             PyObject *base);
+
+#pragma GCC visibility pop
 
 /* bridge/init.c: module-init helpers */
 int bridge_init(PyObject *module, modstate *st);
@@ -229,7 +245,6 @@ PyObject *bridge_run_in_executor(modstate *st, PyObject *loop,
 
 /* mappers.c */
 int mappers_init(PyObject *module, modstate *st);
-extern PyMethodDef mappers_methods[];
 
 /* http.c */
 int http_init(PyObject *module, modstate *st);

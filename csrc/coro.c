@@ -113,3 +113,52 @@ spawn_await(PyObject *self)
 {
     return Py_NewRef(self);
 }
+
+/* send(value) and __next__ of a coroutine type, through its am_send. */
+PyObject *
+coro_send(PyObject *self, PyObject *arg)
+{
+    PyObject *result;
+    PySendResult r = Py_TYPE(self)->tp_as_async->am_send(self, arg, &result);
+    return send_result_to_python(r, result);
+}
+
+PyObject *
+coro_iternext(PyObject *self)
+{
+    PyObject *result;
+    PySendResult r = Py_TYPE(self)->tp_as_async->am_send(self, Py_None,
+                                                          &result);
+    if (r == PYGEN_RETURN && result == Py_None) {
+        Py_DECREF(result);
+        return NULL; /* plain exhaustion */
+    }
+    return send_result_to_python(r, result);
+}
+
+int
+vectorcall_args_to_tuple_dict(PyObject *const *args, Py_ssize_t nargs,
+                              PyObject *kwnames, PyObject **tuple,
+                              PyObject **dict)
+{
+    *dict = NULL;
+    *tuple = PyTuple_New(nargs);
+    if (*tuple == NULL)
+        return -1;
+    for (Py_ssize_t i = 0; i < nargs; i++)
+        PyTuple_SET_ITEM(*tuple, i, Py_NewRef(args[i]));
+    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames)) {
+        *dict = PyDict_New();
+        if (*dict == NULL)
+            goto error;
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++)
+            if (PyDict_SetItem(*dict, PyTuple_GET_ITEM(kwnames, i),
+                               args[nargs + i]) < 0)
+                goto error;
+    }
+    return 0;
+error:
+    Py_CLEAR(*tuple);
+    Py_CLEAR(*dict);
+    return -1;
+}

@@ -300,7 +300,7 @@ map_view(PyObject *module, PyObject *args, PyObject *kwargs)
     return (PyObject *)self;
 }
 
-PyMethodDef mappers_methods[] = {
+static PyMethodDef mappers_methods[] = {
     {"map_view", (PyCFunction)(void (*)(void))map_view,
      METH_VARARGS | METH_KEYWORDS,
      "map_view(view, shape, kind, attr=None, executor=None)\n--\n\n"
@@ -312,10 +312,8 @@ PyMethodDef mappers_methods[] = {
 int
 mappers_init(PyObject *module, modstate *st)
 {
-    st->MappedViewType = (PyTypeObject *)PyType_FromModuleAndSpec(
-        module, &mapped_spec, NULL);
-    if (st->MappedViewType == NULL ||
-        PyModule_AddType(module, st->MappedViewType) < 0)
+    if (add_type(module, &st->MappedViewType, &mapped_spec, NULL) < 0 ||
+        PyModule_AddFunctions(module, mappers_methods) < 0)
         return -1;
     if (PyModule_AddIntConstant(module, "SHAPE_FUNC", SHAPE_FUNC) < 0 ||
         PyModule_AddIntConstant(module, "SHAPE_REQUESTONLY", SHAPE_REQUESTONLY) < 0 ||

@@ -99,8 +99,7 @@ static PyModuleDef_Slot module_slots[] = {
     {0, NULL},
 };
 
-static PyMethodDef *method_tables[] = {mappers_methods,
-                                       http_module_methods, NULL};
+static PyMethodDef *method_tables[] = {http_module_methods, NULL};
 
 PyModuleDef aiopyramid_module = {
     PyModuleDef_HEAD_INIT,

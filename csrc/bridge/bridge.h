@@ -87,6 +87,8 @@ running_loop(modstate *st)
 
 /* spawn.c: the job whose greenlet this thread runs now (a hint) */
 extern _Thread_local Spawn *running_job;
+/* spawn.c: asyncio.isfuture(obj): 1, 0, or -1 with an error set */
+int is_future(modstate *st, PyObject *obj);
 
 /* greenlet.c */
 void bgreenlet_dealloc(PyObject *self);
@@ -106,8 +108,6 @@ PyObject *as_coroutine(modstate *st, PyObject *aw);
 
 /* init.c */
 PyObject *import_attr(const char *module, const char *name, int optional);
-int add_type(PyObject *module, PyTypeObject **slot, PyType_Spec *spec,
-             PyObject *base);
 
 /* each file's part of the module's init: its types and functions */
 int bridge_greenlet_init(PyObject *module, modstate *st);

@@ -97,6 +97,7 @@ sync_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
     return r;
 }
 
+/* __get__ of Synchronized and CoroutineFunction: bind like a function */
 static PyObject *
 sync_descr_get(PyObject *self, PyObject *obj, PyObject *type)
 {
@@ -293,32 +294,13 @@ cf_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     d->func = Py_NewRef(self->func);
     d->executor = Py_XNewRef(self->executor);
-    d->args = PyTuple_New(nargs);
-    if (d->args == NULL)
+    if (vectorcall_args_to_tuple_dict(args, nargs, kwnames, &d->args,
+                                      &d->kwargs) < 0)
         goto error;
-    for (Py_ssize_t i = 0; i < nargs; i++)
-        PyTuple_SET_ITEM(d->args, i, Py_NewRef(args[i]));
-    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames)) {
-        d->kwargs = PyDict_New();
-        if (d->kwargs == NULL)
-            goto error;
-        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++)
-            if (PyDict_SetItem(d->kwargs, PyTuple_GET_ITEM(kwnames, i),
-                               args[nargs + i]) < 0)
-                goto error;
-    }
     return (PyObject *)d;
 error:
     Py_DECREF(d);
     return NULL;
-}
-
-static PyObject *
-cf_descr_get(PyObject *self, PyObject *obj, PyObject *type)
-{
-    if (obj == NULL || obj == Py_None)
-        return Py_NewRef(self);
-    return PyMethod_New(self, obj);
 }
 
 static PyObject *
@@ -368,7 +350,7 @@ static PyMemberDef cf_members[] = {
 
 static PyType_Slot cf_slots[] = {
     {Py_tp_call, PyVectorcall_Call},
-    {Py_tp_descr_get, cf_descr_get},
+    {Py_tp_descr_get, sync_descr_get},
     {Py_tp_repr, cf_repr},
     {Py_tp_members, cf_members},
     {Py_tp_getset, cf_dict_getset},
@@ -502,19 +484,8 @@ is_generator(PyObject *module, PyObject *obj)
     modstate *st = state_of_module(module);
     if (is_generator_function(obj) || PyGen_Check(obj))
         Py_RETURN_TRUE;
-    /* asyncio.isfuture */
-    PyObject *blocking;
-    if (PyObject_GetOptionalAttr((PyObject *)Py_TYPE(obj), st->str_blocking,
-                                 &blocking) < 0)
-        return NULL;
-    if (blocking == NULL)
-        Py_RETURN_FALSE;
-    Py_DECREF(blocking);
-    if (PyObject_GetOptionalAttr(obj, st->str_blocking, &blocking) < 0)
-        return NULL;
-    int fut = blocking != NULL && blocking != Py_None;
-    Py_XDECREF(blocking);
-    return PyBool_FromLong(fut);
+    int fut = is_future(st, obj);
+    return fut < 0 ? NULL : PyBool_FromLong(fut);
 }
 
 static PyObject *

@@ -212,26 +212,6 @@ delegate_am_send(PyObject *self, PyObject *arg, PyObject **result)
 }
 
 static PyObject *
-delegate_send(PyObject *self, PyObject *arg)
-{
-    PyObject *result;
-    PySendResult r = delegate_step((Delegate *)self, arg, NULL, &result);
-    return send_result_to_python(r, result);
-}
-
-static PyObject *
-delegate_iternext(PyObject *self)
-{
-    PyObject *result;
-    PySendResult r = delegate_step((Delegate *)self, Py_None, NULL, &result);
-    if (r == PYGEN_RETURN && result == Py_None) {
-        Py_DECREF(result);
-        return NULL;
-    }
-    return send_result_to_python(r, result);
-}
-
-static PyObject *
 delegate_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     PyObject *exc = exception_from_throw_args(args, nargs);
@@ -298,7 +278,7 @@ delegate_clear(PyObject *op)
 }
 
 static PyMethodDef delegate_methods[] = {
-    {"send", delegate_send, METH_O, NULL},
+    {"send", coro_send, METH_O, NULL},
     {"throw", (PyCFunction)(void (*)(void))delegate_throw, METH_FASTCALL, NULL},
     {"close", delegate_close, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
@@ -308,7 +288,7 @@ static PyType_Slot delegate_slots[] = {
     {Py_am_await, spawn_await},
     {Py_am_send, delegate_am_send},
     {Py_tp_iter, spawn_await},
-    {Py_tp_iternext, delegate_iternext},
+    {Py_tp_iternext, coro_iternext},
     {Py_tp_methods, delegate_methods},
     {Py_tp_traverse, delegate_traverse},
     {Py_tp_clear, delegate_clear},
@@ -347,20 +327,9 @@ run_in_greenlet(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
     d->back = Py_NewRef(args[0]);
     d->future = Py_NewRef(args[1]);
     d->func = Py_NewRef(args[2]);
-    d->args = PyTuple_New(nargs - 3);
-    if (d->args == NULL)
+    if (vectorcall_args_to_tuple_dict(args + 3, nargs - 3, kwnames, &d->args,
+                                      &d->kwargs) < 0)
         goto error;
-    for (Py_ssize_t i = 3; i < nargs; i++)
-        PyTuple_SET_ITEM(d->args, i - 3, Py_NewRef(args[i]));
-    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames)) {
-        d->kwargs = PyDict_New();
-        if (d->kwargs == NULL)
-            goto error;
-        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++)
-            if (PyDict_SetItem(d->kwargs, PyTuple_GET_ITEM(kwnames, i),
-                               args[nargs + i]) < 0)
-                goto error;
-    }
     return (PyObject *)d;
 error:
     Py_DECREF(d);

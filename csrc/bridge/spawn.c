@@ -73,7 +73,7 @@ spawn_release_child(modstate *st, Spawn *self)
 }
 
 /* asyncio.isfuture(obj): 1, 0, or -1 with an error set */
-static int
+int
 is_future(modstate *st, PyObject *obj)
 {
     PyObject *blocking;
@@ -323,26 +323,6 @@ spawn_am_send(PyObject *self, PyObject *arg, PyObject **result)
 }
 
 static PyObject *
-spawn_send(PyObject *self, PyObject *arg)
-{
-    PyObject *result;
-    PySendResult r = spawn_step((Spawn *)self, arg, NULL, &result);
-    return send_result_to_python(r, result);
-}
-
-static PyObject *
-spawn_iternext(PyObject *self)
-{
-    PyObject *result;
-    PySendResult r = spawn_step((Spawn *)self, Py_None, NULL, &result);
-    if (r == PYGEN_RETURN && result == Py_None) {
-        Py_DECREF(result);
-        return NULL; /* plain exhaustion */
-    }
-    return send_result_to_python(r, result);
-}
-
-static PyObject *
 spawn_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     PyObject *exc = exception_from_throw_args(args, nargs);
@@ -486,7 +466,7 @@ spawn_get_running(PyObject *self, void *closure)
 }
 
 static PyMethodDef spawn_methods[] = {
-    {"send", spawn_send, METH_O, "send(value): resume the greenlet's job."},
+    {"send", coro_send, METH_O, "send(value): resume the greenlet's job."},
     {"throw", (PyCFunction)(void (*)(void))spawn_throw, METH_FASTCALL,
      "throw(exc): raise exc where the job is suspended."},
     {"close", spawn_close, METH_NOARGS, "close(): raise GeneratorExit in the job."},
@@ -504,7 +484,7 @@ static PyType_Slot spawn_slots[] = {
     {Py_am_await, spawn_await},
     {Py_am_send, spawn_am_send},
     {Py_tp_iter, spawn_await},
-    {Py_tp_iternext, spawn_iternext},
+    {Py_tp_iternext, coro_iternext},
     {Py_tp_methods, spawn_methods},
     {Py_tp_getset, spawn_getset},
     {Py_tp_traverse, spawn_traverse},
@@ -533,26 +513,10 @@ spawn_greenlet(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
                         "spawn_greenlet() missing the function to run");
         return NULL;
     }
-    PyObject *pargs = PyTuple_New(nargs - 1);
-    if (pargs == NULL)
+    PyObject *pargs, *kwargs;
+    if (vectorcall_args_to_tuple_dict(args + 1, nargs - 1, kwnames, &pargs,
+                                      &kwargs) < 0)
         return NULL;
-    for (Py_ssize_t i = 1; i < nargs; i++)
-        PyTuple_SET_ITEM(pargs, i - 1, Py_NewRef(args[i]));
-    PyObject *kwargs = NULL;
-    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames)) {
-        kwargs = PyDict_New();
-        if (kwargs == NULL) {
-            Py_DECREF(pargs);
-            return NULL;
-        }
-        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++)
-            if (PyDict_SetItem(kwargs, PyTuple_GET_ITEM(kwnames, i),
-                               args[nargs + i]) < 0) {
-                Py_DECREF(pargs);
-                Py_DECREF(kwargs);
-                return NULL;
-            }
-    }
     PyObject *r = bridge_spawn_new(st, args[0], pargs, kwargs, NULL);
     Py_DECREF(pargs);
     Py_XDECREF(kwargs);
