@@ -24,7 +24,6 @@ typedef struct {
     PyObject *CancelledError;
     PyObject *gr_context_descr;    /* greenlet.gr_context getset descriptor */
     PyObject *get_running_loop;    /* asyncio._get_running_loop */
-    PyObject *run_coroutine_threadsafe;
     PyObject *asyncio_run;
     PyObject *types_coroutine;
     PyObject *update_wrapper;      /* functools.update_wrapper */
@@ -36,11 +35,9 @@ typedef struct {
     PyObject *waiting_thread;      /* ContextVar: the executor thread that
                                       waits for this coroutine (see
                                       aiopyramid/_executor.py) */
-    PyObject *threadlocal_manager; /* pyramid.threadlocal.manager, or None */
     PyObject *worker;              /* the run() of every pooled greenlet */
 
     /* interned strings */
-    PyObject *str_send;
     PyObject *str_throw;
     PyObject *str_close;
     PyObject *str_pool_key;
@@ -50,14 +47,12 @@ typedef struct {
     PyObject *str_blocking;        /* _asyncio_future_blocking */
     PyObject *str_set_result;
     PyObject *str_set_exception;
-    PyObject *str_switch;
     PyObject *str_result;
     PyObject *str_push;
     PyObject *str_pop;
     PyObject *str_registry;
     PyObject *str_request;
     PyObject *str_view_attr;       /* __view__ */
-    PyObject *str_call;            /* __call__ */
     PyObject *str_make_body_seekable;
 
     /* http.c */
@@ -203,11 +198,10 @@ int bridge_init(PyObject *module, modstate *st);
 /* bridge/: the API for mappers.c and http.c */
 
 /* Drives `awaitable` to completion in the calling greenlet, switching to its
- * driver only when it suspends.  `in_view` marks the greenlet as running a
- * coroutine view for the duration (see in_coroutine_view()).  Raises
+ * driver only when it suspends.  Raises
  * ScopeError when the caller has no greenlet to suspend and no loop of its
  * own can be made. */
-PyObject *bridge_await(modstate *st, PyObject *awaitable, int in_view);
+PyObject *bridge_await(modstate *st, PyObject *awaitable);
 
 /* Runs a coroutine called from plain code outside any request: on a fresh
  * loop when this thread has none, through the request's loop from an

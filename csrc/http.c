@@ -335,7 +335,7 @@ wait_on(modstate *st, HttpServer *srv, PyObject **slot)
             return -1;
         Py_XSETREF(*slot, Py_NewRef(fut));
     }
-    PyObject *r = bridge_await(st, fut, 0);
+    PyObject *r = bridge_await(st, fut);
     Py_DECREF(fut);
     if (r == NULL)
         return -1;
@@ -1119,7 +1119,7 @@ yield_to_loop(modstate *st)
     Py_DECREF(mod);
     if (coro == NULL)
         return -1;
-    PyObject *r = bridge_await(st, coro, 0);
+    PyObject *r = bridge_await(st, coro);
     Py_DECREF(coro);
     if (r == NULL)
         return -1;

@@ -3,18 +3,6 @@
  * no greenlet to suspend, running the coroutine elsewhere. */
 #include "bridge/bridge.h"
 
-static BridgeGreenlet *
-current_bridge(modstate *st)
-{
-    /* borrowed: a running greenlet stays alive while it runs */
-    PyObject *cur = (PyObject *)PyGreenlet_GetCurrent();
-    if (cur == NULL)
-        return NULL;
-    Py_DECREF(cur);
-    return Py_TYPE(cur) == st->BridgeGreenletType ? (BridgeGreenlet *)cur
-                                                  : NULL;
-}
-
 int
 bridge_can_suspend(modstate *st)
 {
@@ -326,32 +314,24 @@ static PyObject *scope_error(modstate *st, PyObject *aw, PyObject *name);
  * the calling greenlet.  Start the coroutine at once; only if it suspends,
  * check where we are. */
 static PyObject *
-drive_optimistic(modstate *st, PyObject *it, Spawn *hint, int in_view)
+drive_optimistic(modstate *st, PyObject *it, Spawn *hint)
 {
     BridgeGreenlet *me = hint->child;
-    int prev = me->in_view;
-    me->in_view = in_view;
     PyObject *r;
     PySendResult sr = PyIter_Send(it, Py_None, &r);
-    if (sr != PYGEN_NEXT) {
-        me->in_view = prev;
+    if (sr != PYGEN_NEXT)
         return sr == PYGEN_RETURN ? r : NULL;
-    }
     PyObject *cur = (PyObject *)PyGreenlet_GetCurrent();
     if (cur == NULL) {
         Py_DECREF(r);
-        me->in_view = prev;
         return NULL;
     }
     Py_DECREF(cur); /* borrowed: it is running */
     if (cur != (PyObject *)me || me->job != hint) {
         /* the hint was stale: user code switched greenlets by hand */
-        me->in_view = prev;
         if (Py_TYPE(cur) == st->BridgeGreenletType &&
             ((BridgeGreenlet *)cur)->job != NULL) {
             me = (BridgeGreenlet *)cur;
-            prev = me->in_view;
-            me->in_view = in_view;
         }
         else if (!PyGreenlet_MAIN((PyGreenlet *)cur) && bridge_can_suspend(st)) {
             return drive(st, it, NULL, cur, r);
@@ -361,20 +341,17 @@ drive_optimistic(modstate *st, PyObject *it, Spawn *hint, int in_view)
             return scope_error(st, it, NULL);
         }
     }
-    r = drive(st, it, me, cur, r);
-    if (me->job != NULL)
-        me->in_view = prev;
-    return r;
+    return drive(st, it, me, cur, r);
 }
 
 PyObject *
-bridge_await(modstate *st, PyObject *awaitable, int in_view)
+bridge_await(modstate *st, PyObject *awaitable)
 {
     if (running_job != NULL && running_job->child != NULL) {
         PyObject *it = awaitable_iter(awaitable);
         if (it == NULL)
             return NULL;
-        PyObject *r = drive_optimistic(st, it, running_job, in_view);
+        PyObject *r = drive_optimistic(st, it, running_job);
         Py_DECREF(it);
         return r;
     }
@@ -395,14 +372,7 @@ bridge_await(modstate *st, PyObject *awaitable, int in_view)
     PyObject *it = awaitable_iter(awaitable);
     if (it == NULL)
         return NULL;
-    int prev = 0;
-    if (me != NULL) {
-        prev = me->in_view;
-        me->in_view = in_view;
-    }
     PyObject *r = drive(st, it, me, cur, NULL);
-    if (me != NULL && me->job != NULL)
-        me->in_view = prev;
     Py_DECREF(it);
     return r;
 }
@@ -442,7 +412,7 @@ scope_error(modstate *st, PyObject *aw, PyObject *name)
 static PyObject *
 await_in_job(PyObject *module, PyObject *aw)
 {
-    return bridge_await(state_of_module(module), aw, 1);
+    return bridge_await(state_of_module(module), aw);
 }
 
 static PyMethodDef await_in_job_def = {"await_in_job", await_in_job, METH_O,
@@ -499,49 +469,13 @@ done:
 static PyObject *
 await_(PyObject *module, PyObject *aw)
 {
-    return bridge_await(state_of_module(module), aw, 1);
-}
-
-static PyObject *
-in_coroutine_view(PyObject *module, PyObject *unused)
-{
-    modstate *st = state_of_module(module);
-    BridgeGreenlet *me = current_bridge(st);
-    if (me == NULL && PyErr_Occurred())
-        return NULL;
-    return PyBool_FromLong(me != NULL && me->job != NULL && me->in_view);
-}
-
-static PyObject *
-set_in_coroutine_view(PyObject *module, PyObject *flag)
-{
-    modstate *st = state_of_module(module);
-    BridgeGreenlet *me = current_bridge(st);
-    if (me == NULL || me->job == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_RuntimeError,
-                            "not running in a bridge greenlet");
-        return NULL;
-    }
-    int prev = me->in_view;
-    int v = PyObject_IsTrue(flag);
-    if (v < 0)
-        return NULL;
-    me->in_view = v;
-    return PyBool_FromLong(prev);
+    return bridge_await(state_of_module(module), aw);
 }
 
 static PyMethodDef await_methods[] = {
     {"await_", await_, METH_O,
      "await_(awaitable)\n--\n\n"
      "Await from plain code in a request greenlet (what synchronize does)."},
-    {"in_coroutine_view", in_coroutine_view, METH_NOARGS,
-     "in_coroutine_view()\n--\n\n"
-     "True while the calling greenlet runs a coroutine view or a "
-     "synchronized coroutine."},
-    {"set_in_coroutine_view", set_in_coroutine_view, METH_O,
-     "set_in_coroutine_view(flag)\n--\n\n"
-     "Set the marker in_coroutine_view() reads; returns the previous one."},
     {NULL, NULL, 0, NULL},
 };
 

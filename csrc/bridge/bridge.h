@@ -27,7 +27,6 @@ typedef struct Spawn Spawn;
 typedef struct {
     PyGreenlet base;
     Spawn *job;   /* borrowed: the Spawn outlives its job (see spawn_finalize) */
-    int in_view;  /* driving a coroutine view or synchronized coroutine */
 } BridgeGreenlet;
 
 /* Spawn (spawn.c) */

@@ -74,7 +74,7 @@ sync_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
         return aw; /* a plain function's result, as is */
     PyObject *r;
     if (running_job != NULL || bridge_can_suspend(st)) {
-        r = bridge_await(st, aw, 1);
+        r = bridge_await(st, aw);
         Py_DECREF(aw);
         return r;
     }

@@ -62,8 +62,6 @@ bridge_init(PyObject *module, modstate *st)
                                               "ConfigurationError", 0)) == NULL ||
         (st->get_running_loop = import_attr("asyncio", "_get_running_loop",
                                             0)) == NULL ||
-        (st->run_coroutine_threadsafe = import_attr(
-             "asyncio", "run_coroutine_threadsafe", 0)) == NULL ||
         (st->asyncio_run = import_attr("asyncio", "run", 0)) == NULL ||
         (st->CancelledError = import_attr("asyncio", "CancelledError",
                                           0)) == NULL ||

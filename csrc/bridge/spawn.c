@@ -179,7 +179,6 @@ spawn_step(Spawn *self, PyObject *value, PyObject *exc, PyObject **result)
             return PYGEN_ERROR;
         }
         g->job = self;
-        g->in_view = 0;
         self->child = g;
         self->state = SPAWN_RUNNING;
     }

@@ -51,7 +51,6 @@ worker(PyObject *module, PyObject *unused)
         Py_CLEAR(((PyGreenlet *)me)->dict);
         if (set_greenlet_context(st, cur, Py_None) < 0)
             PyErr_WriteUnraisable(cur);
-        me->in_view = 0;
         job = me->job; /* NULL when the Spawn gave up on this job */
         if (job == NULL) {
             Py_XDECREF(result);
