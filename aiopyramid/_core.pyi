@@ -25,7 +25,8 @@ class GreenletSpawn(Coroutine[Any, Any, Any]):
     def close(self) -> None: ...
     def __await__(self) -> Generator[Any, None, Any]: ...
 
-# the C type named "Coroutine": what use_executor and coroutine() calls return
+# Delegate (registered as a collections.abc.Coroutine): what use_executor and
+# coroutine() calls return
 
 class Synchronized:
     strict: int

@@ -175,7 +175,7 @@ PyObject *send_result_to_python(PySendResult r, PyObject *result);
 /* throw(exc) / throw(type[, value[, tb]]) to an exception instance. */
 PyObject *exception_from_throw_args(PyObject *const *args, Py_ssize_t nargs);
 /* __await__ and __iter__ of an object that is its own iterator. */
-PyObject *spawn_await(PyObject *self);
+PyObject *coro_return_self(PyObject *self);
 /* send(value) and __next__ of a type with am_send. */
 PyObject *coro_send(PyObject *self, PyObject *arg);
 PyObject *coro_iternext(PyObject *self);

@@ -109,7 +109,7 @@ exception_from_throw_args(PyObject *const *args, Py_ssize_t nargs)
 }
 
 PyObject *
-spawn_await(PyObject *self)
+coro_return_self(PyObject *self)
 {
     return Py_NewRef(self);
 }

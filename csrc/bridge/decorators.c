@@ -99,7 +99,7 @@ sync_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
 
 /* __get__ of Synchronized and CoroutineFunction: bind like a function */
 static PyObject *
-sync_descr_get(PyObject *self, PyObject *obj, PyObject *type)
+bind_as_method(PyObject *self, PyObject *obj, PyObject *type)
 {
     if (obj == NULL || obj == Py_None)
         return Py_NewRef(self);
@@ -148,7 +148,7 @@ static PyMemberDef sync_members[] = {
 
 static PyType_Slot sync_slots[] = {
     {Py_tp_call, PyVectorcall_Call},
-    {Py_tp_descr_get, sync_descr_get},
+    {Py_tp_descr_get, bind_as_method},
     {Py_tp_repr, sync_repr},
     {Py_tp_members, sync_members},
     {Py_tp_getset, sync_dict_getset},
@@ -350,7 +350,7 @@ static PyMemberDef cf_members[] = {
 
 static PyType_Slot cf_slots[] = {
     {Py_tp_call, PyVectorcall_Call},
-    {Py_tp_descr_get, sync_descr_get},
+    {Py_tp_descr_get, bind_as_method},
     {Py_tp_repr, cf_repr},
     {Py_tp_members, cf_members},
     {Py_tp_getset, cf_dict_getset},
@@ -443,7 +443,7 @@ coroutine(PyObject *module, PyObject *func)
             return NULL;
         Py_DECREF(r);
     }
-    /* calls return a registered Coroutine, which asyncio.run and
+    /* calls return a Delegate (registered as a Coroutine), which asyncio.run and
      * create_task accept (they refuse generators since 3.12) */
     return make_coroutine_function(st, func, NULL, CF_CALL);
 }

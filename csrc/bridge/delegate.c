@@ -285,9 +285,9 @@ static PyMethodDef delegate_methods[] = {
 };
 
 static PyType_Slot delegate_slots[] = {
-    {Py_am_await, spawn_await},
+    {Py_am_await, coro_return_self},
     {Py_am_send, delegate_am_send},
-    {Py_tp_iter, spawn_await},
+    {Py_tp_iter, coro_return_self},
     {Py_tp_iternext, coro_iternext},
     {Py_tp_methods, delegate_methods},
     {Py_tp_traverse, delegate_traverse},
@@ -298,7 +298,7 @@ static PyType_Slot delegate_slots[] = {
 };
 
 static PyType_Spec delegate_spec = {
-    .name = "aiopyramid._core.Coroutine",
+    .name = "aiopyramid._core.Delegate",
     .basicsize = sizeof(Delegate),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
     .slots = delegate_slots,
@@ -336,7 +336,7 @@ error:
     return NULL;
 }
 
-static PyMethodDef delegate_methods_module[] = {
+static PyMethodDef delegate_module_methods[] = {
     {"run_in_greenlet", (PyCFunction)(void (*)(void))run_in_greenlet,
      METH_FASTCALL | METH_KEYWORDS,
      "run_in_greenlet(back, future, func, *args, **kwargs)\n--\n\n"
@@ -352,5 +352,5 @@ bridge_delegate_init(PyObject *module, modstate *st)
         return -1;
     if (add_type(module, &st->DelegateType, &delegate_spec, NULL) < 0)
         return -1;
-    return PyModule_AddFunctions(module, delegate_methods_module);
+    return PyModule_AddFunctions(module, delegate_module_methods);
 }

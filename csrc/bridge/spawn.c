@@ -480,9 +480,9 @@ static PyGetSetDef spawn_getset[] = {
 };
 
 static PyType_Slot spawn_slots[] = {
-    {Py_am_await, spawn_await},
+    {Py_am_await, coro_return_self},
     {Py_am_send, spawn_am_send},
-    {Py_tp_iter, spawn_await},
+    {Py_tp_iter, coro_return_self},
     {Py_tp_iternext, coro_iternext},
     {Py_tp_methods, spawn_methods},
     {Py_tp_getset, spawn_getset},
