@@ -236,37 +236,18 @@ make_synchronized(modstate *st, PyObject *func, int strict)
     return (PyObject *)self;
 }
 
-/* synchronize(func) or synchronize(strict=...)(func) */
-static PyObject *
-synchronize_partial(PyObject *strict, PyObject *func)
-{
-    PyObject *mod = PyImport_ImportModule("aiopyramid._core");
-    if (mod == NULL)
-        return NULL;
-    modstate *st = state_of_module(mod);
-    int s = PyObject_IsTrue(strict);
-    PyObject *r = s < 0 ? NULL : make_synchronized(st, func, s);
-    Py_DECREF(mod);
-    return r;
-}
-
-static PyMethodDef synchronize_partial_def = {
-    "synchronize", synchronize_partial, METH_O,
-    "Decorator made by synchronize(strict=...)."};
-
+/* synchronize(func, strict=...); the decorator with arguments,
+ * synchronize(strict=...)(func), is built in aiopyramid/helpers.py */
 static PyObject *
 synchronize(PyObject *module, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"func", "strict", NULL};
-    PyObject *func = NULL;
+    PyObject *func;
     int strict = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O$p:synchronize", kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|$p:synchronize", kwlist,
                                      &func, &strict))
         return NULL;
-    if (func != NULL)
-        return make_synchronized(state_of_module(module), func, strict);
-    return PyCFunction_New(&synchronize_partial_def,
-                           strict ? Py_True : Py_False);
+    return make_synchronized(state_of_module(module), func, strict);
 }
 
 enum { CF_CALL, CF_EXECUTOR };
@@ -448,34 +429,18 @@ coroutine(PyObject *module, PyObject *func)
     return make_coroutine_function(st, func, NULL, CF_CALL);
 }
 
-static PyObject *
-use_executor_partial(PyObject *executor, PyObject *func)
-{
-    PyObject *mod = PyImport_ImportModule("aiopyramid._core");
-    if (mod == NULL)
-        return NULL;
-    PyObject *r = make_coroutine_function(state_of_module(mod), func,
-                                          executor, CF_EXECUTOR);
-    Py_DECREF(mod);
-    return r;
-}
-
-static PyMethodDef use_executor_partial_def = {
-    "use_executor", use_executor_partial, METH_O,
-    "Decorator made by use_executor(executor=...)."};
-
+/* use_executor(func, executor=...); use_executor(executor=...)(func) is
+ * built in aiopyramid/helpers.py */
 static PyObject *
 use_executor(PyObject *module, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"func", "executor", NULL};
-    PyObject *func = NULL, *executor = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O$O:use_executor", kwlist,
+    PyObject *func, *executor = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|$O:use_executor", kwlist,
                                      &func, &executor))
         return NULL;
-    if (func != NULL)
-        return make_coroutine_function(state_of_module(module), func, executor,
-                                       CF_EXECUTOR);
-    return PyCFunction_New(&use_executor_partial_def, executor);
+    return make_coroutine_function(state_of_module(module), func, executor,
+                                   CF_EXECUTOR);
 }
 
 static PyObject *
@@ -498,12 +463,12 @@ is_coroutine_function(PyObject *module, PyObject *obj)
 static PyMethodDef decorator_methods[] = {
     {"synchronize", (PyCFunction)(void (*)(void))synchronize,
      METH_VARARGS | METH_KEYWORDS,
-     "synchronize(func=None, *, strict=True)\n--\n\n"
+     "synchronize(func, *, strict=True)\n--\n\n"
      "Make a coroutine function callable from plain code running in a "
      "request greenlet."},
     {"use_executor", (PyCFunction)(void (*)(void))use_executor,
      METH_VARARGS | METH_KEYWORDS,
-     "use_executor(func=None, *, executor=None)\n--\n\n"
+     "use_executor(func, *, executor=None)\n--\n\n"
      "Make a blocking function a coroutine function run in a thread."},
     {"coroutine", coroutine, METH_O,
      "coroutine(func)\n--\n\n"
