@@ -181,10 +181,34 @@ PyObject *coro_send(PyObject *self, PyObject *arg);
 PyObject *coro_iternext(PyObject *self);
 /* A vectorcall's arguments as a new tuple and a new dict (NULL without
  * keywords): args[0..nargs) positional, then a value per name in kwnames.
- * 0, or -1 with an exception set and nothing made. */
-int vectorcall_args_to_tuple_dict(PyObject *const *args, Py_ssize_t nargs,
-                                  PyObject *kwnames, PyObject **tuple,
-                                  PyObject **dict);
+ * 0, or -1 with an exception set and nothing made
+ * (inline: spawn_greenlet and use_executor calls are per-call paths) */
+static inline int
+vectorcall_args_to_tuple_dict(PyObject *const *args, Py_ssize_t nargs,
+                              PyObject *kwnames, PyObject **tuple,
+                              PyObject **dict)
+{
+    *dict = NULL;
+    *tuple = PyTuple_New(nargs);
+    if (*tuple == NULL)
+        return -1;
+    for (Py_ssize_t i = 0; i < nargs; i++)
+        PyTuple_SET_ITEM(*tuple, i, Py_NewRef(args[i]));
+    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames)) {
+        *dict = PyDict_New();
+        if (*dict == NULL)
+            goto error;
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++)
+            if (PyDict_SetItem(*dict, PyTuple_GET_ITEM(kwnames, i),
+                               args[nargs + i]) < 0)
+                goto error;
+    }
+    return 0;
+error:
+    Py_CLEAR(*tuple);
+    Py_CLEAR(*dict);
+    return -1;
+}
 
 /* A heap type from spec (with base, or NULL), in module state and module. */
 int add_type(PyObject *module, PyTypeObject **slot, PyType_Spec *spec,

@@ -135,30 +135,3 @@ coro_iternext(PyObject *self)
     }
     return send_result_to_python(r, result);
 }
-
-int
-vectorcall_args_to_tuple_dict(PyObject *const *args, Py_ssize_t nargs,
-                              PyObject *kwnames, PyObject **tuple,
-                              PyObject **dict)
-{
-    *dict = NULL;
-    *tuple = PyTuple_New(nargs);
-    if (*tuple == NULL)
-        return -1;
-    for (Py_ssize_t i = 0; i < nargs; i++)
-        PyTuple_SET_ITEM(*tuple, i, Py_NewRef(args[i]));
-    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames)) {
-        *dict = PyDict_New();
-        if (*dict == NULL)
-            goto error;
-        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++)
-            if (PyDict_SetItem(*dict, PyTuple_GET_ITEM(kwnames, i),
-                               args[nargs + i]) < 0)
-                goto error;
-    }
-    return 0;
-error:
-    Py_CLEAR(*tuple);
-    Py_CLEAR(*dict);
-    return -1;
-}
