@@ -19,15 +19,30 @@
 ``is_generator``
     True for generator functions, generators and futures.
 """
+from . import _core
 from ._core import (
     coroutine,
     is_coroutine_function,
     is_generator,
     run_in_greenlet,
     spawn_greenlet,
-    synchronize,
-    use_executor,
 )
+
+
+def synchronize(func=None, *, strict=True):
+    """Make a coroutine function callable from plain code running in a
+    request greenlet: ``@synchronize`` or ``@synchronize(strict=False)``."""
+    if func is None:
+        return lambda func: _core.synchronize(func, strict=strict)
+    return _core.synchronize(func, strict=strict)
+
+
+def use_executor(func=None, *, executor=None):
+    """Make a blocking function a coroutine function run in a thread:
+    ``@use_executor`` or ``@use_executor(executor=ex)``."""
+    if func is None:
+        return lambda func: _core.use_executor(func, executor=executor)
+    return _core.use_executor(func, executor=executor)
 
 __all__ = [
     "coroutine",

@@ -24,7 +24,6 @@ typedef struct {
     PyObject *CancelledError;
     PyObject *gr_context_descr;    /* greenlet.gr_context getset descriptor */
     PyObject *get_running_loop;    /* asyncio._get_running_loop */
-    PyObject *run_coroutine_threadsafe;
     PyObject *asyncio_run;
     PyObject *types_coroutine;
     PyObject *update_wrapper;      /* functools.update_wrapper */
@@ -36,11 +35,9 @@ typedef struct {
     PyObject *waiting_thread;      /* ContextVar: the executor thread that
                                       waits for this coroutine (see
                                       aiopyramid/_executor.py) */
-    PyObject *threadlocal_manager; /* pyramid.threadlocal.manager, or None */
     PyObject *worker;              /* the run() of every pooled greenlet */
 
     /* interned strings */
-    PyObject *str_send;
     PyObject *str_throw;
     PyObject *str_close;
     PyObject *str_pool_key;
@@ -50,14 +47,12 @@ typedef struct {
     PyObject *str_blocking;        /* _asyncio_future_blocking */
     PyObject *str_set_result;
     PyObject *str_set_exception;
-    PyObject *str_switch;
     PyObject *str_result;
     PyObject *str_push;
     PyObject *str_pop;
     PyObject *str_registry;
     PyObject *str_request;
     PyObject *str_view_attr;       /* __view__ */
-    PyObject *str_call;            /* __call__ */
     PyObject *str_make_body_seekable;
 
     /* http/ */
@@ -169,18 +164,69 @@ is_awaitable(PyObject *obj)
     return am != NULL && am->am_await != NULL;
 }
 
-/* bridge.c: module-init helpers */
-int bridge_init(PyObject *module, modstate *st);
-extern PyMethodDef bridge_methods[];
+/* coro.c: coroutine-protocol pieces shared by the coroutine types */
+#pragma GCC visibility push(hidden)
 
-/* bridge.c: the API for mappers.c and http.c */
+/* PEP 479: StopIteration leaving a coroutine body becomes RuntimeError.
+ * Steals exc, returns the exception to raise. */
+PyObject *stop_iteration_to_runtime_error(PyObject *exc);
+/* send()/__next__ as Python sees them, from a PySendResult. */
+PyObject *send_result_to_python(PySendResult r, PyObject *result);
+/* throw(exc) / throw(type[, value[, tb]]) to an exception instance. */
+PyObject *exception_from_throw_args(PyObject *const *args, Py_ssize_t nargs);
+/* __await__ and __iter__ of an object that is its own iterator. */
+PyObject *coro_return_self(PyObject *self);
+/* send(value) and __next__ of a type with am_send. */
+PyObject *coro_send(PyObject *self, PyObject *arg);
+PyObject *coro_iternext(PyObject *self);
+/* A vectorcall's arguments as a new tuple and a new dict (NULL without
+ * keywords): args[0..nargs) positional, then a value per name in kwnames.
+ * 0, or -1 with an exception set and nothing made
+ * (inline: spawn_greenlet and use_executor calls are per-call paths) */
+static inline int
+vectorcall_args_to_tuple_dict(PyObject *const *args, Py_ssize_t nargs,
+                              PyObject *kwnames, PyObject **tuple,
+                              PyObject **dict)
+{
+    *dict = NULL;
+    *tuple = PyTuple_New(nargs);
+    if (*tuple == NULL)
+        return -1;
+    for (Py_ssize_t i = 0; i < nargs; i++)
+        PyTuple_SET_ITEM(*tuple, i, Py_NewRef(args[i]));
+    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames)) {
+        *dict = PyDict_New();
+        if (*dict == NULL)
+            goto error;
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++)
+            if (PyDict_SetItem(*dict, PyTuple_GET_ITEM(kwnames, i),
+                               args[nargs + i]) < 0)
+                goto error;
+    }
+    return 0;
+error:
+    Py_CLEAR(*tuple);
+    Py_CLEAR(*dict);
+    return -1;
+}
+
+/* module.c: a heap type from spec (with base, or NULL), in module state and
+ * module. */
+int add_type(PyObject *module, PyTypeObject **slot, PyType_Spec *spec,
+             PyObject *base);
+
+#pragma GCC visibility pop
+
+/* bridge/init.c: module-init helpers */
+int bridge_init(PyObject *module, modstate *st);
+
+/* bridge/: the API for mappers.c and http.c */
 
 /* Drives `awaitable` to completion in the calling greenlet, switching to its
- * driver only when it suspends.  `in_view` marks the greenlet as running a
- * coroutine view for the duration (see in_coroutine_view()).  Raises
+ * driver only when it suspends.  Raises
  * ScopeError when the caller has no greenlet to suspend and no loop of its
  * own can be made. */
-PyObject *bridge_await(modstate *st, PyObject *awaitable, int in_view);
+PyObject *bridge_await(modstate *st, PyObject *awaitable);
 
 /* Runs a coroutine called from plain code outside any request: on a fresh
  * loop when this thread has none, through the request's loop from an
@@ -216,13 +262,8 @@ PyObject *bridge_run_in_executor(modstate *st, PyObject *loop,
                                  PyObject *args, PyObject *kwargs,
                                  PyObject *request);
 
-/* module.c */
-int module_add_type(PyObject *module, PyTypeObject **slot, PyType_Spec *spec,
-                    PyObject *base);
-
 /* mappers.c */
 int mappers_init(PyObject *module, modstate *st);
-extern PyMethodDef mappers_methods[];
 
 /* http/ */
 int http_init(PyObject *module, modstate *st);

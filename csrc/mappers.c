@@ -127,7 +127,7 @@ mapped_run(PyObject *op, PyObject *const *args, size_t nargsf,
         PyObject *aw = invoke(st, self, context, request);
         if (aw == NULL || !is_awaitable(aw))
             return aw;
-        PyObject *r = bridge_await(st, aw, 1);
+        PyObject *r = bridge_await(st, aw);
         Py_DECREF(aw);
         return r;
     }
@@ -154,7 +154,7 @@ mapped_run(PyObject *op, PyObject *const *args, size_t nargsf,
         fut = bridge_run_in_executor(st, loop, self->executor, fn, fargs,
                                      NULL, request);
     if (fut != NULL)
-        r = bridge_await(st, fut, 0);
+        r = bridge_await(st, fut);
     Py_XDECREF(fut);
     Py_XDECREF(fargs);
     Py_XDECREF(fn);
@@ -176,7 +176,7 @@ mapped_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
     /* a plain def that returned a coroutine (a thin wrapper, a decorator
      * that hid the coroutine function): only the call tells, so await it
      * here, in the request greenlet, as a coroutine view's */
-    PyObject *v = bridge_await(st, r, 1);
+    PyObject *v = bridge_await(st, r);
     Py_DECREF(r);
     return v;
 }
@@ -300,7 +300,7 @@ map_view(PyObject *module, PyObject *args, PyObject *kwargs)
     return (PyObject *)self;
 }
 
-PyMethodDef mappers_methods[] = {
+static PyMethodDef mappers_methods[] = {
     {"map_view", (PyCFunction)(void (*)(void))map_view,
      METH_VARARGS | METH_KEYWORDS,
      "map_view(view, shape, kind, attr=None, executor=None)\n--\n\n"
@@ -312,10 +312,8 @@ PyMethodDef mappers_methods[] = {
 int
 mappers_init(PyObject *module, modstate *st)
 {
-    st->MappedViewType = (PyTypeObject *)PyType_FromModuleAndSpec(
-        module, &mapped_spec, NULL);
-    if (st->MappedViewType == NULL ||
-        PyModule_AddType(module, st->MappedViewType) < 0)
+    if (add_type(module, &st->MappedViewType, &mapped_spec, NULL) < 0 ||
+        PyModule_AddFunctions(module, mappers_methods) < 0)
         return -1;
     if (PyModule_AddIntConstant(module, "SHAPE_FUNC", SHAPE_FUNC) < 0 ||
         PyModule_AddIntConstant(module, "SHAPE_REQUESTONLY", SHAPE_REQUESTONLY) < 0 ||

@@ -6,16 +6,16 @@
     X(CoroutineFunctionType) X(ThreadCallType) X(MappedViewType)              \
     X(ScopeError) X(ConfigurationError) X(GreenletExit) X(CancelledError)     \
     X(gr_context_descr)   \
-    X(get_running_loop) X(run_coroutine_threadsafe) X(asyncio_run)            \
+    X(get_running_loop) X(asyncio_run)            \
     X(types_coroutine) X(update_wrapper) X(is_coroutine_marker)               \
     X(inspect_marker) X(iscoroutinefunction) X(request_loop)                  \
     X(waiting_thread)                                                         \
-    X(threadlocal_manager) X(worker)                                          \
-    X(str_send) X(str_throw) X(str_close) X(str_pool_key)                     \
+    X(worker)                                          \
+    X(str_throw) X(str_close) X(str_pool_key)                     \
     X(str_add_done_callback) X(str_call_soon) X(str_run_in_executor)          \
-    X(str_blocking) X(str_set_result) X(str_set_exception) X(str_switch)      \
+    X(str_blocking) X(str_set_result) X(str_set_exception)                   \
     X(str_result) X(str_push) X(str_pop) X(str_registry) X(str_request)       \
-    X(str_view_attr) X(str_call) X(str_make_body_seekable)                    \
+    X(str_view_attr) X(str_make_body_seekable)                    \
     X(HttpServerType) X(HttpProtocolType) X(HttpRequestType) X(HttpInputType) \
     X(FileWrapperType) X(http_strs) X(http_methods) X(http_run)
 
@@ -51,7 +51,6 @@ intern_strings(modstate *st)
 #define INTERN(field, text)                                  \
     if ((st->field = PyUnicode_InternFromString(text)) == NULL) \
         return -1;
-    INTERN(str_send, "send")
     INTERN(str_throw, "throw")
     INTERN(str_close, "close")
     INTERN(str_pool_key, "aiopyramid._core.greenlet_pool")
@@ -61,14 +60,12 @@ intern_strings(modstate *st)
     INTERN(str_blocking, "_asyncio_future_blocking")
     INTERN(str_set_result, "set_result")
     INTERN(str_set_exception, "set_exception")
-    INTERN(str_switch, "switch")
     INTERN(str_result, "result")
     INTERN(str_push, "push")
     INTERN(str_pop, "pop")
     INTERN(str_registry, "registry")
     INTERN(str_request, "request")
     INTERN(str_view_attr, "__view__")
-    INTERN(str_call, "__call__")
     INTERN(str_make_body_seekable, "make_body_seekable")
 #undef INTERN
     return 0;
@@ -77,8 +74,8 @@ intern_strings(modstate *st)
 /* A heap type of the module (`base` may be NULL), kept in *slot and added to
  * the module under its name. */
 int
-module_add_type(PyObject *module, PyTypeObject **slot, PyType_Spec *spec,
-                PyObject *base)
+add_type(PyObject *module, PyTypeObject **slot, PyType_Spec *spec,
+         PyObject *base)
 {
     *slot = (PyTypeObject *)PyType_FromModuleAndSpec(module, spec, base);
     if (*slot == NULL)
@@ -111,14 +108,11 @@ static PyModuleDef_Slot module_slots[] = {
     {0, NULL},
 };
 
-static PyMethodDef *method_tables[] = {bridge_methods, mappers_methods,
-                                       NULL};
-
 PyModuleDef aiopyramid_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "aiopyramid._core",
-    .m_doc = "The C core of aiopyramid: the greenlet/asyncio bridge and the "
-             "view mappers.",
+    .m_doc = "The C core of aiopyramid: the greenlet/asyncio bridge, the "
+             "view mappers and the HTTP/1.1 server.",
     .m_size = sizeof(modstate),
     .m_slots = module_slots,
     .m_traverse = module_traverse,
@@ -129,20 +123,6 @@ PyModuleDef aiopyramid_module = {
 PyMODINIT_FUNC
 PyInit__core(void)
 {
-    /* one method table, joined from each file's on first import */
-    static PyMethodDef all_methods[64];
-    if (aiopyramid_module.m_methods == NULL) {
-        size_t n = 0;
-        for (PyMethodDef **t = method_tables; *t; t++)
-            for (PyMethodDef *m = *t; m->ml_name; m++) {
-                if (n + 1 >= sizeof(all_methods) / sizeof(all_methods[0])) {
-                    PyErr_SetString(PyExc_SystemError,
-                                    "aiopyramid._core: too many methods");
-                    return NULL;
-                }
-                all_methods[n++] = *m;
-            }
-        aiopyramid_module.m_methods = all_methods;
-    }
+    /* each file adds its own functions (PyModule_AddFunctions) */
     return PyModuleDef_Init(&aiopyramid_module);
 }

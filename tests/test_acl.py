@@ -16,7 +16,6 @@ from pyramid.authorization import (
 from pyramid.config import Configurator
 from pyramid.request import Request
 
-from aiopyramid import _core
 from aiopyramid.helpers import coroutine, spawn_greenlet, synchronize
 
 pytestmark = pytest.mark.filterwarnings(
@@ -130,14 +129,12 @@ def secured(config, authz):
 
 
 async def edit_view(request):
-    assert _core.in_coroutine_view()
     await asyncio.sleep(0)
     return {"edited": True, "can_view": bool(request.has_permission("view"))}
 
 
 @coroutine
 def seed_edit_view(request):
-    assert _core.in_coroutine_view()
     yield from asyncio.sleep(0)
     return {"edited": True, "can_view": bool(request.has_permission("view"))}
 

@@ -13,7 +13,6 @@ from pyramid.config import Configurator
 from pyramid.request import Request
 from pyramid.security import forget, remember
 
-from aiopyramid import _core
 from aiopyramid.exceptions import ScopeError
 from aiopyramid.helpers import coroutine, spawn_greenlet, synchronize
 
@@ -402,7 +401,6 @@ class TestRule:
 
 async def coroutine_auth_view(request):
     """The documented recipe in a coroutine view."""
-    assert _core.in_coroutine_view()  # driven as a coroutine view
     maybe = await request.unauthenticated_userid
     checked = await request.authenticated_userid
     principals = await request.effective_principals
@@ -422,7 +420,6 @@ async def coroutine_auth_view(request):
 @coroutine
 def seed_auth_view(request):
     """The documented recipe, as the original wrote it."""
-    assert _core.in_coroutine_view()
     maybe = yield from request.unauthenticated_userid
     checked = yield from request.authenticated_userid
     principals = yield from request.effective_principals
@@ -440,7 +437,6 @@ def seed_auth_view(request):
 
 def undecorated_seed_auth_view(request):
     """A generator view without @coroutine: the mapper makes it one."""
-    assert _core.in_coroutine_view()
     maybe = yield from request.unauthenticated_userid
     checked = yield from request.authenticated_userid
     principals = yield from request.effective_principals
@@ -515,7 +511,6 @@ class TestInViews:
             return request.authenticated_userid  # plain code: plain value
 
         async def view(request):
-            assert _core.in_coroutine_view()
             return {"user": current_user(request)}
 
         app = self._makeApp(policy, view)

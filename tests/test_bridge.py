@@ -653,3 +653,22 @@ class TestForeignDriver:
         assert errors == ["coroutine yielded 'not a future', which is not a "
                           "future: use 'await' or 'yield from', not a bare "
                           "'yield'"]
+
+
+def test_decorators_with_arguments_are_built_in_python():
+    from aiopyramid import _core, helpers
+
+    async def coro():
+        return 1
+
+    loose = helpers.synchronize(strict=False)(coro)
+    assert loose.strict == 0 and loose.__wrapped__ is coro
+    with pytest.raises(TypeError, match="expects a coroutine function"):
+        helpers.synchronize(strict=False)(1)
+    with pytest.raises(TypeError, match="expected a callable"):
+        helpers.use_executor(executor=None)(1)
+    # the C cores take the function itself, the options as keywords
+    with pytest.raises(TypeError):
+        _core.synchronize(strict=False)
+    with pytest.raises(TypeError):
+        _core.use_executor(executor=None)

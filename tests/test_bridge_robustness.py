@@ -83,7 +83,7 @@ def test_throw_validates_what_it_raises():
         coro.close()
 
 
-@pytest.mark.parametrize("name", ["GreenletSpawn", "Coroutine", "Synchronized",
+@pytest.mark.parametrize("name", ["GreenletSpawn", "Delegate", "Synchronized",
                                   "CoroutineFunction", "ThreadCall", "MappedView"])
 def test_internal_types_cannot_be_instantiated(name):
     with pytest.raises(TypeError, match="cannot create"):

@@ -8,7 +8,6 @@ from pyramid.config import Configurator
 from pyramid.request import Request, RequestLocalCache
 from pyramid.security import forget, remember
 
-from aiopyramid import _core
 from aiopyramid.exceptions import ScopeError
 from aiopyramid.helpers import coroutine, spawn_greenlet, synchronize
 
@@ -275,7 +274,6 @@ class TestProxy:
 
 
 async def coroutine_view(request):
-    assert _core.in_coroutine_view()
     identity = await request.identity
     userid = await request.authenticated_userid
     headers = await remember(request, "george")
@@ -290,7 +288,6 @@ async def coroutine_view(request):
 
 @coroutine
 def seed_view(request):
-    assert _core.in_coroutine_view()
     identity = yield from request.identity
     userid = yield from request.authenticated_userid
     headers = yield from remember(request, "george")

@@ -147,7 +147,7 @@ wait_on(modstate *st, HttpServer *srv, PyObject **slot)
             return -1;
         Py_XSETREF(*slot, Py_NewRef(fut));
     }
-    PyObject *r = bridge_await(st, fut, 0);
+    PyObject *r = bridge_await(st, fut);
     Py_DECREF(fut);
     if (r == NULL)
         return -1;

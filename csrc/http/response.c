@@ -369,7 +369,7 @@ yield_to_loop(modstate *st)
     Py_DECREF(mod);
     if (coro == NULL)
         return -1;
-    PyObject *r = bridge_await(st, coro, 0);
+    PyObject *r = bridge_await(st, coro);
     Py_DECREF(coro);
     if (r == NULL)
         return -1;

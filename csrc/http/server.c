@@ -533,11 +533,11 @@ static PyType_Spec server_spec = {
 int
 http_init(PyObject *module, modstate *st)
 {
-    if (module_add_type(module, &st->HttpServerType, &server_spec, NULL) < 0 ||
-        module_add_type(module, &st->HttpProtocolType, &proto_spec, NULL) < 0 ||
-        module_add_type(module, &st->HttpRequestType, &request_spec, NULL) < 0 ||
-        module_add_type(module, &st->HttpInputType, &input_spec, NULL) < 0 ||
-        module_add_type(module, &st->FileWrapperType, &filewrapper_spec, NULL) < 0)
+    if (add_type(module, &st->HttpServerType, &server_spec, NULL) < 0 ||
+        add_type(module, &st->HttpProtocolType, &proto_spec, NULL) < 0 ||
+        add_type(module, &st->HttpRequestType, &request_spec, NULL) < 0 ||
+        add_type(module, &st->HttpInputType, &input_spec, NULL) < 0 ||
+        add_type(module, &st->FileWrapperType, &filewrapper_spec, NULL) < 0)
         return -1;
 
     static const char *strings[] = {
