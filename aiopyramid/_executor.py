@@ -125,17 +125,19 @@ def wait_in_thread(coro, loop):
     """Runs ``coro`` on ``loop`` (running in another thread) and waits for
     its result here, running the executor jobs it submits meanwhile."""
     waiter = WaitingThread(loop)
-    token = _waiting_thread.set(waiter)
-    try:
-        cf = run_coroutine_threadsafe(coro, loop)
-    except BaseException:
-        coro.close()
-        raise
-    finally:
-        _waiting_thread.reset(token)
+    # known to stop_waiting() before the coroutine can start: a stop that
+    # comes as soon as it runs must still find this thread
     with _waiters_lock:
         _waiters.add(waiter)
     try:
+        token = _waiting_thread.set(waiter)
+        try:
+            cf = run_coroutine_threadsafe(coro, loop)
+        except BaseException:
+            coro.close()
+            raise
+        finally:
+            _waiting_thread.reset(token)
         return waiter.wait(cf)
     finally:
         with _waiters_lock:

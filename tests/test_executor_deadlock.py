@@ -102,3 +102,46 @@ def test_waiting_thread_wakes_when_the_loop_closes():
 def test_waiting_thread_wakes_when_the_server_stops():
     (e,) = _waiting_thread_on(loop_closes=False)
     assert isinstance(e, RuntimeError) and "stopping" in str(e)
+
+
+def test_a_stop_as_soon_as_the_coroutine_starts_finds_its_thread(monkeypatch):
+    """The waiting thread is known to stop_waiting() before its coroutine can
+    run: a worker stopping at that very moment must still wake it."""
+    import asyncio
+    import threading
+
+    from aiopyramid import _executor
+    from aiopyramid.helpers import synchronize, use_executor
+
+    started = threading.Event()
+    seen = []
+    schedule = _executor.run_coroutine_threadsafe
+
+    def schedule_then_let_it_start(coro, loop):
+        cf = schedule(coro, loop)
+        started.wait(10)  # the coroutine runs before this thread goes on
+        return cf
+
+    monkeypatch.setattr(_executor, "run_coroutine_threadsafe",
+                        schedule_then_let_it_start)
+
+    @synchronize
+    async def stops_at_once():
+        seen.append(_executor.stop_waiting(asyncio.get_running_loop()))
+        started.set()
+        await asyncio.Event().wait()
+
+    @use_executor
+    def blocking():
+        try:
+            stops_at_once()
+        except RuntimeError as e:
+            return str(e)
+
+    loop = asyncio.new_event_loop()
+    try:
+        got = loop.run_until_complete(asyncio.wait_for(blocking(), 10))
+    finally:
+        loop.close()
+    assert seen == [1]
+    assert "stopping" in got
