@@ -1,4 +1,4 @@
-"""An app for the interleaved-users attack (tests/test_auth_attack.py):
+"""An app for the interleaved-users attack (tests/test_auth_policy_shapes.py):
 every step that decides who the user is or what they may do waits on the
 loop, so many requests are in flight at once, each must see only its own
 identity.  Users come in the X-User header; /doc/<owner>/ is readable by

@@ -10,7 +10,7 @@ from pyramid.request import Request
 
 from aiopyramid.helpers import spawn_greenlet
 
-from . import auth_attack_app as attack_app
+from . import auth_policies_app as policies_app
 
 pytestmark = [
     pytest.mark.filterwarnings(
@@ -22,7 +22,7 @@ pytestmark = [
     ),
 ]
 
-SHAPES = sorted(attack_app.SHAPES)
+SHAPES = sorted(policies_app.SHAPES)
 KINDS = ["security", "authn"]
 
 
@@ -42,7 +42,7 @@ def apps():
 
     def app(kind, shape):
         if (kind, shape) not in made:
-            made[kind, shape] = attack_app.main(kind=kind, shape=shape,
+            made[kind, shape] = policies_app.main(kind=kind, shape=shape,
                                                 error_view=True)
         return made[kind, shape]
 
@@ -51,9 +51,9 @@ def apps():
 
 @pytest.fixture(autouse=True)
 def clear_calls():
-    attack_app.CALLS.clear()
+    policies_app.CALLS.clear()
     yield
-    attack_app.CALLS.clear()
+    policies_app.CALLS.clear()
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -111,7 +111,7 @@ class TestPolicyShapes:
                      "mallory")
         assert resp.status_int == 403
         if kind == "authn":
-            assert ("groupfinder", "mallory") in attack_app.CALLS
+            assert ("groupfinder", "mallory") in policies_app.CALLS
 
 
 MISUSES_USERID = ["ne-none", "ne-admin", "lt", "in-set", "format", "fstring",
@@ -142,7 +142,7 @@ class TestPolicyAwaitable:
     """The awaitable itself, on the loop."""
 
     def _policy(self):
-        return attack_app.security_policy("async")
+        return policies_app.security_policy("async")
 
     def _awaitable(self):
         from aiopyramid.security import CoroutineSecurityPolicyProxy
@@ -212,7 +212,7 @@ class TestPolicyAwaitable:
             return first, second
 
         assert asyncio.run(main()) == ("george", "george")
-        assert attack_app.CALLS == [("identity", "george")]
+        assert policies_app.CALLS == [("identity", "george")]
 
     def test_an_abandoned_await_is_not_run_again(self):
         ask = self._awaitable()
@@ -228,7 +228,7 @@ class TestPolicyAwaitable:
                 await pending
 
         asyncio.run(main())
-        assert attack_app.CALLS == [("identity", "george")]
+        assert policies_app.CALLS == [("identity", "george")]
         assert "failed" in gate[0]
 
     def test_dropped_without_await_warns(self):
@@ -246,7 +246,7 @@ class TestPolicyAwaitable:
         assert messages == [
             "request.authenticated_userid was never awaited: in a coroutine "
             "it is an awaitable, 'await' it to get the value"]
-        assert attack_app.CALLS == []  # and the policy was never asked
+        assert policies_app.CALLS == []  # and the policy was never asked
 
     def test_asyncio_helpers_still_work(self):
         ask = self._awaitable()
@@ -278,7 +278,7 @@ class TestGenerator500:
     code's values are not awaitable): the request ends in a 500."""
 
     def test_in_process(self):
-        resp = fetch(attack_app.main(kind="security", shape="async",
+        resp = fetch(policies_app.main(kind="security", shape="async",
                                      error_view=True, bad_acl=True),
                      "/bad-acl", "george")
         assert resp.status_int == 500
@@ -290,7 +290,7 @@ def test_through_gunicorn(gunicorn):
     from .conftest import http_get
 
     for kind, shape in [("security", "wrapped"), ("authn", "callable")]:
-        srv = gunicorn(app="auth_attack_app:main()",
+        srv = gunicorn(app="auth_policies_app:main()",
                        env={"AUTH_ATTACK_KIND": kind,
                             "AUTH_ATTACK_SHAPE": shape,
                             "AUTH_ATTACK_BAD_ACL": "1"})

@@ -1,5 +1,6 @@
-"""The bridge attacked from outside after issue 13's fixes: executor threads
-that wait for coroutines, idle pooled greenlets switched to by hand.  Cases
+"""Executor threads that wait for coroutines (no wedged executor), idle
+pooled greenlets and jobs switched to by hand, asyncio's Task-bound helpers
+at a view's first line.  Cases
 that could hang or crash run in a fresh interpreter with a timeout, so they
 fail their test and not the run."""
 import concurrent.futures
@@ -297,7 +298,7 @@ def test_run_in_greenlet_back_to_a_dead_greenlet_of_a_finished_job():
     ("/tween-timeout", b"tween timeout ok"),
 ])
 def test_task_bound_helpers_at_a_views_first_line_under_the_server(gunicorn, path, body):
-    srv = gunicorn(app="attack_bridge_app:main()")
+    srv = gunicorn(app="task_helpers_app:main()")
     assert http_get(srv.port, path) == (200, body)
 
 
@@ -383,7 +384,7 @@ def test_legacy_views_waiting_for_run_in_executor_under_the_server(gunicorn):
     # more legacy views than executor threads, each waiting for a coroutine
     # that calls loop.run_in_executor(None, ...) itself: the worker's
     # executor runs such calls in the waiting thread
-    srv = gunicorn(app="attack_bridge_app:main()")
+    srv = gunicorn(app="task_helpers_app:main()")
     n = 24
     with concurrent.futures.ThreadPoolExecutor(n) as clients:
         got = list(clients.map(

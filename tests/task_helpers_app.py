@@ -1,4 +1,4 @@
-"""The app test_bridge_attack.py runs under gunicorn: asyncio's Task-bound
+"""The app test_bridge_idle_greenlets_and_executor.py runs under gunicorn: asyncio's Task-bound
 helpers at a view's first line, and in a tween."""
 import asyncio
 import time
@@ -65,7 +65,7 @@ def legacy_by_hand(request):
 def main():
     with Configurator() as config:
         config.include("aiopyramid")
-        config.add_tween("attack_bridge_app.deadline_tween")
+        config.add_tween("task_helpers_app.deadline_tween")
         for name, view in [("hello", hello), ("timeout-first", timeout_first),
                            ("taskgroup-first", taskgroup_first), ("same-task", same_task),
                            ("legacy-by-hand", legacy_by_hand)]:

@@ -1,5 +1,6 @@
-"""The second attack on issue 15's fail-closed authorization: shapes of
-user code and of policies that got past the first fix.  Each test is the
+"""Fail-closed authorization for the shapes of user code and of policies
+that got past the first fix (plain generators, async generators, Tasks made
+by synchronized code, unproxied coroutine policies).  Each test is the
 attacker's request (anonymous, banned) against a real app: a 403 or a 500,
 never a 200."""
 import asyncio

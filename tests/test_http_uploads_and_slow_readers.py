@@ -1,6 +1,6 @@
-"""The server attacked from outside after issues 7 and 14: a real gunicorn
-with our worker, raw sockets, every wait bounded, memory as the worker's
-RSS (sampled while the request runs)."""
+"""Uploads read in small pieces keep memory bounded; slow but steady readers
+are never cut off.  A real gunicorn with our worker, raw sockets, every wait
+bounded, memory as the worker's RSS (sampled while the request runs)."""
 import os
 import socket
 import threading

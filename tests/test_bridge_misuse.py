@@ -1,5 +1,5 @@
 """Misuse and failure paths of the bridge: errors, never crashes or hangs.
-(Found by review; each test crashed or hung the process before its fix.)"""
+(Each test crashed or hung the process before its fix.)"""
 import asyncio
 import gc
 import sys

@@ -1,5 +1,7 @@
-"""Regressions found by review of the HTTP protocol: each test failed (or,
-for the first, read freed memory under ASan) before its fix."""
+"""Edge cases of the HTTP protocol: paused writes, malformed bodies,
+HTTP/1.0 and Expect, Host and limits, freeing finished requests, response
+header validation, slow clients.  Each test failed (or, for the first, read
+freed memory under ASan) before its fix."""
 import gc
 
 import pytest
