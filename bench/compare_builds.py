@@ -1,0 +1,95 @@
+"""Hello-world throughput of two checkouts of aiopyramid, interleaved.
+
+    python3 bench/compare_builds.py BEFORE_DIR AFTER_DIR [--rounds 7] [--duration 4]
+
+Each directory is a built checkout (``make build``: its own ``.venv`` and
+``_core``).  Round after round, for uvloop and asyncio's loop, each
+checkout's gunicorn worker serves ``bench.hello_app:aio()``'s coroutine view
+to ``wrk -t1 -c50`` (warmed up for 1 s); the figure is the median of the
+rounds and of the paired after/before ratios.  Used to check that a change
+costs what it is said to cost (needs wrk).
+"""
+import argparse
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import time
+
+WORKER = "aiopyramid.gunicorn.worker.AsyncGunicornWorker"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(port):
+    for _ in range(100):
+        try:
+            with socket.create_connection(("127.0.0.1", port), 1) as s:
+                s.sendall(b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\n")
+                if s.recv(100).startswith(b"HTTP/1.1 200"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("server not ready")
+
+
+def one_run(root, loop, duration):
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=root, AIOPYRAMID_LOOP=loop)
+    proc = subprocess.Popen(
+        [os.path.join(root, ".venv", "bin", "python"), "-m", "gunicorn",
+         "-b", "127.0.0.1:%d" % port, "-w", "1", "--no-control-socket",
+         "--worker-connections", "4000", "--log-level", "warning", "-k", WORKER,
+         "bench.hello_app:aio()"],
+        cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    try:
+        wait_ready(port)
+        url = "http://127.0.0.1:%d/hello" % port
+        subprocess.run(["wrk", "-t1", "-c50", "-d1s", url], capture_output=True,
+                       timeout=60)
+        out = subprocess.run(["wrk", "-t1", "-c50", "-d%ds" % duration, url],
+                             capture_output=True, text=True,
+                             timeout=duration + 60).stdout
+        return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("before")
+    ap.add_argument("after")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--duration", type=int, default=4)
+    args = ap.parse_args()
+    trees = {"before": os.path.abspath(args.before),
+             "after": os.path.abspath(args.after)}
+    results = {}
+    for r in range(args.rounds):
+        for loop in ("uvloop", "asyncio"):
+            for name, root in trees.items():
+                rps = one_run(root, loop, args.duration)
+                results.setdefault((loop, name), []).append(rps)
+                print("round %d %-7s %-6s %8.0f req/s" % (r, loop, name, rps),
+                      flush=True)
+    print()
+    print("| loop | before req/s | after req/s | after/before (median of paired rounds) |")
+    print("| --- | ---: | ---: | ---: |")
+    for loop in ("uvloop", "asyncio"):
+        before, after = results[(loop, "before")], results[(loop, "after")]
+        ratio = statistics.median(a / b for a, b in zip(after, before))
+        print("| %s | %.0f | %.0f | %.2fx |" % (
+            loop, statistics.median(before), statistics.median(after), ratio))
+
+
+if __name__ == "__main__":
+    main()
