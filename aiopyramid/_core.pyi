@@ -1,6 +1,7 @@
 """Types of aiopyramid._core, the C extension."""
 import asyncio
 import concurrent.futures
+import contextvars
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, TypeVar
 
@@ -16,6 +17,11 @@ SHAPE_CLASS_REQUESTONLY: int
 SHAPE_CLASS_NATIVE: int
 KIND_COROUTINE: int
 KIND_EXECUTOR: int
+
+# set in a request's executor thread: the request's loop
+_request_loop: contextvars.ContextVar[asyncio.AbstractEventLoop]
+# set while an executor thread waits for a coroutine: that thread
+_waiting_thread: contextvars.ContextVar[Any]
 
 class BridgeGreenlet(greenlet.greenlet): ...
 

@@ -77,7 +77,6 @@ inlined comprehensions), so it counts as plain code; a generator that is not
 a coroutine (no ``@coroutine``) counts as plain code too.
 """
 import asyncio
-import contextvars
 import dis
 import os
 import sys
@@ -290,19 +289,13 @@ def _runs_for_a_synchronized_coroutine():
     return top is not None and top.f_code not in _VIEW_CALLERS
 
 
-_REQUEST_LOOP_VAR = "aiopyramid_request_loop"
-
-
 def _runs_for_a_thread():
     """Is this Task one that an executor thread of a request waits for
     (``synchronize`` called there runs the coroutine on the request's loop,
     in a copy of the thread's context, where the bridge has set its
     request-loop variable)?  A Task a coroutine view made has no such
     variable: the request's own context never sets it."""
-    for var in contextvars.copy_context():
-        if var.name == _REQUEST_LOOP_VAR:
-            return True
-    return False
+    return _core._request_loop.get(None) is not None
 
 
 _SEND = dis.opmap["SEND"]

@@ -68,7 +68,8 @@ bridge_init(PyObject *module, modstate *st)
     if (st->inspect_marker == NULL && PyErr_Occurred())
         return -1;
     st->request_loop = PyContextVar_New("aiopyramid_request_loop", NULL);
-    if (st->request_loop == NULL)
+    if (st->request_loop == NULL ||
+        PyModule_AddObjectRef(module, "_request_loop", st->request_loop) < 0)
         return -1;
     st->waiting_thread = PyContextVar_New("aiopyramid_waiting_thread", NULL);
     if (st->waiting_thread == NULL ||
