@@ -199,9 +199,17 @@ input_readline(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t size;
     if (size_arg(args, nargs, "readline", &size) < 0)
         return NULL;
+    /* what is already searched (from bpos, which stays the line's start
+     * while we wait) is not searched again: a long line costs linear time */
+    size_t searched = 0;
     for (;;) {
         size_t avail = r->blen - r->bpos;
-        const char *nl = avail ? memchr(r->bbuf + r->bpos, '\n', avail) : NULL;
+        if (searched > avail)
+            searched = 0; /* another reader took some meanwhile */
+        const char *nl = avail > searched
+            ? memchr(r->bbuf + r->bpos + searched, '\n', avail - searched)
+            : NULL;
+        searched = avail;
         size_t want = nl ? (size_t)(nl - (r->bbuf + r->bpos)) + 1 : avail;
         if (size >= 0 && want > (size_t)size)
             return input_take(r, (size_t)size);
