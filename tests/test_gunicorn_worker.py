@@ -358,3 +358,42 @@ def test_worker_connections_limits_clients(gunicorn):
     assert busy == [b"busy", b"busy"] and third == b"Hello, world!"
     # the third client waited in the backlog for a free slot
     assert waited >= 0.5, waited
+
+
+def test_out_of_descriptors_is_logged_once_per_incident(gunicorn):
+    """A worker at its open-file limit with clients churning (each closed
+    connection frees one descriptor, taken at once by the next accept)
+    logged "accept() failed" and "accepting again" on every turn, ~15
+    lines a second.  Now one line at most every 10 s, with the count of
+    failures it stands for; every client is still answered."""
+    import psutil
+
+    srv = gunicorn("--worker-connections", "1000", "--backlog", "512")
+    (worker,) = psutil.Process(srv.proc.pid).children()
+    limit = worker.num_fds() + 12
+    resource.prlimit(worker.pid, resource.RLIMIT_NOFILE, (limit, limit))
+
+    async def one(path):
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+        try:
+            writer.write(b"GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % path)
+            return await asyncio.wait_for(reader.read(), 30)
+        finally:
+            writer.close()
+
+    async def main():
+        # hold most descriptors, then churn short requests through the rest
+        holders = [asyncio.ensure_future(one(b"/sleep?s=3&tag=held")) for _ in range(10)]
+        await asyncio.sleep(0.5)
+        deadline = time.monotonic() + 2.0
+        churned = []
+        while time.monotonic() < deadline:
+            churned += await asyncio.gather(*(one(b"/hello") for _ in range(20)))
+        return await asyncio.gather(*holders), churned
+
+    held, churned = asyncio.run(main())
+    assert [parse_all(r)[0].body for r in held] == [b"held"] * 10
+    assert {parse_all(r)[0].body for r in churned} == {b"Hello, world!"}
+    assert get(srv.port, "/hello").status == 200
+    log = srv.log()
+    assert log.count("accept() failed") == 1, log[-3000:]

@@ -31,6 +31,7 @@ import datetime
 import os
 import signal
 import sys
+import time
 
 from gunicorn.workers import base
 
@@ -40,6 +41,7 @@ from ..server import HttpServer
 __all__ = ["AsyncGunicornWorker", "AsyncioGunicornWorker"]
 
 LOOP_ENV = "AIOPYRAMID_LOOP"
+ACCEPT_LOG_INTERVAL = 10  # s between two "accept() failed" lines
 
 
 class _AccessResponse:
@@ -276,6 +278,10 @@ class AsyncGunicornWorker(base.Worker):
         limit = max(1, self.cfg.worker_connections)
         server = self.server
         backoff = 0.0
+        # failed accepts (out of descriptors, say) are logged at most once
+        # every ACCEPT_LOG_INTERVAL s, with their count: at the limit, each
+        # closing connection lets one accept through before the next fails
+        failures, quiet_until = 0, 0.0
         while self.alive:
             if server.connections + self._connecting >= limit:
                 # worker_connections: leave the rest in the backlog until a
@@ -288,16 +294,13 @@ class AsyncGunicornWorker(base.Worker):
             except asyncio.CancelledError:
                 raise
             except OSError as e:
-                # EMFILE and friends: back off (longer while it lasts, and
-                # say so once), then go on accepting
-                if not backoff:
-                    self.log.error("accept() failed: %s", e)
+                # EMFILE and friends: back off, longer while it lasts
+                failures, quiet_until = self._accept_failed(
+                    failures, quiet_until, e)
                 backoff = min(max(backoff * 2, 0.01), 0.5)
                 await asyncio.sleep(backoff)
                 continue
-            if backoff:
-                self.log.info("accepting again")
-                backoff = 0.0
+            backoff = 0.0
             # take what else waits in the backlog now, not one per loop
             # iteration: a burst of clients is not kept waiting
             while server.connections + self._connecting + len(conns) < limit:
@@ -308,7 +311,8 @@ class AsyncGunicornWorker(base.Worker):
                 except OSError as e:
                     # out of descriptors: serve those accepted so far (their
                     # closing frees descriptors), the rest wait
-                    self.log.error("accept() failed: %s", e)
+                    failures, quiet_until = self._accept_failed(
+                        failures, quiet_until, e)
                     backoff = 0.01
                     break
             for conn, _ in conns:
@@ -317,6 +321,18 @@ class AsyncGunicornWorker(base.Worker):
             del conns
             if backoff:
                 await asyncio.sleep(backoff)
+
+    def _accept_failed(self, failures, quiet_until, error):
+        """(failures not yet logged, until when to stay quiet)."""
+        now = time.monotonic()
+        if now < quiet_until:
+            return failures + 1, quiet_until
+        if failures:
+            self.log.error("accept() failed: %s (%d more failures since "
+                           "the last report); retrying", error, failures)
+        else:
+            self.log.error("accept() failed: %s; retrying", error)
+        return 0, now + ACCEPT_LOG_INTERVAL
 
     async def _connect(self, loop, conn, ssl_ctx):
         try:
