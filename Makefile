@@ -9,7 +9,7 @@ PY := $(abspath $(VENV))/bin/python
 CSRC := $(wildcard csrc/*.c csrc/*.h csrc/*/*.c csrc/*/*.h)
 PYTEST_ARGS ?=
 
-.PHONY: all build run test test-asan bench clean
+.PHONY: all build deps run test test-asan bench clean
 
 all: build
 
@@ -28,11 +28,24 @@ build: $(VENV)/.installed .build-stamp
 run: build
 	$(PY) examples/serve.py
 
-test: build
+# Debian packages the tests need (chromium: the chat example's browser
+# test); apt-get update only when something is missing
+DEB_TOOLS := chromium:chromium
+
+deps:
+	@missing=""; for t in $(DEB_TOOLS); do \
+	    command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+
+test: build deps
 	$(PY) -X dev -m pytest $(PYTEST_ARGS)
 
 # ASan needs its runtime loaded first and pymalloc off to see every block.
-test-asan: $(VENV)/.installed
+test-asan: $(VENV)/.installed deps
 	AIOPYRAMID_SANITIZE=1 $(PY) setup.py -q build_ext --inplace --force
 	rm -f .build-stamp
 	ASAN_OPTIONS=detect_leaks=0 PYTHONMALLOC=malloc \
