@@ -82,8 +82,7 @@ from ._server import ENVIRON_KEY, HANDOFF_KEY
 from .exceptions import WebsocketClosed
 from .view import run_websocket_view
 
-# UWSGIWebsocketMapper too (imported from ._uwsgi when asked for)
-__all__ = ["WebsocketMapper", "websocket_settings"]
+__all__ = ["WebsocketMapper", "UWSGIWebsocketMapper", "websocket_settings"]
 
 PREFIX = "aiopyramid.websocket."
 SUBPROTOCOL_KEY = "aiopyramid.websocket.subprotocol"
@@ -382,23 +381,22 @@ async def _run(view, context, request, ws, attr, text, connections):
         pass
 
 
-def _uwsgi_mapper():
-    try:
-        from ._uwsgi import UWSGIWebsocketMapper as mapper
-    except ImportError as e:
-        if getattr(e, "name", None) not in (__package__ + "._uwsgi", "uwsgi"):
-            raise
-        raise ImportError(
-            "UWSGIWebsocketMapper needs uWSGI's native websockets "
-            "(aiopyramid.websocket._uwsgi, run under uWSGI with its asyncio "
-            "and greenlet plugins): %s" % e, name=e.name) from e
-    return mapper
+try:
+    # the uWSGI side (importable without uWSGI: uwsgi is imported when a
+    # view runs)
+    from ._uwsgi import UWSGIWebsocketMapper
+except ImportError as _e:
+    if getattr(_e, "name", None) != __package__ + "._uwsgi":
+        raise
+    _UWSGI_MISSING = _e
 
-
-def __getattr__(name):
-    # UWSGIWebsocketMapper lives in ._uwsgi: imported when asked for, so
-    # that WebsocketMapper users never import uWSGI's side
-    if name == "UWSGIWebsocketMapper":
-        return _uwsgi_mapper()
-    raise AttributeError("module {!r} has no attribute {!r}".format(
-        __name__, name))
+    def __getattr__(name):
+        if name == "UWSGIWebsocketMapper":
+            raise ImportError(
+                "UWSGIWebsocketMapper needs aiopyramid's uWSGI side "
+                "(aiopyramid.websocket._uwsgi, for uWSGI's native websockets "
+                "under its asyncio and greenlet plugins), which this "
+                "installation lacks: %s" % _UWSGI_MISSING,
+                name=__package__ + "._uwsgi")
+        raise AttributeError("module {!r} has no attribute {!r}".format(
+            __name__, name))
