@@ -9,9 +9,21 @@ PY := $(abspath $(VENV))/bin/python
 CSRC := $(wildcard csrc/*.c csrc/*.h csrc/*/*.c csrc/*/*.h)
 PYTEST_ARGS ?=
 
-.PHONY: all build deps run test test-asan bench clean
+.PHONY: all deps build run test test-asan bench fuzz clean
 
 all: build
+
+# Debian packages the build and the tests need, installed when missing (one
+# apt-get update, only then): zlib's headers (permessage-deflate), chromium
+# (the chat example's browser test)
+deps:
+	@missing=""; \
+	[ -f /usr/include/zlib.h ] || missing="$$missing zlib1g-dev"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing"; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+	fi
 
 $(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +31,7 @@ $(VENV)/.installed: pyproject.toml setup.py
 	$(PY) -m pip install -q --no-build-isolation -e '.[test,gunicorn,uvloop,bench]'
 	touch $@
 
-build: $(VENV)/.installed .build-stamp
+build: deps $(VENV)/.installed .build-stamp
 
 .build-stamp: $(CSRC) setup.py
 	$(PY) setup.py -q build_ext --inplace --force
@@ -28,24 +40,11 @@ build: $(VENV)/.installed .build-stamp
 run: build
 	$(PY) examples/serve.py
 
-# Debian packages the tests need (chromium: the chat example's browser
-# test); apt-get update only when something is missing
-DEB_TOOLS := chromium:chromium
-
-deps:
-	@missing=""; for t in $(DEB_TOOLS); do \
-	    command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	    echo "installing:$$missing"; \
-	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
-	fi
-
-test: build deps
+test: build
 	$(PY) -X dev -m pytest $(PYTEST_ARGS)
 
 # ASan needs its runtime loaded first and pymalloc off to see every block.
-test-asan: $(VENV)/.installed deps
+test-asan: deps $(VENV)/.installed
 	AIOPYRAMID_SANITIZE=1 $(PY) setup.py -q build_ext --inplace --force
 	rm -f .build-stamp
 	ASAN_OPTIONS=detect_leaks=0 PYTHONMALLOC=malloc \
