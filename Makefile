@@ -60,5 +60,22 @@ bench: build
 	$(PY) bench/bridge.py
 	$(PY) bench/http_bench.py
 
+# The websocket frame reader and inflater under libFuzzer with ASan+UBSan
+# (csrc/websocket/fuzz/), for FUZZ_TIME seconds; exits non-zero on a finding
+# (the crashing input is left in build/fuzz/).  Needs clang: installed here
+# when missing.
+FUZZ_TIME ?= 60
+WS_FUZZ_SRC := csrc/websocket/fuzz/fuzz_websocket.c csrc/websocket/frame.c \
+	csrc/websocket/unmask.c csrc/websocket/utf8.c csrc/websocket/deflate.c
+fuzz: deps
+	@command -v clang >/dev/null || { apt-get update && apt-get install -y clang; }
+	mkdir -p build/fuzz/corpus
+	clang -g -O1 -fsanitize=fuzzer,address,undefined \
+		-fno-sanitize-recover=undefined -Icsrc/websocket \
+		$(WS_FUZZ_SRC) -lz -o build/fuzz/websocket
+	python3 csrc/websocket/fuzz/seeds.py build/fuzz/seeds
+	cd build/fuzz && ./websocket -max_total_time=$(FUZZ_TIME) -max_len=70000 \
+		-timeout=10 -rss_limit_mb=2048 -print_final_stats=1 corpus seeds
+
 clean:
 	rm -rf build dist .build-stamp aiopyramid/*.so *.egg-info
