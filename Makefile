@@ -9,9 +9,21 @@ PY := $(abspath $(VENV))/bin/python
 CSRC := $(wildcard csrc/*.c csrc/*.h csrc/*/*.c csrc/*/*.h)
 PYTEST_ARGS ?=
 
-.PHONY: all build run test test-asan bench clean
+.PHONY: all deps build run test test-asan bench fuzz clean
 
 all: build
+
+# Debian packages the build and the tests need, installed when missing (one
+# apt-get update, only then): zlib's headers (permessage-deflate), chromium
+# (the chat example's browser test)
+deps:
+	@missing=""; \
+	[ -f /usr/include/zlib.h ] || missing="$$missing zlib1g-dev"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing"; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+	fi
 
 $(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +31,7 @@ $(VENV)/.installed: pyproject.toml setup.py
 	$(PY) -m pip install -q --no-build-isolation -e '.[test,gunicorn,uvloop,bench]'
 	touch $@
 
-build: $(VENV)/.installed .build-stamp
+build: deps $(VENV)/.installed .build-stamp
 
 .build-stamp: $(CSRC) setup.py
 	$(PY) setup.py -q build_ext --inplace --force
@@ -32,7 +44,7 @@ test: build
 	$(PY) -X dev -m pytest $(PYTEST_ARGS)
 
 # ASan needs its runtime loaded first and pymalloc off to see every block.
-test-asan: $(VENV)/.installed
+test-asan: deps $(VENV)/.installed
 	AIOPYRAMID_SANITIZE=1 $(PY) setup.py -q build_ext --inplace --force
 	rm -f .build-stamp
 	ASAN_OPTIONS=detect_leaks=0 PYTHONMALLOC=malloc \
@@ -47,6 +59,23 @@ test-asan: $(VENV)/.installed
 bench: build
 	$(PY) bench/bridge.py
 	$(PY) bench/http_bench.py
+
+# The websocket frame reader and inflater under libFuzzer with ASan+UBSan
+# (csrc/websocket/fuzz/), for FUZZ_TIME seconds; exits non-zero on a finding
+# (the crashing input is left in build/fuzz/).  Needs clang: installed here
+# when missing.
+FUZZ_TIME ?= 60
+WS_FUZZ_SRC := csrc/websocket/fuzz/fuzz_websocket.c csrc/websocket/frame.c \
+	csrc/websocket/unmask.c csrc/websocket/utf8.c csrc/websocket/deflate.c
+fuzz: deps
+	@command -v clang >/dev/null || { apt-get update && apt-get install -y clang; }
+	mkdir -p build/fuzz/corpus
+	clang -g -O1 -fsanitize=fuzzer,address,undefined \
+		-fno-sanitize-recover=undefined -Icsrc/websocket \
+		$(WS_FUZZ_SRC) -lz -o build/fuzz/websocket
+	python3 csrc/websocket/fuzz/seeds.py build/fuzz/seeds
+	cd build/fuzz && ./websocket -max_total_time=$(FUZZ_TIME) -max_len=70000 \
+		-timeout=10 -rss_limit_mb=2048 -print_final_stats=1 corpus seeds
 
 clean:
 	rm -rf build dist .build-stamp aiopyramid/*.so *.egg-info

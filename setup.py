@@ -235,9 +235,12 @@ if flag("AIOPYRAMID_SANITIZE"):
 
 core = Extension(
     "aiopyramid._core",
-    sources=sorted(glob.glob("csrc/**/*.c", recursive=True)),
+    # csrc/websocket/fuzz/ holds the fuzz harness's own main: not the module's
+    sources=sorted(f for f in glob.glob("csrc/**/*.c", recursive=True)
+                   if "fuzz" not in f.split(os.sep)),
     depends=sorted(glob.glob("csrc/**/*.h", recursive=True)),
     include_dirs=["csrc"],  # + llhttp's and greenlet's: build_ext adds them
+    libraries=["z"],        # zlib, for permessage-deflate (zlib1g-dev)
     extra_compile_args=extra_compile_args,
     extra_link_args=extra_link_args,
     undef_macros=undef_macros,

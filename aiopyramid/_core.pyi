@@ -2,7 +2,7 @@
 import asyncio
 import concurrent.futures
 import contextvars
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from typing import Any, TypeVar
 
 import greenlet
@@ -118,3 +118,46 @@ class FileWrapper:
     def __iter__(self) -> FileWrapper: ...
     def __next__(self) -> bytes: ...
     def close(self) -> None: ...
+
+# websocket/: RFC 6455 framing, the handshake, permessage-deflate
+
+class WebsocketHandshakeError(ValueError):
+    status: int  # 400, or 426 for an unsupported Sec-WebSocket-Version
+    headers: list[tuple[str, str]]
+
+# deflate: None, or the parameters to pass as WebSocket(deflate=...)
+def websocket_handshake(
+    environ: dict[str, Any], subprotocols: Sequence[str] = ..., compression: bool = ...
+) -> tuple[list[tuple[str, str]], str | None, tuple[int, int, int, int] | None]: ...
+
+class _WebsocketResult(Generator[Any, Any, Any]):
+    """A finished awaitable (await, or yield from in a generator)."""
+    def done(self) -> bool: ...
+    def result(self) -> Any: ...
+    def __await__(self) -> Generator[Any, None, Any]: ...
+
+class WebSocket(asyncio.Protocol):
+    closed: bool
+    close_code: int | None
+    close_reason: str | None
+    compressed: bool
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        max_message_size: int = ...,
+        deflate: tuple[int, int, int, int] | None = ...,
+        use_bytes: bool = ...,
+        ping_interval: float = ...,
+        ping_timeout: float = ...,
+        close_timeout: float = ...,
+        on_lost: Callable[[], Any] | None = ...,
+    ) -> None: ...
+    def attach(self, transport: asyncio.BaseTransport, buffered: bytes | bytearray | memoryview, /) -> None: ...
+    def recv(self) -> _WebsocketResult | asyncio.Future[str | bytes | None]: ...
+    def send(self, message: str | bytes | bytearray | memoryview, /) -> _WebsocketResult | asyncio.Future[None]: ...
+    def close(self, code: int = ..., reason: str = ...) -> _WebsocketResult | asyncio.Future[None]: ...
+    def ping(self, data: bytes = ...) -> asyncio.Future[None]: ...
+    def wait_closed(self) -> _WebsocketResult | asyncio.Future[None]: ...
+
+def _websocket_unmask_validate(buf: bytes | bytearray | memoryview, mask: bytes, /) -> bytes: ...

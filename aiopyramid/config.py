@@ -271,6 +271,10 @@ def includeme(config):
         # before the views are mapped (they are at the default order, 0);
         # the gunicorn worker shuts every such pool down when it exits
         config.action(IViewExecutor, register_executor, order=PHASE1_CONFIG)
+    # the websocket settings are checked now: a typo fails at start-up
+    from .websocket.config import websocket_settings
+
+    websocket_settings(config.registry.settings)
     config.set_view_mapper(CoroutineOrExecutorMapper)
     # after the policies are registered (PHASE1, PHASE2)
     config.action(None, _refuse_coroutine_policies, args=(config.registry,))

@@ -16,6 +16,8 @@ from . import _core
 
 __all__ = ["HttpServer"]
 
+_WS_CONNECTIONS = "aiopyramid.websockets"  # websocket._server.ENVIRON_KEY
+
 
 def _environ_key(name):
     """The environ key of a request header, as the server files it."""
@@ -110,6 +112,7 @@ def HttpServer(
     access_log=None,
     error_log=None,
     body_buffer=262144,
+    websockets=None,
 ):
     """A protocol factory for ``loop.create_server()`` or
     ``loop.connect_accepted_socket()`` serving the WSGI ``app``.
@@ -121,7 +124,10 @@ def HttpServer(
     separated str), or a callable(host) -> bool; default 127.0.0.1;
     access_log(environ, status, headers, sent, seconds) and
     error_log(message, exc): callables or None; body_buffer: bytes of
-    request body buffered before reading pauses (1024 or more)."""
+    request body buffered before reading pauses (1024 or more);
+    websockets: the ``aiopyramid.websocket._server.WebsocketConnections``
+    that counts this server's websockets (one is made when None), put in
+    each request's environ for ``WebsocketMapper``."""
     environ = dict(base_environ or ())
     script_name = environ.setdefault("SCRIPT_NAME", "")
     if not isinstance(script_name, str):
@@ -133,6 +139,13 @@ def HttpServer(
     # wsgi.input ends at the body's end, whatever its framing: WebOb reads
     # a chunked body only when told so
     environ["wsgi.input_terminated"] = True
+    # what WebsocketMapper hands a connection over to (and how it knows
+    # that it runs under this server)
+    if websockets is None:
+        from .websocket._server import WebsocketConnections
+
+        websockets = WebsocketConnections()
+    environ[_WS_CONNECTIONS] = websockets
     # interned keys, as the C side's own: each request's environ is a copy,
     # and lookups with interned strings then match by identity
     environ = {

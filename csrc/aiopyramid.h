@@ -65,6 +65,15 @@ typedef struct {
     PyObject *http_methods;        /* tuple: llhttp method number -> name */
     PyObject *http_run;            /* the job of a request greenlet */
 
+    /* websocket/ */
+    PyTypeObject *WebSocketType;
+    PyTypeObject *WebsocketResultType;
+    PyObject *WebsocketHandshakeError;
+    PyObject *WebsocketClosed;     /* aiopyramid.websocket.exceptions', at
+                                      the first WebSocket */
+    PyObject *ws_sha1;             /* hashlib.sha1 */
+    PyObject *ws_strs;             /* tuple of interned strings (protocol.c) */
+
     Py_ssize_t pool_limit;         /* idle greenlets kept per thread */
     unsigned long long greenlets_created;
 } modstate;
@@ -267,5 +276,8 @@ int mappers_init(PyObject *module, modstate *st);
 
 /* http/ */
 int http_init(PyObject *module, modstate *st);
+
+/* websocket/ */
+int websocket_init(PyObject *module, modstate *st);
 
 #endif

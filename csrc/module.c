@@ -17,7 +17,9 @@
     X(str_result) X(str_push) X(str_pop) X(str_registry) X(str_request)       \
     X(str_view_attr) X(str_make_body_seekable)                    \
     X(HttpServerType) X(HttpProtocolType) X(HttpRequestType) X(HttpInputType) \
-    X(FileWrapperType) X(http_strs) X(http_methods) X(http_run)
+    X(FileWrapperType) X(http_strs) X(http_methods) X(http_run)             \
+    X(WebSocketType) X(WebsocketResultType) X(WebsocketHandshakeError)       \
+    X(WebsocketClosed) X(ws_sha1) X(ws_strs)
 
 static int
 module_traverse(PyObject *module, visitproc visit, void *arg)
@@ -94,6 +96,8 @@ module_exec(PyObject *module)
     if (mappers_init(module, st) < 0)
         return -1;
     if (http_init(module, st) < 0)
+        return -1;
+    if (websocket_init(module, st) < 0)
         return -1;
     return 0;
 }

@@ -6,6 +6,7 @@
 /api/items/{n}  GET one item, as JSON; the lookup awaits
 /hello          hello world as a coroutine view (what bench/http_bench.py serves)
 /hello-legacy   hello world as a plain view (run in the executor)
+/chat           a chat room: open it in two tabs (a websocket view, chat.py)
 """
 import asyncio
 import itertools
@@ -34,7 +35,9 @@ def index(request):
         "<h1>aiopyramid demo</h1><ul>"
         '<li><a href="/sleep?s=0.5">/sleep?s=0.5</a> (a coroutine view)</li>'
         '<li><a href="/api/items">/api/items</a> (JSON)</li>'
-        '<li><a href="/hello">/hello</a></li></ul>',
+        '<li><a href="/hello">/hello</a></li>'
+        '<li><a href="/chat">/chat</a> (a websocket chat: open two tabs)'
+        '</li></ul>',
         content_type="text/html",
     )
 
@@ -93,6 +96,7 @@ def main(global_config=None, **settings):
         config.add_view(add_item, route_name="items", request_method="POST",
                         renderer="json")
         config.add_view(get_item, route_name="item", renderer="json")
+        config.include(".chat" if __package__ else "chat")
         return config.make_wsgi_app()
 
 

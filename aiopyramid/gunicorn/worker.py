@@ -18,9 +18,11 @@ The loop is uvloop's when uvloop is installed, asyncio's otherwise;
 so does the worker class ``AsyncioGunicornWorker``, which always uses
 asyncio's loop.
 
-Settings honoured: bind (the arbiter's sockets), workers, worker_connections,
+Settings honoured: bind (the arbiter's sockets), workers, worker_connections
+(websocket connections count too),
 keepalive (0: no keep-alive), timeout (heartbeat), graceful_timeout (SIGTERM
-lets requests in flight finish; SIGQUIT and SIGINT stop at once),
+lets requests in flight finish, closes websockets with 1001 and lets their
+views end; SIGQUIT and SIGINT stop at once),
 max_requests and max_requests_jitter, limit_request_line (414),
 limit_request_fields and limit_request_field_size (431), accesslog and
 access_log_format, errorlog, forwarded_allow_ips and secure_scheme_headers
@@ -37,6 +39,7 @@ from gunicorn.workers import base
 
 from .. import _executor
 from ..server import HttpServer
+from ..websocket._server import WebsocketConnections
 
 __all__ = ["AsyncGunicornWorker", "AsyncioGunicornWorker"]
 
@@ -132,6 +135,9 @@ class AsyncGunicornWorker(base.Worker):
         self._wakeup = None
         self._connecting = 0
         self._acceptors = []
+        # websockets: connections handed from the HTTP server to the C
+        # websocket layer (they count towards worker_connections too)
+        self.websockets = WebsocketConnections()
 
     # -- process set-up ---------------------------------------------------
 
@@ -262,6 +268,7 @@ class AsyncGunicornWorker(base.Worker):
             forwarded_allow_ips=cfg.forwarded_allow_ips,
             access_log=self._access if self._access_log_enabled() else None,
             error_log=self._error,
+            websockets=self.websockets,
         )
 
     def _ssl_context(self):
@@ -277,13 +284,15 @@ class AsyncGunicornWorker(base.Worker):
         sock.setblocking(False)
         limit = max(1, self.cfg.worker_connections)
         server = self.server
+        websockets = self.websockets
         backoff = 0.0
         # failed accepts (out of descriptors, say) are logged at most once
         # every ACCEPT_LOG_INTERVAL s, with their count: at the limit, each
         # closing connection lets one accept through before the next fails
         failures, quiet_until = 0, 0.0
         while self.alive:
-            if server.connections + self._connecting >= limit:
+            if (server.connections + len(websockets)
+                    + self._connecting >= limit):
                 # worker_connections: leave the rest in the backlog until a
                 # connection closes (server.on_close) or fails to open
                 self._room.clear()
@@ -303,7 +312,8 @@ class AsyncGunicornWorker(base.Worker):
             backoff = 0.0
             # take what else waits in the backlog now, not one per loop
             # iteration: a burst of clients is not kept waiting
-            while server.connections + self._connecting + len(conns) < limit:
+            while (server.connections + len(websockets) + self._connecting
+                   + len(conns) < limit):
                 try:
                     conns.append(sock.accept())
                 except (BlockingIOError, InterruptedError):
@@ -357,6 +367,8 @@ class AsyncGunicornWorker(base.Worker):
         # set when there may be room for another connection
         self._room = asyncio.Event()
         server.on_close = self._room.set
+        self.websockets.on_close = self._room.set
+        self.websockets.error_log = self._error
         ssl_ctx = self._ssl_context()
         self._acceptors = acceptors = [
             loop.create_task(self._accept(s, ssl_ctx)) for s in self.sockets
@@ -401,6 +413,7 @@ class AsyncGunicornWorker(base.Worker):
 
     async def _stop(self, loop):
         server = self.server
+        websockets = self.websockets
         if not self._quit_now:
             # graceful: in-flight requests get graceful_timeout to finish;
             # a kept-alive connection lingers until idle for keepalive (a
@@ -409,18 +422,22 @@ class AsyncGunicornWorker(base.Worker):
             keepalive = max(float(self.cfg.keepalive), 0.0)
             client_wait = max(keepalive, float(self.cfg.timeout or 30))
             server.shutdown(keepalive)
+            # websockets are closed with 1001 (Going Away); their views see
+            # recv() return None, and get the same graceful_timeout to end
+            websockets.shutdown()
             deadline = loop.time() + float(self.cfg.graceful_timeout)
-            while ((server.active or server.connections)
+            while ((server.active or server.connections or websockets.busy)
                    and loop.time() < deadline and not self._quit_now):
                 self.notify()
                 server.close_idle(keepalive, keepalive, client_wait)
                 await asyncio.sleep(0.05)
         server.abort()
+        websockets.cancel()
         # executor threads still waiting on coroutines give up now
         _executor.stop_waiting(loop)
-        # let the cancelled requests unwind
+        # let the cancelled requests and websocket views unwind
         for _ in range(20):
-            if not server.active:
+            if not server.active and not websockets.views:
                 break
             await asyncio.sleep(0.01)
         try:

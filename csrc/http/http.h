@@ -71,7 +71,10 @@
     X(HTTP_EXPECT, "HTTP_EXPECT")                                            \
     X(HTTP_HOST, "HTTP_HOST")                                                \
     X(SOCKET, "socket")                                                      \
-    X(FILENO, "fileno")
+    X(FILENO, "fileno")                                                      \
+    X(WS_HANDOFF, "aiopyramid.websocket")                                    \
+    X(ATTACH, "attach")                                                      \
+    X(CONNECTION_LOST, "connection_lost")
 
 enum {
 #define HTTP_STR_ENUM(name, text) HS_##name,
@@ -155,6 +158,7 @@ struct HttpProtocol {
     int broken;                 /* no more parsing: close after the response */
     int trusted;                /* peer in forwarded_allow_ips */
     int upgrade;
+    int handed_off;             /* a websocket owns the transport now */
     int feeding;                /* inside feed(): no re-entry */
     int scheme;                 /* from secure scheme headers: 0, 1 http, 2 https */
     Py_ssize_t wsize_seen;      /* write buffer size when last looked at */
@@ -170,6 +174,7 @@ struct HttpRequest {
     PyObject *status;           /* str, from start_response */
     PyObject *headers;          /* list, from start_response */
     PyObject *body_waiter;
+    PyObject *ws;               /* the WebSocket a 101 hands the connection to */
     char *bbuf;
     size_t bpos, blen, bcap;
     long long resp_length;      /* Content-Length the app gave, or -1 */
@@ -263,6 +268,10 @@ void respond_failure(HttpRequest *r, int status);
 PyObject *input_new(modstate *st, HttpRequest *r);
 extern PyType_Spec input_spec;
 extern PyType_Spec filewrapper_spec;
+
+/* upgrade.c */
+PyObject *upgrade_target(HttpRequest *r);
+int upgrade_settle(HttpRequest *r);
 
 /* server.c */
 void server_update_date(HttpServer *srv);

@@ -287,6 +287,7 @@ proto_new(modstate *st, HttpServer *srv)
     p->err_message = NULL;
     p->read_paused = p->write_paused = 0;
     p->closed = p->waiting = p->broken = p->trusted = p->upgrade = 0;
+    p->handed_off = 0;
     p->feeding = p->scheme = 0;
     p->wsize_seen = 0;
     p->served = 0;

@@ -10,7 +10,7 @@ request_new(modstate *st, HttpProtocol *p, PyObject *environ)
         return NULL;
     r->proto = (HttpProtocol *)Py_NewRef(p);
     r->environ = Py_NewRef(environ);
-    r->task = r->status = r->headers = r->body_waiter = NULL;
+    r->task = r->status = r->headers = r->body_waiter = r->ws = NULL;
     r->bbuf = NULL;
     r->bpos = r->blen = r->bcap = 0;
     r->resp_length = -1;
@@ -38,6 +38,7 @@ request_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(r->status);
     Py_VISIT(r->headers);
     Py_VISIT(r->body_waiter);
+    Py_VISIT(r->ws);
     return 0;
 }
 
@@ -51,6 +52,7 @@ request_clear(PyObject *op)
     Py_CLEAR(r->status);
     Py_CLEAR(r->headers);
     Py_CLEAR(r->body_waiter);
+    Py_CLEAR(r->ws);
     return 0;
 }
 
@@ -209,6 +211,10 @@ request_finish(HttpRequest *r)
     }
     request_access_log(r);
     wake(proto_state(p), &r->body_waiter);
+    /* a websocket handshake: the connection goes to the WebSocket if the
+     * 101 went out, and the WebSocket is told otherwise */
+    if (r->ws != NULL || p->upgrade)
+        upgrade_settle(r);
     if (r->resp_length >= 0 && r->resp_written < r->resp_length &&
         !r->head && !bodyless_status(r->status_code))
         r->close_after = 1; /* shorter than its Content-Length */

@@ -141,11 +141,17 @@ render_head(HttpRequest *r, wbuf *b, long long known)
     Py_ssize_t n;
     if (latin1_view(r->status, &s, &n, "status") < 0)
         return -1;
-    if (r->status_code < 200) {
+    /* a 101 handing the connection to a WebSocket (upgrade.c): its
+     * Upgrade and Connection headers go out as given, and no framing */
+    PyObject *ws = r->status_code == 101 ? upgrade_target(r) : NULL;
+    if (r->status_code < 200 && ws == NULL) {
         /* an interim status is no answer: the client would wait on */
         PyErr_Format(PyExc_ValueError,
                      "the WSGI application's final status must be 200 or "
-                     "more; %R is an interim response", r->status);
+                     "more; %R is an interim response%s", r->status,
+                     r->status_code == 101
+                         ? " (a 101 goes out only for a websocket handshake "
+                           "answered by WebsocketMapper)" : "");
         return -1;
     }
     if (WB_LIT(b, "HTTP/1.1 ") < 0 || wb_put(b, s, (size_t)n) < 0 ||
@@ -177,6 +183,18 @@ render_head(HttpRequest *r, wbuf *b, long long known)
                          "response header value %R contains a NUL",
                          PyTuple_GET_ITEM(h, 1));
             return -1;
+        }
+        if (ws != NULL) {
+            /* a 101 has no body: no framing headers */
+            if ((nl == 14 && strncasecmp(name, "content-length", 14) == 0) ||
+                (nl == 17 && strncasecmp(name, "transfer-encoding", 17) == 0))
+                continue;
+            if (nl == 4 && strncasecmp(name, "date", 4) == 0)
+                has_date = 1;
+            if (wb_put(b, name, (size_t)nl) < 0 || WB_LIT(b, ": ") < 0 ||
+                wb_put(b, value, (size_t)vl) < 0 || WB_LIT(b, "\r\n") < 0)
+                return -1;
+            continue;
         }
         if (nl == 10 && strncasecmp(name, "connection", 10) == 0) {
             /* hop-by-hop: the server decides; "close" is honoured */
@@ -225,6 +243,13 @@ render_head(HttpRequest *r, wbuf *b, long long known)
         server_update_date(srv);
         if (wb_put(b, srv->date, srv->date_len) < 0)
             return -1;
+    }
+    if (ws != NULL) {
+        /* the connection is the WebSocket's once this head is out */
+        if (WB_LIT(b, "\r\n") < 0)
+            return -1;
+        Py_XSETREF(r->ws, Py_NewRef(ws));
+        return 0;
     }
     if (r->resp_length < 0 && !bodyless_status(r->status_code)) {
         if (known >= 0) {
