@@ -54,6 +54,25 @@ def upload(request):
     return Response(str(total), content_type="text/plain")
 
 
+def upload_first(request):
+    """Reads the first 64 KiB of the body (is_body_seekable tells whether
+    the body was read before the view's thread started)."""
+    data = request.environ["wsgi.input"].read(65536)
+    return Response("%d %s" % (len(data), request.is_body_seekable), content_type="text/plain")
+
+
+def upload_post(request):
+    """A form through WebOb's request.POST, in the view's thread."""
+    f = request.POST["file"]
+    total = 0
+    while True:
+        data = f.file.read(65536)
+        if not data:
+            break
+        total += len(data)
+    return Response("%s %d" % (f.filename, total), content_type="text/plain")
+
+
 def upload_body_file(request):
     """The same through WebOb's request.body_file."""
     f = request.body_file
@@ -71,7 +90,8 @@ def main(global_config=None, **settings):
         config.include("aiopyramid")
         for name, view in [("hello", hello), ("sleep", sleep), ("state", state),
                            ("echo", echo), ("env", env), ("upload", upload),
-                           ("upload_body_file", upload_body_file)]:
+                           ("upload_body_file", upload_body_file),
+                           ("upload_first", upload_first), ("upload_post", upload_post)]:
             config.add_route(name, "/" + name)
             config.add_view(view, route_name=name)
         config.add_route("any", "/*rest")
@@ -95,3 +115,9 @@ def main(global_config=None, **settings):
         return pyramid_app(environ, start_response)
 
     return app
+
+
+def main_stream_all(global_config=None, **settings):
+    """main() with every body streamed to plain views' threads."""
+    settings["aiopyramid.body_preread"] = "0"
+    return main(global_config, **settings)
