@@ -41,6 +41,8 @@ __all__ = [
 ]
 
 EXECUTOR_THREADS_SETTING = "aiopyramid.executor_threads"
+BODY_PREREAD_SETTING = "aiopyramid.body_preread"
+BODY_PREREAD_DEFAULT = 65536
 
 
 class IViewExecutor(Interface):
@@ -87,6 +89,7 @@ class AsyncioMapperBase(DefaultViewMapper):
         super().__init__(**kw)
         registry = get_current_registry()
         self.executor = registry.queryUtility(IViewExecutor)
+        self.body_preread = _body_preread(registry.settings)
 
     def _kind(self, view):
         raise NotImplementedError
@@ -122,7 +125,8 @@ class AsyncioMapperBase(DefaultViewMapper):
                 text = "attr {} of {}".format(attr, object_description(view))
             else:
                 text = object_description(view)
-        mapped = _core.map_view(view, shape, kind, attr, self.executor)
+        mapped = _core.map_view(view, shape, kind, attr, self.executor,
+                                self.body_preread)
         mapped.__text__ = text
         return mapped
 
@@ -168,6 +172,27 @@ class CoroutineOrExecutorMapper(AsyncioMapperBase):
         if _is_coroutine_view(view, self.attr):
             return _core.KIND_COROUTINE
         return _core.KIND_EXECUTOR
+
+
+def _body_preread(settings):
+    """``aiopyramid.body_preread``: a plain view's request body of known
+    length up to this many bytes is read before its thread starts (in
+    memory, seekable); a larger or chunked one is streamed to the thread as
+    the view reads it, so memory stays bounded whatever the upload's size.
+    0 streams every body."""
+    value = (settings or {}).get(BODY_PREREAD_SETTING)
+    if value in (None, ""):
+        return BODY_PREREAD_DEFAULT
+    try:
+        size = int(value)
+    except (TypeError, ValueError):
+        size = -1
+    if size < 0:
+        raise ConfigurationError(
+            "{} must be a whole number of bytes, 0 or more (0: stream every "
+            "body to a plain view's thread); got {!r}".format(
+                BODY_PREREAD_SETTING, value))
+    return size
 
 
 def _executor_threads(settings):
@@ -251,11 +276,15 @@ def includeme(config):
     views in the executor, request-local threadlocals.
 
     Setting ``aiopyramid.executor_threads = N`` gives legacy views a pool of
-    N threads of their own instead of the loop's default executor.
+    N threads of their own instead of the loop's default executor;
+    ``aiopyramid.body_preread = BYTES`` (64 KiB by default) is the largest
+    request body read before a legacy view's thread starts: larger or
+    chunked bodies are streamed to it.
     """
     from ._threadlocal import install
 
     install()
+    _body_preread(config.registry.settings)  # a bad value fails here
     threads = _executor_threads(config.registry.settings)
     if threads is not None:
         registry = config.registry

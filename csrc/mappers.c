@@ -27,6 +27,7 @@ typedef struct {
     PyObject *weakreflist;
     vectorcallfunc vectorcall;
     int shape, kind;
+    Py_ssize_t body_preread; /* bodies up to this are read before the thread */
 } MappedView;
 
 static PyObject *
@@ -89,23 +90,47 @@ static PyMethodDef invoke_def = {
     "invoke", (PyCFunction)(void (*)(void))invoke_in_thread, METH_FASTCALL,
     NULL};
 
-/* Bodies are read in the request greenlet, where wsgi.input may wait on the
- * socket; the thread then reads a seekable copy. */
+/* A body of known length up to `limit` bytes is read here, in the request
+ * greenlet (where wsgi.input waits on the socket without a thread), and the
+ * thread gets it in memory, seekable.  A larger or chunked one is streamed:
+ * the view's thread reads wsgi.input as the body comes (each read handed to
+ * the loop), so memory stays bounded whatever its size; WebOb's
+ * request.body and request.POST make it seekable there if asked, spooling
+ * past request_body_tempfile_limit to a temporary file. */
 static int
-prepare_body_for_thread(modstate *st, PyObject *request)
+prepare_body_for_thread(modstate *st, PyObject *request, Py_ssize_t limit)
 {
-    PyObject *readable = PyObject_GetAttrString(request, "is_body_readable");
-    if (readable == NULL)
+    PyObject *v = PyObject_GetAttrString(request, "is_body_readable");
+    if (v == NULL)
         return -1;
-    int rd = PyObject_IsTrue(readable);
-    Py_DECREF(readable);
+    int rd = PyObject_IsTrue(v);
+    Py_DECREF(v);
     if (rd <= 0)
         return rd;
-    PyObject *r = PyObject_CallMethodNoArgs(request, st->str_make_body_seekable);
-    if (r == NULL)
+    if ((v = PyObject_GetAttrString(request, "is_body_seekable")) == NULL)
         return -1;
-    Py_DECREF(r);
-    return 0;
+    int seekable = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    if (seekable != 0)
+        return seekable < 0 ? -1 : 0; /* already a file the thread reads */
+    if ((v = PyObject_GetAttrString(request, "content_length")) == NULL)
+        return -1;
+    Py_ssize_t n = v == Py_None ? -1 : PyLong_AsSsize_t(v);
+    Py_DECREF(v);
+    if (n == -1 && PyErr_Occurred())
+        return -1;
+    if (n < 0 || n > limit)
+        return 0; /* streamed */
+    PyObject *raw = PyObject_GetAttrString(request, "body_file_raw");
+    if (raw == NULL)
+        return -1;
+    PyObject *data = PyObject_CallMethod(raw, "read", "n", n);
+    Py_DECREF(raw);
+    if (data == NULL)
+        return -1;
+    int rc = PyObject_SetAttrString(request, "body", data);
+    Py_DECREF(data);
+    return rc;
 }
 
 static PyObject *
@@ -143,7 +168,7 @@ mapped_run(PyObject *op, PyObject *const *args, size_t nargsf,
         Py_DECREF(loop);
         return invoke(st, self, context, request);
     }
-    if (prepare_body_for_thread(st, request) < 0) {
+    if (prepare_body_for_thread(st, request, self->body_preread) < 0) {
         Py_DECREF(loop);
         return NULL;
     }
@@ -268,13 +293,21 @@ static PyType_Spec mapped_spec = {
 static PyObject *
 map_view(PyObject *module, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"view", "shape", "kind", "attr", "executor", NULL};
+    static char *kwlist[] = {"view", "shape", "kind", "attr", "executor",
+                             "body_preread", NULL};
     modstate *st = state_of_module(module);
     PyObject *view, *attr = Py_None, *executor = Py_None;
     int shape, kind;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Oii|OO:map_view", kwlist,
-                                     &view, &shape, &kind, &attr, &executor))
+    Py_ssize_t body_preread = 65536;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Oii|OOn:map_view", kwlist,
+                                     &view, &shape, &kind, &attr, &executor,
+                                     &body_preread))
         return NULL;
+    if (body_preread < 0) {
+        PyErr_Format(PyExc_ValueError, "body_preread must be 0 or more bytes, "
+                     "got %zd", body_preread);
+        return NULL;
+    }
     if (shape < 0 || shape >= SHAPE_COUNT || kind < 0 || kind >= KIND_COUNT) {
         PyErr_Format(PyExc_ValueError, "unknown view shape %d or kind %d",
                      shape, kind);
@@ -296,6 +329,7 @@ map_view(PyObject *module, PyObject *args, PyObject *kwargs)
     self->vectorcall = mapped_vectorcall;
     self->shape = shape;
     self->kind = kind;
+    self->body_preread = body_preread;
     PyObject_GC_Track(self);
     return (PyObject *)self;
 }
@@ -303,9 +337,12 @@ map_view(PyObject *module, PyObject *args, PyObject *kwargs)
 static PyMethodDef mappers_methods[] = {
     {"map_view", (PyCFunction)(void (*)(void))map_view,
      METH_VARARGS | METH_KEYWORDS,
-     "map_view(view, shape, kind, attr=None, executor=None)\n--\n\n"
+     "map_view(view, shape, kind, attr=None, executor=None, "
+     "body_preread=65536)\n--\n\n"
      "The mapped view for Pyramid: shape is one of the SHAPE_* constants, "
-     "kind KIND_COROUTINE or KIND_EXECUTOR."},
+     "kind KIND_COROUTINE or KIND_EXECUTOR; an executor view's request "
+     "body up to body_preread bytes is read before its thread starts, a "
+     "larger or chunked one streamed to it."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -57,6 +57,12 @@ environ_set_url(HttpServer *srv, modstate *st, PyObject *env, const char *url,
 {
     if (set_item_str(env, HSTR(st, RAW_URI), url, n) < 0)
         return -1;
+    if (n == 1 && url[0] == '*') {
+        /* OPTIONS * (RFC 9112 3.2.4): the server itself, no path */
+        if (PyDict_SetItem(env, HSTR(st, QUERY_STRING), HSTR(st, EMPTY)) < 0)
+            return -1;
+        return PyDict_SetItem(env, HSTR(st, PATH_INFO), HSTR(st, EMPTY));
+    }
     const char *path = url, *end = url + n;
     /* absolute-form: http://host[:port]/path */
     if ((n > 7 && strncasecmp(url, "http://", 7) == 0) ||

@@ -161,6 +161,14 @@ struct HttpProtocol {
     int handed_off;             /* a websocket owns the transport now */
     int feeding;                /* inside feed(): no re-entry */
     int scheme;                 /* from secure scheme headers: 0, 1 http, 2 https */
+    int eof;                    /* the client half-closed: no more requests */
+    int tls;                    /* over TLS (no half-close there) */
+    int chunk_line;             /* a chunk-size line is next: check it first */
+    int last_chunk;             /* the chunk being parsed has size 0 */
+    int line_wait;              /* parse no more until a request line's LF */
+    const char *msg_start;      /* this head's first byte, in this llhttp_execute */
+    char *hline;                /* a request line as it came, with its bytes */
+    size_t hline_len;           /* above 0x7F that llhttp saw replaced */
     Py_ssize_t wsize_seen;      /* write buffer size when last looked at */
     unsigned long served;       /* responses completed on this connection */
     double last_activity;
@@ -236,11 +244,14 @@ int wait_on(modstate *st, HttpServer *srv, PyObject **slot);
 void proto_release_request(HttpProtocol *p);
 void body_error(HttpProtocol *p);
 void feed(HttpProtocol *p);
+void eof_check(HttpProtocol *p);
 PyObject *proto_new(modstate *st, HttpServer *srv);
 extern PyType_Spec proto_spec;
 
 /* parser.c */
 extern const llhttp_settings_t parser_settings;
+int chunk_line_check(HttpProtocol *p);
+int high_bytes_retry(HttpProtocol *p, llhttp_errno_t err);
 
 /* environ.c */
 int environ_set_url(HttpServer *srv, modstate *st, PyObject *env, const char *url, size_t n);

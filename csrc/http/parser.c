@@ -44,6 +44,8 @@ static int
 on_method(llhttp_t *parser, const char *at, size_t n)
 {
     HttpProtocol *p = PROTO(parser);
+    if (p->line_len == 0)
+        p->msg_start = at; /* the head begins in this llhttp_execute */
     p->line_len += (Py_ssize_t)n;
     return 0;
 }
@@ -60,6 +62,11 @@ on_url(llhttp_t *parser, const char *at, size_t n)
     if (grow(&p->sbuf, &p->scap, p->slen + n) < 0)
         return cb_error(p);
     memcpy(p->sbuf + p->slen, at, n);
+    if (p->hline != NULL && p->msg_start != NULL && at >= p->msg_start &&
+        (size_t)(at - p->msg_start) + n <= p->hline_len) {
+        /* the bytes above 0x7F that llhttp saw replaced, put back */
+        memcpy(p->sbuf + p->slen, p->hline + (at - p->msg_start), n);
+    }
     p->slen += n;
     p->url_len = p->slen;
     return 0;
@@ -209,6 +216,10 @@ on_headers_complete(llhttp_t *parser)
     int http11 = parser->http_major == 1 && parser->http_minor >= 1;
     if (parser->http_major > 1)
         http11 = 1;
+    /* RFC 9112 3.2.4: the asterisk form is only for OPTIONS */
+    if (p->url_len == 1 && p->sbuf[0] == '*' && parser->method != HTTP_OPTIONS)
+        return reject_head(parser, 400,
+                           "the asterisk form is only for OPTIONS");
     /* RFC 9112 3.2: an HTTP/1.1 request has exactly one Host; none has
      * two (they would be joined into one value the app cannot trust) */
     if ((http11 && p->host_fields != 1) || p->host_fields > 1)
@@ -254,6 +265,17 @@ on_headers_complete(llhttp_t *parser)
     if (parser->upgrade)
         p->upgrade = 1;
     Py_XSETREF(p->req, r);
+    if (p->hline != NULL) {
+        PyMem_Free(p->hline);
+        p->hline = NULL;
+        p->hline_len = 0;
+    }
+    if (parser->flags & F_CHUNKED) {
+        /* the first chunk-size line is checked before llhttp reads it */
+        p->chunk_line = 1;
+        p->last_chunk = 0;
+        return HPE_PAUSED;
+    }
     return 0;
 }
 
@@ -282,10 +304,28 @@ on_body(llhttp_t *parser, const char *at, size_t n)
 }
 
 static int
+on_chunk_header(llhttp_t *parser)
+{
+    PROTO(parser)->last_chunk = parser->content_length == 0;
+    return 0;
+}
+
+static int
+on_chunk_complete(llhttp_t *parser)
+{
+    HttpProtocol *p = PROTO(parser);
+    if (p->last_chunk)
+        return 0; /* the trailers and the end follow */
+    p->chunk_line = 1; /* the next chunk-size line is checked first */
+    return HPE_PAUSED;
+}
+
+static int
 on_message_complete(llhttp_t *parser)
 {
     HttpProtocol *p = PROTO(parser);
     HttpRequest *r = p->req;
+    p->chunk_line = 0;
     if (r != NULL) {
         r->body_done = 1;
         wake(proto_state(p), &r->body_waiter);
@@ -306,4 +346,187 @@ const llhttp_settings_t parser_settings = {
     .on_headers_complete = on_headers_complete,
     .on_body = on_body,
     .on_message_complete = on_message_complete,
+    .on_chunk_header = on_chunk_header,
+    .on_chunk_complete = on_chunk_complete,
 };
+
+/* ------------------------------------------------------------------ */
+/* What llhttp does not do alone                                        */
+
+/* A chunk-size line and its extensions are at most this long. */
+#define CHUNK_LINE_MAX 4096
+
+static inline int
+is_tchar(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           (c >= '0' && c <= '9') || (c != 0 && strchr("!#$%&'*+-.^_`|~", c));
+}
+
+static inline int
+is_hex(unsigned char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') ||
+           (c >= 'A' && c <= 'F');
+}
+
+static inline size_t
+skip_ws(const char *s, size_t i, size_t n)
+{
+    while (i < n && (s[i] == ' ' || s[i] == '\t'))
+        i++;
+    return i;
+}
+
+static int
+chunk_line_bad(HttpProtocol *p, const char *reason)
+{
+    p->err_status = 400;
+    p->err_message = reason;
+    return -1;
+}
+
+/* The chunk-size line at the head of the unparsed bytes, checked against
+ * RFC 9112 7.1.1 before llhttp reads it:
+ *
+ *     chunk-size *( BWS ";" BWS token [ BWS "=" BWS ( token / quoted-string ) ] ) CRLF
+ *
+ * llhttp refuses the optional whitespace (BWS) and lets an empty name or
+ * value through; here the whitespace is removed (the line rewritten in
+ * place, shorter) and a malformed extension refused.  1: llhttp may go
+ * on; 0: the line is not all here yet; -1: malformed (err_status set). */
+int
+chunk_line_check(HttpProtocol *p)
+{
+    char *s = p->rbuf + p->rpos;
+    size_t n = p->rlen - p->rpos;
+    char *lf = memchr(s, '\n', n < CHUNK_LINE_MAX ? n : CHUNK_LINE_MAX);
+    if (lf == NULL) {
+        if (n >= CHUNK_LINE_MAX)
+            return chunk_line_bad(p, "chunk-size line is too long");
+        return 0;
+    }
+    p->chunk_line = 0;
+    size_t len = (size_t)(lf - s);
+    if (len == 0 || s[len - 1] != '\r')
+        return 1; /* llhttp judges a bare LF */
+    len--;
+    if (memchr(s, ';', len) == NULL && memchr(s, ' ', len) == NULL &&
+        memchr(s, '\t', len) == NULL)
+        return 1; /* a bare size: llhttp's alone */
+    size_t i = 0, o;
+    while (i < len && is_hex((unsigned char)s[i]))
+        i++;
+    if (i == 0)
+        return 1; /* no size: llhttp says so */
+    o = i;
+    for (;;) {
+        size_t j = skip_ws(s, i, len);
+        if (j == len) {
+            if (j != i)
+                return chunk_line_bad(p, "whitespace at the end of a chunk-size line");
+            break;
+        }
+        if (s[j] != ';')
+            return chunk_line_bad(p, "malformed chunk extension");
+        s[o++] = ';';
+        i = skip_ws(s, j + 1, len);
+        if (i == len || !is_tchar((unsigned char)s[i]))
+            return chunk_line_bad(p, "chunk extension without a name");
+        while (i < len && is_tchar((unsigned char)s[i]))
+            s[o++] = s[i++];
+        j = skip_ws(s, i, len);
+        if (j == len || s[j] != '=')
+            continue; /* no value: the next ';' or the end */
+        s[o++] = '=';
+        i = skip_ws(s, j + 1, len);
+        if (i < len && s[i] == '"') {
+            s[o++] = s[i++];
+            for (;;) {
+                if (i == len)
+                    return chunk_line_bad(p, "unterminated quoted chunk "
+                                             "extension value");
+                unsigned char c = (unsigned char)s[i];
+                if (c == '"') {
+                    s[o++] = s[i++];
+                    break;
+                }
+                if (c == '\\') {
+                    if (i + 1 == len ||
+                        ((unsigned char)s[i + 1] < 0x20 && s[i + 1] != '\t') ||
+                        s[i + 1] == 0x7f)
+                        return chunk_line_bad(p, "malformed quoted chunk "
+                                                 "extension value");
+                    s[o++] = s[i++];
+                    s[o++] = s[i++];
+                    continue;
+                }
+                if ((c < 0x20 && c != '\t') || c == 0x7f)
+                    return chunk_line_bad(p, "malformed quoted chunk "
+                                             "extension value");
+                s[o++] = s[i++];
+            }
+        }
+        else {
+            if (i == len || !is_tchar((unsigned char)s[i]))
+                return chunk_line_bad(p, "chunk extension without a value "
+                                         "after '='");
+            while (i < len && is_tchar((unsigned char)s[i]))
+                s[o++] = s[i++];
+        }
+    }
+    if (o < len) {
+        /* the rewritten line ends where the original did, before CRLF */
+        memmove(s + (len - o), s, o);
+        p->rpos += len - o;
+    }
+    return 1;
+}
+
+/* llhttp refused a byte above 0x7F in a request target.  RFC 9112 3.2
+ * lets a server answer such a line 400 or serve it; nginx and gunicorn
+ * serve it, and so do we: PEP 3333 makes PATH_INFO the latin-1 reading of
+ * the raw bytes.  llhttp has no lenient flag for it, so the head is parsed
+ * again from its first byte with each such byte of the target replaced by
+ * 'a' and a copy of the line kept, from which on_url puts them back.  1:
+ * parse again from p->rpos (once the line's end is here: line_wait); 0:
+ * not that case (the error stands). */
+int
+high_bytes_retry(HttpProtocol *p, llhttp_errno_t err)
+{
+    const char *pos = llhttp_get_error_pos(&p->parser);
+    if (err != HPE_INVALID_URL || p->msg_start == NULL || pos == NULL ||
+        (unsigned char)*pos < 0x80 || p->hline != NULL)
+        return 0;
+    const char *s = p->msg_start, *end = p->rbuf + p->rlen;
+    if (s < p->rbuf || s >= end)
+        return 0;
+    size_t n = (size_t)(end - s);
+    const char *lf = memchr(s, '\n', n);
+    if (lf == NULL) {
+        /* the rest of the line is still to come: parse it again once it
+         * is all here */
+        llhttp_reset(&p->parser);
+        p->rpos = (size_t)(s - p->rbuf);
+        p->line_wait = 1;
+        return 1;
+    }
+    size_t len = (size_t)(lf - s);
+    const char *sp1 = memchr(s, ' ', len);
+    const char *sp2 = sp1 ? memchr(sp1 + 1, ' ', len - (size_t)(sp1 + 1 - s))
+                          : NULL;
+    if (sp1 == NULL || sp2 == NULL || pos <= sp1 || pos >= sp2)
+        return 0; /* a method or version has no such bytes */
+    p->hline = PyMem_Malloc(len);
+    if (p->hline == NULL)
+        return 0;
+    memcpy(p->hline, s, len);
+    p->hline_len = len;
+    for (char *c = (char *)sp1 + 1; c < sp2; c++) {
+        if ((unsigned char)*c >= 0x80)
+            *c = 'a';
+    }
+    llhttp_reset(&p->parser);
+    p->rpos = (size_t)(s - p->rbuf);
+    return 1;
+}

@@ -179,6 +179,52 @@ body_error(HttpProtocol *p)
     wake(proto_state(p), &r->body_waiter);
 }
 
+/* The bytes cannot be parsed (llhttp's error, or one of ours with
+ * err_status set): answer or close as the request's stage allows. */
+static void
+parse_failed(HttpProtocol *p)
+{
+    HttpRequest *r = p->req;
+    int status = p->err_status ? p->err_status : 400;
+    if (p->cb_exc != NULL) {
+        exc_restore(p->cb_exc);
+        p->cb_exc = NULL;
+        log_error(p->server, "Error parsing request");
+        status = 500;
+    }
+    if (r != NULL && r->started && !r->response_done) {
+        /* the app is reading the body: it sees an error, and the
+         * connection closes after its response */
+        p->broken = 1;
+        body_error(p);
+        p->rpos = p->rlen; /* nothing more is parsed: drop it */
+        set_read_paused(p, PAUSE_PIPELINE, 1);
+    }
+    else if (r != NULL && r->response_done) {
+        /* its response is complete: just close */
+        proto_release_request(p);
+        p->broken = 1;
+        proto_close(p);
+    }
+    else {
+        proto_release_request(p);
+        /* a limit or rule of ours says which (a Host, the scheme
+         * headers, a size); llhttp's own errors get the reason */
+        respond_message_and_close(
+            p, status, p->err_status && status == p->err_status
+                           ? p->err_message : NULL);
+    }
+}
+
+/* A request whose head is parsed starts now (its body may come later). */
+static void
+start_pending(HttpProtocol *p)
+{
+    HttpRequest *r = p->req;
+    if (r != NULL && !r->started)
+        start_request(p, r);
+}
+
 /* Parses what the buffer holds and starts the requests it completes. */
 void
 feed(HttpProtocol *p)
@@ -192,8 +238,34 @@ feed(HttpProtocol *p)
      * stays bounded by the transport's buffer */
     while (!p->closed && !p->broken && !p->waiting && p->rpos < p->rlen &&
            !(p->write_paused && (p->req == NULL || p->req->body_done))) {
+        if (p->chunk_line) {
+            int c = chunk_line_check(p);
+            if (c == 0) {
+                start_pending(p); /* the line's end is still to come */
+                break;
+            }
+            if (c < 0) {
+                parse_failed(p);
+                break;
+            }
+        }
+        if (p->line_wait) {
+            size_t n = p->rlen - p->rpos;
+            size_t limit = p->server->limit_line > 0
+                               ? (size_t)p->server->limit_line + 16 : 65536;
+            if (memchr(p->rbuf + p->rpos, '\n', n) == NULL) {
+                if (n <= limit)
+                    break;
+                p->err_status = 414;
+                p->err_message = "request line is too large";
+                parse_failed(p);
+                break;
+            }
+            p->line_wait = 0;
+        }
         const char *start = p->rbuf + p->rpos;
         size_t n = p->rlen - p->rpos;
+        p->msg_start = NULL;
         llhttp_errno_t err = llhttp_execute(&p->parser, start, n);
         if (err == HPE_OK) {
             p->rpos = p->rlen;
@@ -206,41 +278,21 @@ feed(HttpProtocol *p)
             else
                 p->broken = 1; /* upgrades are not served: close after */
         }
+        else if (p->cb_exc == NULL && !p->err_status &&
+                 high_bytes_retry(p, err)) {
+            p->msg_start = NULL;
+            continue; /* the same head again, its raw bytes allowed */
+        }
         else {
-            HttpRequest *r = p->req;
-            int status = p->err_status ? p->err_status : 400;
-            if (p->cb_exc != NULL) {
-                exc_restore(p->cb_exc);
-                p->cb_exc = NULL;
-                log_error(p->server, "Error parsing request");
-                status = 500;
-            }
-            if (r != NULL && r->started && !r->response_done) {
-                /* the app is reading the body: it sees an error, and the
-                 * connection closes after its response */
-                p->broken = 1;
-                body_error(p);
-                p->rpos = p->rlen; /* nothing more is parsed: drop it */
-                set_read_paused(p, PAUSE_PIPELINE, 1);
-            }
-            else if (r != NULL && r->response_done) {
-                /* its response is complete: just close */
-                proto_release_request(p);
-                p->broken = 1;
-                proto_close(p);
-            }
-            else {
-                proto_release_request(p);
-                /* a limit or rule of ours says which (a Host, the scheme
-                 * headers, a size); llhttp's own errors get the reason */
-                respond_message_and_close(
-                    p, status, p->err_status && status == p->err_status
-                                   ? p->err_message : NULL);
-            }
+            p->msg_start = NULL;
+            parse_failed(p);
             break;
         }
+        p->msg_start = NULL;
         HttpRequest *r = p->req;
-        if (r != NULL && !r->started)
+        /* a chunked body's first lines are checked before the app starts,
+         * so that a malformed one in the same read is a plain 400 */
+        if (r != NULL && !r->started && !(p->chunk_line && p->rpos < p->rlen))
             start_request(p, r);
         r = p->req;
         if (r != NULL && r->body_done) {
@@ -262,7 +314,31 @@ feed(HttpProtocol *p)
     if ((p->waiting || p->write_paused) && p->rlen > 65536)
         set_read_paused(p, PAUSE_PIPELINE, 1);
     p->feeding = 0;
+    eof_check(p);
     Py_DECREF(p);
+}
+
+/* After the client's half-close: close once nothing more can be answered
+ * (no request in progress and none left whole in the buffer), or at once
+ * if the request in progress still waits for body bytes that cannot come. */
+void
+eof_check(HttpProtocol *p)
+{
+    if (!p->eof || p->closed || p->feeding)
+        return;
+    HttpRequest *r = p->req;
+    if (r == NULL) {
+        if (p->rpos < p->rlen && p->write_paused && !p->broken)
+            return; /* pipelined requests wait for the client to read */
+        p->broken = 1;
+        proto_close(p); /* a partial head is dropped */
+    }
+    else if (!r->body_done) {
+        /* the body will never come whole: the client is gone for this
+         * request (connection_lost cancels it, as before) */
+        p->broken = 1;
+        proto_close(p);
+    }
 }
 
 PyObject *
@@ -289,6 +365,10 @@ proto_new(modstate *st, HttpServer *srv)
     p->closed = p->waiting = p->broken = p->trusted = p->upgrade = 0;
     p->handed_off = 0;
     p->feeding = p->scheme = 0;
+    p->eof = p->tls = p->chunk_line = p->last_chunk = p->line_wait = 0;
+    p->msg_start = NULL;
+    p->hline = NULL;
+    p->hline_len = 0;
     p->wsize_seen = 0;
     p->served = 0;
     p->last_activity = monotonic();
@@ -340,6 +420,7 @@ proto_dealloc(PyObject *op)
     proto_clear(op);
     PyMem_Free(p->rbuf);
     PyMem_Free(p->sbuf);
+    PyMem_Free(p->hline);
     tp->tp_free(op);
     Py_DECREF(tp);
 }
@@ -366,6 +447,7 @@ proto_connection_made(PyObject *op, PyObject *transport)
         PyDict_SetItem(env, HSTR(st, WSGI_URL_SCHEME),
                        ssl != Py_None ? HSTR(st, HTTPS) : HSTR(st, HTTP)) < 0)
         goto error;
+    p->tls = ssl != Py_None;
     if (!PyTuple_Check(peer) ||
         (srv->forwarded_allow == NULL && srv->trust_check == NULL)) {
         p->trusted = 1; /* a unix socket's peer, or '*' */
@@ -484,6 +566,7 @@ proto_task_done(PyObject *op, PyObject *task)
         if (!p->waiting)
             set_read_paused(p, PAUSE_PIPELINE, 0);
     }
+    eof_check(p);
     Py_RETURN_NONE;
 }
 
@@ -549,10 +632,20 @@ proto_data_received(PyObject *op, PyObject *data)
 static PyObject *
 proto_eof_received(PyObject *op, PyObject *unused)
 {
-    /* The peer closed its side.  A client that goes away mid-request looks
-     * just like this, so the transport closes (False) and connection_lost
-     * cancels a request in progress, as uvicorn and aiohttp do. */
-    Py_RETURN_FALSE;
+    /* The peer shut down its sending side: no more requests, not "gone"
+     * (`nc -N`, health checkers and proxies send a request, then FIN).
+     * What was received whole is answered, then the connection closes, as
+     * nginx and gunicorn's sync worker do.  A client that is really gone
+     * shows it when a write fails or it resets: connection_lost cancels
+     * the request then.  TLS cannot half-close: the transport closes. */
+    HttpProtocol *p = (HttpProtocol *)op;
+    if (p->tls || p->closed)
+        Py_RETURN_FALSE;
+    p->eof = 1;
+    eof_check(p);
+    if (p->closed)
+        Py_RETURN_FALSE;
+    Py_RETURN_TRUE;
 }
 
 static PyObject *

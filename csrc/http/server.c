@@ -2,6 +2,11 @@
  * and send timeouts, max_requests, shutdown; and the HTTP part of module
  * init. */
 #include "http.h"
+#ifdef __linux__
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#endif
 
 void
 server_update_date(HttpServer *srv)
@@ -256,6 +261,33 @@ kernel_unsent(HttpProtocol *p)
     return 0;
 }
 
+/* A half-closed client (eof_received) is read no more, so its reset
+ * comes to nobody: the kernel knows (the socket is closed, or has an
+ * error pending). */
+static int
+peer_reset(HttpProtocol *p)
+{
+#if defined(__linux__) && defined(TCP_INFO)
+    modstate *st = proto_state(p);
+    PyObject *sock = p->transport == NULL ? NULL :
+        extra_info(st, p->transport, HSTR(st, SOCKET));
+    PyObject *fdo = sock == NULL || sock == Py_None ? NULL :
+        PyObject_CallMethodNoArgs(sock, HSTR(st, FILENO));
+    long fd = fdo == NULL ? -1 : PyLong_AsLong(fdo);
+    Py_XDECREF(fdo);
+    Py_XDECREF(sock);
+    PyErr_Clear();
+    struct tcp_info info;
+    socklen_t len = sizeof(info);
+    if (fd >= 0 && fd <= INT_MAX &&
+        getsockopt((int)fd, IPPROTO_TCP, TCP_INFO, &info, &len) == 0)
+        return info.tcpi_state == TCP_CLOSE;
+#else
+    (void)p;
+#endif
+    return 0;
+}
+
 /* The transport has held unsent bytes for `wait` seconds without the
  * client taking any. */
 static int
@@ -339,6 +371,11 @@ server_close_idle(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
         else if (client_wait >= 0 && waits_on_client(p) &&
                  now - p->last_activity >= client_wait) {
             /* connection_lost then cancels the request */
+            proto_abort(p);
+            closed++;
+        }
+        else if (busy && p->eof && peer_reset(p)) {
+            /* half-closed, then reset: gone; connection_lost cancels */
             proto_abort(p);
             closed++;
         }
