@@ -272,5 +272,9 @@ def includeme(config):
         # the gunicorn worker shuts every such pool down when it exits
         config.action(IViewExecutor, register_executor, order=PHASE1_CONFIG)
     config.set_view_mapper(CoroutineOrExecutorMapper)
+    from .uwsgi import running_under_uwsgi
+
+    if running_under_uwsgi():
+        config.include("aiopyramid.uwsgi")
     # after the policies are registered (PHASE1, PHASE2)
     config.action(None, _refuse_coroutine_policies, args=(config.registry,))
