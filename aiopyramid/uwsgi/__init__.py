@@ -52,15 +52,23 @@ def running_under_uwsgi():
     return loop in ("asyncio", b"asyncio")  # bytes from uWSGI 2.0
 
 
-def set_event_loop():
+def _loop_set():
+    """The loop set for this thread, None if none: asked without
+    get_event_loop(), which on 3.12+ warns (and makes one) when none is."""
+    local = getattr(asyncio.get_event_loop_policy(), "_local", None)
+    return getattr(local, "_loop", None)
+
+
+def set_event_loop(fresh=True):
     """Give this thread a fresh event loop (uWSGI's asyncio plugin then runs
-    it): no 'There is no current event loop' on Python 3.12+."""
-    try:
-        old = asyncio.get_event_loop_policy().get_event_loop()
-    except RuntimeError:
-        old = None
-    if old is not None and not old.is_closed():
-        _inherited.append(old)  # closing it would touch a parent's epoll set
+    it): no 'There is no current event loop' on Python 3.12+.  With
+    ``fresh=False``, a loop already set is kept."""
+    old = _loop_set()
+    if old is not None:
+        if not fresh:
+            return
+        if not old.is_closed():
+            _inherited.append(old)  # closing it would touch a parent's epoll set
     asyncio.set_event_loop(asyncio.new_event_loop())
 
 
@@ -73,7 +81,7 @@ def setup():
     if _setup_done or not running_under_uwsgi():
         return
     _setup_done = True
-    set_event_loop()
+    set_event_loop(fresh=False)  # before a fork: an app's own loop is kept
     # uwsgidecorators.postfork would need the master process: chain the
     # hook by hand, keeping one set before
     mod = _uwsgi()
@@ -215,3 +223,7 @@ def includeme(config):
 
     setup()
     config.add_tween("aiopyramid.uwsgi.tween_factory", under=INGRESS)
+
+
+# importing this module is enough (an ini's `import = aiopyramid.uwsgi`)
+setup()
