@@ -366,3 +366,63 @@ def test_uwsgi_has_both_plugins():
                          text=True, timeout=30)
     names = set((out.stdout + out.stderr).split())
     assert {"asyncio", "greenlet"} <= names
+
+
+def test_master_with_two_workers_each_gets_its_own_loop(tmp_path):
+    """The app is loaded before uWSGI forks its workers: each worker must
+    run a loop of its own (one inherited from the master would share its
+    epoll set with the other worker)."""
+    srv = start_uwsgi(tmp_path, extra="master = true\nworkers = 2\n")
+    try:
+        async def many():
+            return await asyncio.gather(*[
+                aget(srv.port, "/sleep?s=0.1&tag=w%d" % i, timeout=30)
+                for i in range(40)])
+
+        for _ in range(3):
+            assert [r[0] for r in asyncio.run(many())] == [200] * 40
+        log = srv.log()
+        assert "spawned uWSGI worker 2" in log
+        for bad in ("Traceback", "is not registered", "DAMN", "[BUG]"):
+            assert bad not in log, (bad, log)
+    finally:
+        srv.stop()
+
+
+def test_mapper_and_helper_import_without_uwsgi():
+    """Importable where uWSGI is not (this test process): uwsgi is imported
+    only when a view is called."""
+    code = ("import sys\n"
+            "from aiopyramid.websocket._uwsgi import UWSGIWebsocketMapper\n"
+            "from aiopyramid.websocket.helpers import ignore_websocket_closed\n"
+            "import aiopyramid.uwsgi as u\n"
+            "assert 'uwsgi' not in sys.modules\n"
+            "assert not u.running_under_uwsgi()\n"
+            "assert UWSGIWebsocketMapper.use_str is True\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                         text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+
+
+def test_ignore_websocket_closed_in_process():
+    from aiopyramid.websocket.exceptions import WebsocketClosed
+    from aiopyramid.websocket.helpers import ignore_websocket_closed
+
+    def closed(environ, start_response):
+        raise WebsocketClosed("closed")
+
+    def real(environ, start_response):
+        try:
+            raise KeyError("cause")
+        except KeyError as e:
+            raise WebsocketClosed("gave up") from e
+
+    def other(environ, start_response):
+        raise ValueError("boom")
+
+    assert list(ignore_websocket_closed(closed)({}, None)) == []
+    with pytest.raises(WebsocketClosed) as info:
+        ignore_websocket_closed(real)({}, None)
+    assert isinstance(info.value.__cause__, KeyError)
+    with pytest.raises(ValueError):
+        ignore_websocket_closed(other)({}, None)

@@ -19,8 +19,14 @@ from aiopyramid.websocket.view import WebsocketConnectionView
 
 
 def _uwsgi_mapper():
-    from aiopyramid.websocket._uwsgi import UWSGIWebsocketMapper
-
+    """The public path once aiopyramid.websocket.config exists (the ws-app
+    branch re-exports the class from there), else the module itself."""
+    try:
+        from aiopyramid.websocket.config import UWSGIWebsocketMapper
+    except ModuleNotFoundError as e:
+        if e.name != "aiopyramid.websocket.config":
+            raise
+        from aiopyramid.websocket._uwsgi import UWSGIWebsocketMapper
     return UWSGIWebsocketMapper
 
 
