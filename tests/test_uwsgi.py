@@ -283,6 +283,31 @@ def test_server_closes_when_the_view_ends(server):
     assert asyncio.run(talk()) == 1000
 
 
+def test_view_failing_closes_with_1011_and_is_logged(server):
+    async def talk():
+        async with connect(ws_url(server, "ws_fails"), open_timeout=10) as ws:
+            await ws.send("x")
+            try:
+                await asyncio.wait_for(ws.recv(), 10)
+            except ConnectionClosed as e:
+                return e.rcvd.code if e.rcvd else None
+        return "open"
+
+    assert asyncio.run(talk()) == 1011
+    wait_for(lambda: "ValueError: a bug in the view" in server.log(),
+             what="the view's error in uWSGI's log")
+
+
+def test_recv_given_up_by_wait_for(server):
+    async def talk():
+        async with connect(ws_url(server, "ws_timeout"), open_timeout=10) as ws:
+            first = await asyncio.wait_for(ws.recv(), 10)
+            await ws.send("late")
+            return first, await asyncio.wait_for(ws.recv(), 10)
+
+    assert asyncio.run(talk()) == ("timed out", "then late")
+
+
 def test_idle_websocket_is_no_busy_loop(server):
     worker = psutil.Process(server.proc.pid)
 
@@ -426,3 +451,126 @@ def test_ignore_websocket_closed_in_process():
     assert isinstance(info.value.__cause__, KeyError)
     with pytest.raises(ValueError):
         ignore_websocket_closed(other)({}, None)
+
+
+# control frames ----------------------------------------------------------
+
+def raw_ws_connect(port, path, timeout=10.0):
+    """A websocket client on a raw socket: the handshake only."""
+    import base64
+
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall(("GET /%s HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n"
+               "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+               "Sec-WebSocket-Version: 13\r\n\r\n" % (path, key)).encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(1)
+        assert chunk, head
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return s
+
+
+def raw_ws_send(s, opcode, payload):
+    mask = os.urandom(4)
+    assert len(payload) < 126
+    s.sendall(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask +
+              bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+
+def raw_ws_frame(s):
+    def exactly(n):
+        data = b""
+        while len(data) < n:
+            chunk = s.recv(n - len(data))
+            assert chunk, "connection closed"
+            data += chunk
+        return data
+
+    b1, b2 = exactly(2)
+    n = b2 & 0x7F
+    if n == 126:
+        n = int.from_bytes(exactly(2), "big")
+    elif n == 127:
+        n = int.from_bytes(exactly(8), "big")
+    return b1 & 0x0F, exactly(n)
+
+
+def test_uwsgi_pings_never_reach_the_view(tmp_path):
+    """With websocket-ping-freq = 1 uWSGI pings an idle connection (from
+    websocket_recv_nb, which the pump calls now and then); the client's
+    pongs and pings are handled by uWSGI, and the view sees only the
+    messages."""
+    srv = start_uwsgi(tmp_path, extra="websocket-ping-freq = 1\n")
+    try:
+        s = raw_ws_connect(srv.port, "ws")
+        try:
+            pings = 0
+            deadline = time.monotonic() + 10
+            while pings < 2 and time.monotonic() < deadline:
+                opcode, payload = raw_ws_frame(s)
+                assert opcode == 0x9, (opcode, payload)  # nothing else yet
+                pings += 1
+                raw_ws_send(s, 0xA, payload)  # pong
+            assert pings == 2
+            raw_ws_send(s, 0x9, b"client ping")
+            raw_ws_send(s, 0x1, b"hello")
+            frames = []
+            while len(frames) < 2:
+                opcode, payload = raw_ws_frame(s)
+                if opcode != 0x9:  # uWSGI may ping again meanwhile
+                    frames.append((opcode, payload))
+            # uWSGI 2.0 pongs without echoing the ping's payload
+            assert [f[0] for f in frames] == [0xA, 0x1]
+            assert frames[1] == (0x1, b"hello")
+        finally:
+            s.close()
+
+        async def with_pings():
+            async with connect(ws_url(srv, "ws"), open_timeout=10) as ws:
+                for i in range(3):
+                    await ws.ping()  # (uWSGI's pong does not echo it)
+                    await ws.send("m%d" % i)
+                    assert await asyncio.wait_for(ws.recv(), 10) == "m%d" % i
+                await asyncio.sleep(2.5)  # uWSGI's pings, answered by websockets
+                await ws.send("after")
+                return await asyncio.wait_for(ws.recv(), 10)
+
+        assert asyncio.run(with_pings()) == "after"
+    finally:
+        srv.stop()
+
+
+def test_big_messages_and_a_slow_reader(server):
+    """Messages larger than a socket buffer, sent to a client that reads
+    late: uWSGI's send waits in its own hook, the pump goes on after."""
+    big = os.urandom(512 * 1024)
+
+    async def talk():
+        async with connect(ws_url(server, "ws"), open_timeout=10,
+                           max_size=None) as ws:
+            for _ in range(4):
+                await ws.send(big)
+            await asyncio.sleep(0.5)
+            got = [await asyncio.wait_for(ws.recv(), 20) for _ in range(4)]
+            await ws.send("small")
+            got.append(await asyncio.wait_for(ws.recv(), 10))
+            return got
+
+    assert asyncio.run(talk()) == [big] * 4 + ["small"]
+
+
+def test_security_policy_proxy(tmp_path):
+    srv = start_uwsgi(tmp_path, env={"SECURITY_POLICY": "1"})
+    try:
+        assert get(srv, "/secret", [("X-User", "george")]) == (
+            200, b"secret for george")
+        assert get(srv, "/secret", [("X-User", "fred")])[0] == 403
+        assert get(srv, "/secret")[0] == 403
+        assert get(srv, "/plain_secret", [("X-User", "fred")]) == (
+            200, b"plain secret for fred")
+        assert get(srv, "/tree/n1") == (200, b"n1")
+    finally:
+        srv.stop()

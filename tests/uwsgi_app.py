@@ -6,13 +6,20 @@ import os
 import threading
 
 from pyramid.authentication import CallbackAuthenticationPolicy
-from pyramid.authorization import ACLAuthorizationPolicy, Allow, Authenticated
+from pyramid.authorization import (
+    ACLAuthorizationPolicy,
+    ACLHelper,
+    Allow,
+    Authenticated,
+    Everyone,
+)
 from pyramid.config import Configurator
 from pyramid.httpexceptions import HTTPForbidden
 from pyramid.response import Response
 
 from aiopyramid.auth import authn_policy_factory
 from aiopyramid.helpers import spawn_greenlet, synchronize, use_executor
+from aiopyramid.security import CoroutineSecurityPolicyProxy
 from aiopyramid.uwsgi import current_driver
 from aiopyramid.websocket.exceptions import WebsocketClosed
 from aiopyramid.websocket.view import WebsocketConnectionView
@@ -137,6 +144,34 @@ class HeaderAuthenticationPolicy(CallbackAuthenticationPolicy):
 async def groupfinder(userid, request):
     await asyncio.sleep(0.01)
     return {"george": ["group:admin"], "fred": []}.get(userid)
+
+
+class HeaderSecurityPolicy:
+    """A Pyramid 2 security policy whose methods are coroutines."""
+
+    async def identity(self, request):
+        userid = request.headers.get("X-User")
+        groups = await groupfinder(userid, request)
+        return None if groups is None else {"userid": userid,
+                                            "groups": groups}
+
+    async def authenticated_userid(self, request):
+        identity = await self.identity(request)
+        return None if identity is None else identity["userid"]
+
+    async def permits(self, request, context, permission):
+        identity = await self.identity(request)
+        principals = [Everyone]
+        if identity is not None:
+            principals += [Authenticated, identity["userid"]]
+            principals += identity["groups"]
+        return ACLHelper().permits(context, principals, permission)
+
+    def remember(self, request, userid, **kw):
+        return []
+
+    def forget(self, request, **kw):
+        return []
 
 
 class SecretContext:
@@ -266,6 +301,21 @@ async def ws_broken(ws):
         raise WebsocketClosed("view gave up") from e
 
 
+async def ws_fails(ws):
+    await ws.recv()
+    raise ValueError("a bug in the view")
+
+
+async def ws_timeout(ws):
+    """recv() given up by wait_for (its future cancelled), then again."""
+    try:
+        await asyncio.wait_for(ws.recv(), 0.1)
+    except asyncio.TimeoutError:
+        await ws.send("timed out")
+    message = await ws.recv()
+    await ws.send("then " + message)
+
+
 async def ws_log(request):
     return Response(json.dumps(WS_LOG).encode(), content_type="application/json")
 
@@ -286,9 +336,13 @@ def main(global_config=None, **settings):
         config.add_route("tree", "/tree/*traverse", factory=root_factory)
         config.add_view(node_view, route_name="tree", context=Node)
 
-        config.set_authentication_policy(
-            authn_policy_factory(HeaderAuthenticationPolicy, groupfinder))
-        config.set_authorization_policy(ACLAuthorizationPolicy())
+        if os.environ.get("SECURITY_POLICY"):
+            config.set_security_policy(
+                CoroutineSecurityPolicyProxy(HeaderSecurityPolicy()))
+        else:
+            config.set_authentication_policy(
+                authn_policy_factory(HeaderAuthenticationPolicy, groupfinder))
+            config.set_authorization_policy(ACLAuthorizationPolicy())
         config.add_route("secret", "/secret", factory=SecretContext)
         config.add_view(secret, route_name="secret", permission="view")
         config.add_route("plain_secret", "/plain_secret", factory=SecretContext)
@@ -303,7 +357,9 @@ def main(global_config=None, **settings):
                               ("ws_types", ws_types, mapper),
                               ("ws_types_bytes", ws_types, bytes_mapper),
                               ("ws_until_closed", ws_until_closed, mapper),
-                              ("ws_broken", ws_broken, mapper)]:
+                              ("ws_broken", ws_broken, mapper),
+                              ("ws_fails", ws_fails, mapper),
+                              ("ws_timeout", ws_timeout, mapper)]:
             config.add_route(name, "/" + name)
             config.add_view(view, route_name=name, mapper=m)
         app = config.make_wsgi_app()

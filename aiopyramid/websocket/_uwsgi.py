@@ -130,13 +130,19 @@ class UWSGIWebsocket:
                     message = data.decode("utf-8")
                 except UnicodeDecodeError:
                     pass
-            if self._receivers:
-                self._receivers.popleft().set_result(message)
+            while self._receivers:
+                fut = self._receivers.popleft()
+                if not fut.done():  # not cancelled (a wait_for that timed out)
+                    fut.set_result(message)
+                    break
             else:
                 self._incoming.append(message)
-        self._set_reading(not self.closed and len(self._incoming) < HIGH_WATER)
 
     def _write(self):
+        if self._outgoing:
+            # a write that must wait suspends this greenlet in uWSGI's own
+            # hook: the loop must not keep finding the connection readable
+            self._set_reading(False)
         while self._outgoing and not self.closed:
             message, fut = self._outgoing.popleft()
             if fut.cancelled():
@@ -198,9 +204,15 @@ class UWSGIWebsocket:
                 if task.done():
                     if not self.closed:
                         if not self._close_sent:
-                            self._send_close(1000, "")
+                            failed = not task.cancelled() and \
+                                task.exception() is not None and \
+                                not isinstance(task.exception(),
+                                               WebsocketClosed)
+                            self._send_close(1011 if failed else 1000, "")
                         self._end()
                     return
+                self._set_reading(not self.closed and
+                                  len(self._incoming) < HIGH_WATER)
                 self._wake = self._loop.create_future()
                 await self._wake
                 self._wake = None
