@@ -9,7 +9,7 @@ PY := $(abspath $(VENV))/bin/python
 CSRC := $(wildcard csrc/*.c csrc/*.h csrc/*/*.c csrc/*/*.h)
 PYTEST_ARGS ?=
 
-.PHONY: all deps build run test test-asan bench fuzz clean
+.PHONY: all deps build run test test-asan bench fuzz clean uwsgi
 
 all: build
 
@@ -37,14 +37,29 @@ build: deps $(VENV)/.installed .build-stamp
 	$(PY) setup.py -q build_ext --inplace --force
 	touch $@
 
+# uWSGI with its asyncio and greenlet plugins compiled in, into the venv
+# (tests/test_uwsgi.py runs it); skipped when the venv's uwsgi has both.
+# The greenlet plugin includes <greenlet/greenlet.h>: pip puts it under
+# <venv>/include/site/pythonX.Y (recent greenlet wheels also in the package
+# folder, so site-packages is searched too); --no-cache-dir: pip's wheel
+# cache could hand back a build without the plugins.
+UWSGI_VERSION := 2.0.31
+uwsgi: $(VENV)/.installed
+	@if $(abspath $(VENV))/bin/uwsgi --plugins-list 2>&1 | grep -qx asyncio && \
+	    $(abspath $(VENV))/bin/uwsgi --plugins-list 2>&1 | grep -qx greenlet; then :; else \
+	  echo "building uWSGI $(UWSGI_VERSION) with its asyncio and greenlet plugins (about a minute)"; \
+	  UWSGI_PROFILE=asyncio \
+	  CFLAGS="$$($(PY) -c 'import os, sys, sysconfig; print("-I%s/include/site/python%d.%d -I%s" % (sys.prefix, *sys.version_info[:2], sysconfig.get_path("purelib")))')" \
+	  $(PY) -m pip install -q --no-binary uwsgi --no-cache-dir uwsgi==$(UWSGI_VERSION); fi
+
 run: build
 	$(PY) examples/serve.py
 
-test: build
+test: build uwsgi
 	$(PY) -X dev -m pytest $(PYTEST_ARGS)
 
 # ASan needs its runtime loaded first and pymalloc off to see every block.
-test-asan: deps $(VENV)/.installed
+test-asan: deps $(VENV)/.installed uwsgi
 	AIOPYRAMID_SANITIZE=1 $(PY) setup.py -q build_ext --inplace --force
 	rm -f .build-stamp
 	ASAN_OPTIONS=detect_leaks=0 PYTHONMALLOC=malloc \

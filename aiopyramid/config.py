@@ -305,5 +305,9 @@ def includeme(config):
 
     websocket_settings(config.registry.settings)
     config.set_view_mapper(CoroutineOrExecutorMapper)
+    from .uwsgi import running_under_uwsgi
+
+    if running_under_uwsgi():
+        config.include("aiopyramid.uwsgi")
     # after the policies are registered (PHASE1, PHASE2)
     config.action(None, _refuse_coroutine_policies, args=(config.registry,))

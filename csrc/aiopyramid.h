@@ -54,6 +54,8 @@ typedef struct {
     PyObject *str_request;
     PyObject *str_view_attr;       /* __view__ */
     PyObject *str_make_body_seekable;
+    PyObject *str_foreign_wait;    /* _aiopyramid_wait: a foreign driver's
+                                      wait(yielded), on its greenlet */
 
     /* http/ */
     PyTypeObject *HttpServerType;

@@ -16,6 +16,7 @@
     X(str_blocking) X(str_set_result) X(str_set_exception)                   \
     X(str_result) X(str_push) X(str_pop) X(str_registry) X(str_request)       \
     X(str_view_attr) X(str_make_body_seekable)                    \
+    X(str_foreign_wait)                                                      \
     X(HttpServerType) X(HttpProtocolType) X(HttpRequestType) X(HttpInputType) \
     X(FileWrapperType) X(http_strs) X(http_methods) X(http_run)             \
     X(WebSocketType) X(WebsocketResultType) X(WebsocketHandshakeError)       \
@@ -69,6 +70,7 @@ intern_strings(modstate *st)
     INTERN(str_request, "request")
     INTERN(str_view_attr, "__view__")
     INTERN(str_make_body_seekable, "make_body_seekable")
+    INTERN(str_foreign_wait, "_aiopyramid_wait")
 #undef INTERN
     return 0;
 }

@@ -249,7 +249,24 @@ suspend(modstate *st, BridgeGreenlet *me, PyObject *cur, PyObject *yielded,
         job->value = NULL;
         return v ? v : Py_NewRef(Py_None);
     }
-    /* foreign driver: its main greenlet ignores what we switch to it */
+    /* foreign driver: its main greenlet ignores what we switch to it.  A
+     * greenlet we marked (aiopyramid/uwsgi: uWSGI's request greenlet) waits
+     * through the wait(yielded) we gave it, which returns what to send; any
+     * other (one user code made in a job) through a loop callback. */
+    PyObject *wait;
+    if (PyObject_GetOptionalAttr(cur, st->str_foreign_wait, &wait) < 0) {
+        Py_DECREF(yielded);
+        *thrown = exc_take();
+        return NULL;
+    }
+    if (wait != NULL) {
+        PyObject *sent = PyObject_CallOneArg(wait, yielded);
+        Py_DECREF(wait);
+        Py_DECREF(yielded);
+        if (sent == NULL)
+            *thrown = exc_take();
+        return sent;
+    }
     int rc = arrange_foreign_resume(st, yielded, cur);
     Py_DECREF(yielded);
     if (rc < 0) {
