@@ -273,7 +273,8 @@ def _refuse_coroutine_policies(registry):
 
 def includeme(config):
     """``config.include('aiopyramid')``: coroutine views on the loop, other
-    views in the executor, request-local threadlocals.
+    views in the executor, request-local threadlocals (Pyramid's, and the
+    ``transaction`` package's default manager when it is installed).
 
     Setting ``aiopyramid.executor_threads = N`` gives legacy views a pool of
     N threads of their own instead of the loop's default executor;
@@ -282,9 +283,11 @@ def includeme(config):
     chunked bodies are streamed to it.
     """
     from ._threadlocal import install
+    from ._transaction import install as install_transaction
 
     install()
     _body_preread(config.registry.settings)  # a bad value fails here
+    install_transaction()  # transaction.manager, as pyramid_tm uses it
     threads = _executor_threads(config.registry.settings)
     if threads is not None:
         registry = config.registry
