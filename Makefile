@@ -43,10 +43,12 @@ test-asan: $(VENV)/.installed
 	touch .build-stamp
 
 # bridge.py prints a missed target as a result (--strict makes it exit 1);
-# the HTTP bench needs wrk and gevent: it says how to get them
+# the HTTP bench needs wrk and gevent: it says how to get them; peers.py
+# installs its peers into build/bench-peers (and wrk, libev-dev with apt-get)
 bench: build
 	$(PY) bench/bridge.py
 	$(PY) bench/http_bench.py
+	$(PY) bench/peers.py
 
 clean:
 	rm -rf build dist .build-stamp aiopyramid/*.so *.egg-info
