@@ -70,10 +70,12 @@ test-asan: deps $(VENV)/.installed uwsgi
 	touch .build-stamp
 
 # bridge.py prints a missed target as a result (--strict makes it exit 1);
-# the HTTP bench needs wrk and gevent: it says how to get them
+# the HTTP bench needs wrk and gevent: it says how to get them; peers.py
+# installs its peers into build/bench-peers (and wrk, libev-dev with apt-get)
 bench: build
 	$(PY) bench/bridge.py
 	$(PY) bench/http_bench.py
+	$(PY) bench/peers.py
 
 # The websocket frame reader and inflater under libFuzzer with ASan+UBSan
 # (csrc/websocket/fuzz/), for FUZZ_TIME seconds; exits non-zero on a finding

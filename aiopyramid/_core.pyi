@@ -17,6 +17,7 @@ SHAPE_CLASS_REQUESTONLY: int
 SHAPE_CLASS_NATIVE: int
 KIND_COROUTINE: int
 KIND_EXECUTOR: int
+KIND_INLINE: int
 
 # set in a request's executor thread: the request's loop
 _request_loop: contextvars.ContextVar[asyncio.AbstractEventLoop]

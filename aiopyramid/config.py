@@ -11,6 +11,10 @@ mapped view it returns is a C object doing the per-request work:
   threadlocals and the request's contextvars, so it cannot block the loop;
   if it returns a coroutine (a plain def wrapping one), that coroutine is
   awaited in the request greenlet;
+* a plain view that does not block (``blocking=False`` in its view
+  configuration, or every plain view with ``aiopyramid.plain_views =
+  inline``) runs inline in the request greenlet instead: no thread, and a
+  synchronized coroutine it calls suspends only its request;
 * an async generator function can never give a response: refused with a
   ``ConfigurationError``.  A ``functools.partial`` is classified by what it
   calls.
@@ -36,13 +40,17 @@ __all__ = [
     "CoroutineOrExecutorMapper",
     "CoroutineMapper",
     "ExecutorMapper",
+    "IPlainViews",
     "IViewExecutor",
+    "blocking_deriver",
     "includeme",
 ]
 
 EXECUTOR_THREADS_SETTING = "aiopyramid.executor_threads"
 BODY_PREREAD_SETTING = "aiopyramid.body_preread"
 BODY_PREREAD_DEFAULT = 65536
+PLAIN_VIEWS_SETTING = "aiopyramid.plain_views"
+PLAIN_VIEWS = ("executor", "inline")
 
 
 class IViewExecutor(Interface):
@@ -81,6 +89,47 @@ def _is_coroutine_view(view, attr):
     return target is not None and is_coroutine_function(target)
 
 
+class IPlainViews(Interface):
+    """The utility holding how plain views run by default, ``"executor"`` or
+    ``"inline"`` (the ``aiopyramid.plain_views`` setting)."""
+
+
+def _plain_views(settings):
+    value = (settings or {}).get(PLAIN_VIEWS_SETTING)
+    if value is None:
+        return "executor"
+    word = value.strip().lower() if isinstance(value, str) else value
+    if word not in PLAIN_VIEWS:
+        raise ConfigurationError(
+            "{} must be 'executor' (plain views run in a thread, the "
+            "default) or 'inline' (plain views run in the request greenlet: "
+            "only for views that never block); got {!r}".format(
+                PLAIN_VIEWS_SETTING, value))
+    return word
+
+
+def _check_blocking(value, view=None):
+    if value is not None and not isinstance(value, bool):
+        raise ConfigurationError(
+            "the view option blocking= must be True (a plain view runs in "
+            "the executor, a thread), False (it runs inline in the request "
+            "greenlet) or None (the aiopyramid.plain_views setting "
+            "decides); got {!r}{}".format(
+                value, "" if view is None else " for {!r}".format(view)))
+    return value
+
+
+def blocking_deriver(view, info):
+    """The ``blocking`` view option (``@view_config(..., blocking=False)``):
+    read by aiopyramid's mappers, which run such a plain view inline; this
+    deriver only checks it and adds nothing to the request's path."""
+    _check_blocking(info.options.get("blocking"), view)
+    return view
+
+
+blocking_deriver.options = ("blocking",)
+
+
 class AsyncioMapperBase(DefaultViewMapper):
     """Maps a view with Pyramid's shapes into a C mapped view of the kind
     that ``_kind`` chooses.  Subclasses decide the kind."""
@@ -90,6 +139,15 @@ class AsyncioMapperBase(DefaultViewMapper):
         registry = get_current_registry()
         self.executor = registry.queryUtility(IViewExecutor)
         self.body_preread = _body_preread(registry.settings)
+        self.blocking = _check_blocking(kw.get("blocking"))
+        if self.blocking is None:
+            default = registry.queryUtility(IPlainViews)
+            if default is None:
+                default = _plain_views(getattr(registry, "settings", None))
+            self.blocking = default != "inline"
+
+    def _plain_kind(self):
+        return _core.KIND_EXECUTOR if self.blocking else _core.KIND_INLINE
 
     def _kind(self, view):
         raise NotImplementedError
@@ -153,7 +211,8 @@ class CoroutineMapper(AsyncioMapperBase):
 
 class ExecutorMapper(AsyncioMapperBase):
     """Only plain views, run in the loop's executor; ``ConfigurationError``
-    for a coroutine view."""
+    for a coroutine view, and for ``blocking=False`` (which asks for the
+    request greenlet, not a thread)."""
 
     def _kind(self, view):
         if _is_coroutine_view(view, self.attr):
@@ -161,17 +220,29 @@ class ExecutorMapper(AsyncioMapperBase):
                 "Coroutine {!r} mapped to executor: use CoroutineMapper or "
                 "CoroutineOrExecutorMapper".format(view)
             )
+        if self.blocking_option is False:
+            raise ConfigurationError(
+                "{!r} is mapped to the executor by ExecutorMapper but says "
+                "blocking=False: drop one of the two (the default mapper, "
+                "CoroutineOrExecutorMapper, runs it inline)".format(view))
         return _core.KIND_EXECUTOR
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.blocking_option = kw.get("blocking")
 
 
 class CoroutineOrExecutorMapper(AsyncioMapperBase):
-    """Coroutine views are awaited on the loop, every other view runs in
-    the loop's executor.  The default once aiopyramid is included."""
+    """Coroutine views are awaited on the loop; every other view runs in
+    the loop's executor, or inline in the request greenlet when it says
+    ``blocking=False`` (or ``aiopyramid.plain_views = inline`` is set and
+    it does not say ``blocking=True``).  The default once aiopyramid is
+    included."""
 
     def _kind(self, view):
         if _is_coroutine_view(view, self.attr):
             return _core.KIND_COROUTINE
-        return _core.KIND_EXECUTOR
+        return self._plain_kind()
 
 
 def _body_preread(settings):
@@ -280,7 +351,9 @@ def includeme(config):
     N threads of their own instead of the loop's default executor;
     ``aiopyramid.body_preread = BYTES`` (64 KiB by default) is the largest
     request body read before a legacy view's thread starts: larger or
-    chunked bodies are streamed to it.
+    chunked bodies are streamed to it;
+    ``aiopyramid.plain_views = inline`` runs plain views in the request
+    greenlet unless they say ``blocking=True`` (default ``executor``).
     """
     from ._threadlocal import install
     from ._transaction import install as install_transaction
@@ -288,6 +361,10 @@ def includeme(config):
     install()
     _body_preread(config.registry.settings)  # a bad value fails here
     install_transaction()  # transaction.manager, as pyramid_tm uses it
+    # checked now: a bad value fails config.include() with what to write
+    plain_views = _plain_views(config.registry.settings)
+    config.registry.registerUtility(plain_views, IPlainViews)
+    config.add_view_deriver(blocking_deriver, "aiopyramid_blocking")
     threads = _executor_threads(config.registry.settings)
     if threads is not None:
         registry = config.registry

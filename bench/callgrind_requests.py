@@ -12,8 +12,16 @@ Each request goes over a real socket pair to aiopyramid's HttpServer on a
 real loop (asyncio's or uvloop), into bench/hello_app's Pyramid app; the
 client reads the whole response before it sends the next request.
 
-  --view hello   the coroutine view answering at once (never suspends)
-  --view sleep0  the same after one `await asyncio.sleep(0)` (suspends once)
+  --view hello     the coroutine view answering at once (never suspends)
+  --view sleep0    the same after one `await asyncio.sleep(0)` (suspends once)
+  --view inline    a plain view with blocking=False, in the request greenlet
+  --view executor  a plain view through the executor (the default for
+                   plain views): a thread and back per request
+
+    bench/callgrind_requests.py --per-request --view inline --loop uvloop
+
+runs valgrind itself, twice (-n N and 2N), and prints the instructions per
+request.
 """
 import argparse
 import asyncio
@@ -30,7 +38,7 @@ from pyramid.response import Response  # noqa: E402
 
 from aiopyramid import _core  # noqa: E402
 from aiopyramid.server import HttpServer  # noqa: E402
-from bench.hello_app import BODY, hello  # noqa: E402
+from bench.hello_app import BODY, hello, hello_legacy  # noqa: E402
 
 
 async def sleep0(request):
@@ -45,6 +53,10 @@ def app():
         config.add_route("sleep0", "/sleep0")
         config.add_view(hello, route_name="hello")
         config.add_view(sleep0, route_name="sleep0")
+        config.add_route("inline", "/inline")
+        config.add_view(hello_legacy, route_name="inline", blocking=False)
+        config.add_route("executor", "/executor")
+        config.add_view(hello_legacy, route_name="executor")
         return config.make_wsgi_app()
 
 
@@ -77,10 +89,28 @@ async def main(path, n):
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("--view", choices=["hello", "sleep0"], default="hello")
+    ap.add_argument("--view", choices=["hello", "sleep0", "inline", "executor"],
+                    default="hello")
     ap.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     ap.add_argument("-n", type=int, default=1000)
+    ap.add_argument("--per-request", action="store_true",
+                    help="run under valgrind at -n and 2n; print instructions per request")
     args = ap.parse_args()
+    if args.per_request:
+        import re
+        import subprocess
+
+        counts = []
+        for n in (args.n, 2 * args.n):
+            out = subprocess.run(
+                ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+                 sys.executable, os.path.abspath(__file__), "--view", args.view,
+                 "--loop", args.loop, "-n", str(n)],
+                capture_output=True, text=True, check=True).stderr
+            counts.append(int(re.search(r"Collected : (\d+)", out).group(1)))
+        print("%s view, %s loop: %.0f instructions per request" % (
+            args.view, args.loop, (counts[1] - counts[0]) / args.n))
+        sys.exit(0)
     factory = None
     if args.loop == "uvloop":
         import uvloop

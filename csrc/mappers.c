@@ -4,7 +4,8 @@
  * time, the view's shape (with Pyramid's own rules) and kind; a MappedView
  * then does the per-request work in C: call the view in the shape Pyramid
  * expects, and for a coroutine view drive what it returns right here in the
- * request greenlet, for a legacy view run it in the loop's executor. */
+ * request greenlet, for a legacy view run it in the loop's executor, for a
+ * plain view that does not block (blocking=False) call it right here. */
 #include "aiopyramid.h"
 
 enum {
@@ -16,7 +17,9 @@ enum {
     SHAPE_COUNT
 };
 
-enum { KIND_COROUTINE, KIND_EXECUTOR, KIND_COUNT };
+enum { KIND_COROUTINE, KIND_EXECUTOR, KIND_INLINE, KIND_COUNT };
+
+static const char *const kind_names[] = {"coroutine", "executor", "inline"};
 
 typedef struct {
     PyObject_HEAD
@@ -156,6 +159,12 @@ mapped_run(PyObject *op, PyObject *const *args, size_t nargsf,
         Py_DECREF(aw);
         return r;
     }
+    if (self->kind == KIND_INLINE) {
+        /* a plain view that does not block: right here, in the request
+         * greenlet, where a synchronized coroutine it calls suspends only
+         * this request */
+        return invoke(st, self, context, request);
+    }
 
     /* a legacy view: off the loop when there is one to keep free */
     if (!bridge_can_suspend(st))
@@ -192,7 +201,7 @@ mapped_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
                   PyObject *kwnames)
 {
     PyObject *r = mapped_run(op, args, nargsf, kwnames);
-    if (r == NULL || ((MappedView *)op)->kind != KIND_EXECUTOR)
+    if (r == NULL || ((MappedView *)op)->kind == KIND_COROUTINE)
         return r;
     modstate *st = state_of_type(Py_TYPE(op));
     if (!PyCoro_CheckExact(r) && Py_TYPE(r) != st->SpawnType &&
@@ -210,9 +219,7 @@ static PyObject *
 mapped_repr(PyObject *op)
 {
     MappedView *self = (MappedView *)op;
-    return PyUnicode_FromFormat("<%s view %R>",
-                                self->kind == KIND_COROUTINE ? "coroutine"
-                                                             : "executor",
+    return PyUnicode_FromFormat("<%s view %R>", kind_names[self->kind],
                                 self->view);
 }
 
@@ -248,9 +255,7 @@ mapped_clear(PyObject *op)
 static PyObject *
 mapped_get_kind(PyObject *op, void *closure)
 {
-    return PyUnicode_FromString(((MappedView *)op)->kind == KIND_COROUTINE
-                                    ? "coroutine"
-                                    : "executor");
+    return PyUnicode_FromString(kind_names[((MappedView *)op)->kind]);
 }
 
 static PyMemberDef mapped_members[] = {
@@ -264,7 +269,7 @@ static PyMemberDef mapped_members[] = {
 };
 
 static PyGetSetDef mapped_getset[] = {
-    {"kind", mapped_get_kind, NULL, "'coroutine' or 'executor'", NULL},
+    {"kind", mapped_get_kind, NULL, "'coroutine', 'executor' or 'inline'", NULL},
     {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
@@ -340,9 +345,9 @@ static PyMethodDef mappers_methods[] = {
      "map_view(view, shape, kind, attr=None, executor=None, "
      "body_preread=65536)\n--\n\n"
      "The mapped view for Pyramid: shape is one of the SHAPE_* constants, "
-     "kind KIND_COROUTINE or KIND_EXECUTOR; an executor view's request "
-     "body up to body_preread bytes is read before its thread starts, a "
-     "larger or chunked one streamed to it."},
+     "kind KIND_COROUTINE, KIND_EXECUTOR or KIND_INLINE; an executor "
+     "view's request body up to body_preread bytes is read before its "
+     "thread starts, a larger or chunked one streamed to it."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -360,7 +365,8 @@ mappers_init(PyObject *module, modstate *st)
         PyModule_AddIntConstant(module, "SHAPE_CLASS_NATIVE",
                                 SHAPE_CLASS_NATIVE) < 0 ||
         PyModule_AddIntConstant(module, "KIND_COROUTINE", KIND_COROUTINE) < 0 ||
-        PyModule_AddIntConstant(module, "KIND_EXECUTOR", KIND_EXECUTOR) < 0)
+        PyModule_AddIntConstant(module, "KIND_EXECUTOR", KIND_EXECUTOR) < 0 ||
+        PyModule_AddIntConstant(module, "KIND_INLINE", KIND_INLINE) < 0)
         return -1;
     return 0;
 }

@@ -1,0 +1,373 @@
+"""Ours against the fastest WSGI servers: one process each, the same
+Pyramid app (bench/peers_app.py), wrk.
+
+    .venv/bin/python bench/peers.py [--duration 5] [--rounds 3] [--conns 50,1000]
+    .venv/bin/python bench/peers.py --duration 1 --rounds 1    # smoke run
+    make bench                                                 # runs it
+
+What it does, so you can judge it:
+* servers, one process each on 127.0.0.1: ours (aiopyramid's gunicorn
+  worker on uvloop, one worker) serving a coroutine view, a plain view
+  through the executor (the default; 32 threads, aiopyramid.executor_threads,
+  as many as the threaded peers) and a plain view inline (blocking=False);
+  bjoern; granian --interface wsgi; uWSGI (the pyuwsgi wheel, 1 process,
+  32 threads, its keep-alive HTTP/1.1 socket); uvicorn with a2wsgi (32
+  threads); gunicorn's sync, gthread (32 threads) and gevent workers;
+* two views: a hello-world, and one that waits 50 ms (asyncio.sleep in a
+  coroutine view or a synchronized one inline, time.sleep in every plain
+  WSGI view: patched by gevent, a thread's own wait elsewhere);
+* peers are installed, with Pyramid, into a virtualenv of the bench's own
+  (build/bench-peers/, made on first run: the project's dependencies stay
+  clean); bjoern builds on Debian's libev-dev and wrk is Debian's, both
+  installed with apt-get when missing (root, as on this project's
+  machines; else it says what to install);
+* each server is started fresh per round, warmed up 1 s, then measured by
+  wrk -t1 (--latency) for --duration seconds per view and connection
+  count; servers are interleaved round after round, and each figure is the
+  median of the rounds (req/s, p50, p99; wrk measures latency with
+  coordinated omission, so read high percentiles as indicative); non-2xx
+  answers and socket errors are counted and shown;
+* the table gives req/s against bjoern and against the best peer (the best
+  of the servers that are not ours) in the same run, and the issue's
+  targets are checked at the end.
+"""
+import argparse
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+PEERS_VENV = os.path.join(ROOT, "build", "bench-peers")
+PEER_PACKAGES = [
+    "pyramid>=2", "setuptools<82", "bjoern", "granian", "pyuwsgi", "uvicorn",
+    "uvloop", "httptools", "a2wsgi", "gunicorn", "gevent", "packaging",
+]
+AIO_WORKER = "aiopyramid.gunicorn.worker.AsyncGunicornWorker"
+THREADS = 32
+
+
+def peer_python():
+    return os.path.join(PEERS_VENV, "bin", "python")
+
+
+def apt_install(command, package, check=None):
+    """Debian's package when `command` (or the file `check`) is missing."""
+    if (check and os.path.exists(check)) or (not check and shutil.which(command)):
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        sys.exit("bench/peers.py needs %s: apt-get install %s" % (package, package))
+    print("installing %s with apt-get" % package, file=sys.stderr, flush=True)
+    subprocess.run(["apt-get", "update", "-qq"], check=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True,
+                   env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+
+
+def ensure_peers():
+    apt_install("wrk", "wrk")
+    apt_install(None, "libev-dev", check="/usr/include/ev.h")
+    stamp = os.path.join(PEERS_VENV, ".installed")
+    if os.path.exists(stamp):
+        with open(stamp) as f:
+            if f.read() == repr(PEER_PACKAGES):
+                return
+    print("installing the peers into %s" % PEERS_VENV, file=sys.stderr, flush=True)
+    base = getattr(sys, "_base_executable", sys.executable)
+    if not os.path.exists(peer_python()):
+        subprocess.run([base, "-m", "venv", PEERS_VENV], check=True)
+    subprocess.run([peer_python(), "-m", "pip", "install", "-q", "--upgrade", "pip"],
+                   check=True)
+    subprocess.run([peer_python(), "-m", "pip", "install", "-q", *PEER_PACKAGES],
+                   check=True)
+    with open(stamp, "w") as f:
+        f.write(repr(PEER_PACKAGES))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def raise_fd_limit(n=65536):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = n if hard == resource.RLIM_INFINITY else min(n, hard)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def somaxconn():
+    try:
+        with open("/proc/sys/net/core/somaxconn") as f:
+            return min(4096, int(f.read()))
+    except (OSError, ValueError):
+        return 1024
+
+
+def gunicorn(python, worker_args, app):
+    def cmd(port):
+        return [python, "-m", "gunicorn", "--bind", "127.0.0.1:%d" % port,
+                "--workers", "1", "--no-control-socket", "--worker-connections", "4000",
+                "--backlog", str(somaxconn()), "--keep-alive", "30",
+                "--log-level", "warning", *worker_args, app]
+    return cmd
+
+
+def configs():
+    """name, command(port) -> argv, paths {view: path}, env, ours"""
+    ours = os.path.join(ROOT, ".venv", "bin", "python")
+    peer = peer_python()
+    aio = gunicorn(ours, ["-k", AIO_WORKER], "bench.peers_app:aio()")
+    # the executor gets as many threads as the threaded peers
+    threads = {"AIOPYRAMID_LOOP": "uvloop", "EXECUTOR_THREADS": str(THREADS)}
+    backlog = str(somaxconn())
+    return [
+        ("ours, coroutine view", aio, {"hello": "/hello", "wait": "/wait"},
+         {"AIOPYRAMID_LOOP": "uvloop"}, True),
+        ("ours, plain view (executor, %d threads)" % THREADS, aio,
+         {"hello": "/plain/hello", "wait": "/plain/wait"}, threads, True),
+        ("ours, plain view inline (blocking=False)", aio,
+         {"hello": "/inline/hello", "wait": "/inline/wait"}, {"AIOPYRAMID_LOOP": "uvloop"}, True),
+        ("bjoern", lambda port: [
+            peer, "-c", "import bjoern, bench.peers_app as a; "
+            "bjoern.run(a.plain(), '127.0.0.1', %d)" % port],
+         {"hello": "/hello", "wait": "/wait"}, {}, False),
+        ("granian --interface wsgi", lambda port: [
+            os.path.join(PEERS_VENV, "bin", "granian"), "--interface", "wsgi",
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            "--blocking-threads", str(THREADS), "--backlog", backlog,
+            "--log-level", "warning", "--no-ws", "bench.peers_app:application"],
+         {"hello": "/hello", "wait": "/wait"}, {}, False),
+        ("uWSGI (pyuwsgi, %d threads)" % THREADS, lambda port: [
+            os.path.join(PEERS_VENV, "bin", "uwsgi"), "--http11-socket", "127.0.0.1:%d" % port,
+            "--processes", "1", "--threads", str(THREADS), "--listen", backlog,
+            "--module", "bench.peers_wsgi:application", "--disable-logging",
+            "--die-on-term", "--need-app"],
+         {"hello": "/hello", "wait": "/wait"}, {}, False),
+        ("uvicorn + a2wsgi (%d threads)" % THREADS, lambda port: [
+            peer, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port),
+            "--workers", "1", "--log-level", "warning", "--no-access-log",
+            "--backlog", backlog, "--loop", "uvloop", "--http", "httptools",
+            "--interface", "asgi3", "bench.peers_app:asgi_app"],
+         {"hello": "/hello", "wait": "/wait"}, {}, False),
+        ("gunicorn sync", gunicorn(peer, ["-k", "sync"], "bench.peers_app:plain()"),
+         {"hello": "/hello", "wait": "/wait"}, {}, False),
+        ("gunicorn gthread (%d threads)" % THREADS,
+         gunicorn(peer, ["-k", "gthread", "--threads", str(THREADS)], "bench.peers_app:plain()"),
+         {"hello": "/hello", "wait": "/wait"}, {}, False),
+        ("gunicorn gevent", gunicorn(peer, ["-k", "gevent"], "bench.peers_app:plain()"),
+         {"hello": "/hello", "wait": "/wait"}, {}, False),
+    ]
+
+
+def wait_ready(port, path, proc, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("server exited with %s" % proc.returncode)
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                s.sendall(b"GET %s HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n"
+                          % path.encode())
+                if s.recv(100).startswith(b"HTTP/1.1 200"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("server not ready")
+
+
+def start(config, port, log):
+    name, cmd, paths, env, _ = config
+    full_env = dict(os.environ, PYTHONPATH=ROOT,
+                    PYTHONWARNINGS="ignore:pkg_resources is deprecated:UserWarning", **env)
+    proc = subprocess.Popen(cmd(port), env=full_env, cwd=ROOT, stdout=log, stderr=log,
+                            start_new_session=True)
+    try:
+        wait_ready(port, paths["hello"], proc)
+    except Exception:
+        stop(proc)
+        raise
+    return proc
+
+
+def stop(proc):
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGINT)
+            proc.wait(10)
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            pass
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(10)
+
+
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def wrk(url, conns, duration):
+    out = subprocess.run(
+        ["wrk", "-t1", "-c%d" % conns, "-d%ds" % duration, "--latency", "--timeout", "10s", url],
+        capture_output=True, text=True, timeout=duration + 60).stdout
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    rps = float(m.group(1)) if m else 0.0
+
+    def pct(p):
+        m = re.search(r"^\s+%s%%\s+([\d.]+)(us|ms|s)\s*$" % p, out, re.M)
+        if not m or rps == 0:
+            return float("nan")  # no answer at all: no latency to show
+        return float(m.group(1)) * UNITS[m.group(2)]
+
+    errors = re.search(r"Socket errors: (.*)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": rps, "p50": pct(50), "p99": pct(99),
+            "errors": errors.group(1) if errors else "",
+            "non2xx": int(non2xx.group(1)) if non2xx else 0}
+
+
+def fmt_ratio(a, b):
+    return "%.2fx" % (a / b) if b else "-"
+
+
+def fmt_ms(v):
+    return "-" if v != v else "%.2f" % v  # nan: no answers
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--conns", default="50,1000")
+    ap.add_argument("--views", default="hello,wait")
+    ap.add_argument("--only", help="comma-separated substrings of the server names")
+    ap.add_argument("--no-install", action="store_true",
+                    help="use build/bench-peers as it is")
+    args = ap.parse_args()
+    if not args.no_install:
+        ensure_peers()
+    raise_fd_limit()
+    conns = [int(c) for c in args.conns.split(",")]
+    views = args.views.split(",")
+    cfgs = configs()
+    if args.only:
+        cfgs = [c for c in cfgs if any(o.strip() in c[0] for o in args.only.split(","))]
+    os.makedirs(os.path.join(ROOT, "build"), exist_ok=True)
+    log_path = os.path.join(ROOT, "build", "bench-peers.log")
+    results = {}  # (name, view, conns) -> [wrk dict]
+    with open(log_path, "ab") as log:
+        for rnd in range(args.rounds):
+            for config in cfgs:
+                port = free_port()
+                try:
+                    proc = start(config, port, log)
+                except RuntimeError as e:
+                    print("round %d %s: %s (see %s)" % (rnd + 1, config[0], e, log_path),
+                          file=sys.stderr, flush=True)
+                    continue
+                try:
+                    for view in views:
+                        url = "http://127.0.0.1:%d%s" % (port, config[2][view])
+                        wrk(url, 10, 1)  # warm-up
+                        for c in conns:
+                            r = wrk(url, c, args.duration)
+                            results.setdefault((config[0], view, c), []).append(r)
+                            print("round %d %-42s %-5s c=%-5d %9.0f req/s  p50 %8.2f ms  "
+                                  "p99 %8.2f ms %s%s" % (
+                                      rnd + 1, config[0], view, c, r["rps"], r["p50"],
+                                      r["p99"], r["errors"],
+                                      " non-2xx: %d" % r["non2xx"] if r["non2xx"] else ""),
+                                  file=sys.stderr, flush=True)
+                finally:
+                    stop(proc)
+
+    med = {k: {f: statistics.median(r[f] for r in v) for f in ("rps", "p50", "p99")}
+           for k, v in results.items()}
+    bad = {k: sum(r["non2xx"] for r in v) for k, v in results.items()}
+    ours = {c[0] for c in cfgs if c[4]}
+    print()
+    print("One process per server, Pyramid %s, wrk -t1, %d s x %d interleaved rounds "
+          "(medians); Python %s; `.venv/bin/python bench/peers.py`." % (
+              "/".join(views), args.duration, args.rounds, sys.version.split()[0]))
+    print()
+    print("| server | view | conns | req/s | p50 (ms) | p99 (ms) | vs bjoern | vs best peer |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    best = {}
+    for view in views:
+        for c in conns:
+            peers = [med[(n, view, c)]["rps"] for n in (cfg[0] for cfg in cfgs)
+                     if n not in ours and (n, view, c) in med]
+            best[(view, c)] = max(peers) if peers else 0
+    for view in views:
+        for c in conns:
+            bj = med.get(("bjoern", view, c), {}).get("rps", 0)
+            for config in cfgs:
+                k = (config[0], view, c)
+                if k not in med:
+                    continue
+                m = med[k]
+                print("| %s | %s | %d | %.0f%s | %s | %s | %s | %s |" % (
+                    config[0], view, c, m["rps"],
+                    " (%d non-2xx)" % bad[k] if bad[k] else "", fmt_ms(m["p50"]),
+                    fmt_ms(m["p99"]),
+                    fmt_ratio(m["rps"], bj), fmt_ratio(m["rps"], best[(view, c)])))
+    print()
+    targets(med, cfgs, conns, best, ours)
+
+
+def targets(med, cfgs, conns, best, ours):
+    """The issue's targets, as ratios of this run."""
+    def rps(name, view, c):
+        return med.get((name, view, c), {}).get("rps")
+
+    lines = []
+    c0 = conns[0]
+    co, ex, inl = ("ours, coroutine view", "ours, plain view (executor, %d threads)" % THREADS,
+                   "ours, plain view inline (blocking=False)")
+    granian = "granian --interface wsgi"
+
+    def check(text, a, b, want):
+        if a is None or not b:
+            lines.append("- %s: not measured" % text)
+            return
+        ratio = a / b
+        lines.append("- %s: %.2fx (target >= %.1fx: %s)" % (
+            text, ratio, want, "met" if ratio >= want else "**missed**"))
+
+    check("hello, %d conns: coroutine view / bjoern" % c0, rps(co, "hello", c0),
+          rps("bjoern", "hello", c0), 1.0)
+    check("hello, %d conns: plain inline / bjoern" % c0, rps(inl, "hello", c0),
+          rps("bjoern", "hello", c0), 1.0)
+    check("hello, %d conns: plain executor / granian" % c0, rps(ex, "hello", c0),
+          rps(granian, "hello", c0), 1.0)
+    cmax = conns[-1]
+    check("wait, %d conns: coroutine view / best peer" % cmax, rps(co, "wait", cmax),
+          best.get(("wait", cmax)), 3.0)
+    check("wait / hello, %d conns, coroutine view" % cmax, rps(co, "wait", cmax),
+          rps(co, "hello", cmax), 0.5)
+    for view in ("hello", "wait"):
+        mine = med.get((co, view, cmax), {}).get("p99")
+        theirs = [(n, med[(n, view, cmax)]["p99"]) for n in (c[0] for c in cfgs)
+                  if n not in ours and (n, view, cmax) in med]
+        if mine is None or not theirs:
+            continue
+        worse = [n for n, p in theirs if p < mine]  # nan (no answers) never is
+        lines.append("- p99, %s, %d conns, coroutine view %.2f ms: %s" % (
+            view, cmax, mine, "<= every peer's: met" if not worse else
+            "**missed**, lower at: " + ", ".join(worse)))
+    print("Targets (issue 11):")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
