@@ -185,11 +185,12 @@ def test_client_gone_before_the_101_tells_the_websocket(run):
             await asyncio.sleep(0.05)
             writer.close()
             await wait_for(lambda: ws.lost)
-            # a close is a half-close until a write fails: the 101 may be
-            # tried (and fail) before the connection is known to be gone
+            # a close is a half-close until a write fails: the 101 may go
+            # out (and the websocket be attached) before the connection is
+            # known to be gone; either way the websocket is told, once
             (lost,) = ws.lost
             assert lost is None or isinstance(lost, OSError), lost
-            assert ws.attaches == 0
+            assert ws.attaches in (0, 1)
 
     run(main())
 
