@@ -9,7 +9,7 @@ PY := $(abspath $(VENV))/bin/python
 CSRC := $(wildcard csrc/*.c csrc/*.h csrc/*/*.c csrc/*/*.h)
 PYTEST_ARGS ?=
 
-.PHONY: all build run test test-asan bench clean uwsgi
+.PHONY: all build run test test-asan bench clean
 
 all: build
 
@@ -32,6 +32,8 @@ build: $(VENV)/.installed .build-stamp
 # folder, so site-packages is searched too); --no-cache-dir: pip's wheel
 # cache could hand back a build without the plugins.
 UWSGI_VERSION := 2.0.31
+.PHONY: uwsgi
+test test-asan: uwsgi
 uwsgi: $(VENV)/.installed
 	@if $(abspath $(VENV))/bin/uwsgi --plugins-list 2>&1 | grep -qx asyncio && \
 	    $(abspath $(VENV))/bin/uwsgi --plugins-list 2>&1 | grep -qx greenlet; then :; else \
@@ -43,11 +45,11 @@ uwsgi: $(VENV)/.installed
 run: build
 	$(PY) examples/serve.py
 
-test: build uwsgi
+test: build
 	$(PY) -X dev -m pytest $(PYTEST_ARGS)
 
 # ASan needs its runtime loaded first and pymalloc off to see every block.
-test-asan: $(VENV)/.installed uwsgi
+test-asan: $(VENV)/.installed
 	AIOPYRAMID_SANITIZE=1 $(PY) setup.py -q build_ext --inplace --force
 	rm -f .build-stamp
 	ASAN_OPTIONS=detect_leaks=0 PYTHONMALLOC=malloc \
