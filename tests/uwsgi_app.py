@@ -65,6 +65,25 @@ async def sleeping(request):
     return text(peak)
 
 
+GROUPS = {}
+
+
+async def together(request):
+    """Waits until n requests of its group are in at once (proof of
+    concurrency that load cannot break): 504 if they never are."""
+    n = int(request.params["n"])
+    group = GROUPS.setdefault(request.params["group"], [0, asyncio.Event()])
+    group[0] += 1
+    if group[0] >= n:
+        group[1].set()
+    try:
+        await asyncio.wait_for(group[1].wait(), 30)
+    except asyncio.TimeoutError:
+        return Response("only %d at once" % group[0], status=504,
+                        content_type="text/plain")
+    return text("together")
+
+
 def legacy(request):
     t = threading.current_thread()
     return text("%s %s" % (t is threading.main_thread(), t.name))
@@ -327,6 +346,7 @@ def main(global_config=None, **settings):
         config.include("aiopyramid")
         config.add_tween("uwsgi_app.tween_factory")
         for name, view in [("hello", hello), ("sleep", sleep), ("sleeping", sleeping),
+                           ("together", together),
                            ("legacy", legacy), ("tweened", tweened),
                            ("whoami", whoami), ("helpers", helpers_view),
                            ("hang", hang), ("events", events),
