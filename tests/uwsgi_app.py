@@ -77,7 +77,9 @@ async def together(request):
     if group[0] >= n:
         group[1].set()
     try:
-        await asyncio.wait_for(group[1].wait(), 30)
+        # under uWSGI a view has no Task of its own: wait_for (asyncio.timeout
+        # on 3.12+) runs in one made for it, as the README says
+        await asyncio.create_task(asyncio.wait_for(group[1].wait(), 30))
     except asyncio.TimeoutError:
         return Response("only %d at once" % group[0], status=504,
                         content_type="text/plain")
