@@ -44,6 +44,8 @@ build: deps $(VENV)/.installed .build-stamp
 # folder, so site-packages is searched too); --no-cache-dir: pip's wheel
 # cache could hand back a build without the plugins.
 UWSGI_VERSION := 2.0.31
+.PHONY: uwsgi
+test test-asan: uwsgi
 uwsgi: $(VENV)/.installed
 	@if $(abspath $(VENV))/bin/uwsgi --plugins-list 2>&1 | grep -qx asyncio && \
 	    $(abspath $(VENV))/bin/uwsgi --plugins-list 2>&1 | grep -qx greenlet; then :; else \
@@ -55,7 +57,7 @@ uwsgi: $(VENV)/.installed
 run: build
 	$(PY) examples/serve.py
 
-test: build uwsgi
+test: build
 	$(PY) -X dev -m pytest $(PYTEST_ARGS)
 
 # ASan needs its runtime loaded first and pymalloc off to see every block.

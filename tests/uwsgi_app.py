@@ -65,6 +65,27 @@ async def sleeping(request):
     return text(peak)
 
 
+GROUPS = {}
+
+
+async def together(request):
+    """Waits until n requests of its group are in at once (proof of
+    concurrency that load cannot break): 504 if they never are."""
+    n = int(request.params["n"])
+    group = GROUPS.setdefault(request.params["group"], [0, asyncio.Event()])
+    group[0] += 1
+    if group[0] >= n:
+        group[1].set()
+    try:
+        # under uWSGI a view has no Task of its own: wait_for (asyncio.timeout
+        # on 3.12+) runs in one made for it, as the README says
+        await asyncio.create_task(asyncio.wait_for(group[1].wait(), 30))
+    except asyncio.TimeoutError:
+        return Response("only %d at once" % group[0], status=504,
+                        content_type="text/plain")
+    return text("together")
+
+
 def legacy(request):
     t = threading.current_thread()
     return text("%s %s" % (t is threading.main_thread(), t.name))
@@ -327,6 +348,7 @@ def main(global_config=None, **settings):
         config.include("aiopyramid")
         config.add_tween("uwsgi_app.tween_factory")
         for name, view in [("hello", hello), ("sleep", sleep), ("sleeping", sleeping),
+                           ("together", together),
                            ("legacy", legacy), ("tweened", tweened),
                            ("whoami", whoami), ("helpers", helpers_view),
                            ("hang", hang), ("events", events),

@@ -280,11 +280,11 @@ class UWSGIWebsocketMapper(DefaultViewMapper):
                 if not task.done():
                     task.cancel()
             exc = None if task.cancelled() else task.exception()
-            if exc is not None and not isinstance(exc, WebsocketClosed):
-                raise exc
             if exc is not None:
-                raise exc
-            # the response went out with the handshake: end the request
+                raise exc  # the view's own error (logged), or its closed ws
+            # the response went out with the handshake: end the request as
+            # the original did (ignore_websocket_closed keeps it out of the
+            # log)
             raise WebsocketClosed("the websocket is closed")
 
         return websocket_view
