@@ -259,6 +259,7 @@ def includeme(config):
 
     install()
     install_transaction()  # transaction.manager, as pyramid_tm uses it
+    config.include("aiopyramid.watchdog")  # aiopyramid.slow_callback_ms
     threads = _executor_threads(config.registry.settings)
     if threads is not None:
         registry = config.registry

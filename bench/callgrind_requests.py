@@ -14,6 +14,8 @@ client reads the whole response before it sends the next request.
 
   --view hello   the coroutine view answering at once (never suspends)
   --view sleep0  the same after one `await asyncio.sleep(0)` (suspends once)
+  --slow-callback-ms N   with the blocked-loop watchdog on (the setting
+                 aiopyramid.slow_callback_ms): its cost is the difference
 """
 import argparse
 import asyncio
@@ -38,8 +40,8 @@ async def sleep0(request):
     return Response(BODY, content_type="text/plain")
 
 
-def app():
-    with Configurator() as config:
+def app(settings=None):
+    with Configurator(settings=settings) as config:
         config.include("aiopyramid")
         config.add_route("hello", "/hello")
         config.add_route("sleep0", "/sleep0")
@@ -48,9 +50,9 @@ def app():
         return config.make_wsgi_app()
 
 
-async def main(path, n):
+async def main(path, n, settings=None):
     loop = asyncio.get_running_loop()
-    srv = HttpServer(app(), loop, base_environ={"wsgi.version": (1, 0)})
+    srv = HttpServer(app(settings), loop, base_environ={"wsgi.version": (1, 0)})
     ours, theirs = socket.socketpair()
     theirs.setblocking(False)
     transport, proto = await loop.connect_accepted_socket(srv, ours)
@@ -80,11 +82,15 @@ if __name__ == "__main__":
     ap.add_argument("--view", choices=["hello", "sleep0"], default="hello")
     ap.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     ap.add_argument("-n", type=int, default=1000)
+    ap.add_argument("--slow-callback-ms", default=None)
     args = ap.parse_args()
+    settings = {}
+    if args.slow_callback_ms is not None:
+        settings["aiopyramid.slow_callback_ms"] = args.slow_callback_ms
     factory = None
     if args.loop == "uvloop":
         import uvloop
 
         factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(main(args.view, args.n))
+        runner.run(main(args.view, args.n, settings))
