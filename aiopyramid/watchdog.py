@@ -71,7 +71,7 @@ class Watchdog:
         self.incidents = 0
         self.last = _monotonic()
         self._handle = None
-        self._stop = threading.Event()
+        self._stopped = False
         self._thread = threading.Thread(
             target=self._watch, name="aiopyramid-watchdog", daemon=True)
 
@@ -82,19 +82,21 @@ class Watchdog:
         return self
 
     def stop(self):
-        self._stop.set()
+        self._stopped = True
         if self._handle is not None:
             self._handle.cancel()
 
     def _beat(self):
         self.last = _monotonic()
-        if not self._stop.is_set():
+        if not self._stopped:
             self._handle = self.loop.call_later(self.interval, self._beat)
 
     def _watch(self):
         loop, interval, limit = self.loop, self.interval, self.limit
         reported = None  # the beat that the logged incident followed
-        while not self._stop.wait(interval):
+        sleep = time.sleep
+        while not self._stopped:
+            sleep(interval)
             if loop.is_closed():
                 break
             last = self.last

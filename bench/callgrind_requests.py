@@ -15,7 +15,15 @@ client reads the whole response before it sends the next request.
   --view hello   the coroutine view answering at once (never suspends)
   --view sleep0  the same after one `await asyncio.sleep(0)` (suspends once)
   --slow-callback-ms N   with the blocked-loop watchdog on (the setting
-                 aiopyramid.slow_callback_ms): its cost is the difference
+                 aiopyramid.slow_callback_ms): its cost is the difference.
+                 Its heartbeat and thread cost per second, not per request,
+                 and valgrind runs the requests ~50x slower than they run:
+                 measure the per-request part with a limit too long to wake
+                 during the run (--slow-callback-ms 10000000), and the
+                 per-second part apart (below)
+  --idle S       after the requests, S seconds with the loop idle: with -n 1,
+                 (instructions with --idle 5 - with --idle 0) / 5 is the
+                 watchdog's cost per second, then divide by a request rate
 """
 import argparse
 import asyncio
@@ -50,7 +58,7 @@ def app(settings=None):
         return config.make_wsgi_app()
 
 
-async def main(path, n, settings=None):
+async def main(path, n, settings=None, idle=0.0):
     loop = asyncio.get_running_loop()
     srv = HttpServer(app(settings), loop, base_environ={"wsgi.version": (1, 0)})
     ours, theirs = socket.socketpair()
@@ -72,6 +80,8 @@ async def main(path, n, settings=None):
                     raise SystemExit("unexpected answer: %r" % got[:300])
                 if got.endswith(BODY):
                     expect = len(got)
+    if idle:
+        await asyncio.sleep(idle)
     transport.close()
     theirs.close()
     await asyncio.sleep(0)
@@ -83,6 +93,7 @@ if __name__ == "__main__":
     ap.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     ap.add_argument("-n", type=int, default=1000)
     ap.add_argument("--slow-callback-ms", default=None)
+    ap.add_argument("--idle", type=float, default=0.0)
     args = ap.parse_args()
     settings = {}
     if args.slow_callback_ms is not None:
@@ -93,4 +104,4 @@ if __name__ == "__main__":
 
         factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(main(args.view, args.n, settings))
+        runner.run(main(args.view, args.n, settings, args.idle))
