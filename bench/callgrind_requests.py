@@ -21,6 +21,11 @@ client reads the whole response before it sends the next request.
                  measure the per-request part with a limit too long to wake
                  during the run (--slow-callback-ms 10000000), and the
                  per-second part apart (below)
+  --pending-timer  keep a timer pending on the loop, as the gunicorn
+                 worker's loop always has one (its 1 s wait for a wake-up):
+                 with a timer pending, each loop iteration checks it, which
+                 a loop with none skips; compare the watchdog (whose
+                 heartbeat is a timer) against this
   --idle S       after the requests, S seconds with the loop idle: with -n 1,
                  (instructions with --idle 5 - with --idle 0) / 5 is the
                  watchdog's cost per second, then divide by a request rate
@@ -58,8 +63,10 @@ def app(settings=None):
         return config.make_wsgi_app()
 
 
-async def main(path, n, settings=None, idle=0.0):
+async def main(path, n, settings=None, idle=0.0, pending_timer=False):
     loop = asyncio.get_running_loop()
+    if pending_timer:
+        timer = loop.call_later(3600, lambda: None)
     srv = HttpServer(app(settings), loop, base_environ={"wsgi.version": (1, 0)})
     ours, theirs = socket.socketpair()
     theirs.setblocking(False)
@@ -82,6 +89,8 @@ async def main(path, n, settings=None, idle=0.0):
                     expect = len(got)
     if idle:
         await asyncio.sleep(idle)
+    if pending_timer:
+        timer.cancel()
     transport.close()
     theirs.close()
     await asyncio.sleep(0)
@@ -94,6 +103,7 @@ if __name__ == "__main__":
     ap.add_argument("-n", type=int, default=1000)
     ap.add_argument("--slow-callback-ms", default=None)
     ap.add_argument("--idle", type=float, default=0.0)
+    ap.add_argument("--pending-timer", action="store_true")
     args = ap.parse_args()
     settings = {}
     if args.slow_callback_ms is not None:
@@ -104,4 +114,4 @@ if __name__ == "__main__":
 
         factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(main(args.view, args.n, settings, args.idle))
+        runner.run(main(args.view, args.n, settings, args.idle, args.pending_timer))
