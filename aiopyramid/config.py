@@ -257,6 +257,8 @@ def includeme(config):
     from ._threadlocal import install
     from ._transaction import install as install_transaction
 
+    install_transaction()  # transaction.manager, as pyramid_tm uses it
+    config.include("aiopyramid.watchdog")  # aiopyramid.slow_callback_ms
     install()
     threads = _executor_threads(config.registry.settings)
     if threads is not None:
@@ -274,7 +276,5 @@ def includeme(config):
         # the gunicorn worker shuts every such pool down when it exits
         config.action(IViewExecutor, register_executor, order=PHASE1_CONFIG)
     config.set_view_mapper(CoroutineOrExecutorMapper)
-    install_transaction()  # transaction.manager, as pyramid_tm uses it
-    config.include("aiopyramid.watchdog")  # aiopyramid.slow_callback_ms
     # after the policies are registered (PHASE1, PHASE2)
     config.action(None, _refuse_coroutine_policies, args=(config.registry,))

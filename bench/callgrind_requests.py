@@ -14,21 +14,6 @@ client reads the whole response before it sends the next request.
 
   --view hello   the coroutine view answering at once (never suspends)
   --view sleep0  the same after one `await asyncio.sleep(0)` (suspends once)
-  --slow-callback-ms N   with the blocked-loop watchdog on (the setting
-                 aiopyramid.slow_callback_ms): its cost is the difference.
-                 Its heartbeat and thread cost per second, not per request,
-                 and valgrind runs the requests ~50x slower than they run:
-                 measure the per-request part with a limit too long to wake
-                 during the run (--slow-callback-ms 10000000), and the
-                 per-second part apart (below)
-  --pending-timer  keep a timer pending on the loop, as the gunicorn
-                 worker's loop always has one (its 1 s wait for a wake-up):
-                 with a timer pending, each loop iteration checks it, which
-                 a loop with none skips; compare the watchdog (whose
-                 heartbeat is a timer) against this
-  --idle S       after the requests, S seconds with the loop idle: with -n 1,
-                 (instructions with --idle 5 - with --idle 0) / 5 is the
-                 watchdog's cost per second, then divide by a request rate
 """
 import argparse
 import asyncio
@@ -53,8 +38,8 @@ async def sleep0(request):
     return Response(BODY, content_type="text/plain")
 
 
-def app(settings=None):
-    with Configurator(settings=settings) as config:
+def app():
+    with Configurator() as config:
         config.include("aiopyramid")
         config.add_route("hello", "/hello")
         config.add_route("sleep0", "/sleep0")
@@ -63,11 +48,9 @@ def app(settings=None):
         return config.make_wsgi_app()
 
 
-async def main(path, n, settings=None, idle=0.0, pending_timer=False):
+async def main(path, n):
     loop = asyncio.get_running_loop()
-    if pending_timer:
-        timer = loop.call_later(3600, lambda: None)
-    srv = HttpServer(app(settings), loop, base_environ={"wsgi.version": (1, 0)})
+    srv = HttpServer(app(), loop, base_environ={"wsgi.version": (1, 0)})
     ours, theirs = socket.socketpair()
     theirs.setblocking(False)
     transport, proto = await loop.connect_accepted_socket(srv, ours)
@@ -87,10 +70,6 @@ async def main(path, n, settings=None, idle=0.0, pending_timer=False):
                     raise SystemExit("unexpected answer: %r" % got[:300])
                 if got.endswith(BODY):
                     expect = len(got)
-    if idle:
-        await asyncio.sleep(idle)
-    if pending_timer:
-        timer.cancel()
     transport.close()
     theirs.close()
     await asyncio.sleep(0)
@@ -101,17 +80,11 @@ if __name__ == "__main__":
     ap.add_argument("--view", choices=["hello", "sleep0"], default="hello")
     ap.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     ap.add_argument("-n", type=int, default=1000)
-    ap.add_argument("--slow-callback-ms", default=None)
-    ap.add_argument("--idle", type=float, default=0.0)
-    ap.add_argument("--pending-timer", action="store_true")
     args = ap.parse_args()
-    settings = {}
-    if args.slow_callback_ms is not None:
-        settings["aiopyramid.slow_callback_ms"] = args.slow_callback_ms
     factory = None
     if args.loop == "uvloop":
         import uvloop
 
         factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(main(args.view, args.n, settings, args.idle, args.pending_timer))
+        runner.run(main(args.view, args.n))
