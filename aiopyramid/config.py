@@ -358,9 +358,10 @@ def includeme(config):
     from ._threadlocal import install
     from ._transaction import install as install_transaction
 
+    install_transaction()  # transaction.manager, as pyramid_tm uses it
+    config.include("aiopyramid.watchdog")  # aiopyramid.slow_callback_ms
     install()
     _body_preread(config.registry.settings)  # a bad value fails here
-    install_transaction()  # transaction.manager, as pyramid_tm uses it
     # checked now: a bad value fails config.include() with what to write
     plain_views = _plain_views(config.registry.settings)
     config.registry.registerUtility(plain_views, IPlainViews)

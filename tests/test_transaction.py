@@ -264,3 +264,46 @@ class TestOutsideARequest:
         assert app.get("/").text == "ok"
         assert log == [("commit", "w")]
         assert transaction.manager.manager is seen[0]
+
+
+class TestInstall:
+    def test_idempotent_and_in_place(self):
+        from aiopyramid import _transaction
+
+        before = transaction.manager
+        make_app(lambda c: None)
+        make_app(lambda c: None)
+        assert transaction.manager is before
+        assert type(before) is _transaction.RequestTransactionManager
+        assert _transaction.install() is before
+
+    def test_a_replaced_manager_is_left_alone(self, monkeypatch):
+        from aiopyramid import _transaction
+
+        mine = transaction.TransactionManager(explicit=True)
+        monkeypatch.setattr(transaction, "manager", mine)
+        _transaction.install()
+        assert type(mine) is transaction.TransactionManager
+
+    def test_a_requests_manager_takes_the_threads_explicit_mode(self):
+        seen = []
+
+        async def view(request):
+            seen.append(transaction.manager.manager)
+            await asyncio.sleep(0)
+            return Response("ok")
+
+        with Configurator() as config:
+            config.include("aiopyramid")
+            config.add_route("r", "/")
+            config.add_view(view, route_name="r")
+            app = config.make_wsgi_app()
+        thread_manager = transaction.manager.manager
+        thread_manager.explicit = True
+        try:
+            responses = interleaved(app, ["/", "/"])
+        finally:
+            thread_manager.explicit = False
+        assert [r.status_int for r in responses] == [200, 200]
+        assert seen[0] is not seen[1] and thread_manager not in seen
+        assert seen[0].explicit and seen[1].explicit
