@@ -54,6 +54,10 @@ typedef struct {
     PyObject *str_request;
     PyObject *str_view_attr;       /* __view__ */
     PyObject *str_make_body_seekable;
+    PyObject *executor_strs;       /* tuple of interned strings, see
+                                      bridge/executor.c */
+    PyObject *threadlocal_manager; /* pyramid.threadlocal.manager, once an
+                                      executor thread has needed it */
 
     /* http/ */
     PyTypeObject *HttpServerType;

@@ -16,6 +16,7 @@
     X(str_blocking) X(str_set_result) X(str_set_exception)                   \
     X(str_result) X(str_push) X(str_pop) X(str_registry) X(str_request)       \
     X(str_view_attr) X(str_make_body_seekable)                    \
+    X(executor_strs) X(threadlocal_manager)                                   \
     X(HttpServerType) X(HttpProtocolType) X(HttpRequestType) X(HttpInputType) \
     X(FileWrapperType) X(http_strs) X(http_methods) X(http_run)
 

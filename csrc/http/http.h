@@ -107,6 +107,8 @@ typedef struct {
     PyObject *connections;      /* set of HttpProtocol */
     Py_ssize_t limit_line, limit_fields, limit_field_size;
     Py_ssize_t body_buffer;     /* pause reading with more body buffered */
+    char *shared_rbuf;          /* the read buffer of connections with
+                                   nothing unparsed (see get_buffer) */
     double keepalive;
     int shutting_down;
     unsigned long long requests;
@@ -127,6 +129,10 @@ enum { PAUSE_BODY = 1, PAUSE_PIPELINE = 2 };
 
 #define INLINE_YIELD_CHUNKS 256
 
+/* The read buffer: 64 KiB, shared by the connections of a server that
+ * have nothing unparsed; one with bytes left over keeps its own. */
+#define READ_BUFFER 65536
+
 struct HttpProtocol {
     PyObject_HEAD
     HttpServer *server;
@@ -140,6 +146,7 @@ struct HttpProtocol {
     llhttp_t parser;
     char *rbuf;
     size_t rpos, rlen, rcap;
+    int rshared;                /* the last get_buffer gave the shared one */
     char *sbuf;                 /* url, then the header being parsed */
     size_t slen, scap, url_len, field_len;
     Py_ssize_t nfields, line_len;
