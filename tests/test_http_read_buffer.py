@@ -87,3 +87,65 @@ def test_many_pipelined_requests_in_one_read(gunicorn, loop):
             % (i, b"p" * 100) for i in range(n)))
         rs = read_responses(s, n)
     assert [r.body for r in rs] == [b"%06d" % i for i in range(n)]
+
+
+@pytest.mark.parametrize("call", [
+    lambda sr: sr("201 Created", [("X-A", "1")]),
+    lambda sr: sr("201 Created", [("X-A", "1")], None),
+    lambda sr: sr(status="201 Created", headers=[("X-A", "1")]),
+    lambda sr: sr("201 Created", headers=[("X-A", "1")], exc_info=None),
+    lambda sr: sr(*("201 Created", [("X-A", "1")])),
+])
+def test_start_response_shapes(call):
+    """Positional calls take the fast way, keywords the parsed one: the
+    same response either way."""
+    import asyncio
+
+    from .test_http_feed import connect, spin
+
+    loop = asyncio.new_event_loop()
+    try:
+        def app(env, start_response):
+            call(start_response)
+            return [b"ok"]
+
+        server, proto, t = connect(loop, app)
+        proto.data_received(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        spin(loop)
+        (r,) = parse_all(bytes(t.out), eof=False)
+        assert (r.status, r.header("x-a"), r.body) == (201, "1", b"ok")
+        proto.connection_lost(None)
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("args, error", [
+    ((b"200 OK", []), TypeError),
+    (("200 OK",), TypeError),
+    (("200 OK", [], None, None), TypeError),
+    (("OK", []), ValueError),
+    (("200 OK", ()), TypeError),
+])
+def test_start_response_bad_calls_are_errors(args, error):
+    import asyncio
+
+    from .test_http_feed import connect, spin
+
+    loop = asyncio.new_event_loop()
+    seen = []
+    try:
+        def app(env, start_response):
+            try:
+                start_response(*args)
+            except Exception as e:
+                seen.append(type(e))
+            start_response("200 OK", [])
+            return [b"ok"]
+
+        server, proto, t = connect(loop, app)
+        proto.data_received(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        spin(loop)
+        assert seen and issubclass(seen[0], error)
+        proto.connection_lost(None)
+    finally:
+        loop.close()

@@ -70,6 +70,15 @@
     X(READ, "read")                                                          \
     X(HTTP_EXPECT, "HTTP_EXPECT")                                            \
     X(HTTP_HOST, "HTTP_HOST")                                                \
+    X(HTTP_USER_AGENT, "HTTP_USER_AGENT")                                    \
+    X(HTTP_ACCEPT, "HTTP_ACCEPT")                                            \
+    X(HTTP_ACCEPT_ENCODING, "HTTP_ACCEPT_ENCODING")                          \
+    X(HTTP_ACCEPT_LANGUAGE, "HTTP_ACCEPT_LANGUAGE")                          \
+    X(HTTP_CONNECTION, "HTTP_CONNECTION")                                    \
+    X(HTTP_COOKIE, "HTTP_COOKIE")                                            \
+    X(HTTP_REFERER, "HTTP_REFERER")                                          \
+    X(HTTP_CACHE_CONTROL, "HTTP_CACHE_CONTROL")                              \
+    X(HTTP_ORIGIN, "HTTP_ORIGIN")                                            \
     X(SOCKET, "socket")                                                      \
     X(FILENO, "fileno")
 
@@ -188,6 +197,7 @@ struct HttpRequest {
     int head, http11, keep_alive, expect_continue, continue_sent;
     int started, headers_sent, chunked, response_done;
     int close_after;
+    vectorcallfunc vectorcall;  /* start_response, called by every app */
 };
 
 typedef struct {
