@@ -21,13 +21,16 @@ the worker stops (:func:`stop_waiting`), it wakes with an error.
 """
 import collections
 import concurrent.futures
+import concurrent.futures.thread as _cf_thread
+import sys
 import threading
 import weakref
 from asyncio import events, futures, run_coroutine_threadsafe
 
 from ._core import _waiting_thread
 
-__all__ = ["Executor", "shutdown_pools", "stop_waiting", "wait_in_thread"]
+__all__ = ["Executor", "shutdown_pools", "stop_waiting", "tracking_loop_class",
+           "wait_in_thread"]
 
 #: seconds between a waiting thread's checks that its loop is still open
 POLL = 0.5
@@ -177,3 +180,43 @@ class Executor(concurrent.futures.ThreadPoolExecutor):
             if f is not None:
                 return f
         return super().submit(fn, *args, **kwargs)
+
+    if sys.version_info < (3, 14):
+        def _submit_call(self, item):
+            """Queues ``item`` (a ``_core`` ThreadCall: a legacy view) as it
+            is, for a thread of this pool to ``run()``: what ``submit`` does,
+            without the concurrent Future and the asyncio future chained to
+            it (the item hands its outcome back to the loop itself, and is
+            its own ``future`` for the pool's ``cancel()`` and
+            ``set_exception()``).  Refused as ``submit`` refuses."""
+            with self._shutdown_lock, _cf_thread._global_shutdown_lock:
+                if self._broken:
+                    raise _cf_thread.BrokenThreadPool(self._broken)
+                if self._shutdown:
+                    raise RuntimeError("cannot schedule new futures after shutdown")
+                if _cf_thread._shutdown:
+                    raise RuntimeError("cannot schedule new futures after "
+                                       "interpreter shutdown")
+                self._work_queue.put(item)
+                # a full pool never shrinks: no idle-thread bookkeeping
+                # then (its semaphore is pure Python, slow per request)
+                if len(self._threads) < self._max_workers:
+                    self._adjust_thread_count()
+
+
+def tracking_loop_class(base):
+    """A subclass of the loop class ``base`` that keeps its default
+    executor in ``_default_executor``, as asyncio's own loops do (uvloop keeps
+    it where Python cannot read it): ``_core`` hands legacy views straight
+    to it when it is an :class:`Executor`."""
+
+    class Loop(base):
+        _default_executor = None
+
+        def set_default_executor(self, executor):
+            super().set_default_executor(executor)
+            self._default_executor = executor
+
+    Loop.__name__ = base.__name__
+    Loop.__qualname__ = base.__qualname__
+    return Loop

@@ -56,6 +56,10 @@ typedef struct {
     PyObject *str_make_body_seekable;
     PyObject *str_foreign_wait;    /* _aiopyramid_wait: a foreign driver's
                                       wait(yielded), on its greenlet */
+    PyObject *executor_strs;       /* tuple of interned strings, see
+                                      bridge/executor.c */
+    PyObject *threadlocal_manager; /* pyramid.threadlocal.manager, once an
+                                      executor thread has needed it */
 
     /* http/ */
     PyTypeObject *HttpServerType;

@@ -17,6 +17,7 @@
     X(str_result) X(str_push) X(str_pop) X(str_registry) X(str_request)       \
     X(str_view_attr) X(str_make_body_seekable)                    \
     X(str_foreign_wait)                                                      \
+    X(executor_strs) X(threadlocal_manager)                                   \
     X(HttpServerType) X(HttpProtocolType) X(HttpRequestType) X(HttpInputType) \
     X(FileWrapperType) X(http_strs) X(http_methods) X(http_run)             \
     X(WebSocketType) X(WebsocketResultType) X(WebsocketHandshakeError)       \

@@ -86,7 +86,8 @@ def _new_loop(kind):
             if kind == "uvloop":
                 raise
         else:
-            return uvloop.new_event_loop()
+            # its default executor readable, as on asyncio's loops
+            return _executor.tracking_loop_class(uvloop.Loop)()
     return asyncio.new_event_loop()
 
 

@@ -121,6 +121,26 @@ header_key(modstate *st, const char *name, size_t n)
         return Py_NewRef(HSTR(st, CONTENT_TYPE));
     if (n == 14 && strncasecmp(name, "content-length", 14) == 0)
         return Py_NewRef(HSTR(st, CONTENT_LENGTH));
+    /* the headers most requests carry: their keys are made once */
+    static const struct {
+        const char *name;
+        size_t len;
+        int key;
+    } common[] = {
+        {"host", 4, HS_HTTP_HOST},
+        {"user-agent", 10, HS_HTTP_USER_AGENT},
+        {"accept", 6, HS_HTTP_ACCEPT},
+        {"accept-encoding", 15, HS_HTTP_ACCEPT_ENCODING},
+        {"accept-language", 15, HS_HTTP_ACCEPT_LANGUAGE},
+        {"connection", 10, HS_HTTP_CONNECTION},
+        {"cookie", 6, HS_HTTP_COOKIE},
+        {"referer", 7, HS_HTTP_REFERER},
+        {"cache-control", 13, HS_HTTP_CACHE_CONTROL},
+        {"origin", 6, HS_HTTP_ORIGIN},
+    };
+    for (size_t i = 0; i < sizeof(common) / sizeof(common[0]); i++)
+        if (n == common[i].len && strncasecmp(name, common[i].name, n) == 0)
+            return Py_NewRef(PyTuple_GET_ITEM(st->http_strs, common[i].key));
     if (memchr(name, '_', n) != NULL)
         return NULL;
     char stackbuf[128];

@@ -70,6 +70,15 @@
     X(READ, "read")                                                          \
     X(HTTP_EXPECT, "HTTP_EXPECT")                                            \
     X(HTTP_HOST, "HTTP_HOST")                                                \
+    X(HTTP_USER_AGENT, "HTTP_USER_AGENT")                                    \
+    X(HTTP_ACCEPT, "HTTP_ACCEPT")                                            \
+    X(HTTP_ACCEPT_ENCODING, "HTTP_ACCEPT_ENCODING")                          \
+    X(HTTP_ACCEPT_LANGUAGE, "HTTP_ACCEPT_LANGUAGE")                          \
+    X(HTTP_CONNECTION, "HTTP_CONNECTION")                                    \
+    X(HTTP_COOKIE, "HTTP_COOKIE")                                            \
+    X(HTTP_REFERER, "HTTP_REFERER")                                          \
+    X(HTTP_CACHE_CONTROL, "HTTP_CACHE_CONTROL")                              \
+    X(HTTP_ORIGIN, "HTTP_ORIGIN")                                            \
     X(SOCKET, "socket")                                                      \
     X(FILENO, "fileno")                                                      \
     X(WS_HANDOFF, "aiopyramid.websocket")                                    \
@@ -110,6 +119,8 @@ typedef struct {
     PyObject *connections;      /* set of HttpProtocol */
     Py_ssize_t limit_line, limit_fields, limit_field_size;
     Py_ssize_t body_buffer;     /* pause reading with more body buffered */
+    char *shared_rbuf;          /* the read buffer of connections with
+                                   nothing unparsed (see get_buffer) */
     double keepalive;
     int shutting_down;
     unsigned long long requests;
@@ -130,6 +141,10 @@ enum { PAUSE_BODY = 1, PAUSE_PIPELINE = 2 };
 
 #define INLINE_YIELD_CHUNKS 256
 
+/* The read buffer: 64 KiB, shared by the connections of a server that
+ * have nothing unparsed; one with bytes left over keeps its own. */
+#define READ_BUFFER 65536
+
 struct HttpProtocol {
     PyObject_HEAD
     HttpServer *server;
@@ -143,6 +158,7 @@ struct HttpProtocol {
     llhttp_t parser;
     char *rbuf;
     size_t rpos, rlen, rcap;
+    int rshared;                /* the last get_buffer gave the shared one */
     char *sbuf;                 /* url, then the header being parsed */
     size_t slen, scap, url_len, field_len;
     Py_ssize_t nfields, line_len;
@@ -194,6 +210,7 @@ struct HttpRequest {
     int head, http11, keep_alive, expect_continue, continue_sent;
     int started, headers_sent, chunked, response_done;
     int close_after;
+    vectorcallfunc vectorcall;  /* start_response, called by every app */
 };
 
 typedef struct {

@@ -355,6 +355,7 @@ proto_new(modstate *st, HttpServer *srv)
     p->environ = NULL;
     p->rbuf = p->sbuf = NULL;
     p->rpos = p->rlen = p->rcap = 0;
+    p->rshared = 0;
     p->slen = p->scap = p->url_len = p->field_len = 0;
     p->nfields = p->line_len = 0;
     p->host_fields = 0;
@@ -578,13 +579,30 @@ ensure_space(HttpProtocol *p, size_t want)
     return grow(&p->rbuf, &p->rcap, p->rlen + want);
 }
 
+/* The loops call get_buffer, read into it, then call buffer_updated, with
+ * nothing in between (no other connection's read): so a connection with
+ * nothing unparsed reads into its server's one buffer, and keeps only
+ * what is left unparsed (a request cut short, pipelined requests behind a
+ * response) in a buffer of its own.  A connection waiting on its request
+ * holds no read buffer at all. */
 static PyObject *
 proto_get_buffer(PyObject *op, PyObject *sizehint)
 {
     HttpProtocol *p = (HttpProtocol *)op;
+    HttpServer *srv = p->server;
+    p->rshared = 0;
+    if (p->rpos == p->rlen && srv != NULL) {
+        if (srv->shared_rbuf == NULL &&
+            (srv->shared_rbuf = PyMem_Malloc(READ_BUFFER)) == NULL)
+            return PyErr_NoMemory();
+        p->rpos = p->rlen = 0;
+        p->rshared = 1;
+        return PyMemoryView_FromMemory(srv->shared_rbuf, READ_BUFFER,
+                                       PyBUF_WRITE);
+    }
     if (ensure_space(p, 16384) < 0)
         return NULL;
-    if (p->rcap < 65536 && grow(&p->rbuf, &p->rcap, 65536) < 0)
+    if (p->rcap < READ_BUFFER && grow(&p->rbuf, &p->rcap, READ_BUFFER) < 0)
         return NULL;
     return PyMemoryView_FromMemory(p->rbuf + p->rlen,
                                    (Py_ssize_t)(p->rcap - p->rlen), PyBUF_WRITE);
@@ -597,15 +615,46 @@ proto_buffer_updated(PyObject *op, PyObject *arg)
     Py_ssize_t n = PyLong_AsSsize_t(arg);
     if (n == -1 && PyErr_Occurred())
         return NULL;
-    if (n < 0 || (size_t)n > p->rcap - p->rlen) {
+    int shared = p->rshared && p->server != NULL &&
+                 p->server->shared_rbuf != NULL;
+    p->rshared = 0;
+    size_t room = shared ? READ_BUFFER : p->rcap - p->rlen;
+    if (n < 0 || (size_t)n > room) {
         PyErr_Format(PyExc_ValueError,
                      "buffer_updated() got %zd bytes, more than the buffer "
                      "had room for", n);
         return NULL;
     }
-    p->rlen += (size_t)n;
     p->last_activity = monotonic();
-    feed(p);
+    if (!shared) {
+        p->rlen += (size_t)n;
+        feed(p);
+        Py_RETURN_NONE;
+    }
+    /* parse right in the shared buffer; what is left over moves to the
+     * connection's own */
+    HttpServer *srv = (HttpServer *)Py_NewRef(p->server);
+    char *own = p->rbuf;
+    size_t own_cap = p->rcap;
+    p->rbuf = srv->shared_rbuf;
+    p->rcap = READ_BUFFER;
+    p->rpos = 0;
+    p->rlen = (size_t)n;
+    feed(p); /* keeps the unparsed rest at the start of the buffer */
+    size_t left = p->rlen - p->rpos;
+    const char *rest = p->rbuf + p->rpos;
+    p->rbuf = own;
+    p->rcap = own_cap;
+    p->rpos = p->rlen = 0;
+    if (left > 0) {
+        if (grow(&p->rbuf, &p->rcap, left) < 0) {
+            Py_DECREF(srv);
+            return NULL;
+        }
+        memcpy(p->rbuf, rest, left);
+        p->rlen = left;
+    }
+    Py_DECREF(srv);
     Py_RETURN_NONE;
 }
 

@@ -2,6 +2,9 @@
  * running the app in its Task and request greenlet. */
 #include "http.h"
 
+static PyObject *request_vectorcall(PyObject *self, PyObject *const *args,
+                                    size_t nargsf, PyObject *kwnames);
+
 HttpRequest *
 request_new(modstate *st, HttpProtocol *p, PyObject *environ)
 {
@@ -23,6 +26,7 @@ request_new(modstate *st, HttpProtocol *p, PyObject *environ)
     r->expect_continue = r->continue_sent = 0;
     r->started = r->headers_sent = r->chunked = 0;
     r->response_done = r->close_after = 0;
+    r->vectorcall = request_vectorcall;
     PyObject_GC_Track(r);
     return r;
 }
@@ -75,15 +79,45 @@ static PyMethodDef write_def = {
     "write", request_write_method, METH_O,
     "write(data)\n--\n\nThe legacy WSGI write callable."};
 
+static PyObject *start_response(HttpRequest *r, PyObject *status,
+                                PyObject *headers, PyObject *exc_info);
+
 static PyObject *
 request_call(PyObject *self, PyObject *args, PyObject *kwargs)
 {
-    HttpRequest *r = (HttpRequest *)self;
     static char *kwlist[] = {"status", "headers", "exc_info", NULL};
     PyObject *status, *headers, *exc_info = Py_None;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "UO|O:start_response",
                                      kwlist, &status, &headers, &exc_info))
         return NULL;
+    return start_response((HttpRequest *)self, status, headers, exc_info);
+}
+
+/* start_response(status, headers[, exc_info]) as apps call it: no argument
+ * parsing; keywords and odd shapes take request_call's way. */
+static PyObject *
+request_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
+                   PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if ((kwnames == NULL || PyTuple_GET_SIZE(kwnames) == 0) &&
+        (nargs == 2 || nargs == 3) && PyUnicode_Check(args[0]))
+        return start_response((HttpRequest *)self, args[0], args[1],
+                              nargs == 3 ? args[2] : Py_None);
+    PyObject *tuple, *dict;
+    if (vectorcall_args_to_tuple_dict(args, nargs, kwnames, &tuple, &dict) < 0)
+        return NULL;
+    PyObject *r = request_call(self, tuple, dict);
+    Py_DECREF(tuple);
+    Py_XDECREF(dict);
+    return r;
+}
+
+static PyObject *
+start_response(HttpRequest *r, PyObject *status, PyObject *headers,
+               PyObject *exc_info)
+{
+    PyObject *self = (PyObject *)r;
     if (exc_info != Py_None) {
         if (r->headers_sent) {
             /* too late to change the response: re-raise, as PEP 3333 says */
@@ -324,8 +358,15 @@ static PyGetSetDef request_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
+static PyMemberDef request_members[] = {
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(HttpRequest, vectorcall),
+     READONLY},
+    {NULL, 0, 0, 0, NULL},
+};
+
 static PyType_Slot request_slots[] = {
-    {Py_tp_call, request_call},
+    {Py_tp_call, PyVectorcall_Call},
+    {Py_tp_members, request_members},
     {Py_tp_getset, request_getset},
     {Py_tp_traverse, request_traverse},
     {Py_tp_clear, request_clear},
@@ -338,7 +379,8 @@ PyType_Spec request_spec = {
     .name = "aiopyramid._core.HttpRequest",
     .basicsize = sizeof(HttpRequest),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
-             Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+             Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION |
+             Py_TPFLAGS_HAVE_VECTORCALL,
     .slots = request_slots,
 };
 

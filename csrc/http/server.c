@@ -203,6 +203,8 @@ server_clear(PyObject *op)
     Py_CLEAR(s->connections);
     Py_CLEAR(s->on_limit);
     Py_CLEAR(s->on_close);
+    PyMem_Free(s->shared_rbuf);
+    s->shared_rbuf = NULL;
     return 0;
 }
 

@@ -1,0 +1,140 @@
+"""System calls, wake-ups and context switches per request, ours against
+bjoern, under the same wrk load: what the kernel does for each server.
+
+    .venv/bin/python bench/kernel_path.py [--duration 3] [--conns 50]
+
+Needs perf (Debian: linux-perf) with tracepoints readable (root, or
+perf_event_paranoid <= -1) and bench/peers.py's virtualenv (for bjoern; run
+bench/peers.py once).  For each server (one process on 127.0.0.1, serving
+the Pyramid hello-world of bench/peers_app.py), wrk -t1 runs --duration
+seconds while `perf stat -p` counts, in the server process only:
+
+* read/recvfrom, write/sendto/writev, epoll_wait (libuv: epoll_pwait),
+  epoll_ctl system calls;
+* sched:sched_wakeup events raised by the server: the tasks it wakes,
+  wrk's thread on each reply that finds it asleep;
+* sched:sched_switch: the server's own context switches (it sleeping in
+  epoll_wait when there is nothing to do);
+* wakeups of the server itself (sched_waking of the server's pid, counted
+  system-wide: what the client's writes cost on the other side);
+
+each divided by the requests wrk completed in the same window, and the mean
+number of requests answered per epoll_wait.
+"""
+import argparse
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+import peers  # noqa: E402
+
+EVENTS = [
+    "syscalls:sys_enter_read", "syscalls:sys_enter_recvfrom",
+    "syscalls:sys_enter_write", "syscalls:sys_enter_sendto",
+    "syscalls:sys_enter_writev", "syscalls:sys_enter_epoll_wait",
+    "syscalls:sys_exit_epoll_wait", "syscalls:sys_enter_epoll_pwait",
+    "syscalls:sys_exit_epoll_pwait", "syscalls:sys_enter_epoll_ctl",
+    "sched:sched_wakeup", "sched:sched_switch",
+]
+
+
+def worker_pid(proc):
+    """The process that serves: gunicorn's one worker, else the process."""
+    try:
+        import psutil
+    except ImportError:
+        return proc.pid
+    for _ in range(50):
+        kids = psutil.Process(proc.pid).children()
+        if kids:
+            return kids[0].pid
+        if "gunicorn" not in " ".join(psutil.Process(proc.pid).cmdline()):
+            return proc.pid
+        time.sleep(0.1)
+    return proc.pid
+
+
+def measure(config, duration, conns):
+    port = peers.free_port()
+    with open(os.devnull, "wb") as log:
+        proc = peers.start(config, port, log)
+    try:
+        pid = worker_pid(proc)
+        url = "http://127.0.0.1:%d%s" % (port, config[2]["hello"])
+        peers.wrk(url, 10, 1)
+        perf = subprocess.Popen(
+            ["perf", "stat", "-x", ",", "-e", ",".join(EVENTS), "-p", str(pid)],
+            stderr=subprocess.PIPE, text=True)
+        # the server being woken: counted system-wide, filtered on its pid
+        waking = subprocess.Popen(
+            ["perf", "stat", "-x", ",", "-a", "-e", "sched:sched_waking",
+             "--filter", "pid == %d" % pid],
+            stderr=subprocess.PIPE, text=True)
+        time.sleep(0.2)
+        out = subprocess.run(
+            ["wrk", "-t1", "-c%d" % conns, "-d%ds" % duration, url],
+            capture_output=True, text=True, timeout=duration + 60).stdout
+        for p in (perf, waking):
+            p.send_signal(signal.SIGINT)
+        counts = {}
+        for p in (perf, waking):
+            _, err = p.communicate(timeout=30)
+            for line in err.splitlines():
+                parts = line.split(",")
+                if len(parts) > 2 and parts[0].strip().isdigit():
+                    counts[parts[2]] = int(parts[0])
+        m = re.search(r"(\d+) requests in", out)
+        return (int(m.group(1)) if m else 0), counts
+    finally:
+        peers.stop(proc)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration", type=int, default=3)
+    ap.add_argument("--conns", type=int, default=50)
+    args = ap.parse_args()
+    peers.raise_fd_limit()
+    cfgs = [c for c in peers.configs()
+            if c[0] in ("ours, coroutine view", "ours, plain view inline (blocking=False)",
+                        "bjoern")]
+    rows = []
+    for config in cfgs:
+        n, c = measure(config, args.duration, args.conns)
+        if not n:
+            print("%s: no requests completed" % config[0], file=sys.stderr)
+            continue
+
+        def per(*names):
+            return sum(c.get(x, 0) for x in names) / n
+
+        epoll_waits = (c.get("syscalls:sys_exit_epoll_wait", 0) +
+                       c.get("syscalls:sys_exit_epoll_pwait", 0))
+        rows.append((config[0], n, per("syscalls:sys_enter_read", "syscalls:sys_enter_recvfrom"),
+                     per("syscalls:sys_enter_write", "syscalls:sys_enter_sendto",
+                         "syscalls:sys_enter_writev"),
+                     per("syscalls:sys_enter_epoll_wait", "syscalls:sys_enter_epoll_pwait"),
+                     per("syscalls:sys_enter_epoll_ctl"),
+                     per("sched:sched_wakeup"), per("sched:sched_switch"),
+                     per("sched:sched_waking"),
+                     n / epoll_waits if epoll_waits else float("nan")))
+    print("wrk -t1 -c%d, %d s; per request, in the server process (perf stat -p):"
+          % (args.conns, args.duration))
+    print()
+    print("| server | requests | reads | writes | epoll_wait | epoll_ctl | wakeups it "
+          "raises | its context switches | times it is woken | requests per epoll_wait |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        print("| %s | %d | %.2f | %.2f | %.3f | %.3f | %.3f | %.3f | %.3f | %.1f |" % r)
+
+
+if __name__ == "__main__":
+    main()
