@@ -586,3 +586,22 @@ def test_security_policy_proxy(tmp_path):
         assert get(srv, "/tree/n1") == (200, b"n1")
     finally:
         srv.stop()
+
+
+def test_cross_origin_handshake_is_refused_as_under_gunicorn(server):
+    """The Origin rule (cross-site websocket hijacking) is the same under
+    uWSGI: a browser page from another site gets 403 and no upgrade; the
+    server's own host and a client sending no Origin are let in."""
+    from websockets.exceptions import InvalidStatus
+
+    async def talk(origin):
+        kw = {} if origin is None else {"origin": origin}
+        async with connect(ws_url(server, "ws"), open_timeout=10, **kw) as ws:
+            await ws.send("hi")
+            return await asyncio.wait_for(ws.recv(), 10)
+
+    with pytest.raises(InvalidStatus) as refused:
+        asyncio.run(talk("http://evil.example"))
+    assert refused.value.response.status_code == 403
+    assert asyncio.run(talk(None)) == "hi"
+    assert asyncio.run(talk("http://127.0.0.1:%d" % server.port)) == "hi"

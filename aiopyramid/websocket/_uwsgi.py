@@ -22,7 +22,8 @@ import collections
 import os
 import struct
 
-from pyramid.httpexceptions import HTTPBadRequest
+from pyramid.httpexceptions import HTTPBadRequest, HTTPForbidden
+from pyramid.threadlocal import get_current_registry
 from pyramid.viewderivers import DefaultViewMapper
 
 from .exceptions import WebsocketClosed
@@ -250,8 +251,16 @@ class UWSGIWebsocketMapper(DefaultViewMapper):
     use_str = True
 
     def __call__(self, view):
+        from .config import _origin_allowed, websocket_settings
+
         attr = self.attr
         mapper = type(self)
+        # the Origin rule of WebsocketMapper (cross-site websocket
+        # hijacking): aiopyramid.websocket.allowed_origins, by default the
+        # handshake's own host
+        registry = getattr(self, "registry", None) or get_current_registry()
+        allowed = websocket_settings(
+            getattr(registry, "settings", None))["allowed_origins"]
 
         def websocket_view(context, request):
             import uwsgi
@@ -265,6 +274,11 @@ class UWSGIWebsocketMapper(DefaultViewMapper):
             if not key or "websocket" not in \
                     environ.get("HTTP_UPGRADE", "").lower():
                 return HTTPBadRequest("a websocket handshake was expected")
+            if not _origin_allowed(environ, allowed):
+                return HTTPForbidden(
+                    "Websocket handshake from origin %r refused: set "
+                    "aiopyramid.websocket.allowed_origins to accept pages "
+                    "from other sites." % environ.get("HTTP_ORIGIN"))
             driver = current_driver()
             if driver is not None:
                 driver.watch = False  # the pump reads the connection
