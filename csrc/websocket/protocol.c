@@ -627,7 +627,7 @@ process(WebSocket *ws, const uint8_t *data, size_t len)
 {
     size_t off = 0;
     while (off < len) {
-        if (ws->failing || ws->close_received || ws->lost)
+        if (ws->failing || ws->close_received)
             return (Py_ssize_t)len; /* read and dropped */
         if (queue_full(ws))
             break;
@@ -671,6 +671,8 @@ set_read_paused(WebSocket *ws, int on)
     transport_call(ws, on ? WSTR(ws_state(ws), PAUSE_READING)
                           : WSTR(ws_state(ws), RESUME_READING));
 }
+
+static void free_buffers(WebSocket *ws);
 
 /* Keeps data[0..len) to be parsed once the queue has room. */
 static int
@@ -731,6 +733,8 @@ drain_stash(WebSocket *ws)
         PyMem_Free(ws->rbuf);
         ws->rbuf = NULL;
         ws->rcap = 0;
+        if (ws->lost)
+            free_buffers(ws); /* the last of what came before the end */
     }
     if (ws->rlen == 0 && !queue_full(ws))
         set_read_paused(ws, 0);
@@ -1055,7 +1059,10 @@ ws_connection_lost(PyObject *op, PyObject *exc)
     Py_CLEAR(ws->write);
     Py_CLEAR(ws->transport);
     Py_CLEAR(ws->pending);
-    free_buffers(ws);
+    /* what the peer sent before it went, still unparsed behind a full
+     * queue, is read on as the view takes messages */
+    if (ws->rlen == 0)
+        free_buffers(ws);
     PyObject *cb = ws->on_lost;
     ws->on_lost = NULL;
     if (cb != NULL) {

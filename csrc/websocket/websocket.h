@@ -84,6 +84,10 @@ ws_utf8_end(const ws_utf8 *u)
 /* A whole buffer: 0 or -1. */
 int ws_utf8_valid(const uint8_t *p, size_t n);
 
+/* The same with the byte-at-a-time state machine alone (no SIMD): the
+ * reference the fuzz harness holds the fast paths to. */
+int ws_utf8_valid_reference(const uint8_t *p, size_t n);
+
 /* ------------------------------------------------------------------ */
 /* deflate.c                                                            */
 
