@@ -97,6 +97,8 @@ ws_state(WebSocket *ws)
 static PyObject *
 result_new(modstate *st, PyObject *value)
 {
+    if (value == Py_None && st->ws_none_result != NULL)
+        return Py_NewRef(st->ws_none_result); /* shared: it holds no state */
     WsResult *r = PyObject_GC_New(WsResult, st->WebsocketResultType);
     if (r == NULL)
         return NULL;
@@ -1339,9 +1341,11 @@ ws_keepalive(PyObject *op, PyObject *unused)
     Py_DECREF(entry);
     if (send_frame(ws, WS_OP_PING, p, 4) < 0)
         return NULL;
-    if (ws->ping_timeout > 0 &&
-        start_timer(ws, &ws->ping_timer, ws->ping_timeout,
-                    WSTR(st, PING_TIMEOUT)) < 0)
+    /* no timeout: the next ping comes after the interval, answered or not */
+    if (start_timer(ws, &ws->ping_timer,
+                    ws->ping_timeout > 0 ? ws->ping_timeout : ws->ping_interval,
+                    ws->ping_timeout > 0 ? WSTR(st, PING_TIMEOUT)
+                                         : WSTR(st, KEEPALIVE)) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -1510,5 +1514,8 @@ websocket_init(PyObject *module, modstate *st)
             return -1;
         PyTuple_SET_ITEM(st->ws_strs, i, s);
     }
+    st->ws_none_result = result_new(st, Py_None);
+    if (st->ws_none_result == NULL)
+        return -1;
     return websocket_handshake_init(module, st);
 }

@@ -176,17 +176,33 @@ blocks_ssse3(const uint8_t *p, size_t n, int *ok, int *ascii)
     const __m128i fourth = _mm_set1_epi8((char)(0xF0 - 0x80));
     const __m128i high = _mm_set1_epi8((char)0x80);
     const __m128i zero = _mm_setzero_si128();
-    __m128i prev = zero, prev_incomplete = zero, seen = zero;
+    __m128i prev = zero, prev_incomplete = zero, error = zero;
+    int nonascii = 0, in_ascii = 1;
     size_t i = 0;
-    for (; i + 16 <= n; i += 16) {
+    while (i + 16 <= n) {
+        /* in a run of ASCII, 64 bytes a step: only a sequence it cut
+         * short can be wrong */
+        if (in_ascii && i + 64 <= n) {
+            __m128i a = _mm_loadu_si128((const __m128i *)(p + i));
+            __m128i b = _mm_loadu_si128((const __m128i *)(p + i + 16));
+            __m128i c = _mm_loadu_si128((const __m128i *)(p + i + 32));
+            __m128i d = _mm_loadu_si128((const __m128i *)(p + i + 48));
+            if (!_mm_movemask_epi8(_mm_or_si128(_mm_or_si128(a, b),
+                                                _mm_or_si128(c, d)))) {
+                error = _mm_or_si128(error, prev_incomplete);
+                prev_incomplete = prev = zero;
+                i += 64;
+                continue;
+            }
+        }
         __m128i in = _mm_loadu_si128((const __m128i *)(p + i));
-        __m128i error;
-        if (_mm_movemask_epi8(in) == 0) {
-            error = prev_incomplete; /* a sequence cut by ASCII */
+        in_ascii = _mm_movemask_epi8(in) == 0;
+        if (in_ascii) {
+            error = _mm_or_si128(error, prev_incomplete);
             prev_incomplete = zero;
         }
         else {
-            seen = _mm_or_si128(seen, in);
+            nonascii = 1;
             __m128i prev1 = _mm_alignr_epi8(in, prev, 15);
             __m128i sc = _mm_and_si128(
                 _mm_and_si128(
@@ -199,16 +215,17 @@ blocks_ssse3(const uint8_t *p, size_t n, int *ok, int *ascii)
             __m128i prev3 = _mm_alignr_epi8(in, prev, 13);
             __m128i must23 = _mm_or_si128(_mm_subs_epu8(prev2, third),
                                           _mm_subs_epu8(prev3, fourth));
-            error = _mm_xor_si128(_mm_and_si128(must23, high), sc);
+            error = _mm_or_si128(error, _mm_xor_si128(_mm_and_si128(must23, high), sc));
             prev_incomplete = _mm_subs_epu8(in, incomplete_max);
         }
-        if (_mm_movemask_epi8(_mm_cmpeq_epi8(error, zero)) != 0xFFFF) {
-            *ok = 0;
-            return i;
-        }
         prev = in;
+        i += 16;
     }
-    if (_mm_movemask_epi8(seen))
+    /* errors are gathered over the chunk (a few KiB: see frame.c) and
+     * looked at once */
+    if (_mm_movemask_epi8(_mm_cmpeq_epi8(error, zero)) != 0xFFFF)
+        *ok = 0;
+    if (nonascii)
         *ascii = 0;
     return i;
 }
