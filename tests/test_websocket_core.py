@@ -332,6 +332,7 @@ def test_send_and_close_before_attach():
         t = FakeTransport()
         ws.attach(t, frame(TEXT, "buffered"))
         assert t.protocol is ws
+        assert t.resumed == 1  # whatever the HTTP protocol paused
         assert bytes(t.written) == b"\x81\x05early\x82\x01\x00"
         assert await ws.recv() == "buffered"
         with pytest.raises(RuntimeError, match="already attached"):
@@ -748,6 +749,18 @@ def test_keepalive_pings_and_closes_a_silent_peer(server):
     assert s.wait_line("END").startswith("END 1011")
 
 
+def test_keepalive_without_a_timeout_keeps_pinging(server):
+    s = server("--ping-interval", "0.05", "--ping-timeout", "0")
+    c = s.client()
+    payloads = set()
+    while len(payloads) < 3:  # unanswered, they keep coming
+        fin, rsv, op, payload = c.recv_frame()
+        assert op == PING
+        payloads.add(payload)
+    c.send(frame(TEXT, "still open"))
+    assert c.recv_message() == (TEXT, b"still open")
+
+
 def test_keepalive_with_a_live_client(server):
     pytest.importorskip("websockets")
     from websockets.asyncio.client import connect
@@ -975,7 +988,7 @@ class FakeTransport:
         pass
 
     def resume_reading(self):
-        pass
+        self.resumed = getattr(self, "resumed", 0) + 1
 
     def write_eof(self):
         pass

@@ -987,6 +987,9 @@ ws_attach(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
     Py_DECREF(r);
     if (take_transport(ws, args[0]) < 0)
         goto error;
+    /* the HTTP protocol may have paused reading (bytes piling up behind
+     * the handshake): from here the queue decides */
+    transport_call(ws, WSTR(st, RESUME_READING));
     if (view.len > 0 && receive(ws, view.buf, (size_t)view.len) < 0)
         goto error;
     PyBuffer_Release(&view);
