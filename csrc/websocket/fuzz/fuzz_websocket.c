@@ -136,11 +136,35 @@ round_trip(const uint8_t *data, size_t size, uint8_t cfg)
     ws_deflate_free(&d);
 }
 
+/* The validator (SIMD blocks, ASCII runs, fed in pieces) against the plain
+ * state machine. */
+static void
+utf8(const uint8_t *data, size_t size, uint8_t split)
+{
+    int expect = ws_utf8_valid_reference(data, size);
+    CHECK(ws_utf8_valid(data, size) == expect);
+    ws_utf8 u;
+    ws_utf8_init(&u);
+    size_t off = 0;
+    int rc = 0;
+    while (off < size && rc == 0) {
+        size_t n = 1 + (size_t)split * 3;
+        if (n > size - off)
+            n = size - off;
+        rc = ws_utf8_feed(&u, data + off, n);
+        off += n;
+    }
+    if (rc == 0)
+        rc = ws_utf8_end(&u);
+    CHECK(rc == expect);
+}
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 2)
         return 0;
+    utf8(data + 2, size - 2, data[1]);
     uint8_t cfg = data[0], split = data[1];
     read_frames(data + 2, size - 2, cfg, split);
     negotiate(data + 2, size - 2);
