@@ -399,6 +399,13 @@ ws_deflate_message(ws_deflate *d, const uint8_t *in, size_t n, uint8_t **out,
     }
     if (len >= 4 && memcmp(buf + len - 4, "\x00\x00\xff\xff", 4) == 0)
         len -= 4;
+    if (len == 0) {
+        /* nothing new to flush (an empty message after a flush gives no
+         * bytes): RFC 7692 7.2.3.6's empty block, or the peer would
+         * inflate its own 00 00 ff ff tail as garbage */
+        buf[0] = 0x00;
+        len = 1;
+    }
     if (d->params.server_no_context_takeover)
         deflateReset(&d->def);
     *out = buf;
