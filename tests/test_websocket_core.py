@@ -640,8 +640,9 @@ def test_websockets_client_echo(server, compression):
                            max_size=4 << 20) as ws:
             ext = ws.response.headers.get("Sec-WebSocket-Extensions")
             assert (ext is not None) == (compression == "deflate")
-            for msg in ["hi", b"\x00bin", "é" * 1000, b"z" * (1 << 20),
-                        "t" * ((1 << 20) - 1)]:
+            # empty messages after others: RFC 7692 7.2.3.6's empty block
+            for msg in ["hi", b"\x00bin", "", b"", "é" * 1000, "", b"z" * (1 << 20),
+                        "t" * ((1 << 20) - 1), b""]:
                 await ws.send(msg)
                 assert await ws.recv() == msg
             # a fragmented message (an iterable is sent as fragments)
