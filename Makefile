@@ -89,7 +89,7 @@ WS_FUZZ_SRC := csrc/websocket/fuzz/fuzz_websocket.c csrc/websocket/frame.c \
 fuzz: deps
 	@command -v clang >/dev/null || { apt-get update && apt-get install -y clang; }
 	mkdir -p build/fuzz/corpus
-	clang -g -O1 -fsanitize=fuzzer,address,undefined \
+	clang -Wall -Wextra -g -O1 -fsanitize=fuzzer,address,undefined \
 		-fno-sanitize-recover=undefined -Icsrc/websocket \
 		$(WS_FUZZ_SRC) -lz -o build/fuzz/websocket
 	python3 csrc/websocket/fuzz/seeds.py build/fuzz/seeds

@@ -79,6 +79,7 @@ typedef struct {
                                       the first WebSocket */
     PyObject *ws_sha1;             /* hashlib.sha1 */
     PyObject *ws_strs;             /* tuple of interned strings (protocol.c) */
+    PyObject *ws_none_result;      /* the finished awaitable of None */
 
     Py_ssize_t pool_limit;         /* idle greenlets kept per thread */
     unsigned long long greenlets_created;

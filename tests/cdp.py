@@ -36,6 +36,11 @@ class Chromium:
         port_file = os.path.join(self.profile_dir, "DevToolsActivePort")
         if os.path.exists(port_file):
             os.unlink(port_file)
+        # the browser is no part of what is tested: not under the
+        # sanitizer runtime that `make test-asan` preloads into our process
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS",
+                            "PYTHONMALLOC")}
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [exe, "--headless=new", "--no-sandbox", "--disable-gpu",
@@ -45,7 +50,7 @@ class Chromium:
                  "--remote-debugging-address=127.0.0.1",
                  "--remote-debugging-port=0",
                  "--user-data-dir=" + self.profile_dir, "about:blank"],
-                stdout=log, stderr=subprocess.STDOUT,
+                stdout=log, stderr=subprocess.STDOUT, env=env,
                 start_new_session=True)
         try:
             async with asyncio.timeout(self.timeout):

@@ -85,6 +85,16 @@ def test_class_view_with_coroutine_hooks(server):
     run(main())
 
 
+def test_plain_hooks_may_call_synchronized_coroutines(server):
+    async def main():
+        async with client(server, "/ws/synchronized") as ws:
+            for word in ("one", "two"):
+                await ws.send(word)
+                assert await asyncio.wait_for(ws.recv(), 10) == word.upper()
+
+    run(main())
+
+
 @pytest.mark.parametrize("compression", ["true", "false"])
 def test_one_mib_messages_with_and_without_compression(ws_server, compression):
     server = ws_server({"aiopyramid.websocket.compression": compression})

@@ -13,7 +13,7 @@ from pyramid.config import Configurator
 from pyramid.response import Response
 from pyramid.threadlocal import get_current_request
 
-from aiopyramid.helpers import coroutine
+from aiopyramid.helpers import coroutine, synchronize
 from aiopyramid.websocket.config import WebsocketMapper
 from aiopyramid.websocket.view import WebsocketConnectionView
 
@@ -81,6 +81,22 @@ class EchoGeneratorHooks(WebsocketConnectionView):
 
     def on_message(self, message):
         yield from self.send(message)
+
+
+@synchronize
+async def shout(text):
+    await asyncio.sleep(0.01)  # really suspends
+    return text.upper()
+
+
+class SynchronizedHooks(WebsocketConnectionView):
+    """Plain hooks calling a synchronized coroutine, as plain code in a
+    request may (the same view runs under uWSGI)."""
+
+    __view_mapper__ = WebsocketMapper
+
+    def on_message(self, message):
+        return self.send(shout(message))
 
 
 # -- types, subprotocols, ending ----------------------------------------------
@@ -195,6 +211,7 @@ def main(global_config=None, **settings):
             ("class", EchoCoroutineHooks, None),
             ("class-plain", EchoPlainHooks, None),
             ("class-generator", EchoGeneratorHooks, None),
+            ("synchronized", SynchronizedHooks, None),
             ("types", types_view, WebsocketMapper),
             ("bytes", types_view, BytesMapper),
             ("subprotocol", subprotocol_view, ChatMapper),

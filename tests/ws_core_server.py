@@ -27,6 +27,8 @@ def say(*words):
 
 
 async def view(ws):
+    quiet = False
+    count = 0
     try:
         while True:
             msg = await ws.recv()
@@ -35,7 +37,9 @@ async def view(ws):
             if isinstance(msg, str) and msg.startswith("cmd:"):
                 args = msg.split(":")
                 cmd = args[1]
-                if cmd == "close":
+                if cmd == "quiet":
+                    quiet = True
+                elif cmd == "close":
                     await ws.close(int(args[2]), args[3])
                 elif cmd == "ping":
                     await ws.ping(args[2].encode())
@@ -76,8 +80,11 @@ async def view(ws):
                     except asyncio.CancelledError:
                         pass
                 continue
-            await ws.send(msg)
+            count += 1
+            if not quiet:
+                await ws.send(msg)
     finally:
+        say("COUNT", count)
         say("END", ws.close_code, ws.close_reason)
         try:
             await ws.send("late")

@@ -31,8 +31,9 @@ the mapped view runs.  The mapped view then checks the handshake (400, or
 426 for a version other than 13), the Origin (403 for a browser page of
 another site), and answers 101; the HTTP layer hands the connection to the
 WebSocket as soon as that 101 is written, and the view runs as an asyncio
-Task on the loop, in a copy of the request's context (so
-``get_current_request()`` works in it).  A view that returns closes the
+Task on the loop driving a pooled greenlet (plain code in it may call
+synchronized coroutines, as under uWSGI), in a copy of the request's
+context (so ``get_current_request()`` works in it).  A view that returns closes the
 websocket with 1000, one that raises closes it with 1011 and is logged once.
 
 Settings (Pyramid settings, e.g. in the ini's ``[app:main]``):
@@ -78,6 +79,7 @@ from pyramid.util import is_unbound_method, object_description
 from pyramid.viewderivers import DefaultViewMapper
 
 from .. import _core
+from ..helpers import spawn_greenlet
 from ._server import ENVIRON_KEY, HANDOFF_KEY
 from .exceptions import WebsocketClosed
 from .view import run_websocket_view
@@ -349,10 +351,14 @@ class WebsocketMapper(DefaultViewMapper):
                 raise
             environ[SUBPROTOCOL_KEY] = subprotocol
             environ[HANDOFF_KEY] = ws
-            # the request's context (threadlocals, contextvars), copied: the
-            # request greenlet goes back to its pool once the 101 is out
+            # a Task of its own, driving a pooled greenlet (as a request's
+            # Task does, and as under uWSGI) so that plain code in the view
+            # may call synchronized coroutines; in a copy of the request's
+            # context (threadlocals, contextvars): the request's own
+            # greenlet and Task end once the 101 is out
             task = loop.create_task(
-                _run(view, context, request, ws, attr, text, connections),
+                spawn_greenlet(_run_in_greenlet, view, context, request, ws,
+                               attr, text, connections),
                 context=contextvars.copy_context())
             connections.started(entry, ws, task)
             return Response(status=101, headerlist=list(headers))
@@ -362,6 +368,10 @@ class WebsocketMapper(DefaultViewMapper):
                                                                  "__doc__"),
                                  updated=())
         return websocket_view
+
+
+def _run_in_greenlet(*args):
+    return _core.await_(_run(*args))
 
 
 async def _run(view, context, request, ws, attr, text, connections):

@@ -312,13 +312,22 @@ ws_reader_feed(ws_reader *r, const uint8_t *data, size_t len, size_t *used)
                 *used = i;
                 return fail(r, WS_CLOSE_INTERNAL_ERROR, "out of memory");
             }
-            ws_unmask_copy(r->msg + r->msg_len, src, take, r->mask,
-                           (size_t)r->pdone);
-            r->msg_len += take;
-            if (check_text(r) < 0) {
-                *used = i + take;
-                return fail(r, WS_CLOSE_INVALID_DATA,
-                            "invalid UTF-8 in a text message");
+            if (r->msg_opcode == WS_OP_TEXT) {
+                int bad = ws_unmask_copy_text(r->msg + r->msg_len, src, take,
+                                              r->mask, (size_t)r->pdone,
+                                              &r->utf8);
+                r->msg_len += take;
+                r->utf8_checked = r->msg_len;
+                if (bad) {
+                    *used = i + take;
+                    return fail(r, WS_CLOSE_INVALID_DATA,
+                                "invalid UTF-8 in a text message");
+                }
+            }
+            else {
+                ws_unmask_copy(r->msg + r->msg_len, src, take, r->mask,
+                               (size_t)r->pdone);
+                r->msg_len += take;
             }
         }
         i += take;

@@ -342,8 +342,10 @@ unmask_validate(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (out == NULL)
         goto done;
     uint8_t *dst = (uint8_t *)PyBytes_AS_STRING(out);
-    ws_unmask_copy(dst, buf.buf, (size_t)buf.len, mask.buf, 0);
-    if (ws_utf8_valid(dst, (size_t)buf.len) < 0) {
+    ws_utf8 u;
+    ws_utf8_init(&u);
+    if (ws_unmask_copy_text(dst, buf.buf, (size_t)buf.len, mask.buf, 0, &u) < 0 ||
+        ws_utf8_end(&u) < 0) {
         Py_CLEAR(out);
         PyErr_SetString(PyExc_ValueError, "not valid UTF-8 once unmasked");
     }

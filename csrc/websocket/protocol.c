@@ -97,6 +97,8 @@ ws_state(WebSocket *ws)
 static PyObject *
 result_new(modstate *st, PyObject *value)
 {
+    if (value == Py_None && st->ws_none_result != NULL)
+        return Py_NewRef(st->ws_none_result); /* shared: it holds no state */
     WsResult *r = PyObject_GC_New(WsResult, st->WebsocketResultType);
     if (r == NULL)
         return NULL;
@@ -627,7 +629,7 @@ process(WebSocket *ws, const uint8_t *data, size_t len)
 {
     size_t off = 0;
     while (off < len) {
-        if (ws->failing || ws->close_received || ws->lost)
+        if (ws->failing || ws->close_received)
             return (Py_ssize_t)len; /* read and dropped */
         if (queue_full(ws))
             break;
@@ -671,6 +673,8 @@ set_read_paused(WebSocket *ws, int on)
     transport_call(ws, on ? WSTR(ws_state(ws), PAUSE_READING)
                           : WSTR(ws_state(ws), RESUME_READING));
 }
+
+static void free_buffers(WebSocket *ws);
 
 /* Keeps data[0..len) to be parsed once the queue has room. */
 static int
@@ -731,6 +735,8 @@ drain_stash(WebSocket *ws)
         PyMem_Free(ws->rbuf);
         ws->rbuf = NULL;
         ws->rcap = 0;
+        if (ws->lost)
+            free_buffers(ws); /* the last of what came before the end */
     }
     if (ws->rlen == 0 && !queue_full(ws))
         set_read_paused(ws, 0);
@@ -981,6 +987,9 @@ ws_attach(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
     Py_DECREF(r);
     if (take_transport(ws, args[0]) < 0)
         goto error;
+    /* the HTTP protocol may have paused reading (bytes piling up behind
+     * the handshake): from here the queue decides */
+    transport_call(ws, WSTR(st, RESUME_READING));
     if (view.len > 0 && receive(ws, view.buf, (size_t)view.len) < 0)
         goto error;
     PyBuffer_Release(&view);
@@ -1055,7 +1064,10 @@ ws_connection_lost(PyObject *op, PyObject *exc)
     Py_CLEAR(ws->write);
     Py_CLEAR(ws->transport);
     Py_CLEAR(ws->pending);
-    free_buffers(ws);
+    /* what the peer sent before it went, still unparsed behind a full
+     * queue, is read on as the view takes messages */
+    if (ws->rlen == 0)
+        free_buffers(ws);
     PyObject *cb = ws->on_lost;
     ws->on_lost = NULL;
     if (cb != NULL) {
@@ -1332,9 +1344,11 @@ ws_keepalive(PyObject *op, PyObject *unused)
     Py_DECREF(entry);
     if (send_frame(ws, WS_OP_PING, p, 4) < 0)
         return NULL;
-    if (ws->ping_timeout > 0 &&
-        start_timer(ws, &ws->ping_timer, ws->ping_timeout,
-                    WSTR(st, PING_TIMEOUT)) < 0)
+    /* no timeout: the next ping comes after the interval, answered or not */
+    if (start_timer(ws, &ws->ping_timer,
+                    ws->ping_timeout > 0 ? ws->ping_timeout : ws->ping_interval,
+                    ws->ping_timeout > 0 ? WSTR(st, PING_TIMEOUT)
+                                         : WSTR(st, KEEPALIVE)) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -1503,5 +1517,8 @@ websocket_init(PyObject *module, modstate *st)
             return -1;
         PyTuple_SET_ITEM(st->ws_strs, i, s);
     }
+    st->ws_none_result = result_new(st, Py_None);
+    if (st->ws_none_result == NULL)
+        return -1;
     return websocket_handshake_init(module, st);
 }

@@ -47,3 +47,22 @@ ws_unmask_copy(uint8_t *dst, const uint8_t *src, size_t n,
     for (; i < n; i++)
         dst[i] = src[i] ^ m[i & 7];
 }
+
+/* Unmasks text into dst and validates it on the way, a piece small enough
+ * to stay in the L1 cache at a time (the validator reads what the unmasking
+ * just wrote): 0, or -1 at the first piece with invalid UTF-8. */
+int
+ws_unmask_copy_text(uint8_t *dst, const uint8_t *src, size_t n,
+                    const uint8_t mask[4], size_t offset, ws_utf8 *u)
+{
+    const size_t piece = 16384; /* a multiple of 4: the mask lines up */
+    size_t done = 0;
+    while (done < n) {
+        size_t k = n - done < piece ? n - done : piece;
+        ws_unmask_copy(dst + done, src + done, k, mask, offset + done);
+        if (ws_utf8_feed(u, dst + done, k) < 0)
+            return -1;
+        done += k;
+    }
+    return 0;
+}

@@ -84,6 +84,15 @@ ws_utf8_end(const ws_utf8 *u)
 /* A whole buffer: 0 or -1. */
 int ws_utf8_valid(const uint8_t *p, size_t n);
 
+/* The same with the byte-at-a-time state machine alone (no SIMD): the
+ * reference the fuzz harness holds the fast paths to. */
+int ws_utf8_valid_reference(const uint8_t *p, size_t n);
+
+/* unmask.c: ws_unmask_copy() and the text validated as it is copied, in
+ * pieces that stay in the L1 cache; 0, or -1 at invalid UTF-8. */
+int ws_unmask_copy_text(uint8_t *dst, const uint8_t *src, size_t n,
+                        const uint8_t mask[4], size_t offset, ws_utf8 *u);
+
 /* ------------------------------------------------------------------ */
 /* deflate.c                                                            */
 

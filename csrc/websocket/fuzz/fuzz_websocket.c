@@ -121,19 +121,46 @@ round_trip(const uint8_t *data, size_t size, uint8_t cfg)
     };
     ws_deflate d;
     ws_deflate_init(&d, &p);
-    for (int rep = 0; rep < 2; rep++) {
+    /* the message, an empty one, the message again: a context carried
+     * over (or not) and the empty block of RFC 7692 7.2.3.6 */
+    for (int rep = 0; rep < 3; rep++) {
+        size_t n = rep == 1 ? 0 : size;
         uint8_t *z = NULL;
         size_t zn = 0;
-        CHECK(ws_deflate_message(&d, data, size, &z, &zn) == WS_Z_OK);
+        CHECK(ws_deflate_message(&d, data, n, &z, &zn) == WS_Z_OK);
+        CHECK(zn > 0);
         /* our own output through our inflater (window 15 takes any) */
         uint8_t *buf = NULL;
         size_t len = 0, cap = 0;
-        CHECK(ws_inflate(&d, z, zn, 1, &buf, &len, &cap, size) == WS_Z_OK);
-        CHECK(len == size && (size == 0 || memcmp(buf, data, size) == 0));
+        CHECK(ws_inflate(&d, z, zn, 1, &buf, &len, &cap, n) == WS_Z_OK);
+        CHECK(len == n && (n == 0 || memcmp(buf, data, n) == 0));
         free(buf);
         free(z);
     }
     ws_deflate_free(&d);
+}
+
+/* The validator (SIMD blocks, ASCII runs, fed in pieces) against the plain
+ * state machine. */
+static void
+utf8(const uint8_t *data, size_t size, uint8_t split)
+{
+    int expect = ws_utf8_valid_reference(data, size);
+    CHECK(ws_utf8_valid(data, size) == expect);
+    ws_utf8 u;
+    ws_utf8_init(&u);
+    size_t off = 0;
+    int rc = 0;
+    while (off < size && rc == 0) {
+        size_t n = 1 + (size_t)split * 3;
+        if (n > size - off)
+            n = size - off;
+        rc = ws_utf8_feed(&u, data + off, n);
+        off += n;
+    }
+    if (rc == 0)
+        rc = ws_utf8_end(&u);
+    CHECK(rc == expect);
 }
 
 int
@@ -141,6 +168,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 2)
         return 0;
+    utf8(data + 2, size - 2, data[1]);
     uint8_t cfg = data[0], split = data[1];
     read_frames(data + 2, size - 2, cfg, split);
     negotiate(data + 2, size - 2);

@@ -35,6 +35,8 @@ def main(out):
         "deflate-frag": b"\x43\x05" + frame(1, z[:3], fin=False, rsv=4) + frame(0, z[3:])
         + frame(8, b""),
         "small-bound": b"\xc0\x02" + frame(2, deflated(b"a" * 1000), rsv=4),
+        "utf8": b"\x00\x05" + "Grüße, 世界! Ça va? 😀 ".encode() * 8 + b"\xed\xa0\x80"
+        + "ok € ".encode() * 20,
         "offers": b"\x00\x00permessage-deflate; client_max_window_bits; "
         b"server_max_window_bits=10, permessage-deflate; server_no_context_takeover",
     }
