@@ -2,6 +2,7 @@
 misbehave, against a real gunicorn with aiopyramid's worker serving
 tests/websocket_attack_app.py."""
 import json
+import select
 import socket
 import time
 
@@ -70,3 +71,64 @@ def test_view_raising_a_base_exception_closes_1011_and_the_worker_goes_on(
     assert e.recv_message() == (TEXT, b"still here")
     e.close()
     assert "Worker exiting" not in server.log(), server.log()
+
+
+# -- a ping flood from a client that does not read ---------------------------
+
+def send_while_reading(c, data, until, timeout=60.0):
+    """Sends data while reading what comes (a client whose unsent bytes
+    wait for the server, which waits for it to read), until the bytes
+    `until` have come: the number of bytes read."""
+    c.sock.setblocking(False)
+    got, tail = 0, b""
+    deadline = time.monotonic() + timeout
+    try:
+        while until not in tail:
+            assert time.monotonic() < deadline, "the server never read on"
+            r, w, _ = select.select([c.sock], [c.sock] if data else [], [], 1.0)
+            if r:
+                chunk = c.sock.recv(1 << 20)
+                assert chunk, "the server closed the connection"
+                got += len(chunk)
+                tail = (tail + chunk)[-64:]
+            if w:
+                try:
+                    data = data[c.sock.send(data[:1 << 20]):]
+                except BlockingIOError:
+                    pass
+    finally:
+        c.sock.setblocking(True)
+    return got
+
+
+def rss_kb(server):
+    status, body = http_get(server.port, "/rss")
+    assert status == 200
+    return int(body)
+
+
+def test_ping_flood_from_a_client_that_never_reads_is_bounded(server):
+    """Every ping gets a pong, but a client that sends pings and never reads
+    the pongs must not make the server buffer them all: reading stops while
+    the transport's write buffer is over its high-water mark."""
+    c = handshake(server.port, "/ws/echo")
+    before = rss_kb(server)
+    flood = frame(PING, b"p" * 125) * 200000  # 26 MB of pings
+    c.sock.setblocking(False)
+    sent = 0
+    deadline = time.monotonic() + 30
+    while sent < len(flood) and time.monotonic() < deadline:
+        if not select.select([], [c.sock], [], 2.0)[1]:
+            break  # the server stopped reading: what should happen
+        try:
+            sent += c.sock.send(flood[sent:sent + 65536])
+        except BlockingIOError:
+            pass
+    c.sock.setblocking(True)
+    grown = rss_kb(server) - before
+    assert grown < 8 * 1024, "%d KB more after %d bytes of pings" % (grown, sent)
+    # once the client reads, the pongs come, the pings it still had to
+    # send go, and the connection works
+    got = send_while_reading(c, flood[sent:] + frame(TEXT, "after"),
+                             until=b"\x81\x05after")
+    assert got == 200000 * 127 + 7  # every pong (2 + 125 bytes), then the echo
