@@ -9,7 +9,7 @@ import time
 import pytest
 
 from .conftest import http_get
-from .wsclient import CLOSE, PING, TEXT, RawClient, frame
+from .wsclient import CLOSE, PING, PONG, TEXT, RawClient, frame
 
 APP = "websocket_attack_app:main()"
 
@@ -132,3 +132,59 @@ def test_ping_flood_from_a_client_that_never_reads_is_bounded(server):
     got = send_while_reading(c, flood[sent:] + frame(TEXT, "after"),
                              until=b"\x81\x05after")
     assert got == 200000 * 127 + 7  # every pong (2 + 125 bytes), then the echo
+
+
+# -- the C WebSocket's own methods -------------------------------------------
+
+class _Transport:
+    """Just enough of an asyncio transport for _core.WebSocket.attach()."""
+
+    def __init__(self):
+        self.written = []
+
+    def set_protocol(self, protocol):
+        self.protocol = protocol
+
+    def write(self, data):
+        self.written.append(bytes(data))
+
+    def get_write_buffer_size(self):
+        return 0
+
+    def get_write_buffer_limits(self):
+        return (16384, 65536)
+
+    def write_eof(self):
+        pass
+
+    def close(self):
+        pass
+
+    def abort(self):
+        pass
+
+    def pause_reading(self):
+        pass
+
+    def resume_reading(self):
+        pass
+
+
+def test_ping_without_data_sends_an_empty_ping():
+    """ping() (its data defaults to b'') sends an empty ping; it read an
+    uninitialized length and raised 'at most 125 bytes'."""
+    import asyncio
+
+    from aiopyramid import _core
+
+    async def main():
+        ws = _core.WebSocket(asyncio.get_running_loop())
+        transport = _Transport()
+        ws.attach(transport, b"")
+        fut = ws.ping()
+        assert transport.written == [b"\x89\x00"]
+        ws.data_received(frame(PONG))  # its pong
+        await asyncio.wait_for(fut, 5)
+        ws.connection_lost(None)
+
+    asyncio.run(main())

@@ -1276,6 +1276,7 @@ ws_ping(PyObject *op, PyObject *args, PyObject *kwargs)
     modstate *st = ws_state(ws);
     Py_buffer view;
     view.obj = NULL;
+    view.len = 0; /* no data given: an empty ping */
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|y*:ping", kwlist, &view))
         return NULL;
     PyObject *payload = NULL, *fut = NULL, *entry = NULL;
