@@ -188,3 +188,30 @@ def test_ping_without_data_sends_an_empty_ping():
         ws.connection_lost(None)
 
     asyncio.run(main())
+
+
+# -- compressed frames' own length ---------------------------------------------
+
+def test_compressed_frame_longer_than_any_message_gets_1009(server):
+    """A compressed frame declaring 2**62 bytes: inflated size is bounded,
+    but its compressed payload was not, so a peer could stream empty deflate
+    blocks into one frame for ever (CPU, and a connection max_message_size
+    never ends).  No compressed message of max_message_size is much bigger
+    than that on the wire: 1009 at the header."""
+    c = RawClient(server.port)
+    c.send(("GET /ws/echo HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\n"
+            "Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
+            % server.port).encode())
+    while b"\r\n\r\n" not in c.buf:
+        chunk = c.sock.recv(65536)
+        assert chunk
+        c.buf += chunk
+    head, _, c.buf = c.buf.partition(b"\r\n\r\n")
+    assert b"permessage-deflate" in head, head
+    c.sock.settimeout(10)
+    # RSV1 + binary, 64-bit length 2**62, mask, then empty stored blocks
+    c.send(bytes([0xC2, 0xFF]) + (1 << 62).to_bytes(8, "big") + b"\0\0\0\0" +
+           b"\x00\x00\x00\xff\xff" * 1000)
+    assert close_code(c) == 1009
