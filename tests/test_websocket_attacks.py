@@ -2,6 +2,7 @@
 misbehave, against a real gunicorn with aiopyramid's worker serving
 tests/websocket_attack_app.py."""
 import json
+import os
 import select
 import socket
 import time
@@ -125,8 +126,11 @@ def test_ping_flood_from_a_client_that_never_reads_is_bounded(server):
         except BlockingIOError:
             pass
     c.sock.setblocking(True)
-    grown = rss_kb(server) - before
-    assert grown < 8 * 1024, "%d KB more after %d bytes of pings" % (grown, sent)
+    # the server stopped taking pings (the kernel's buffers hold a few MB)
+    assert sent < len(flood), "the server read all %d bytes of pings" % sent
+    if not os.environ.get("AIOPYRAMID_ASAN"):  # ASan's quarantine keeps freed memory
+        grown = rss_kb(server) - before
+        assert grown < 8 * 1024, "%d KB more after %d bytes of pings" % (grown, sent)
     # once the client reads, the pongs come, the pings it still had to
     # send go, and the connection works
     got = send_while_reading(c, flood[sent:] + frame(TEXT, "after"),
