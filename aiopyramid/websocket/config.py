@@ -382,7 +382,17 @@ async def _run(view, context, request, ws, attr, text, connections):
         await run_websocket_view(view, context, request, ws, attr)
     except WebsocketClosed:
         pass  # it sent on a websocket already closed: the end, no error
-    except Exception as e:
+    except asyncio.CancelledError:
+        # cancelled (a quick stop), or the view raised it: the close frame
+        # goes now and close_timeout ends a peer that does not answer
+        try:
+            ws.close(1011)
+        except WebsocketClosed:
+            pass
+        raise
+    except BaseException as e:
+        # SystemExit, KeyboardInterrupt, GeneratorExit from the view are its
+        # errors too (an HTTP view's get a 500): the worker goes on
         code = 1011
         connections.log_error("Error in websocket view %s" % text, e)
     try:

@@ -160,11 +160,21 @@ start_frame(ws_reader *r)
         r->msg_opcode = r->opcode;
         r->msg_compressed = r->rsv1;
         r->msg_len = 0;
+        r->msg_wire = 0;
         r->utf8_checked = 0;
         ws_utf8_init(&r->utf8);
     }
     if (!r->msg_compressed && len > r->max_size - r->msg_len)
         return fail(r, WS_CLOSE_TOO_BIG, "message too big");
+    if (r->msg_compressed) {
+        /* deflate makes no message of max_size much bigger than that (5
+         * bytes per stored block): a longer compressed payload is no
+         * message we would take, only endless input (empty blocks) */
+        uint64_t bound = (uint64_t)r->max_size + r->max_size / 8 + 1024;
+        if (len > bound - r->msg_wire)
+            return fail(r, WS_CLOSE_TOO_BIG, "message too big (compressed)");
+        r->msg_wire += len;
+    }
     return WS_EV_MORE;
 }
 

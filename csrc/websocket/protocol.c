@@ -77,6 +77,8 @@ typedef struct {
     int use_bytes;
     int attached, lost, close_sent, close_received, failing;
     int write_paused, read_paused, feeding;
+    int pong_blocked;           /* a pong went out while writing was paused:
+                                   read no more until resume_writing() */
     unsigned ping_counter;
 } WebSocket;
 
@@ -447,6 +449,7 @@ fail_connection(WebSocket *ws, int code, const char *reason)
             PyErr_Clear();
     }
     wake_recv(st, ws);
+    ws->pong_blocked = 0; /* what comes now is read and dropped */
     if (ws->transport != NULL && !ws->lost) {
         PyObject *r = PyObject_CallMethodNoArgs(ws->transport,
                                                 WSTR(st, WRITE_EOF));
@@ -503,6 +506,14 @@ static int
 queue_full(WebSocket *ws)
 {
     return ws->qlen >= QUEUE_MAX || ws->qbytes >= ws->max_size;
+}
+
+/* Parsing stops (and reading pauses) while the view's queue is full, or
+ * while a peer that sends pings does not read their pongs. */
+static int
+read_blocked(WebSocket *ws)
+{
+    return queue_full(ws) || ws->pong_blocked;
 }
 
 static int
@@ -631,7 +642,7 @@ process(WebSocket *ws, const uint8_t *data, size_t len)
     while (off < len) {
         if (ws->failing || ws->close_received)
             return (Py_ssize_t)len; /* read and dropped */
-        if (queue_full(ws))
+        if (read_blocked(ws))
             break;
         size_t used;
         int ev = ws_reader_feed(&ws->reader, data + off, len - off, &used);
@@ -648,6 +659,8 @@ process(WebSocket *ws, const uint8_t *data, size_t len)
                 send_frame(ws, WS_OP_PONG, ws->reader.ctl,
                            ws->reader.ctl_len) < 0)
                 return -1;
+            if (ws->write_paused && ws->attached)
+                ws->pong_blocked = 1;
             break;
         case WS_EV_PONG:
             got_pong(ws);
@@ -713,6 +726,9 @@ receive(WebSocket *ws, const uint8_t *data, size_t len)
             return -1;
         set_read_paused(ws, 1);
     }
+    else if (ws->pong_blocked) {
+        set_read_paused(ws, 1);
+    }
     return 0;
 }
 
@@ -738,7 +754,7 @@ drain_stash(WebSocket *ws)
         if (ws->lost)
             free_buffers(ws); /* the last of what came before the end */
     }
-    if (ws->rlen == 0 && !queue_full(ws))
+    if (ws->rlen == 0 && !read_blocked(ws))
         set_read_paused(ws, 0);
     return 0;
 }
@@ -1094,6 +1110,11 @@ ws_resume_writing(PyObject *op, PyObject *unused)
     WebSocket *ws = (WebSocket *)op;
     ws->write_paused = 0;
     settle_all(ws_state(ws), &ws->drain_waiters, Py_None);
+    if (ws->pong_blocked) {
+        ws->pong_blocked = 0;
+        if (!queue_full(ws) && drain_stash(ws) < 0)
+            return NULL;
+    }
     Py_RETURN_NONE;
 }
 
@@ -1114,7 +1135,7 @@ ws_recv(PyObject *op, PyObject *unused)
     modstate *st = ws_state(ws);
     if (ws->qlen > 0) {
         PyObject *msg = dequeue(ws);
-        if (!queue_full(ws) && drain_stash(ws) < 0) {
+        if (!read_blocked(ws) && drain_stash(ws) < 0) {
             Py_DECREF(msg);
             return NULL;
         }
@@ -1267,6 +1288,7 @@ ws_ping(PyObject *op, PyObject *args, PyObject *kwargs)
     modstate *st = ws_state(ws);
     Py_buffer view;
     view.obj = NULL;
+    view.len = 0; /* no data given: an empty ping */
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|y*:ping", kwlist, &view))
         return NULL;
     PyObject *payload = NULL, *fut = NULL, *entry = NULL;

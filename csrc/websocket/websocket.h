@@ -173,6 +173,7 @@ typedef struct {
     /* the message being assembled */
     int msg_opcode;           /* 0 (none), WS_OP_TEXT or WS_OP_BINARY */
     int msg_compressed;
+    uint64_t msg_wire;        /* compressed bytes of the message so far */
     int msg_done;             /* the last event was a message: reset */
     ws_utf8 utf8;
     size_t utf8_checked;      /* bytes of msg validated */
