@@ -103,7 +103,10 @@ upgrade_settle(HttpRequest *r)
     Py_CLEAR(p->write);
     Py_CLEAR(p->transport);
     Py_CLEAR(p->environ);
-    PyMem_Free(p->rbuf);
+    /* the head may have been parsed right in the server's shared read
+     * buffer (protocol.c): that one stays the server's */
+    if (p->rbuf != srv->shared_rbuf)
+        PyMem_Free(p->rbuf);
     p->rbuf = NULL;
     p->rcap = 0;
     if (PySet_Discard(srv->connections, (PyObject *)p) < 0)
