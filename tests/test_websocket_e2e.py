@@ -572,3 +572,25 @@ def test_websockets_count_towards_worker_connections(ws_server):
             await ws.close()
 
     run(main())
+
+
+def test_a_view_whose_101_a_tween_replaced_never_runs(server):
+    """A tween that replaces the 101 after the view (an audit, a late
+    authorization check) means no websocket: the view's code must not run
+    at all.  Its Task was started as the 101 was made, so an on_open with a
+    side effect ("X joined") ran for a connection that never upgraded."""
+    async def main():
+        with pytest.raises(InvalidStatus) as refused:
+            async with client(server, "/ws/refused"):
+                pass
+        assert refused.value.response.status_code == 403
+        # the same view on a route the tween leaves alone does run
+        async with client(server, "/ws/announced") as ws:
+            await ws.send("x")
+    run(main())
+    for _ in range(100):
+        if last(server).get("opened"):
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)  # a wrongly started view would have run by now too
+    assert last(server)["opened"] == ["/ws/announced"]

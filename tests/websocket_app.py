@@ -165,6 +165,28 @@ async def request_info(ws):
     await ws.recv()
 
 
+class AnnouncesOnOpen(WebsocketConnectionView):
+    """Its on_open has a side effect (a chat room's "X joined")."""
+
+    __view_mapper__ = WebsocketMapper
+
+    def on_open(self):
+        LAST.setdefault("opened", []).append(self.request.path)
+
+
+def refusing_tween_factory(handler, registry):
+    """Checks after the view (as an audit or a late authorization tween
+    might) and replaces the 101 for paths under /ws/refused."""
+
+    def tween(request):
+        response = handler(request)
+        if request.path.startswith("/ws/refused"):
+            return Response(status=403, body=b"refused by a tween")
+        return response
+
+    return tween
+
+
 # -- security and predicates ---------------------------------------------------
 
 class Secured:
@@ -224,6 +246,11 @@ def main(global_config=None, **settings):
         for name, view, mapper in routes:
             config.add_route(name, "/ws/" + name)
             config.add_view(view, route_name=name, mapper=mapper)
+        config.add_tween("websocket_app.refusing_tween_factory")
+        config.add_route("refused", "/ws/refused")
+        config.add_view(AnnouncesOnOpen, route_name="refused")
+        config.add_route("announced", "/ws/announced")
+        config.add_view(AnnouncesOnOpen, route_name="announced")
         config.add_route("secured", "/ws/secured", factory=Secured)
         config.add_view(request_info, route_name="secured",
                         mapper=WebsocketMapper, permission="talk")

@@ -350,17 +350,21 @@ class WebsocketMapper(DefaultViewMapper):
                 connections._lost(entry)
                 raise
             environ[SUBPROTOCOL_KEY] = subprotocol
-            environ[HANDOFF_KEY] = ws
-            # a Task of its own, driving a pooled greenlet (as a request's
-            # Task does, and as under uWSGI) so that plain code in the view
-            # may call synchronized coroutines; in a copy of the request's
-            # context (threadlocals, contextvars): the request's own
-            # greenlet and Task end once the 101 is out
-            task = loop.create_task(
-                spawn_greenlet(_run_in_greenlet, view, context, request, ws,
-                               attr, text, connections),
-                context=contextvars.copy_context())
-            connections.started(entry, ws, task)
+            context_copy = contextvars.copy_context()
+
+            def start():
+                # a Task of its own, driving a pooled greenlet (as a
+                # request's Task does, and as under uWSGI) so that plain
+                # code in the view may call synchronized coroutines; in a
+                # copy of the request's context (threadlocals, contextvars):
+                # the request's own greenlet and Task end once the 101 is out
+                task = loop.create_task(
+                    spawn_greenlet(_run_in_greenlet, view, context, request,
+                                   ws, attr, text, connections),
+                    context=context_copy)
+                connections.started(entry, ws, task)
+
+            environ[HANDOFF_KEY] = _Handoff(ws, start)
             return Response(status=101, headerlist=list(headers))
 
         websocket_view.__text__ = text
@@ -368,6 +372,30 @@ class WebsocketMapper(DefaultViewMapper):
                                                                  "__doc__"),
                                  updated=())
         return websocket_view
+
+
+class _Handoff:
+    """What the HTTP layer hands the connection to (csrc/http/upgrade.c):
+    ``attach`` once the 101 is out, or ``connection_lost(None)`` when it
+    never went out (a tween replaced the response, the app failed, the
+    client left).  The view starts at attach, not when its 101 was made: a
+    view whose 101 a tween replaced must not run at all."""
+
+    __slots__ = ("ws", "start")
+
+    def __init__(self, ws, start):
+        self.ws = ws
+        self.start = start
+
+    def attach(self, transport, buffered):
+        start, self.start = self.start, None
+        self.ws.attach(transport, buffered)
+        if start is not None:
+            start()
+
+    def connection_lost(self, exc):
+        self.start = None  # never attached: the view never runs
+        self.ws.connection_lost(exc)
 
 
 def _run_in_greenlet(*args):
