@@ -278,8 +278,10 @@ def test_2000_concurrent_sleeping_requests(gunicorn):
         assert not errors, (len(errors), errors[:3])
         bodies = [parse_all(r)[0].body for r in results]
         assert bodies == [b"%d" % i for i in range(n)]
-        # they slept together: far less than 2,000 s, well under a minute
-        assert took < 40, took
+        # they slept together: had they run one after another it would
+        # take 2,000 s (a wall-clock bound tighter than that fails on a
+        # loaded machine: 66 s seen at load 11)
+        assert took < 600, took
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
