@@ -5,6 +5,7 @@ view waits in the queue, a pool shut down under queued views."""
 import asyncio
 import json
 import socket
+import struct
 import threading
 import time
 
@@ -56,6 +57,8 @@ def test_view_of_a_client_that_left_while_queued_never_runs(gunicorn, loop):
     leaver = socket.create_connection(("127.0.0.1", srv.port), timeout=15)
     leaver.sendall(b"GET /count HTTP/1.1\r\nHost: t\r\n\r\n")
     until(lambda: status(srv.port)["queued"] == 1, "/count queued")
+    # gone for good (a reset): a FIN alone is a half-close, still answered
+    leaver.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     leaver.close()
     until(lambda: "/count" in status(srv.port)["cancelled"], "/count cancelled")
     assert fetch(srv.port, "/release").status == 200
