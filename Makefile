@@ -2,6 +2,8 @@
 # make test  - build, then run the whole suite
 # make test-asan - the suite against an ASan+UBSan build of _core
 # make bench - the benchmarks in bench/, tables for the README
+# make soak  - one worker under 1,000,000 mixed requests, then 100,000
+#              clients gone at random stages (SOAK_ARGS="--requests N ...")
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +11,7 @@ PY := $(abspath $(VENV))/bin/python
 CSRC := $(wildcard csrc/*.c csrc/*.h csrc/*/*.c csrc/*/*.h)
 PYTEST_ARGS ?=
 
-.PHONY: all build run test test-asan bench clean
+.PHONY: all build run test test-asan bench soak clean
 
 all: build
 
@@ -47,6 +49,11 @@ test-asan: $(VENV)/.installed
 bench: build
 	$(PY) bench/bridge.py
 	$(PY) bench/http_bench.py
+
+SOAK_ARGS ?=
+soak: build
+	@command -v wrk >/dev/null || { echo "make soak needs wrk (apt-get install wrk)"; exit 1; }
+	$(PY) bench/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf build dist .build-stamp aiopyramid/*.so *.egg-info
