@@ -26,6 +26,12 @@ async def sleep(request):
     return Response(request.params.get("tag", "slept"), content_type="text/plain")
 
 
+async def big(request):
+    """mb MiB of body."""
+    return Response(b"x" * int(float(request.params.get("mb", "1")) * 1024 * 1024),
+                    content_type="application/octet-stream")
+
+
 async def state(request):
     return Response(json.dumps(STATE).encode(), content_type="application/json")
 
@@ -88,7 +94,7 @@ def upload_body_file(request):
 def main(global_config=None, **settings):
     with Configurator(settings=settings) as config:
         config.include("aiopyramid")
-        for name, view in [("hello", hello), ("sleep", sleep), ("state", state),
+        for name, view in [("hello", hello), ("sleep", sleep), ("state", state), ("big", big),
                            ("echo", echo), ("env", env), ("upload", upload),
                            ("upload_body_file", upload_body_file),
                            ("upload_first", upload_first), ("upload_post", upload_post)]:
