@@ -35,7 +35,8 @@ on_message_begin(llhttp_t *parser)
     p->line_len = 0;
     p->host_fields = 0;
     p->scheme = 0;
-    p->head_started = monotonic();
+    if (p->head_started == 0) /* else since its first bytes were held */
+        p->head_started = monotonic();
     Py_CLEAR(p->environ);
     return 0;
 }
@@ -326,6 +327,7 @@ on_message_complete(llhttp_t *parser)
     HttpProtocol *p = PROTO(parser);
     HttpRequest *r = p->req;
     p->chunk_line = 0;
+    p->line_wait = 1; /* the next request line is parsed once it is whole */
     if (r != NULL) {
         r->body_done = 1;
         wake(proto_state(p), &r->body_waiter);
