@@ -132,3 +132,18 @@ def test_a_content_length_past_ssize_t_to_a_plain_view(server, length):
     assert (r.status, r.body) == (200, b"5 36bbe50ed96841d1")
     assert "OverflowError" not in server.log(), server.log()[-2000:]
     still_serves(server)
+
+
+# -- the asterisk form ------------------------------------------------------
+
+@pytest.mark.parametrize("target", [b"*foo", b"**", b"*?x", b"*/x", b"*#x"])
+@pytest.mark.parametrize("method", [b"OPTIONS", b"GET"])
+def test_a_target_starting_with_an_asterisk_is_only_the_asterisk_form(server, method, target):
+    # the asterisk form is exactly "*" (RFC 9112 3.2.4) and every other
+    # target but the absolute form starts with "/": these were served with
+    # a PATH_INFO not starting with "/" ("*foo"; "OPTIONS *?x" ran the app
+    # with PATH_INFO "*"), where nginx answers 400
+    (r,) = exchange(server.port, method + b" " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n", 1,
+                    methods=("GET",))
+    assert r.status == 400, r
+    still_serves(server)

@@ -217,7 +217,11 @@ on_headers_complete(llhttp_t *parser)
     int http11 = parser->http_major == 1 && parser->http_minor >= 1;
     if (parser->http_major > 1)
         http11 = 1;
-    /* RFC 9112 3.2.4: the asterisk form is only for OPTIONS */
+    /* RFC 9112 3.2.4: the asterisk form is only for OPTIONS, and is a
+     * lone "*" (no other target but the absolute form lacks the "/") */
+    if (p->url_len > 1 && p->sbuf[0] == '*')
+        return reject_head(parser, 400,
+                           "the asterisk form is a lone *");
     if (p->url_len == 1 && p->sbuf[0] == '*' && parser->method != HTTP_OPTIONS)
         return reject_head(parser, 400,
                            "the asterisk form is only for OPTIONS");
