@@ -219,6 +219,51 @@ def body_file_lines(request):
     return _answer(_digest(lines) + " lines=%d %.2fs" % (len(lines), time.monotonic() - t0))
 
 
+def bigresp(request):
+    """n MiB streamed out (a plain view)."""
+    n = int(request.GET.get("n", "10"))
+    piece = b"r" * (1 << 20)
+
+    def gen():
+        try:
+            for _ in range(n):
+                yield piece
+        finally:
+            STATE["bigresp_closed"] = STATE.get("bigresp_closed", 0) + 1
+    return Response(app_iter=gen(), content_length=n << 20, content_type="application/octet-stream")
+
+
+def handoffs(request):
+    """Reads the body as ?how= says (readline, iterate, read1, readn) and
+    answers what it read and how many reads were handed to the loop (calls
+    of aiopyramid._executor.wait_in_thread while it read)."""
+    from aiopyramid import _executor
+
+    how = request.GET.get("how", "readline")
+    inp = request.environ["wsgi.input"]
+    real = _executor.wait_in_thread
+    count = [0]
+
+    def counting(*args, **kw):
+        count[0] += 1
+        return real(*args, **kw)
+    _executor.wait_in_thread = counting
+    parts = []
+    try:
+        if how == "iterate":
+            parts = list(inp)
+        else:
+            n = {"readline": None, "read1": 1, "readn": 1000}[how]
+            for _ in range(10 ** 6):
+                b = inp.readline() if n is None else inp.read(n)
+                if not b:
+                    break
+                parts.append(b)
+    finally:
+        _executor.wait_in_thread = real
+    return _answer("%s pieces=%d handoffs=%d" % (_digest(parts), len(parts), count[0]))
+
+
 def post_form(request):
     return _answer(" ".join("%s=%d" % (k, len(v) if isinstance(v, str) else -1)
                             for k, v in request.POST.items()))
@@ -243,7 +288,8 @@ def main(global_config=None, **settings):
                      readkept_here=readkept_here, seektell=seektell,
                      slowread=slowread, state=state, hello=hello,
                      post_form=post_form, body=body,
-                     body_file_lines=body_file_lines)
+                     body_file_lines=body_file_lines, bigresp=bigresp,
+                     handoffs=handoffs)
         for name, view in views.items():
             config.add_route(name, "/" + name)
             config.add_view(view, route_name=name)
