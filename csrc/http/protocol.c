@@ -260,7 +260,7 @@ feed(HttpProtocol *p)
             while (b < e && (*b == '\r' || *b == '\n'))
                 b++;
             if (b == e || memchr(b, '\n', (size_t)(e - b)) == NULL) {
-                if (p->head_started == 0)
+                if (p->head_started == 0 && b < e)
                     p->head_started = monotonic(); /* a head trickling in */
                 if (n <= limit)
                     break;
