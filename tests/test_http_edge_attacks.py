@@ -175,3 +175,38 @@ def test_small_reads_of_a_streamed_body_take_what_is_buffered(server, how, chunk
     # a hand-off only when the buffer ran dry: a few, whatever the pieces
     assert pieces >= 80 and handoffs < pieces // 10, r.body
     still_serves(server)
+
+
+# -- a request line held until it is whole ---------------------------------
+
+from .test_http_feed import FakeTransport, loop, spin  # noqa: E402,F401 -- fixture
+
+
+def test_a_stray_crlf_after_a_body_does_not_start_the_next_heads_timeout(loop):
+    # the request line is held until its LF (so that raw bytes in it can be
+    # parsed again); an empty line held after a body (some old clients send
+    # one) started the head's timeout: a 408 for a keep-alive connection
+    # that had not begun its next request
+    import time
+
+    from aiopyramid.server import HttpServer
+
+    def app(env, start_response):
+        env["wsgi.input"].read()
+        start_response("200 OK", [])
+        return [b"x"]
+
+    server = HttpServer(app, loop)
+    proto, t = server(), FakeTransport()
+    proto.connection_made(t)
+    proto.data_received(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nab\r\n")
+    spin(loop)
+    assert [r.status for r in parse_all(bytes(t.out))] == [200]
+    time.sleep(0.05)
+    assert server.close_idle(60.0, 60.0, 0.02) == 0
+    assert not t.closed and b"408" not in bytes(t.out)
+    proto.data_received(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    spin(loop)
+    assert [r.status for r in parse_all(bytes(t.out))] == [200, 200]
+    proto.connection_lost(None)
+    spin(loop)
