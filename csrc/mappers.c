@@ -117,8 +117,12 @@ prepare_body_for_thread(modstate *st, PyObject *request, Py_ssize_t limit)
         return -1;
     Py_ssize_t n = v == Py_None ? -1 : PyLong_AsSsize_t(v);
     Py_DECREF(v);
-    if (n == -1 && PyErr_Occurred())
-        return -1;
+    if (n == -1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+            return -1;
+        PyErr_Clear(); /* a length past ssize_t (llhttp takes 64 bits) */
+        n = PY_SSIZE_T_MAX;
+    }
     if (n < 0 || n > limit)
         return 0; /* streamed */
     PyObject *raw = PyObject_GetAttrString(request, "body_file_raw");
