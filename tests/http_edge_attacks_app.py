@@ -1,5 +1,6 @@
 """The app of tests/test_http_edge_attacks.py: plain views (run in the
-executor) that read a streamed request body in odd patterns."""
+executor) that read a streamed request body in odd patterns
+(aiopyramid.stream_bodies on)."""
 import hashlib
 import json
 import os
@@ -279,6 +280,8 @@ def env(request):
 
 
 def main(global_config=None, **settings):
+    # the views read a body streamed to their thread (past body_preread)
+    settings.setdefault("aiopyramid.stream_bodies", "true")
     with Configurator(settings=settings) as config:
         config.include("aiopyramid")
         views = dict(read1=read1, readn=readn, readall=readall, readline=readline,

@@ -123,7 +123,19 @@ def main(global_config=None, **settings):
     return app
 
 
+def main_stream(global_config=None, **settings):
+    """main() with bodies past body_preread streamed to plain views' threads."""
+    settings["aiopyramid.stream_bodies"] = "true"
+    return main(global_config, **settings)
+
+
 def main_stream_all(global_config=None, **settings):
     """main() with every body streamed to plain views' threads."""
     settings["aiopyramid.body_preread"] = "0"
+    return main_stream(global_config, **settings)
+
+
+def main_two_threads(global_config=None, **settings):
+    """main() with a pool of 2 threads for plain views."""
+    settings["aiopyramid.executor_threads"] = "2"
     return main(global_config, **settings)
