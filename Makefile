@@ -2,6 +2,8 @@
 # make test  - build, then run the whole suite
 # make test-asan - the suite against an ASan+UBSan build of _core
 # make bench - the benchmarks in bench/, tables for the README
+# make soak  - one worker under 1,000,000 mixed requests, then 100,000
+#              clients gone at random stages (SOAK_ARGS="--requests N ...")
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +11,7 @@ PY := $(abspath $(VENV))/bin/python
 CSRC := $(wildcard csrc/*.c csrc/*.h csrc/*/*.c csrc/*/*.h)
 PYTEST_ARGS ?=
 
-.PHONY: all deps build run test test-asan bench fuzz clean uwsgi
+.PHONY: all deps build run test test-asan bench fuzz soak clean uwsgi
 
 all: build
 
@@ -95,6 +97,11 @@ fuzz: deps
 	python3 csrc/websocket/fuzz/seeds.py build/fuzz/seeds
 	cd build/fuzz && ./websocket -max_total_time=$(FUZZ_TIME) -max_len=70000 \
 		-timeout=10 -rss_limit_mb=2048 -print_final_stats=1 corpus seeds
+
+SOAK_ARGS ?=
+soak: build
+	@command -v wrk >/dev/null || { echo "make soak needs wrk (apt-get install wrk)"; exit 1; }
+	$(PY) bench/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf build dist .build-stamp aiopyramid/*.so *.egg-info

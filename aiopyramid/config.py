@@ -51,6 +51,7 @@ BODY_PREREAD_SETTING = "aiopyramid.body_preread"
 BODY_PREREAD_DEFAULT = 65536
 PLAIN_VIEWS_SETTING = "aiopyramid.plain_views"
 PLAIN_VIEWS = ("executor", "inline")
+STREAM_BODIES_SETTING = "aiopyramid.stream_bodies"
 
 
 class IViewExecutor(Interface):
@@ -139,6 +140,7 @@ class AsyncioMapperBase(DefaultViewMapper):
         registry = get_current_registry()
         self.executor = registry.queryUtility(IViewExecutor)
         self.body_preread = _body_preread(registry.settings)
+        self.stream_bodies = _stream_bodies(registry.settings)
         self.blocking = _check_blocking(kw.get("blocking"))
         if self.blocking is None:
             default = registry.queryUtility(IPlainViews)
@@ -184,7 +186,7 @@ class AsyncioMapperBase(DefaultViewMapper):
             else:
                 text = object_description(view)
         mapped = _core.map_view(view, shape, kind, attr, self.executor,
-                                self.body_preread)
+                                self.body_preread, self.stream_bodies)
         mapped.__text__ = text
         return mapped
 
@@ -248,9 +250,10 @@ class CoroutineOrExecutorMapper(AsyncioMapperBase):
 def _body_preread(settings):
     """``aiopyramid.body_preread``: a plain view's request body of known
     length up to this many bytes is read before its thread starts (in
-    memory, seekable); a larger or chunked one is streamed to the thread as
-    the view reads it, so memory stays bounded whatever the upload's size.
-    0 streams every body."""
+    memory, seekable); a larger or chunked one is spooled (to a temporary
+    file past WebOb's limit) before it starts, or streamed to the thread
+    with ``aiopyramid.stream_bodies``, so memory stays bounded whatever the
+    upload's size."""
     value = (settings or {}).get(BODY_PREREAD_SETTING)
     if value in (None, ""):
         return BODY_PREREAD_DEFAULT
@@ -260,10 +263,31 @@ def _body_preread(settings):
         size = -1
     if size < 0:
         raise ConfigurationError(
-            "{} must be a whole number of bytes, 0 or more (0: stream every "
-            "body to a plain view's thread); got {!r}".format(
+            "{} must be a whole number of bytes, 0 or more (0: spool, or "
+            "stream, every body); got {!r}".format(
                 BODY_PREREAD_SETTING, value))
     return size
+
+
+def _stream_bodies(settings):
+    """``aiopyramid.stream_bodies``: 1 to stream a plain view's body past
+    body_preread (or chunked) to its thread as the view reads it, 0 (the
+    default) to spool it in the request greenlet before the thread starts."""
+    value = (settings or {}).get(STREAM_BODIES_SETTING)
+    if value in (None, ""):
+        return 0
+    if isinstance(value, bool):
+        return int(value)
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return 1
+    if text in ("false", "no", "off", "0"):
+        return 0
+    raise ConfigurationError(
+        "{} must be true or false (true: stream a plain view's big or "
+        "chunked request body to its thread as it comes, holding the "
+        "thread while the client sends; false: spool it first); got "
+        "{!r}".format(STREAM_BODIES_SETTING, value))
 
 
 def _executor_threads(settings):
@@ -350,8 +374,10 @@ def includeme(config):
     Setting ``aiopyramid.executor_threads = N`` gives legacy views a pool of
     N threads of their own instead of the loop's default executor;
     ``aiopyramid.body_preread = BYTES`` (64 KiB by default) is the largest
-    request body read before a legacy view's thread starts: larger or
-    chunked bodies are streamed to it;
+    request body read in memory before a legacy view's thread starts:
+    larger or chunked bodies are spooled before it starts (a temporary file
+    past WebOb's limit), or streamed to it with
+    ``aiopyramid.stream_bodies = true``.
     ``aiopyramid.plain_views = inline`` runs plain views in the request
     greenlet unless they say ``blocking=True`` (default ``executor``).
     """
@@ -362,6 +388,7 @@ def includeme(config):
     config.include("aiopyramid.watchdog")  # aiopyramid.slow_callback_ms
     install()
     _body_preread(config.registry.settings)  # a bad value fails here
+    _stream_bodies(config.registry.settings)
     # checked now: a bad value fails config.include() with what to write
     plain_views = _plain_views(config.registry.settings)
     config.registry.registerUtility(plain_views, IPlainViews)

@@ -31,6 +31,7 @@ typedef struct {
     vectorcallfunc vectorcall;
     int shape, kind;
     Py_ssize_t body_preread; /* bodies up to this are read before the thread */
+    int stream_bodies;       /* larger or chunked: streamed, else spooled */
 } MappedView;
 
 static PyObject *
@@ -95,13 +96,15 @@ static PyMethodDef invoke_def = {
 
 /* A body of known length up to `limit` bytes is read here, in the request
  * greenlet (where wsgi.input waits on the socket without a thread), and the
- * thread gets it in memory, seekable.  A larger or chunked one is streamed:
- * the view's thread reads wsgi.input as the body comes (each read handed to
- * the loop), so memory stays bounded whatever its size; WebOb's
- * request.body and request.POST make it seekable there if asked, spooling
- * past request_body_tempfile_limit to a temporary file. */
+ * thread gets it in memory, seekable.  A larger or chunked one is spooled
+ * here too by WebOb's make_body_seekable (past request_body_tempfile_limit
+ * to a temporary file), so a slow uploader holds no thread; or, with
+ * `stream`, streamed: the view's thread reads wsgi.input as the body comes
+ * (a read the buffer cannot answer handed to the loop), so the view starts
+ * early but holds its thread while the client sends. */
 static int
-prepare_body_for_thread(modstate *st, PyObject *request, Py_ssize_t limit)
+prepare_body_for_thread(modstate *st, PyObject *request, Py_ssize_t limit,
+                        int stream)
 {
     PyObject *v = PyObject_GetAttrString(request, "is_body_readable");
     if (v == NULL)
@@ -120,10 +123,20 @@ prepare_body_for_thread(modstate *st, PyObject *request, Py_ssize_t limit)
         return -1;
     Py_ssize_t n = v == Py_None ? -1 : PyLong_AsSsize_t(v);
     Py_DECREF(v);
-    if (n == -1 && PyErr_Occurred())
-        return -1;
-    if (n < 0 || n > limit)
-        return 0; /* streamed */
+    if (n == -1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+            return -1;
+        PyErr_Clear(); /* a length past ssize_t (llhttp takes 64 bits) */
+        n = PY_SSIZE_T_MAX;
+    }
+    if (n < 0 || n > limit) {
+        if (stream)
+            return 0;
+        PyObject *r = PyObject_CallMethodNoArgs(request,
+                                                st->str_make_body_seekable);
+        Py_XDECREF(r);
+        return r == NULL ? -1 : 0;
+    }
     PyObject *raw = PyObject_GetAttrString(request, "body_file_raw");
     if (raw == NULL)
         return -1;
@@ -177,7 +190,8 @@ mapped_run(PyObject *op, PyObject *const *args, size_t nargsf,
         Py_DECREF(loop);
         return invoke(st, self, context, request);
     }
-    if (prepare_body_for_thread(st, request, self->body_preread) < 0) {
+    if (prepare_body_for_thread(st, request, self->body_preread,
+                                self->stream_bodies) < 0) {
         Py_DECREF(loop);
         return NULL;
     }
@@ -299,14 +313,15 @@ static PyObject *
 map_view(PyObject *module, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"view", "shape", "kind", "attr", "executor",
-                             "body_preread", NULL};
+                             "body_preread", "stream_bodies", NULL};
     modstate *st = state_of_module(module);
     PyObject *view, *attr = Py_None, *executor = Py_None;
     int shape, kind;
     Py_ssize_t body_preread = 65536;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Oii|OOn:map_view", kwlist,
+    int stream_bodies = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Oii|OOni:map_view", kwlist,
                                      &view, &shape, &kind, &attr, &executor,
-                                     &body_preread))
+                                     &body_preread, &stream_bodies))
         return NULL;
     if (body_preread < 0) {
         PyErr_Format(PyExc_ValueError, "body_preread must be 0 or more bytes, "
@@ -335,6 +350,7 @@ map_view(PyObject *module, PyObject *args, PyObject *kwargs)
     self->shape = shape;
     self->kind = kind;
     self->body_preread = body_preread;
+    self->stream_bodies = stream_bodies != 0;
     PyObject_GC_Track(self);
     return (PyObject *)self;
 }
@@ -343,11 +359,13 @@ static PyMethodDef mappers_methods[] = {
     {"map_view", (PyCFunction)(void (*)(void))map_view,
      METH_VARARGS | METH_KEYWORDS,
      "map_view(view, shape, kind, attr=None, executor=None, "
-     "body_preread=65536)\n--\n\n"
+     "body_preread=65536, stream_bodies=0)\n--\n\n"
      "The mapped view for Pyramid: shape is one of the SHAPE_* constants, "
      "kind KIND_COROUTINE, KIND_EXECUTOR or KIND_INLINE; an executor "
      "view's request body up to body_preread bytes is read before its "
-     "thread starts, a larger or chunked one streamed to it."},
+     "thread starts, a larger or chunked one spooled (to a temporary file "
+     "past WebOb's limit) before it starts, or streamed to it if "
+     "stream_bodies."},
     {NULL, NULL, 0, NULL},
 };
 

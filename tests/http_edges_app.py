@@ -26,6 +26,12 @@ async def sleep(request):
     return Response(request.params.get("tag", "slept"), content_type="text/plain")
 
 
+async def big(request):
+    """mb MiB of body."""
+    return Response(b"x" * int(float(request.params.get("mb", "1")) * 1024 * 1024),
+                    content_type="application/octet-stream")
+
+
 async def state(request):
     return Response(json.dumps(STATE).encode(), content_type="application/json")
 
@@ -88,7 +94,7 @@ def upload_body_file(request):
 def main(global_config=None, **settings):
     with Configurator(settings=settings) as config:
         config.include("aiopyramid")
-        for name, view in [("hello", hello), ("sleep", sleep), ("state", state),
+        for name, view in [("hello", hello), ("sleep", sleep), ("state", state), ("big", big),
                            ("echo", echo), ("env", env), ("upload", upload),
                            ("upload_body_file", upload_body_file),
                            ("upload_first", upload_first), ("upload_post", upload_post)]:
@@ -117,7 +123,19 @@ def main(global_config=None, **settings):
     return app
 
 
+def main_stream(global_config=None, **settings):
+    """main() with bodies past body_preread streamed to plain views' threads."""
+    settings["aiopyramid.stream_bodies"] = "true"
+    return main(global_config, **settings)
+
+
 def main_stream_all(global_config=None, **settings):
     """main() with every body streamed to plain views' threads."""
     settings["aiopyramid.body_preread"] = "0"
+    return main_stream(global_config, **settings)
+
+
+def main_two_threads(global_config=None, **settings):
+    """main() with a pool of 2 threads for plain views."""
+    settings["aiopyramid.executor_threads"] = "2"
     return main(global_config, **settings)

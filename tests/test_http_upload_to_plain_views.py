@@ -16,15 +16,18 @@ psutil = pytest.importorskip("psutil")
 pytest.importorskip("gunicorn")
 
 APP = "http_edges_app:main()"
+STREAM = "http_edges_app:main_stream()"  # aiopyramid.stream_bodies = true
 ASAN = bool(os.environ.get("AIOPYRAMID_ASAN"))
 
 
+@pytest.mark.parametrize("app", [APP, STREAM], ids=["spooled", "streamed"])
 @pytest.mark.parametrize("path", ["/upload", "/upload_body_file"])
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
-def test_a_big_upload_to_a_plain_view_keeps_memory_bounded(gunicorn, path, chunked):
+def test_a_big_upload_to_a_plain_view_keeps_memory_bounded(gunicorn, app, path, chunked):
     # the body was read whole before the view started: 300 MiB to a plain
-    # view reading 64 KiB at a time took the worker from 33 to 334 MiB
-    srv = gunicorn(app=APP)
+    # view reading 64 KiB at a time took the worker from 33 to 334 MiB.
+    # Spooled (the default), WebOb writes it to a temporary file first
+    srv = gunicorn(app=app)
     worker = worker_of(srv)
     total = 200 * MIB
     with PeakRSS(worker) as rss:
@@ -57,11 +60,11 @@ def read_answer(s, timeout):
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
-def test_a_plain_view_starts_before_a_big_body_has_come(gunicorn, chunked):
-    # the whole body was read (spooled to a temporary file) before the
-    # view's thread started: a view answering after its first 64 KiB got
-    # nothing to run until the client had sent all 100 MiB
-    srv = gunicorn(app=APP)
+def test_a_streamed_plain_view_starts_before_a_big_body_has_come(gunicorn, chunked):
+    # with aiopyramid.stream_bodies the body is not spooled before the
+    # view's thread starts: a view answering after its first 64 KiB runs
+    # before the client has sent all 100 MiB
+    srv = gunicorn(app=STREAM)
     s = socket.create_connection(("127.0.0.1", srv.port), timeout=2)
     try:
         framing = (b"Transfer-Encoding: chunked" if chunked
@@ -77,14 +80,22 @@ def test_a_plain_view_starts_before_a_big_body_has_come(gunicorn, chunked):
     assert http_get(srv.port, "/hello")[0] == 200
 
 
-@pytest.mark.parametrize("size,seekable", [(1000, True), (65536, True), (65537, False)])
-def test_small_bodies_are_read_before_the_thread(gunicorn, size, seekable):
-    srv = gunicorn(app=APP)
+@pytest.mark.parametrize("app,size,seekable", [
+    (APP, 1000, True), (APP, 65536, True), (APP, 65537, True), (APP, -1, True),
+    (STREAM, 1000, True), (STREAM, 65536, True), (STREAM, 65537, False), (STREAM, -1, False)],
+    ids=["spool-1000", "spool-65536", "spool-65537", "spool-chunked",
+         "stream-1000", "stream-65536", "stream-65537", "stream-chunked"])
+def test_bodies_read_before_the_thread(gunicorn, app, size, seekable):
+    # up to body_preread read in memory; past it (or chunked) spooled by
+    # default (seekable in the thread), streamed with stream_bodies
+    srv = gunicorn(app=app)
+    body = b"x" * (size if size >= 0 else 70000)
+    framing = (b"Content-Length: %d\r\n\r\n%s" % (size, body) if size >= 0 else
+               b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
     with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
-        s.sendall(b"POST /upload_first HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s"
-                  % (size, b"x" * size))
+        s.sendall(b"POST /upload_first HTTP/1.1\r\nHost: t\r\n" + framing)
         r = read_answer(s, timeout=15)
-    assert r.body == b"%d %s" % (min(size, 65536), str(seekable).encode())
+    assert r.body == b"%d %s" % (min(len(body), 65536), str(seekable).encode())
 
 
 def test_the_preread_limit_is_a_setting(gunicorn):
@@ -116,9 +127,63 @@ def test_a_big_form_through_request_post_in_the_thread(gunicorn):
         assert rss.grown_mib < 24, rss.grown_mib
 
 
+@pytest.mark.parametrize("value", ["maybe", "2", "-1"])
+def test_a_bad_stream_bodies_setting_is_refused(value):
+    from pyramid.config import Configurator
+    from pyramid.exceptions import ConfigurationError
+    with pytest.raises(ConfigurationError, match="aiopyramid.stream_bodies must be true or false"):
+        with Configurator(settings={"aiopyramid.stream_bodies": value}) as config:
+            config.include("aiopyramid")
+
+
 def test_a_bad_preread_setting_is_refused():
     from pyramid.config import Configurator
     from pyramid.exceptions import ConfigurationError
     with pytest.raises(ConfigurationError, match="aiopyramid.body_preread must be"):
         with Configurator(settings={"aiopyramid.body_preread": "-1"}) as config:
             config.include("aiopyramid")
+
+
+def test_slow_uploaders_do_not_hold_the_plain_views_threads(gunicorn):
+    # a body past body_preread or chunked was streamed to the view's thread
+    # by default: each client trickling its upload held a thread as long as
+    # it trickled, and pool + 2 of them left every plain view unanswered
+    import select
+    threads = 2
+    srv = gunicorn(app="http_edges_app:main_two_threads()")
+    uploaders = []
+    try:
+        for _ in range(threads + 2):
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            s.sendall(b"POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                      b"1\r\nu\r\n")
+            uploaders.append(s)
+        sent = 1
+        g = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        try:
+            g.sendall(b"GET /env HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            answer = b""
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:  # the uploaders trickle meanwhile
+                if select.select([g], [], [], 0.5)[0]:
+                    data = g.recv(65536)
+                    answer += data
+                    if not data:
+                        break
+                for s in uploaders:
+                    s.sendall(b"1\r\nu\r\n")
+                sent += 1
+        finally:
+            g.close()
+        assert answer.startswith(b"HTTP/1.1 200 "), (
+            "a plain view got no answer in 20 s while %d clients trickled their uploads: %r"
+            % (len(uploaders), answer[:200]))
+        for s in uploaders:
+            s.sendall(b"0\r\n\r\n")
+        for s in uploaders:
+            r = read_answer(s, timeout=30)
+            assert (r.status, r.body) == (200, b"%d" % sent)
+    finally:
+        for s in uploaders:
+            s.close()
+    assert srv.log().count("Traceback") == 0, srv.log()[-3000:]

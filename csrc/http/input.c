@@ -105,6 +105,42 @@ size_arg(PyObject *const *args, Py_ssize_t nargs, const char *fname,
     return 0;
 }
 
+/* read() or readline() from a thread other than the loop's, when the
+ * buffer already holds the answer (no wait) and taking it does not resume
+ * the transport (input_take's rule; only the loop's thread may): taken here,
+ * under the GIL, as on the loop, without a hand-off to it.  NULL with no
+ * exception: hand off. */
+static PyObject *
+input_take_ready(HttpRequest *r, const char *name, PyObject *const *args,
+                 Py_ssize_t nargs)
+{
+    int line = strcmp(name, "readline") == 0;
+    Py_ssize_t size;
+    if ((!line && strcmp(name, "read") != 0) || r->body_error)
+        return NULL;
+    if (size_arg(args, nargs, name, &size) < 0)
+        return NULL;
+    size_t avail = r->blen - r->bpos, want;
+    if (line) {
+        const char *nl = avail ? memchr(r->bbuf + r->bpos, '\n', avail) : NULL;
+        want = nl ? (size_t)(nl - (r->bbuf + r->bpos)) + 1 : avail;
+        if (size >= 0 && want > (size_t)size)
+            want = (size_t)size;
+        else if (nl == NULL && !r->body_done)
+            return NULL;
+    }
+    else if (size >= 0 && (size_t)size <= avail)
+        want = (size_t)size;
+    else if (r->body_done)
+        want = avail;
+    else
+        return NULL;
+    if ((r->proto->read_paused & PAUSE_BODY) &&
+        (Py_ssize_t)(avail - want) < r->proto->server->body_buffer / 2)
+        return NULL;
+    return input_take(r, want);
+}
+
 /* wsgi.input read from a thread other than the loop's (an executor
  * thread): waiting for the body, and pausing or resuming the transport, must
  * happen on the loop, so the whole call runs there, in a greenlet, while this
@@ -139,6 +175,9 @@ input_off_loop(PyObject *self, const char *name, PyObject *const *args,
     Py_DECREF(running);
     if (running != Py_True)
         return NULL;
+    PyObject *ready = input_take_ready(r, name, args, nargs);
+    if (ready != NULL || PyErr_Occurred())
+        return ready;
     PyObject *func, *fargs = NULL, *coro = NULL, *wait = NULL, *res = NULL;
     func = PyObject_GetAttrString(self, name);
     if (func == NULL || (fargs = PyTuple_New(nargs)) == NULL)

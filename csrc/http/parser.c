@@ -35,7 +35,8 @@ on_message_begin(llhttp_t *parser)
     p->line_len = 0;
     p->host_fields = 0;
     p->scheme = 0;
-    p->head_started = monotonic();
+    if (p->head_started == 0) /* else since its first bytes were held */
+        p->head_started = monotonic();
     Py_CLEAR(p->environ);
     return 0;
 }
@@ -216,7 +217,11 @@ on_headers_complete(llhttp_t *parser)
     int http11 = parser->http_major == 1 && parser->http_minor >= 1;
     if (parser->http_major > 1)
         http11 = 1;
-    /* RFC 9112 3.2.4: the asterisk form is only for OPTIONS */
+    /* RFC 9112 3.2.4: the asterisk form is only for OPTIONS, and is a
+     * lone "*" (no other target but the absolute form lacks the "/") */
+    if (p->url_len > 1 && p->sbuf[0] == '*')
+        return reject_head(parser, 400,
+                           "the asterisk form is a lone *");
     if (p->url_len == 1 && p->sbuf[0] == '*' && parser->method != HTTP_OPTIONS)
         return reject_head(parser, 400,
                            "the asterisk form is only for OPTIONS");
@@ -326,6 +331,7 @@ on_message_complete(llhttp_t *parser)
     HttpProtocol *p = PROTO(parser);
     HttpRequest *r = p->req;
     p->chunk_line = 0;
+    p->line_wait = 1; /* the next request line is parsed once it is whole */
     if (r != NULL) {
         r->body_done = 1;
         wake(proto_state(p), &r->body_waiter);

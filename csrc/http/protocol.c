@@ -250,10 +250,18 @@ feed(HttpProtocol *p)
             }
         }
         if (p->line_wait) {
+            /* a request line goes to llhttp whole (past any empty lines
+             * before it): one with raw bytes above 0x7F is parsed again
+             * from its start (high_bytes_retry), which must still be here */
+            const char *b = p->rbuf + p->rpos, *e = p->rbuf + p->rlen;
             size_t n = p->rlen - p->rpos;
             size_t limit = p->server->limit_line > 0
                                ? (size_t)p->server->limit_line + 16 : 65536;
-            if (memchr(p->rbuf + p->rpos, '\n', n) == NULL) {
+            while (b < e && (*b == '\r' || *b == '\n'))
+                b++;
+            if (b == e || memchr(b, '\n', (size_t)(e - b)) == NULL) {
+                if (p->head_started == 0 && b < e)
+                    p->head_started = monotonic(); /* a head trickling in */
                 if (n <= limit)
                     break;
                 p->err_status = 414;
@@ -366,7 +374,8 @@ proto_new(modstate *st, HttpServer *srv)
     p->closed = p->waiting = p->broken = p->trusted = p->upgrade = 0;
     p->handed_off = 0;
     p->feeding = p->scheme = 0;
-    p->eof = p->tls = p->chunk_line = p->last_chunk = p->line_wait = 0;
+    p->eof = p->tls = p->chunk_line = p->last_chunk = 0;
+    p->line_wait = 1; /* the first request line is parsed once it is whole */
     p->msg_start = NULL;
     p->hline = NULL;
     p->hline_len = 0;
