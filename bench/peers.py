@@ -34,7 +34,6 @@ What it does, so you can judge it:
 import argparse
 import os
 import re
-import resource
 import shutil
 import signal
 import socket
@@ -42,6 +41,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+from http_bench import free_port, raise_fd_limit  # bench/ is sys.path[0]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -88,19 +89,6 @@ def ensure_peers():
                    check=True)
     with open(stamp, "w") as f:
         f.write(repr(PEER_PACKAGES))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def raise_fd_limit(n=65536):
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = n if hard == resource.RLIM_INFINITY else min(n, hard)
-    if soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
 def somaxconn():
