@@ -127,6 +127,9 @@ typedef struct {
     unsigned long long max_requests; /* 0: none; on_limit called at it */
     PyObject *on_limit;
     PyObject *on_close;         /* called as a connection closes, or NULL */
+    PyObject *call_soon;        /* loop.call_soon */
+    PyObject *flush_cb;         /* server.flush_writes, bound */
+    PyObject *unflushed;        /* list of protocols with writes held back */
     Py_ssize_t active;
     time_t date_time;
     char date[64];
@@ -153,6 +156,9 @@ struct HttpProtocol {
     PyObject *conn_environ;     /* server's base + REMOTE_*, SERVER_*, scheme */
     PyObject *task_done;        /* bound callback for request Tasks */
     PyObject *drain_waiter;     /* future resolved by resume_writing */
+    PyObject *held;             /* bytes, or a list of them, not yet written
+                                   (see proto_write_bytes) */
+    Py_ssize_t held_len;
     HttpRequest *req;           /* the request being parsed or served */
     PyObject *cb_exc;           /* an exception raised in a parser callback */
     llhttp_t parser;
@@ -256,6 +262,9 @@ int proto_write_bytes(HttpProtocol *p, PyObject *data);
 int proto_gone(HttpProtocol *p);
 int proto_write(HttpProtocol *p, const char *data, size_t len);
 void proto_close(HttpProtocol *p);
+int proto_flush(HttpProtocol *p);
+void proto_drop_held(HttpProtocol *p);
+PyObject *server_flush_writes(PyObject *op, PyObject *unused);
 void wake(modstate *st, PyObject **fut);
 int wait_on(modstate *st, HttpServer *srv, PyObject **slot);
 void proto_release_request(HttpProtocol *p);

@@ -42,9 +42,9 @@ set_read_paused(HttpProtocol *p, int bit, int on)
     Py_XDECREF(r);
 }
 
-/* transport.write(data); false once the connection is gone. */
-int
-proto_write_bytes(HttpProtocol *p, PyObject *data)
+/* transport.write(data) now; false once the connection is gone. */
+static int
+write_now(HttpProtocol *p, PyObject *data)
 {
     if (p->closed || p->write == NULL)
         return 0;
@@ -58,6 +58,128 @@ proto_write_bytes(HttpProtocol *p, PyObject *data)
     }
     Py_DECREF(r);
     return 1;
+}
+
+/* Writes are held back until the loop has run every callback of this
+ * iteration, then go out together (server_flush_writes, by call_soon).
+ * Written one by one as each response is made, every response wakes the
+ * client's thread on its own, and at load each wake-up costs both sides
+ * more than the write; written together, the writes that follow the first
+ * find the client already awake (as bjoern's, which go out from write
+ * watchers on the next loop iteration).  A connection holds at most
+ * HELD_MAX bytes: past that it writes at once, so back-pressure (pause_writing) still
+ * reaches a large response. */
+#define HELD_MAX (64 * 1024)
+
+int
+proto_write_bytes(HttpProtocol *p, PyObject *data)
+{
+    if (p->closed || p->write == NULL)
+        return 0;
+    HttpServer *srv = p->server;
+    Py_ssize_t n = PyBytes_GET_SIZE(data);
+    if (p->held == NULL) {
+        if (n >= HELD_MAX)
+            return write_now(p, data);
+        if (PyList_GET_SIZE(srv->unflushed) == 0) {
+            PyObject *h = PyObject_CallOneArg(srv->call_soon, srv->flush_cb);
+            if (h == NULL) {  /* a closed loop: no batching then */
+                PyErr_Clear();
+                return write_now(p, data);
+            }
+            Py_DECREF(h);
+        }
+        if (PyList_Append(srv->unflushed, (PyObject *)p) < 0) {
+            PyErr_Clear();
+            return write_now(p, data);
+        }
+        p->held = Py_NewRef(data);
+        p->held_len = n;
+        return 1;
+    }
+    if (PyBytes_CheckExact(p->held)) {
+        PyObject *list = PyList_New(1);
+        if (list == NULL) {
+            PyErr_Clear();
+            proto_flush(p);
+            return write_now(p, data);
+        }
+        PyList_SET_ITEM(list, 0, p->held);
+        p->held = list;
+    }
+    if (PyList_Append(p->held, data) < 0) {
+        PyErr_Clear();
+        proto_flush(p);
+        return write_now(p, data);
+    }
+    p->held_len += n;
+    if (p->held_len >= HELD_MAX)
+        return proto_flush(p);
+    return 1;
+}
+
+/* Writes what this connection holds back, now. */
+int
+proto_flush(HttpProtocol *p)
+{
+    PyObject *held = p->held;
+    if (held == NULL)
+        return !p->closed;
+    p->held = NULL;
+    int rc;
+    if (PyList_CheckExact(held)) {
+        Py_ssize_t n = PyList_GET_SIZE(held);
+        PyObject *joined = PyBytes_FromStringAndSize(NULL, p->held_len);
+        if (joined == NULL) {
+            /* the response cannot go out whole: none of it does */
+            PyErr_Clear();
+            Py_DECREF(held);
+            p->held_len = 0;
+            proto_close(p);
+            return 0;
+        }
+        char *to = PyBytes_AS_STRING(joined);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *b = PyList_GET_ITEM(held, i);
+            memcpy(to, PyBytes_AS_STRING(b), (size_t)PyBytes_GET_SIZE(b));
+            to += PyBytes_GET_SIZE(b);
+        }
+        rc = write_now(p, joined);
+        Py_DECREF(joined);
+    }
+    else {
+        rc = write_now(p, held);
+    }
+    p->held_len = 0;
+    Py_DECREF(held);
+    return rc;
+}
+
+void
+proto_drop_held(HttpProtocol *p)
+{
+    p->held_len = 0;
+    Py_CLEAR(p->held);
+}
+
+/* server.flush_writes(): the held writes of every connection, in the
+ * order the connections first held one. */
+PyObject *
+server_flush_writes(PyObject *op, PyObject *unused)
+{
+    HttpServer *srv = (HttpServer *)op;
+    PyObject *list = srv->unflushed;
+    Py_ssize_t n = PyList_GET_SIZE(list);
+    if (n == 0)
+        Py_RETURN_NONE;
+    PyObject *fresh = PyList_New(0);
+    if (fresh == NULL)
+        return NULL;
+    srv->unflushed = fresh;
+    for (Py_ssize_t i = 0; i < n; i++)
+        proto_flush((HttpProtocol *)PyList_GET_ITEM(list, i));
+    Py_DECREF(list);
+    Py_RETURN_NONE;
 }
 
 /* True once the connection is gone or going: a failed send makes the
@@ -99,6 +221,7 @@ proto_close(HttpProtocol *p)
 {
     if (p->transport == NULL || p->closed)
         return;
+    proto_flush(p);
     p->closed = 1;
     modstate *st = proto_state(p);
     PyObject *r = PyObject_CallMethodNoArgs(p->transport, st->str_close);
@@ -357,7 +480,8 @@ proto_new(modstate *st, HttpServer *srv)
         return NULL;
     p->server = (HttpServer *)Py_NewRef(srv);
     p->transport = p->write = p->conn_environ = NULL;
-    p->task_done = p->drain_waiter = NULL;
+    p->task_done = p->drain_waiter = p->held = NULL;
+    p->held_len = 0;
     p->req = NULL;
     p->cb_exc = NULL;
     p->environ = NULL;
@@ -399,6 +523,7 @@ proto_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(p->conn_environ);
     Py_VISIT(p->task_done);
     Py_VISIT(p->drain_waiter);
+    Py_VISIT(p->held);
     Py_VISIT((PyObject *)p->req);
     Py_VISIT(p->cb_exc);
     Py_VISIT(p->environ);
@@ -415,6 +540,7 @@ proto_clear(PyObject *op)
     Py_CLEAR(p->conn_environ);
     Py_CLEAR(p->task_done);
     Py_CLEAR(p->drain_waiter);
+    Py_CLEAR(p->held);
     Py_CLEAR(p->req);
     Py_CLEAR(p->cb_exc);
     Py_CLEAR(p->environ);
@@ -505,6 +631,7 @@ proto_connection_lost(PyObject *op, PyObject *exc)
     HttpProtocol *p = (HttpProtocol *)op;
     modstate *st = proto_state(p);
     p->closed = 1;
+    proto_drop_held(p);
     if (p->server != NULL && PySet_Discard(p->server->connections, op) < 0)
         PyErr_Clear();
     if (p->server != NULL && p->server->on_close != NULL) {

@@ -139,6 +139,10 @@ server_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
     self->error_log = error_log == Py_None ? NULL : Py_NewRef(error_log);
     if ((self->create_future = PyObject_GetAttr(loop, HSTR(st, CREATE_FUTURE))) == NULL ||
         (self->connections = PySet_New(NULL)) == NULL ||
+        (self->unflushed = PyList_New(0)) == NULL ||
+        (self->call_soon = PyObject_GetAttrString(loop, "call_soon")) == NULL ||
+        (self->flush_cb = PyObject_GetAttrString((PyObject *)self,
+                                                 "flush_writes")) == NULL ||
         server_task_init(self) < 0)
         goto error;
     return (PyObject *)self;
@@ -180,6 +184,9 @@ server_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(s->connections);
     Py_VISIT(s->on_limit);
     Py_VISIT(s->on_close);
+    Py_VISIT(s->call_soon);
+    Py_VISIT(s->flush_cb);
+    Py_VISIT(s->unflushed);
     return 0;
 }
 
@@ -203,6 +210,9 @@ server_clear(PyObject *op)
     Py_CLEAR(s->connections);
     Py_CLEAR(s->on_limit);
     Py_CLEAR(s->on_close);
+    Py_CLEAR(s->call_soon);
+    Py_CLEAR(s->flush_cb);
+    Py_CLEAR(s->unflushed);
     PyMem_Free(s->shared_rbuf);
     s->shared_rbuf = NULL;
     return 0;
@@ -218,6 +228,7 @@ server_connection_list(HttpServer *s)
 static void
 proto_abort(HttpProtocol *p)
 {
+    proto_drop_held(p);
     if (p->transport == NULL)
         return;
     PyObject *r = PyObject_CallMethodNoArgs(p->transport,
@@ -503,6 +514,9 @@ static PyMethodDef server_methods[] = {
      METH_FASTCALL,
      "limit_requests(n, callback)\n--\n\nOnce n responses are complete "
      "(0: no limit), stop keep-alive as shutdown() does and call callback()."},
+    {"flush_writes", server_flush_writes, METH_NOARGS,
+     "flush_writes()\n--\n\nWrite what connections hold back now (the "
+     "loop calls it once per iteration that wrote)."},
     {"abort", server_abort, METH_NOARGS,
      "abort()\n--\n\nAbort every connection (their requests are cancelled)."},
     {NULL, NULL, 0, NULL},

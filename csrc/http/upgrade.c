@@ -58,6 +58,8 @@ upgrade_settle(HttpRequest *r)
             never_attached(srv, target);
         return 0;
     }
+    /* the 101 goes out before any frame of the websocket's */
+    proto_flush(p);
     if (!r->headers_sent || proto_gone(p) || p->transport == NULL) {
         never_attached(srv, ws);
         Py_DECREF(ws);
