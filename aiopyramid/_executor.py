@@ -21,13 +21,17 @@ the worker stops (:func:`stop_waiting`), it wakes with an error.
 """
 import collections
 import concurrent.futures
-import concurrent.futures.thread as _cf_thread
 import sys
 import threading
 import weakref
 from asyncio import events, futures, run_coroutine_threadsafe
 
 from ._core import _waiting_thread
+
+# 3.14 changed the pool's work items and its workers' loop: its own queue
+_WorkQueue = None
+if sys.version_info < (3, 14):
+    from ._core import WorkQueue as _WorkQueue
 
 __all__ = ["Executor", "shutdown_pools", "stop_waiting", "tracking_loop_class",
            "wait_in_thread"]
@@ -167,10 +171,21 @@ def shutdown_pools():
 
 class Executor(concurrent.futures.ThreadPoolExecutor):
     """A ThreadPoolExecutor that hands a job submitted by a synchronized
-    coroutine, whose caller's thread waits for it, to that thread."""
+    coroutine, whose caller's thread waits for it, to that thread.
+
+    On Python 3.11 to 3.13 its queue is ``_core.WorkQueue`` (SimpleQueue's
+    methods): ``_core`` puts legacy views on it as they are (a ThreadCall,
+    its own work item, which hands its outcome back to the loop itself),
+    idle threads are woken one at a time (a thread that finishes a job takes
+    the next without sleeping), and a thread runs the views it takes in C.
+    Shutdown, cancellation and a broken pool behave as ThreadPoolExecutor's:
+    a ThreadCall is its own ``future`` for ``cancel()`` and
+    ``set_exception()``."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        if _WorkQueue is not None:
+            self._work_queue = _WorkQueue()
         _pools.add(self)
 
     def submit(self, fn, /, *args, **kwargs):
@@ -180,28 +195,6 @@ class Executor(concurrent.futures.ThreadPoolExecutor):
             if f is not None:
                 return f
         return super().submit(fn, *args, **kwargs)
-
-    if sys.version_info < (3, 14):
-        def _submit_call(self, item):
-            """Queues ``item`` (a ``_core`` ThreadCall: a legacy view) as it
-            is, for a thread of this pool to ``run()``: what ``submit`` does,
-            without the concurrent Future and the asyncio future chained to
-            it (the item hands its outcome back to the loop itself, and is
-            its own ``future`` for the pool's ``cancel()`` and
-            ``set_exception()``).  Refused as ``submit`` refuses."""
-            with self._shutdown_lock, _cf_thread._global_shutdown_lock:
-                if self._broken:
-                    raise _cf_thread.BrokenThreadPool(self._broken)
-                if self._shutdown:
-                    raise RuntimeError("cannot schedule new futures after shutdown")
-                if _cf_thread._shutdown:
-                    raise RuntimeError("cannot schedule new futures after "
-                                       "interpreter shutdown")
-                self._work_queue.put(item)
-                # a full pool never shrinks: no idle-thread bookkeeping
-                # then (its semaphore is pure Python, slow per request)
-                if len(self._threads) < self._max_workers:
-                    self._adjust_thread_count()
 
 
 def tracking_loop_class(base):

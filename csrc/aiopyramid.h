@@ -15,6 +15,8 @@ typedef struct {
     PyTypeObject *SynchronizedType;
     PyTypeObject *CoroutineFunctionType;
     PyTypeObject *ThreadCallType;
+    PyTypeObject *WorkQueueType;
+    PyTypeObject *CompletionsType;
     PyTypeObject *MappedViewType;
 
     /* exceptions and objects imported once */
@@ -54,12 +56,18 @@ typedef struct {
     PyObject *str_request;
     PyObject *str_view_attr;       /* __view__ */
     PyObject *str_make_body_seekable;
+    PyObject *str_content_length;  /* CONTENT_LENGTH */
+    PyObject *str_transfer_encoding; /* HTTP_TRANSFER_ENCODING */
     PyObject *str_foreign_wait;    /* _aiopyramid_wait: a foreign driver's
                                       wait(yielded), on its greenlet */
     PyObject *executor_strs;       /* tuple of interned strings, see
                                       bridge/executor.c */
     PyObject *threadlocal_manager; /* pyramid.threadlocal.manager, once an
                                       executor thread has needed it */
+    PyObject *completers;          /* {weakref(loop): Completions}, see
+                                      bridge/executor.c */
+    PyObject *cf_thread;           /* concurrent.futures.thread */
+    PyObject *queue_empty;         /* queue.Empty */
 
     /* http/ */
     PyTypeObject *HttpServerType;

@@ -106,6 +106,27 @@ static int
 prepare_body_for_thread(modstate *st, PyObject *request, Py_ssize_t limit,
                         int stream)
 {
+    /* no Content-Length and no Transfer-Encoding: a request without a body
+     * (RFC 9112, 6.3), nothing to read before the thread starts.  Servers
+     * that say wsgi.input_terminated (ours) make WebOb call every such
+     * body readable, and spooling its nothing cost more than the rest of
+     * the hand-off */
+    PyObject *environ = NULL;
+    if (PyObject_GetOptionalAttrString(request, "environ", &environ) < 0)
+        return -1;
+    if (environ != NULL && PyDict_CheckExact(environ)) {
+        int has = PyDict_GetItemWithError(environ, st->str_content_length) != NULL;
+        if (!has && !PyErr_Occurred())
+            has = PyDict_GetItemWithError(environ, st->str_transfer_encoding) != NULL;
+        Py_DECREF(environ);
+        if (PyErr_Occurred())
+            return -1;
+        if (!has)
+            return 0;
+    }
+    else {
+        Py_XDECREF(environ);
+    }
     PyObject *v = PyObject_GetAttrString(request, "is_body_readable");
     if (v == NULL)
         return -1;

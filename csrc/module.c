@@ -4,6 +4,8 @@
 #define STATE_OBJECTS(X)                                                     \
     X(BridgeGreenletType) X(SpawnType) X(DelegateType) X(SynchronizedType)    \
     X(CoroutineFunctionType) X(ThreadCallType) X(MappedViewType)              \
+    X(WorkQueueType) X(CompletionsType) X(completers) X(cf_thread)            \
+    X(queue_empty)                                                            \
     X(ScopeError) X(ConfigurationError) X(GreenletExit) X(CancelledError)     \
     X(gr_context_descr)   \
     X(get_running_loop) X(asyncio_run)            \
@@ -16,6 +18,7 @@
     X(str_blocking) X(str_set_result) X(str_set_exception)                   \
     X(str_result) X(str_push) X(str_pop) X(str_registry) X(str_request)       \
     X(str_view_attr) X(str_make_body_seekable)                    \
+    X(str_content_length) X(str_transfer_encoding)                           \
     X(str_foreign_wait)                                                      \
     X(executor_strs) X(threadlocal_manager)                                   \
     X(HttpServerType) X(HttpProtocolType) X(HttpRequestType) X(HttpInputType) \
@@ -71,6 +74,8 @@ intern_strings(modstate *st)
     INTERN(str_request, "request")
     INTERN(str_view_attr, "__view__")
     INTERN(str_make_body_seekable, "make_body_seekable")
+    INTERN(str_content_length, "CONTENT_LENGTH")
+    INTERN(str_transfer_encoding, "HTTP_TRANSFER_ENCODING")
     INTERN(str_foreign_wait, "_aiopyramid_wait")
 #undef INTERN
     return 0;

@@ -4,21 +4,44 @@
  * Handed to an aiopyramid Executor (aiopyramid/_executor.py: the gunicorn
  * worker's default executor, the aiopyramid.executor_threads pool), a
  * ThreadCall is itself the pool's work item: no concurrent Future, no
- * asyncio.wrap_future chain.  The thread runs it, then hands the outcome to
- * the loop with one call_soon_threadsafe, and the loop sets it on the
- * asyncio future the request greenlet waits on.  Any other executor gets
- * it through loop.run_in_executor. */
+ * asyncio.wrap_future chain.  The Executor's queue is a WorkQueue (below),
+ * and the hand-off is made to cost little per request where it used to
+ * cost a thread wake-up and a loop wake-up each:
+ *
+ * - a thread is woken only when none is already on its way to the queue
+ *   (a thread that finishes a job takes the next one without sleeping;
+ *   one that takes a job while more wait wakes one more, so views that
+ *   block still spread over the pool), and for the views the loop hands
+ *   over, not before the loop has run this iteration's callbacks (woken
+ *   at once, the thread would wait for the GIL the loop holds, and take
+ *   it at each of the loop's callback boundaries: a thread switch per
+ *   request);
+ * - a pool thread runs the views it takes in C, inside the queue's get(),
+ *   without going back to the pool's Python loop;
+ * - a finished call goes onto its loop's Completions list; only the one
+ *   that finds the list empty calls call_soon_threadsafe, and the loop
+ *   sets every outcome on the list in one callback, so their responses
+ *   are written in one loop iteration (and held writes go out together).
+ *
+ * Any other executor gets the call through loop.run_in_executor. */
 #include "bridge/bridge.h"
 
 /* interned strings of this file, in st->executor_strs */
 #define EXECUTOR_STRINGS(X)                                                  \
     X(CALL_SOON_THREADSAFE, "call_soon_threadsafe")                          \
     X(CREATE_FUTURE, "create_future")                                        \
-    X(SUBMIT_CALL, "_submit_call")                                           \
     X(DEFAULT_EXECUTOR, "_default_executor")                                 \
     X(CANCELLED, "cancelled")                                                \
     X(DONE, "done")                                                          \
-    X(CANCEL, "cancel")
+    X(CANCEL, "cancel")                                                      \
+    X(CALL_SOON, "call_soon")                                                \
+    X(WORK_QUEUE, "_work_queue")                                             \
+    X(BROKEN, "_broken")                                                     \
+    X(SHUTDOWN, "_shutdown")                                                 \
+    X(THREADS, "_threads")                                                   \
+    X(MAX_WORKERS, "_max_workers")                                           \
+    X(ADJUST_THREAD_COUNT, "_adjust_thread_count")                           \
+    X(BROKEN_THREAD_POOL, "BrokenThreadPool")
 
 enum {
 #define EX_STR_ENUM(name, text) ES_##name,
@@ -33,6 +56,7 @@ typedef struct {
     PyObject_HEAD
     PyObject *ctx, *loop, *fn, *args, *kwargs, *request;
     PyObject *future;          /* the loop's future, as a pool's work item */
+    PyObject *completions;     /* its loop's Completions, with future */
     PyObject *result, *exc;    /* the outcome, on its way to the loop */
     int cancel;                /* the pool cancelled the work item */
 } ThreadCall;
@@ -142,22 +166,205 @@ threadcall_complete(PyObject *op, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-static PyMethodDef complete_def = {"_complete", threadcall_complete,
-                                   METH_NOARGS, NULL};
+/* A loop's finished ThreadCalls on their way to it: pending is filled by
+ * the pool's threads and emptied by drain() on the loop, both with the GIL
+ * held; only the call that finds nothing scheduled calls
+ * call_soon_threadsafe (one loop wake-up for every call that finishes
+ * before the loop takes the list). */
+typedef struct {
+    PyObject_HEAD
+    PyObject *pending;   /* list of ThreadCalls */
+    PyObject *drain;     /* bound drain(), made once */
+    int scheduled;       /* a drain() is on the loop's way */
+} Completions;
 
-/* From any thread: threadcall_complete on the loop.  A loop that is gone
+/* On the loop: every pending outcome onto its future, in the order the
+ * calls finished. */
+static PyObject *
+completions_drain(PyObject *op, PyObject *unused)
+{
+    Completions *c = (Completions *)op;
+    c->scheduled = 0;
+    PyObject *list = c->pending;
+    if (PyList_GET_SIZE(list) == 0)
+        Py_RETURN_NONE;
+    PyObject *fresh = PyList_New(0);
+    if (fresh == NULL)
+        return NULL;
+    c->pending = fresh;
+    PyObject *err = NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); i++) {
+        PyObject *r = threadcall_complete(PyList_GET_ITEM(list, i), NULL);
+        if (r == NULL) {
+            /* the first error is the callback's; the others are logged,
+             * and every outcome is still set */
+            if (err == NULL)
+                err = exc_take();
+            else
+                PyErr_WriteUnraisable(op);
+        }
+        Py_XDECREF(r);
+    }
+    Py_DECREF(list);
+    if (err != NULL) {
+        exc_restore(err);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef completions_methods[] = {
+    {"drain", completions_drain, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static int
+completions_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    Completions *c = (Completions *)op;
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(c->pending);
+    Py_VISIT(c->drain);
+    return 0;
+}
+
+static int
+completions_clear(PyObject *op)
+{
+    Completions *c = (Completions *)op;
+    Py_CLEAR(c->pending);
+    Py_CLEAR(c->drain);
+    return 0;
+}
+
+static PyType_Slot completions_slots[] = {
+    {Py_tp_methods, completions_methods},
+    {Py_tp_traverse, completions_traverse},
+    {Py_tp_clear, completions_clear},
+    {Py_tp_dealloc, gc_dealloc},
+    {0, NULL},
+};
+
+static PyType_Spec completions_spec = {
+    .name = "aiopyramid._core._Completions",
+    .basicsize = sizeof(Completions),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = completions_slots,
+};
+
+static PyObject *
+weakref_target(PyObject *ref)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject *obj = NULL;
+    if (PyWeakref_GetRef(ref, &obj) < 0)
+        PyErr_Clear();
+    Py_XDECREF(obj); /* only compared, never used */
+    return obj;
+#else
+    PyObject *obj = PyWeakref_GET_OBJECT(ref);
+    return obj == Py_None ? NULL : obj;
+#endif
+}
+
+/* On the loop's thread: the loop's Completions, made at its first
+ * ThreadCall (the entries of loops that are gone are dropped then). */
+static PyObject *
+completions_for(modstate *st, PyObject *loop)
+{
+    PyObject *ref = PyWeakref_NewRef(loop, NULL);
+    if (ref == NULL)
+        return NULL;
+    PyObject *c = PyDict_GetItemWithError(st->completers, ref);
+    if (c != NULL || PyErr_Occurred()) {
+        Py_DECREF(ref);
+        return Py_XNewRef(c);
+    }
+    PyObject *dead = PyList_New(0), *key, *value;
+    Py_ssize_t pos = 0;
+    if (dead == NULL)
+        goto error;
+    /* a loop that is gone, or closed (a drain it was sent is dropped
+     * with its ready queue: what waits for it never goes) */
+    while (PyDict_Next(st->completers, &pos, &key, &value)) {
+        PyObject *other = weakref_target(key);
+        int gone = other == NULL;
+        if (!gone) {
+            PyObject *r = PyObject_CallMethod(other, "is_closed", NULL);
+            if (r == NULL)
+                PyErr_Clear();
+            gone = r == Py_True;
+            Py_XDECREF(r);
+        }
+        if (gone && PyList_Append(dead, key) < 0)
+            goto error;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(dead); i++) {
+        key = PyList_GET_ITEM(dead, i);
+        value = PyDict_GetItemWithError(st->completers, key);
+        if (value != NULL) {
+            Completions *old = (Completions *)value;
+            old->scheduled = 0;
+            if (PyList_SetSlice(old->pending, 0,
+                                PyList_GET_SIZE(old->pending), NULL) < 0)
+                goto error;
+        }
+        if (PyDict_DelItem(st->completers, key) < 0)
+            goto error;
+    }
+    Py_CLEAR(dead);
+    Completions *made = PyObject_GC_New(Completions, st->CompletionsType);
+    if (made == NULL)
+        goto error;
+    made->pending = PyList_New(0);
+    made->drain = NULL;
+    made->scheduled = 0;
+    PyObject_GC_Track(made);
+    c = (PyObject *)made;
+    if (made->pending == NULL ||
+        (made->drain = PyObject_GetAttrString(c, "drain")) == NULL ||
+        PyDict_SetItem(st->completers, ref, c) < 0) {
+        Py_DECREF(c);
+        goto error;
+    }
+    Py_DECREF(ref);
+    return c;
+error:
+    Py_XDECREF(dead);
+    Py_DECREF(ref);
+    return NULL;
+}
+
+/* From any thread, with the GIL: the outcome onto its loop's list, and
+ * the loop woken if nothing is on its way there yet.  A loop that is gone
  * takes nothing (its requests are gone with it). */
 static void
 threadcall_hand_back(ThreadCall *self)
 {
     modstate *st = state_of_type(Py_TYPE(self));
-    PyObject *cb = PyCFunction_New(&complete_def, (PyObject *)self);
-    PyObject *r = cb == NULL ? NULL : PyObject_CallMethodOneArg(
-        self->loop, ESTR(st, CALL_SOON_THREADSAFE), cb);
-    Py_XDECREF(cb);
-    if (r == NULL)
-        PyErr_Clear(); /* a closed loop */
-    Py_XDECREF(r);
+    Completions *c = (Completions *)self->completions;
+    if (c == NULL)
+        return;
+    if (PyList_Append(c->pending, (PyObject *)self) < 0) {
+        PyErr_WriteUnraisable((PyObject *)self);
+        return;
+    }
+    if (c->scheduled)
+        return;
+    /* set first: asyncio's call_soon_threadsafe is Python, and the loop
+     * may run the drain before it returns here */
+    c->scheduled = 1;
+    PyObject *r = PyObject_CallMethodOneArg(
+        self->loop, ESTR(st, CALL_SOON_THREADSAFE), c->drain);
+    if (r == NULL) {
+        PyErr_Clear(); /* a closed loop: nothing will take the list */
+        c->scheduled = 0;
+        Py_ssize_t n = PyList_GET_SIZE(c->pending);
+        if (PyList_SetSlice(c->pending, 0, n, NULL) < 0)
+            PyErr_Clear();
+        return;
+    }
+    Py_DECREF(r);
 }
 
 /* run(): the work item's job, in the pool's thread. */
@@ -239,6 +446,7 @@ threadcall_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->kwargs);
     Py_VISIT(self->request);
     Py_VISIT(self->future);
+    Py_VISIT(self->completions);
     Py_VISIT(self->result);
     Py_VISIT(self->exc);
     return 0;
@@ -255,6 +463,7 @@ threadcall_clear(PyObject *op)
     Py_CLEAR(self->kwargs);
     Py_CLEAR(self->request);
     Py_CLEAR(self->future);
+    Py_CLEAR(self->completions);
     Py_CLEAR(self->result);
     Py_CLEAR(self->exc);
     return 0;
@@ -277,6 +486,383 @@ static PyType_Spec threadcall_spec = {
     .slots = threadcall_slots,
 };
 
+/* WorkQueue: an aiopyramid Executor's work queue, in place of the
+ * ThreadPoolExecutor's SimpleQueue (the same put/get/get_nowait/empty/
+ * qsize), with the wake-ups described at the top of this file.  Its state
+ * is only touched with the GIL held; a thread that waits blocks on a lock
+ * of its own, on the list of idle threads, and is woken by name. */
+typedef struct qwaiter {
+    PyThread_type_lock lock;
+    struct qwaiter *next;
+    int woken;
+} qwaiter;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject **items;        /* ring buffer */
+    Py_ssize_t head, len, cap;
+    qwaiter *idle;           /* threads blocked in get(), last idle first */
+    int waking;              /* woken, not yet back from their wait */
+    int wake_scheduled;      /* a _wake() is on a loop's ready queue */
+    PyObject *wake;          /* bound _wake(), made once */
+} WorkQueue;
+
+static int
+wq_push(WorkQueue *q, PyObject *item)
+{
+    if (q->len == q->cap) {
+        Py_ssize_t cap = q->cap ? q->cap * 2 : 64;
+        PyObject **items = PyMem_New(PyObject *, cap);
+        if (items == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        for (Py_ssize_t i = 0; i < q->len; i++)
+            items[i] = q->items[(q->head + i) % q->cap];
+        PyMem_Free(q->items);
+        q->items = items;
+        q->head = 0;
+        q->cap = cap;
+    }
+    q->items[(q->head + q->len) % q->cap] = Py_NewRef(item);
+    q->len++;
+    return 0;
+}
+
+static PyObject *
+wq_pop(WorkQueue *q)
+{
+    PyObject *item = q->items[q->head];
+    q->head = (q->head + 1) % q->cap;
+    q->len--;
+    return item;
+}
+
+static void
+wq_wake_one(WorkQueue *q)
+{
+    qwaiter *w = q->idle;
+    q->idle = w->next;
+    w->woken = 1;
+    q->waking++;
+    PyThread_release_lock(w->lock);
+}
+
+/* a thread comes for what is queued: one on its way already, or one woken */
+static inline void
+wq_wake_if_needed(WorkQueue *q)
+{
+    if (q->len > 0 && q->waking == 0 && q->idle != NULL)
+        wq_wake_one(q);
+}
+
+static PyObject *
+wq_put(PyObject *op, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"item", "block", "timeout", NULL};
+    PyObject *item, *block = NULL, *timeout = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|OO:put", kwlist,
+                                     &item, &block, &timeout))
+        return NULL;
+    WorkQueue *q = (WorkQueue *)op;
+    if (wq_push(q, item) < 0)
+        return NULL;
+    wq_wake_if_needed(q);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+wq_put_nowait(PyObject *op, PyObject *item)
+{
+    WorkQueue *q = (WorkQueue *)op;
+    if (wq_push(q, item) < 0)
+        return NULL;
+    wq_wake_if_needed(q);
+    Py_RETURN_NONE;
+}
+
+/* On the loop, once its callbacks have run: a thread for what the loop
+ * queued meanwhile. */
+static PyObject *
+wq_wake_cb(PyObject *op, PyObject *unused)
+{
+    WorkQueue *q = (WorkQueue *)op;
+    q->wake_scheduled = 0;
+    wq_wake_if_needed(q);
+    Py_RETURN_NONE;
+}
+
+static double
+monotonic_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* get(): the next item; ThreadCalls (views) are run right here, in the
+ * pool's thread, and the next item taken without a sleep.  timeout < 0:
+ * none. */
+static PyObject *
+wq_get_impl(WorkQueue *q, int block, double timeout, int run_calls)
+{
+    modstate *st = state_of_type(Py_TYPE(q));
+    double deadline = timeout >= 0 ? monotonic_now() + timeout : 0;
+    for (;;) {
+        if (q->len > 0) {
+            PyObject *item = wq_pop(q);
+            /* more waiting: one more thread, in case this job blocks */
+            wq_wake_if_needed(q);
+            if (run_calls && Py_IS_TYPE(item, st->ThreadCallType)) {
+                PyObject *r = threadcall_run(item, NULL);
+                if (r == NULL)
+                    PyErr_WriteUnraisable(item);
+                Py_XDECREF(r);
+                Py_DECREF(item);
+                continue;
+            }
+            return item;
+        }
+        long long wait_us = -1;
+        if (timeout >= 0) {
+            double left = deadline - monotonic_now();
+            wait_us = left > 0 ? (long long)(left * 1e6) : 0;
+        }
+        if (!block || wait_us == 0) {
+            PyErr_SetNone(st->queue_empty);
+            return NULL;
+        }
+        qwaiter w = {PyThread_allocate_lock(), NULL, 0};
+        if (w.lock == NULL) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        PyThread_acquire_lock(w.lock, WAIT_LOCK); /* the waker releases it */
+        w.next = q->idle;
+        q->idle = &w;
+        Py_BEGIN_ALLOW_THREADS
+        PyThread_acquire_lock_timed(w.lock, wait_us, 0);
+        Py_END_ALLOW_THREADS
+        if (w.woken) {
+            q->waking--;
+        }
+        else {
+            /* timed out: off the idle list */
+            qwaiter **p = &q->idle;
+            while (*p != &w)
+                p = &(*p)->next;
+            *p = w.next;
+        }
+        PyThread_free_lock(w.lock);
+    }
+}
+
+static int
+parse_get(PyObject *args, PyObject *kwargs, int *block, double *timeout)
+{
+    static char *kwlist[] = {"block", "timeout", NULL};
+    PyObject *t = Py_None;
+    *block = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|pO:get", kwlist, block, &t))
+        return -1;
+    *timeout = -1;
+    if (t != Py_None) {
+        *timeout = PyFloat_AsDouble(t);
+        if (*timeout == -1 && PyErr_Occurred())
+            return -1;
+        if (*timeout < 0) {
+            PyErr_SetString(PyExc_ValueError, "'timeout' must be a non-negative number");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *
+wq_get(PyObject *op, PyObject *args, PyObject *kwargs)
+{
+    int block;
+    double timeout;
+    if (parse_get(args, kwargs, &block, &timeout) < 0)
+        return NULL;
+    /* only a pool's thread waits (block=True): it runs the views */
+    return wq_get_impl((WorkQueue *)op, block, timeout, block);
+}
+
+static PyObject *
+wq_get_nowait(PyObject *op, PyObject *unused)
+{
+    return wq_get_impl((WorkQueue *)op, 0, -1, 0);
+}
+
+static PyObject *
+wq_empty(PyObject *op, PyObject *unused)
+{
+    return PyBool_FromLong(((WorkQueue *)op)->len == 0);
+}
+
+static PyObject *
+wq_qsize(PyObject *op, PyObject *unused)
+{
+    return PyLong_FromSsize_t(((WorkQueue *)op)->len);
+}
+
+static PyObject *
+wq_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    if (PyTuple_GET_SIZE(args) || (kwargs != NULL && PyDict_GET_SIZE(kwargs))) {
+        PyErr_SetString(PyExc_TypeError, "WorkQueue() takes no arguments");
+        return NULL;
+    }
+    WorkQueue *q = (WorkQueue *)type->tp_alloc(type, 0);
+    if (q == NULL)
+        return NULL;
+    q->wake = PyObject_GetAttrString((PyObject *)q, "_wake");
+    if (q->wake == NULL) {
+        Py_DECREF(q);
+        return NULL;
+    }
+    return (PyObject *)q;
+}
+
+static int
+wq_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    WorkQueue *q = (WorkQueue *)op;
+    Py_VISIT(Py_TYPE(op));
+    for (Py_ssize_t i = 0; i < q->len; i++)
+        Py_VISIT(q->items[(q->head + i) % q->cap]);
+    Py_VISIT(q->wake);
+    return 0;
+}
+
+static int
+wq_clear(PyObject *op)
+{
+    WorkQueue *q = (WorkQueue *)op;
+    while (q->len > 0)
+        Py_DECREF(wq_pop(q));
+    Py_CLEAR(q->wake);
+    return 0;
+}
+
+static void
+wq_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    wq_clear(op);
+    PyMem_Free(((WorkQueue *)op)->items);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef wq_methods[] = {
+    {"put", (PyCFunction)(void (*)(void))wq_put, METH_VARARGS | METH_KEYWORDS, NULL},
+    {"put_nowait", wq_put_nowait, METH_O, NULL},
+    {"get", (PyCFunction)(void (*)(void))wq_get, METH_VARARGS | METH_KEYWORDS, NULL},
+    {"get_nowait", wq_get_nowait, METH_NOARGS, NULL},
+    {"empty", wq_empty, METH_NOARGS, NULL},
+    {"qsize", wq_qsize, METH_NOARGS, NULL},
+    {"_wake", wq_wake_cb, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot wq_slots[] = {
+    {Py_tp_doc, "WorkQueue()\n--\n\nAn aiopyramid Executor's work queue "
+                "(SimpleQueue's methods): idle threads are woken one at a "
+                "time, and a pool thread runs the views it takes in C."},
+    {Py_tp_new, wq_new},
+    {Py_tp_methods, wq_methods},
+    {Py_tp_traverse, wq_traverse},
+    {Py_tp_clear, wq_clear},
+    {Py_tp_dealloc, wq_dealloc},
+    {0, NULL},
+};
+
+static PyType_Spec wq_spec = {
+    .name = "aiopyramid._core.WorkQueue",
+    .basicsize = sizeof(WorkQueue),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = wq_slots,
+};
+
+/* On the loop's thread: the view onto an aiopyramid Executor's queue, its
+ * thread woken once this loop iteration's callbacks have run; refused as
+ * ThreadPoolExecutor.submit refuses.  0, or -1 with an exception. */
+static int
+submit_call(modstate *st, PyObject *ex, WorkQueue *q, ThreadCall *call)
+{
+    PyObject *v = NULL;
+    if (PyObject_GetOptionalAttr(ex, ESTR(st, BROKEN), &v) < 0)
+        return -1;
+    int t = v == NULL ? 0 : PyObject_IsTrue(v);
+    if (t > 0) {
+        PyObject *cls = PyObject_GetAttr(st->cf_thread, ESTR(st, BROKEN_THREAD_POOL));
+        if (cls != NULL)
+            PyErr_SetObject(cls, v);
+        Py_XDECREF(cls);
+        t = -1;
+    }
+    Py_XDECREF(v);
+    if (t < 0)
+        return -1;
+    const char *refused = NULL;
+    for (int i = 0; i < 2 && refused == NULL; i++) {
+        v = PyObject_GetAttr(i == 0 ? ex : st->cf_thread, ESTR(st, SHUTDOWN));
+        t = v == NULL ? -1 : PyObject_IsTrue(v);
+        Py_XDECREF(v);
+        if (t < 0)
+            return -1;
+        if (t)
+            refused = i == 0 ? "cannot schedule new futures after shutdown"
+                             : "cannot schedule new futures after interpreter shutdown";
+    }
+    if (refused != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, refused);
+        return -1;
+    }
+    call->future = PyObject_CallMethodNoArgs(call->loop, ESTR(st, CREATE_FUTURE));
+    if (call->future == NULL)
+        return -1;
+    call->completions = completions_for(st, call->loop);
+    if (call->completions == NULL || wq_push(q, (PyObject *)call) < 0)
+        return -1;
+    if (q->waking > 0 || q->wake_scheduled)
+        return 0;
+    if (q->idle != NULL) {
+        PyObject *h = PyObject_CallMethodOneArg(call->loop, ESTR(st, CALL_SOON),
+                                                q->wake);
+        if (h == NULL) {
+            PyErr_Clear(); /* no loop to wait for: at once */
+            wq_wake_if_needed(q);
+            return 0;
+        }
+        Py_DECREF(h);
+        q->wake_scheduled = 1;
+        return 0;
+    }
+    /* every thread busy: one more while the pool may grow (a busy one takes
+     * the call otherwise, once its job is done) */
+    v = PyObject_GetAttr(ex, ESTR(st, THREADS));
+    Py_ssize_t n = v == NULL ? -1 : PyObject_Size(v);
+    Py_XDECREF(v);
+    if (n < 0)
+        return -1;
+    v = PyObject_GetAttr(ex, ESTR(st, MAX_WORKERS));
+    Py_ssize_t max = v == NULL ? -1 : PyLong_AsSsize_t(v);
+    Py_XDECREF(v);
+    if (max == -1 && PyErr_Occurred())
+        return -1;
+    if (n < max) {
+        v = PyObject_CallMethodNoArgs(ex, ESTR(st, ADJUST_THREAD_COUNT));
+        if (v == NULL)
+            return -1;
+        Py_DECREF(v);
+    }
+    return 0;
+}
+
 PyObject *
 bridge_run_in_executor(modstate *st, PyObject *loop, PyObject *executor,
                        PyObject *fn, PyObject *args, PyObject *kwargs,
@@ -291,7 +877,7 @@ bridge_run_in_executor(modstate *st, PyObject *loop, PyObject *executor,
     call->args = Py_NewRef(args);
     call->kwargs = Py_XNewRef(kwargs);
     call->request = Py_XNewRef(request);
-    call->future = call->result = call->exc = NULL;
+    call->future = call->result = call->exc = call->completions = NULL;
     call->cancel = 0;
     PyObject_GC_Track(call);
     if (call->ctx == NULL) {
@@ -318,32 +904,32 @@ bridge_run_in_executor(modstate *st, PyObject *loop, PyObject *executor,
 #if PY_VERSION_HEX < 0x030E0000
     /* an aiopyramid Executor (the loop's default one: asyncio's loops keep
      * it in _default_executor, and so does the gunicorn worker's uvloop):
-     * the call is the pool's work item, its outcome handed back by one
-     * call_soon_threadsafe (3.14 changed the pool's work items) */
+     * the call is the pool's work item, on its WorkQueue, its outcome
+     * handed back through the loop's Completions (3.14 changed the pool's
+     * work items) */
     PyObject *ex = executor ? Py_NewRef(executor) : NULL;
     if (ex == NULL &&
         PyObject_GetOptionalAttr(loop, ESTR(st, DEFAULT_EXECUTOR), &ex) < 0) {
         Py_DECREF(call);
         return NULL;
     }
-    PyObject *submit = NULL;
+    PyObject *queue = NULL;
     if (ex != NULL && ex != Py_None &&
-        PyObject_GetOptionalAttr(ex, ESTR(st, SUBMIT_CALL), &submit) < 0) {
+        PyObject_GetOptionalAttr(ex, ESTR(st, WORK_QUEUE), &queue) < 0) {
         Py_DECREF(ex);
         Py_DECREF(call);
         return NULL;
     }
-    Py_XDECREF(ex);
-    if (submit != NULL) {
-        call->future = PyObject_CallMethodNoArgs(loop, ESTR(st, CREATE_FUTURE));
-        PyObject *r = call->future == NULL ? NULL
-                                           : PyObject_CallOneArg(submit, (PyObject *)call);
-        Py_DECREF(submit);
-        PyObject *fut = r == NULL ? NULL : Py_NewRef(call->future);
-        Py_XDECREF(r);
+    if (queue != NULL && Py_IS_TYPE(queue, st->WorkQueueType)) {
+        int rc = submit_call(st, ex, (WorkQueue *)queue, call);
+        Py_DECREF(queue);
+        Py_DECREF(ex);
+        PyObject *fut = rc < 0 ? NULL : Py_NewRef(call->future);
         Py_DECREF(call);
         return fut;
     }
+    Py_XDECREF(queue);
+    Py_XDECREF(ex);
 #endif
     PyObject *margs[] = {loop, executor ? executor : Py_None, (PyObject *)call};
     PyObject *fut = PyObject_VectorcallMethod(
@@ -370,5 +956,21 @@ bridge_executor_init(PyObject *module, modstate *st)
             return -1;
         PyTuple_SET_ITEM(st->executor_strs, i, s);
     }
+    st->completers = PyDict_New();
+    if (st->completers == NULL)
+        return -1;
+    st->cf_thread = PyImport_ImportModule("concurrent.futures.thread");
+    if (st->cf_thread == NULL)
+        return -1;
+    PyObject *queue = PyImport_ImportModule("queue");
+    if (queue == NULL)
+        return -1;
+    st->queue_empty = PyObject_GetAttrString(queue, "Empty");
+    Py_DECREF(queue);
+    if (st->queue_empty == NULL)
+        return -1;
+    if (add_type(module, &st->CompletionsType, &completions_spec, NULL) < 0 ||
+        add_type(module, &st->WorkQueueType, &wq_spec, NULL) < 0)
+        return -1;
     return add_type(module, &st->ThreadCallType, &threadcall_spec, NULL);
 }
