@@ -62,13 +62,12 @@ write_now(HttpProtocol *p, PyObject *data)
 
 /* Writes are held back until the loop has run every callback of this
  * iteration, then go out together (server_flush_writes, by call_soon).
- * Written one by one as each response is made, every response wakes the
- * client's thread on its own, and at load each wake-up costs both sides
- * more than the write; written together, the writes that follow the first
- * find the client already awake (as bjoern's, which go out from write
- * watchers on the next loop iteration).  A connection holds at most
- * HELD_MAX bytes: past that it writes at once, so back-pressure (pause_writing) still
- * reaches a large response. */
+ * Written one by one as each response is made, every response woke the
+ * client on its own, and at load each wake-up costs both sides more than
+ * the write; written together, the writes after the first find the client
+ * awake (bjoern's go out from write watchers on the next loop iteration,
+ * to the same effect).  A connection holds at most HELD_MAX bytes: past
+ * that it writes at once, so pause_writing still stops a large response. */
 #define HELD_MAX (64 * 1024)
 
 int
