@@ -132,6 +132,7 @@ typedef struct {
     PyObject *call_soon;        /* loop.call_soon */
     PyObject *flush_cb;         /* server.flush_writes, bound */
     PyObject *unflushed;        /* list of protocols with writes held back */
+    int flush_scheduled;        /* flush_writes is in the loop's queue */
     Py_ssize_t active;
     time_t date_time;
     char date[64];

@@ -80,17 +80,20 @@ proto_write_bytes(HttpProtocol *p, PyObject *data)
     if (p->held == NULL) {
         if (n >= HELD_MAX)
             return write_now(p, data);
-        if (PyList_GET_SIZE(srv->unflushed) == 0) {
+        if (PyList_Append(srv->unflushed, (PyObject *)p) < 0) {
+            PyErr_Clear();
+            return write_now(p, data);
+        }
+        if (!srv->flush_scheduled) {
             PyObject *h = PyObject_CallOneArg(srv->call_soon, srv->flush_cb);
-            if (h == NULL) {  /* a closed loop: no batching then */
+            if (h == NULL) {
+                /* a closed loop: this write goes now, and the list waits
+                 * for a later one to schedule its flush */
                 PyErr_Clear();
                 return write_now(p, data);
             }
             Py_DECREF(h);
-        }
-        if (PyList_Append(srv->unflushed, (PyObject *)p) < 0) {
-            PyErr_Clear();
-            return write_now(p, data);
+            srv->flush_scheduled = 1;
         }
         p->held = Py_NewRef(data);
         p->held_len = n;
@@ -168,12 +171,19 @@ server_flush_writes(PyObject *op, PyObject *unused)
 {
     HttpServer *srv = (HttpServer *)op;
     PyObject *list = srv->unflushed;
+    srv->flush_scheduled = 0;
     Py_ssize_t n = PyList_GET_SIZE(list);
     if (n == 0)
         Py_RETURN_NONE;
     PyObject *fresh = PyList_New(0);
-    if (fresh == NULL)
-        return NULL;
+    if (fresh == NULL) {
+        /* out of memory: flush them anyway; the list is emptied by a later
+         * flush (flushing a connection twice writes nothing twice) */
+        PyErr_Clear();
+        for (Py_ssize_t i = 0; i < n; i++)
+            proto_flush((HttpProtocol *)PyList_GET_ITEM(list, i));
+        Py_RETURN_NONE;
+    }
     srv->unflushed = fresh;
     for (Py_ssize_t i = 0; i < n; i++)
         proto_flush((HttpProtocol *)PyList_GET_ITEM(list, i));
