@@ -343,3 +343,37 @@ def test_a_request_without_a_body_goes_to_its_thread_unspooled(gunicorn):
                 break
             data += chunk
     assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"5 b'hello' True")
+
+
+@needs_work_queue
+def test_a_pool_still_wakes_its_threads_after_a_loop_closed_under_it(make_app):
+    """A view queued on a loop that closes before the loop woke a thread for
+    it: the same pool (one per app) still serves the next loop."""
+    def hello(request):
+        return Response(b"hi")
+
+    app = _app(make_app, {"hello": ("/hello", hello)}, threads=1)
+
+    async def one():
+        return (await asyncio.wait_for(get(app, "/hello"), 20)).body
+
+    assert asyncio.run(one()) == b"hi"  # the pool's thread made, now idle
+    time.sleep(0.1)
+
+    tasks = []
+
+    async def queue_one():
+        tasks.append(asyncio.ensure_future(get(app, "/hello")))
+        await asyncio.sleep(0)  # the view queued, its thread not woken yet
+        asyncio.get_running_loop().stop()  # before the loop wakes it
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.create_task(queue_one())
+        loop.run_forever()
+    finally:
+        loop.close()
+    for task in tasks:
+        task._log_destroy_pending = False
+    del tasks[:]
+    assert asyncio.run(one()) == b"hi"

@@ -503,7 +503,9 @@ typedef struct {
     Py_ssize_t head, len, cap;
     qwaiter *idle;           /* threads blocked in get(), last idle first */
     int waking;              /* woken, not yet back from their wait */
-    int wake_scheduled;      /* a _wake() is on a loop's ready queue */
+    int wake_scheduled;      /* a _wake() is on wake_loop's ready queue */
+    PyObject *wake_loop;     /* (a pool can serve several loops, and a loop
+                                closed with the _wake unrun drops it) */
     PyObject *wake;          /* bound _wake(), made once */
 } WorkQueue;
 
@@ -588,6 +590,7 @@ wq_wake_cb(PyObject *op, PyObject *unused)
 {
     WorkQueue *q = (WorkQueue *)op;
     q->wake_scheduled = 0;
+    Py_CLEAR(q->wake_loop);
     wq_wake_if_needed(q);
     Py_RETURN_NONE;
 }
@@ -733,6 +736,7 @@ wq_traverse(PyObject *op, visitproc visit, void *arg)
     for (Py_ssize_t i = 0; i < q->len; i++)
         Py_VISIT(q->items[(q->head + i) % q->cap]);
     Py_VISIT(q->wake);
+    Py_VISIT(q->wake_loop);
     return 0;
 }
 
@@ -743,6 +747,7 @@ wq_clear(PyObject *op)
     while (q->len > 0)
         Py_DECREF(wq_pop(q));
     Py_CLEAR(q->wake);
+    Py_CLEAR(q->wake_loop);
     return 0;
 }
 
@@ -828,7 +833,7 @@ submit_call(modstate *st, PyObject *ex, WorkQueue *q, ThreadCall *call)
     call->completions = completions_for(st, call->loop);
     if (call->completions == NULL || wq_push(q, (PyObject *)call) < 0)
         return -1;
-    if (q->waking > 0 || q->wake_scheduled)
+    if (q->waking > 0 || (q->wake_scheduled && q->wake_loop == call->loop))
         return 0;
     if (q->idle != NULL) {
         PyObject *h = PyObject_CallMethodOneArg(call->loop, ESTR(st, CALL_SOON),
@@ -840,6 +845,7 @@ submit_call(modstate *st, PyObject *ex, WorkQueue *q, ThreadCall *call)
         }
         Py_DECREF(h);
         q->wake_scheduled = 1;
+        Py_XSETREF(q->wake_loop, Py_NewRef(call->loop));
         return 0;
     }
     /* every thread busy: one more while the pool may grow (a busy one takes
