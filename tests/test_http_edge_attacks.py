@@ -179,7 +179,7 @@ def test_small_reads_of_a_streamed_body_take_what_is_buffered(server, how, chunk
 
 # -- a request line held until it is whole ---------------------------------
 
-from .test_http_feed import FakeTransport, loop, spin  # noqa: E402,F401 -- fixture
+from .inprocess import FakeTransport, loop, spin  # noqa: E402,F401 -- fixture
 
 
 def test_a_stray_crlf_after_a_body_does_not_start_the_next_heads_timeout(loop):

@@ -272,37 +272,7 @@ def test_disconnect_cancels_the_request_task(server):
 
 # ------------------------------------------------ in-process, on HttpServer
 
-try:
-    import uvloop
-except ImportError:  # pragma: no cover
-    uvloop = None
-
-
-@pytest.fixture(params=["asyncio"] + (["uvloop"] if uvloop else []))
-def run(request):
-    factory = uvloop.new_event_loop if request.param == "uvloop" else None
-
-    def run(coro):
-        with asyncio.Runner(loop_factory=factory) as runner:
-            return runner.run(coro)
-
-    return run
-
-
-async def serve_and_exchange(app, *pieces, count):
-    from aiopyramid import _core
-    from aiopyramid.server import HttpServer
-
-    loop = asyncio.get_running_loop()
-    srv = HttpServer(app, loop, base_environ={"wsgi.version": (1, 0)})
-    server = await loop.create_server(srv, "127.0.0.1", 0)
-    try:
-        port = server.sockets[0].getsockname()[1]
-        return await exchange(port, *pieces, count=count)
-    finally:
-        server.close()
-        srv.abort()
-        await server.wait_closed()
+from .inprocess import run, serving  # noqa: E402,F401 -- fixture
 
 
 def test_wsgi_app_sees_its_task_in_process(run):
@@ -321,10 +291,11 @@ def test_wsgi_app_sees_its_task_in_process(run):
         return [b"ok"]
 
     async def main():
-        rs, closed = await serve_and_exchange(
-            app, b"GET /now HTTP/1.1\r\nHost: x\r\n\r\n"
-                 b"GET /wait HTTP/1.1\r\nHost: x\r\n\r\n"
-                 b"GET /now HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", count=3)
+        async with serving(app) as (port, srv):
+            rs, closed = await exchange(
+                port, b"GET /now HTTP/1.1\r\nHost: x\r\n\r\n"
+                      b"GET /wait HTTP/1.1\r\nHost: x\r\n\r\n"
+                      b"GET /now HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", count=3)
         for _ in range(10):
             await asyncio.sleep(0)
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
