@@ -9,7 +9,10 @@
  * first step runs at once, inline: a request whose app never suspends is
  * answered right there; one that suspends (a coroutine view waiting,
  * wsgi.input reading ahead of the socket, a paused transport) is driven on
- * by its Task, which the connection cancels when the client goes away.
+ * by its Task, which the connection cancels when the client is gone: it
+ * reset, or a write failed.  A client that half-closes (FIN) is still
+ * answered what it sent whole; only a request still waiting for body bytes
+ * that can no longer come is cancelled then.
  *
  * HttpServer  the protocol factory: app, limits, counters, its connections
  * HttpProtocol  one connection (BufferedProtocol and Protocol)
