@@ -1,7 +1,6 @@
 """HttpProtocol fed by hand through a fake transport: every split of the
 input gives the same answers, callback errors become clean 500s, and
 requests leak nothing."""
-import asyncio
 import gc
 
 import pytest
