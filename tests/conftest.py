@@ -22,6 +22,19 @@ def run():
     return asyncio.run
 
 
+# the legacy authentication API is deprecated by Pyramid 2; the modules that
+# test aiopyramid's wrappers of it ignore that: pytestmark = LEGACY_AUTH_WARNINGS
+LEGACY_AUTH_WARNINGS = [
+    pytest.mark.filterwarnings(
+        "ignore:Authentication and authorization policies have been "
+        "deprecated:DeprecationWarning"
+    ),
+    pytest.mark.filterwarnings(
+        "ignore:The new security policy has deprecated:DeprecationWarning"
+    ),
+]
+
+
 async def get(app, path, **kw):
     """One request through the whole app, in a pooled request greenlet (the
     way the servers run it)."""
