@@ -20,25 +20,11 @@ APP = "http_edges_app:main()"
 @pytest.fixture(scope="module")
 def server(request, tmp_path_factory):
     """One gunicorn for the module (the shapes are independent)."""
-    from .conftest import HERE, ROOT, WORKER, free_port, ServerProcess
-    import os
-    import subprocess
-    import sys
+    from .conftest import free_port, gunicorn_args, spawn_server
     port = free_port()
-    log_path = tmp_path_factory.mktemp("edges") / "server.log"
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([HERE, ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    env.pop("PYTHONDEVMODE", None)
-    env["PYTHONWARNINGS"] = "ignore"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:%d" % port,
-             "--worker-class", WORKER, "--workers", "1", "--no-control-socket",
-             "--graceful-timeout", "10", APP],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=HERE, start_new_session=True)
-    srv = ServerProcess(proc, port, log_path)
+    srv = spawn_server(gunicorn_args(port, APP), port,
+                       tmp_path_factory.mktemp("edges") / "server.log")
     try:
-        srv.wait_ready("/hello")
         yield srv
     finally:
         srv.stop()

@@ -8,12 +8,8 @@ This module is also the app the server runs (tests.test_request_task:main()).
 """
 import asyncio
 import json
-import os
-import signal
 import socket
 import struct
-import subprocess
-import sys
 import time
 
 import pytest
@@ -169,7 +165,7 @@ def main(global_config=None, **settings):
 
 # ------------------------------------------------------------------ tests
 
-from .conftest import HERE, ROOT, WORKER, ServerProcess, free_port  # noqa: E402
+from .conftest import ROOT, free_port, gunicorn_args, spawn_server  # noqa: E402
 from .rawhttp import blocking_exchange, exchange, parse_all  # noqa: E402
 
 
@@ -180,22 +176,10 @@ def server(request, tmp_path_factory):
     if request.param == "uvloop":
         pytest.importorskip("uvloop")
     port = free_port()
-    log_path = tmp_path_factory.mktemp("request_task") / "server.log"
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [HERE, ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    env.pop("PYTHONDEVMODE", None)
-    env["PYTHONWARNINGS"] = "ignore"
-    env["AIOPYRAMID_LOOP"] = request.param
-    args = [sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:%d" % port,
-            "--worker-class", WORKER, "--workers", "1", "--no-control-socket",
-            "--graceful-timeout", "10", "tests.test_request_task:main()"]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                cwd=ROOT, start_new_session=True)
-    srv = ServerProcess(proc, port, log_path)
+    srv = spawn_server(gunicorn_args(port, "tests.test_request_task:main()"), port,
+                       tmp_path_factory.mktemp("request_task") / "server.log",
+                       env={"AIOPYRAMID_LOOP": request.param}, cwd=ROOT)
     try:
-        srv.wait_ready("/hello")
         yield srv
     finally:
         srv.stop()
