@@ -115,17 +115,12 @@ def start(config, port):
     name, args, app, path, env = config
     full_env = dict(os.environ, PYTHONPATH=ROOT, **env)
     if args == ["uwsgi"]:
-        proc = subprocess.Popen(uwsgi_command(app, port), env=full_env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
-        try:
-            wait_ready(port, path, proc)
-        except Exception:
-            stop(proc)
-            raise
-        return proc
-    cmd = [sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:%d" % port, "--workers", "1",
-           "--no-control-socket", "--worker-connections", "4000", "--backlog", "4096",
-           "--keep-alive", "30", "--log-level", "warning", *args, app]
+        cmd = uwsgi_command(app, port)
+    else:
+        cmd = [sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:%d" % port,
+               "--workers", "1", "--no-control-socket", "--worker-connections", "4000",
+               "--backlog", "4096", "--keep-alive", "30", "--log-level", "warning",
+               *args, app]
     proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
