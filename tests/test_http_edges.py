@@ -10,7 +10,7 @@ import time
 import pytest
 
 from .conftest import http_get
-from .rawhttp import blocking_exchange, parse_all
+from .rawhttp import blocking_exchange, parse_all, read_to_eof
 
 pytest.importorskip("gunicorn")
 
@@ -179,13 +179,7 @@ def chunked(port, *lines, delay=0.0):
             if delay:
                 time.sleep(delay)
             s.sendall(line)
-        buf = b""
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            data = s.recv(65536)
-            if not data:
-                break
-            buf += data
+        buf = read_to_eof(s)
     (r,) = parse_all(buf, ["POST"], eof=True)
     return r
 
@@ -274,13 +268,7 @@ def test_raw_bytes_in_a_request_line_split_across_reads(server):
         for piece in [b"GET /raw/\xe0", b"\xe1/b", b"?\xe2 HTTP/1.1\r", b"\nHost: a\r\nConnection: close\r\n\r\n"]:
             s.sendall(piece)
             time.sleep(0.05)
-        buf = b""
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            data = s.recv(65536)
-            if not data:
-                break
-            buf += data
+        buf = read_to_eof(s)
     (r,) = parse_all(buf, eof=True)
     env = json.loads(r.body)
     assert (env["PATH_INFO"], env["QUERY_STRING"]) == ("/raw/\xe0\xe1/b", "\xe2")
