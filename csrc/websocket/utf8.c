@@ -5,11 +5,13 @@
  *
  * Three layers: a scalar state machine (the reference, and what finishes a
  * sequence cut by a chunk boundary), runs of ASCII skipped 16 bytes (SSE2)
- * or 8 at a time, and on CPUs with SSSE3 (checked once, at run time) the
- * table-lookup algorithm of Keiser and Lemire ("Validating UTF-8 in less
- * than one instruction per byte", 2021) over 16-byte blocks: three nibble
- * lookups classify each pair of adjacent bytes, and 3rd/4th bytes of a
- * sequence are checked against their lead 2 and 3 bytes back. */
+ * or 8 at a time, and on CPUs with SSSE3 or AVX2 (checked once, at run
+ * time: ws_simd_level()) the table-lookup algorithm of Keiser and Lemire
+ * ("Validating UTF-8 in less than one instruction per byte", 2021) over 16-
+ * or 32-byte blocks: three nibble lookups classify each pair of adjacent
+ * bytes, and 3rd/4th bytes of a sequence are checked against their lead 2
+ * and 3 bytes back.  With AVX2, text frames are unmasked and validated in
+ * the same pass (ws_unmask_copy_text). */
 #include "websocket.h"
 
 #include <string.h>
