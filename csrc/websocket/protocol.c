@@ -33,7 +33,6 @@
     X(CONTEXT, "context")                                                    \
     X(MESSAGE, "message")                                                    \
     X(EXCEPTION, "exception")                                                \
-    X(FLUSH_HELD, "_flush_held")                                             \
     X(EMPTY, "")
 
 enum {
@@ -69,9 +68,6 @@ typedef struct {
     PyObject *close_reason;     /* str, or NULL */
     PyObject *close_timer;      /* TimerHandle: abort if the close stalls */
     PyObject *ping_timer;       /* TimerHandle: keepalive, or its timeout */
-    PyObject *held;             /* frames held to the iteration's end: bytes
-                                   or a list of bytes */
-    size_t held_len;
     queued *queue;
     size_t qhead, qlen, qcap, qbytes;
     uint8_t *rbuf;              /* unread bytes while the queue is full */
@@ -807,132 +803,18 @@ start_timer(WebSocket *ws, PyObject **timer, double delay, PyObject *method)
 /* ------------------------------------------------------------------ */
 /* Writing                                                              */
 
-static void ws_flush(WebSocket *ws);
-
 static void
 transport_call(WebSocket *ws, PyObject *name)
 {
     if (ws->transport == NULL)
         return;
-    ws_flush(ws); /* what it holds goes before a close or a pause */
     PyObject *r = PyObject_CallMethodNoArgs(ws->transport, name);
     if (r == NULL)
         PyErr_Clear(); /* a transport closing under us */
     Py_XDECREF(r);
 }
 
-static int ws_hold = 1;
-
-static void
-write_now(WebSocket *ws, PyObject *data)
-{
-    if (ws->write == NULL || ws->lost)
-        return;
-    PyObject *r = PyObject_CallOneArg(ws->write, data);
-    if (r == NULL)
-        PyErr_Clear(); /* the connection is going: connection_lost follows */
-    Py_XDECREF(r);
-}
-
-/* Frames are held back until the loop has run every callback of this
- * iteration, then written together (_flush_held, by call_soon), as the
- * HTTP side does (csrc/http/protocol.c proto_write_bytes): the echoes of
- * the messages one read brought go out after all of them are handled, so
- * that a client reading many connections finds them ready together instead
- * of being woken by each.  A websocket holds at most HELD_MAX bytes: past
- * that it writes at once, so pause_writing still stops a sender.  The
- * websockets holding frames, per thread (their loop's). */
-#define HELD_MAX (64 * 1024)
-static _Thread_local PyObject *held_list;
-static _Thread_local PyObject *held_loop;
-
-/* Writes what ws holds back, now. */
-static void
-ws_flush(WebSocket *ws)
-{
-    PyObject *held = ws->held;
-    if (held == NULL)
-        return;
-    ws->held = NULL;
-    if (PyList_CheckExact(held)) {
-        PyObject *joined = PyBytes_FromStringAndSize(NULL,
-                                                     (Py_ssize_t)ws->held_len);
-        if (joined == NULL) {
-            /* write them one by one */
-            PyErr_Clear();
-            for (Py_ssize_t i = 0; i < PyList_GET_SIZE(held); i++)
-                write_now(ws, PyList_GET_ITEM(held, i));
-        }
-        else {
-            char *to = PyBytes_AS_STRING(joined);
-            for (Py_ssize_t i = 0; i < PyList_GET_SIZE(held); i++) {
-                PyObject *b = PyList_GET_ITEM(held, i);
-                memcpy(to, PyBytes_AS_STRING(b),
-                       (size_t)PyBytes_GET_SIZE(b));
-                to += PyBytes_GET_SIZE(b);
-            }
-            write_now(ws, joined);
-            Py_DECREF(joined);
-        }
-    }
-    else {
-        write_now(ws, held);
-    }
-    ws->held_len = 0;
-    Py_DECREF(held);
-}
-
-/* ws starts holding: it joins the thread's list (whose flush is scheduled
- * with its first).  0, or -1 when it cannot hold (write at once). */
-static int
-join_held(WebSocket *ws)
-{
-    if (held_list == NULL) {
-        PyObject *list = PyList_New(0);
-        if (list == NULL)
-            goto error;
-        PyObject *cb = PyObject_GetAttr((PyObject *)ws,
-                                        WSTR(ws_state(ws), FLUSH_HELD));
-        PyObject *h = cb ? PyObject_CallMethodOneArg(
-                               ws->loop, ws_state(ws)->str_call_soon, cb)
-                         : NULL;
-        Py_XDECREF(cb);
-        if (h == NULL) {
-            Py_DECREF(list);
-            goto error;
-        }
-        Py_DECREF(h);
-        held_list = list;
-        held_loop = Py_NewRef(ws->loop);
-    }
-    else if (held_loop != ws->loop) {
-        return -1; /* another loop of this thread holds: not ours to flush */
-    }
-    if (PyList_Append(held_list, (PyObject *)ws) < 0)
-        goto error;
-    return 0;
-error:
-    PyErr_Clear();
-    return -1;
-}
-
-/* ws._flush_held(): the held frames of every websocket of the thread. */
-static PyObject *
-ws_flush_held(PyObject *op, PyObject *unused)
-{
-    PyObject *list = held_list;
-    held_list = NULL;
-    Py_CLEAR(held_loop);
-    if (list == NULL)
-        Py_RETURN_NONE;
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); i++)
-        ws_flush((WebSocket *)PyList_GET_ITEM(list, i));
-    Py_DECREF(list);
-    Py_RETURN_NONE;
-}
-
-/* Writes a frame (queued until attach(), held to the iteration's end once
- * attached). -1 only for memory errors. */
+/* Writes a frame (queued until attach()). -1 only for memory errors. */
 static int
 write_frame(WebSocket *ws, PyObject *frame)
 {
@@ -943,40 +825,10 @@ write_frame(WebSocket *ws, PyObject *frame)
     }
     if (ws->write == NULL || ws->lost)
         return 0;
-    size_t n = (size_t)PyBytes_GET_SIZE(frame);
-    if (!ws_hold) {
-        write_now(ws, frame);
-        return 0;
-    }
-    if (ws->held == NULL) {
-        if (n >= HELD_MAX || join_held(ws) < 0) {
-            write_now(ws, frame);
-            return 0;
-        }
-        ws->held = Py_NewRef(frame);
-        ws->held_len = n;
-        return 0;
-    }
-    if (PyBytes_CheckExact(ws->held)) {
-        PyObject *list = PyList_New(1);
-        if (list == NULL) {
-            PyErr_Clear();
-            ws_flush(ws);
-            write_now(ws, frame);
-            return 0;
-        }
-        PyList_SET_ITEM(list, 0, ws->held);
-        ws->held = list;
-    }
-    if (PyList_Append(ws->held, frame) < 0) {
-        PyErr_Clear();
-        ws_flush(ws);
-        write_now(ws, frame);
-        return 0;
-    }
-    ws->held_len += n;
-    if (ws->held_len >= HELD_MAX)
-        ws_flush(ws);
+    PyObject *r = PyObject_CallOneArg(ws->write, frame);
+    if (r == NULL)
+        PyErr_Clear(); /* the connection is going: connection_lost follows */
+    Py_XDECREF(r);
     return 0;
 }
 
@@ -1072,7 +924,6 @@ fail_connection(WebSocket *ws, int code, const char *reason)
     wake_recv(st, ws);
     ws->pong_blocked = 0; /* what comes now is read and dropped */
     if (ws->transport != NULL && !ws->lost) {
-        ws_flush(ws); /* the close frame before the half-close */
         PyObject *r = PyObject_CallMethodNoArgs(ws->transport,
                                                 WSTR(st, WRITE_EOF));
         if (r == NULL) {
@@ -1497,7 +1348,6 @@ ws_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(ws->close_reason);
     Py_VISIT(ws->close_timer);
     Py_VISIT(ws->ping_timer);
-    Py_VISIT(ws->held);
     for (size_t i = 0; i < ws->qlen; i++)
         Py_VISIT(ws->queue[(ws->qhead + i) % ws->qcap].msg);
     return 0;
@@ -1529,7 +1379,6 @@ ws_clear(PyObject *op)
     Py_CLEAR(ws->close_reason);
     Py_CLEAR(ws->close_timer);
     Py_CLEAR(ws->ping_timer);
-    Py_CLEAR(ws->held);
     clear_queue(ws);
     return 0;
 }
@@ -1717,8 +1566,6 @@ ws_connection_lost(PyObject *op, PyObject *exc)
         Py_DECREF(l);
     }
     settle_all(st, &ws->lost_waiters, Py_None);
-    Py_CLEAR(ws->held); /* nowhere to go */
-    ws->held_len = 0;
     Py_CLEAR(ws->write);
     Py_CLEAR(ws->transport);
     Py_CLEAR(ws->pending);
@@ -2112,7 +1959,6 @@ static PyMethodDef ws_methods[] = {
     {"_keepalive", ws_keepalive, METH_NOARGS, NULL},
     {"_ping_timeout", ws_ping_timeout, METH_NOARGS, NULL},
     {"_close_timeout", ws_close_timeout, METH_NOARGS, NULL},
-    {"_flush_held", ws_flush_held, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -2176,10 +2022,6 @@ websocket_init(PyObject *module, modstate *st)
         if (s == NULL)
             return -1;
         PyTuple_SET_ITEM(st->ws_strs, i, s);
-    }
-    {
-        const char *e = getenv("AIOPYRAMID_WS_HOLD");
-        ws_hold = !(e != NULL && e[0] == '0');
     }
     st->ws_none_result = result_new(st, Py_None);
     if (st->ws_none_result == NULL)
