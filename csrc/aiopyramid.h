@@ -80,9 +80,6 @@ typedef struct {
     PyObject *ws_sha1;             /* hashlib.sha1 */
     PyObject *ws_strs;             /* tuple of interned strings (protocol.c) */
     PyObject *ws_none_result;      /* the finished awaitable of None */
-    PyTypeObject *WebsocketWaiterType;
-    PyObject *ws_current_task;     /* asyncio.current_task, at the first
-                                      WebSocket */
 
     Py_ssize_t pool_limit;         /* idle greenlets kept per thread */
     unsigned long long greenlets_created;

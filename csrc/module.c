@@ -21,8 +21,7 @@
     X(HttpServerType) X(HttpProtocolType) X(HttpRequestType) X(HttpInputType) \
     X(FileWrapperType) X(http_strs) X(http_methods) X(http_run)             \
     X(WebSocketType) X(WebsocketResultType) X(WebsocketHandshakeError)       \
-    X(WebsocketClosed) X(ws_sha1) X(ws_strs) X(ws_none_result)               \
-    X(WebsocketWaiterType) X(ws_current_task)
+    X(WebsocketClosed) X(ws_sha1) X(ws_strs) X(ws_none_result)
 
 static int
 module_traverse(PyObject *module, visitproc visit, void *arg)

@@ -29,10 +29,6 @@
     X(KEEPALIVE, "_keepalive")                                               \
     X(PING_TIMEOUT, "_ping_timeout")                                         \
     X(CLOSE_TIMEOUT, "_close_timeout")                                       \
-    X(CALL_EXCEPTION_HANDLER, "call_exception_handler")                      \
-    X(CONTEXT, "context")                                                    \
-    X(MESSAGE, "message")                                                    \
-    X(EXCEPTION, "exception")                                                \
     X(EMPTY, "")
 
 enum {
@@ -61,7 +57,7 @@ typedef struct {
     PyObject *write;            /* transport.write */
     PyObject *on_lost;
     PyObject *pending;          /* list: frames sent before attach() */
-    PyObject *recv_waiter;      /* _WebsocketWaiter of a waiting recv() */
+    PyObject *recv_waiter;      /* Future of a waiting recv() */
     PyObject *drain_waiters;    /* list of Futures: sends waiting to drain */
     PyObject *lost_waiters;     /* list of Futures: close(), wait_closed() */
     PyObject *pings;            /* list of (payload, Future or None) */
@@ -81,9 +77,6 @@ typedef struct {
     int use_bytes;
     int attached, lost, close_sent, close_received, failing;
     int write_paused, read_paused, feeding;
-    int eager;                  /* in data_received, straight from the loop:
-                                   a message may resume its recv()'s Task
-                                   right here */
     int pong_blocked;           /* a pong went out while writing was paused:
                                    read no more until resume_writing() */
     unsigned ping_counter;
@@ -228,471 +221,6 @@ static PyType_Spec result_spec = {
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
              Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
     .slots = result_slots,
-};
-
-/* ------------------------------------------------------------------ */
-/* _WebsocketWaiter: what a recv() that must wait returns               */
-
-/* A future as asyncio's Task sees one (_asyncio_future_blocking, get_loop,
- * add_done_callback, result, cancel...), resolved only by its WebSocket.
- * It exists so that a message arriving in data_received can resume the
- * waiting Task right there (its done-callback, the Task's wakeup, run at
- * once in the Task's context) instead of one loop iteration later through
- * call_soon: no Future made by the loop, no Handle, no wake-up scheduled.
- * It does that only where the loop itself would have run that callback
- * next: straight from the loop's read callback, with no Task running and
- * one callback to run; otherwise (a cancel, a callback added by
- * asyncio.wait or gather, a recv() resolved elsewhere) its callbacks go
- * through loop.call_soon as an asyncio Future's do. */
-
-enum { W_PENDING, W_DONE, W_CANCELLED };
-
-typedef struct {
-    PyObject_HEAD
-    PyObject *loop;
-    PyObject *result;           /* once W_DONE */
-    PyObject *cancel_msg;       /* once W_CANCELLED, or NULL */
-    PyObject *cb, *cb_context;  /* the first done-callback (a Task's) */
-    PyObject *more;             /* list of (callback, context): the others */
-    int state;
-    int blocking;               /* _asyncio_future_blocking */
-} WsWaiter;
-
-static PyObject *
-waiter_new(modstate *st, PyObject *loop)
-{
-    WsWaiter *w = PyObject_GC_New(WsWaiter, st->WebsocketWaiterType);
-    if (w == NULL)
-        return NULL;
-    w->loop = Py_NewRef(loop);
-    w->result = w->cancel_msg = w->cb = w->cb_context = w->more = NULL;
-    w->state = W_PENDING;
-    w->blocking = 0;
-    PyObject_GC_Track(w);
-    return (PyObject *)w;
-}
-
-/* loop.call_soon(cb, w, context=context) */
-static int
-waiter_call_soon(modstate *st, WsWaiter *w, PyObject *cb, PyObject *context)
-{
-    PyObject *r;
-    if (context == NULL || context == Py_None) {
-        r = PyObject_CallMethodObjArgs(w->loop, st->str_call_soon, cb,
-                                       (PyObject *)w, NULL);
-    }
-    else {
-        PyObject *kwnames = PyTuple_Pack(1, WSTR(st, CONTEXT));
-        if (kwnames == NULL)
-            return -1;
-        PyObject *args[4] = {w->loop, cb, (PyObject *)w, context};
-        r = PyObject_VectorcallMethod(st->str_call_soon, args, 3, kwnames);
-        Py_DECREF(kwnames);
-    }
-    if (r == NULL)
-        return -1;
-    Py_DECREF(r);
-    return 0;
-}
-
-/* An error from a callback run here goes where the loop sends one of a
- * callback it runs: its exception handler.  -1 (the error kept) only for
- * what the loop lets through too (SystemExit, KeyboardInterrupt). */
-static int
-waiter_callback_failed(modstate *st, WsWaiter *w, PyObject *cb)
-{
-    if (PyErr_ExceptionMatches(PyExc_SystemExit) ||
-        PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
-        return -1;
-    PyObject *exc = exc_take();
-    PyObject *message = PyUnicode_FromFormat("Exception in callback %R", cb);
-    PyObject *context = message ? Py_BuildValue("{OOOO}", WSTR(st, MESSAGE),
-                                                message, WSTR(st, EXCEPTION),
-                                                exc)
-                                : NULL;
-    PyObject *r = context ? PyObject_CallMethodOneArg(
-                                w->loop, WSTR(st, CALL_EXCEPTION_HANDLER),
-                                context)
-                          : NULL;
-    if (r == NULL)
-        PyErr_WriteUnraisable(cb);
-    Py_XDECREF(r);
-    Py_XDECREF(context);
-    Py_XDECREF(message);
-    Py_DECREF(exc);
-    return 0;
-}
-
-/* No Task of the loop is running (the loop's own callbacks run so):
- * 1, else 0 (and 0 when that cannot be told). */
-static int
-no_task_running(modstate *st, PyObject *loop)
-{
-    if (st->ws_current_task == NULL)
-        return 0;
-    PyObject *t = PyObject_CallOneArg(st->ws_current_task, loop);
-    if (t == NULL) {
-        PyErr_Clear();
-        return 0;
-    }
-    Py_DECREF(t);
-    return t == Py_None;
-}
-
-/* Runs (now) or schedules (call_soon) w's callbacks, once it is done. */
-static int
-waiter_run_callbacks(modstate *st, WsWaiter *w, int eager)
-{
-    PyObject *cb = w->cb, *context = w->cb_context, *more = w->more;
-    w->cb = w->cb_context = w->more = NULL;
-    int rc = 0;
-    if (cb != NULL) {
-        if (eager && more == NULL && context != NULL &&
-            PyContext_CheckExact(context) && no_task_running(st, w->loop) &&
-            PyContext_Enter(context) == 0) {
-            Py_INCREF(w);
-            PyObject *r = PyObject_CallOneArg(cb, (PyObject *)w);
-            if (PyContext_Exit(context) < 0)
-                PyErr_WriteUnraisable(cb); /* cannot happen: we entered it */
-            if (r == NULL)
-                rc = waiter_callback_failed(st, w, cb);
-            Py_XDECREF(r);
-            Py_DECREF(w);
-        }
-        else {
-            PyErr_Clear(); /* PyContext_Enter: the context is entered
-                              already, so a Task is running in it */
-            rc = waiter_call_soon(st, w, cb, context);
-        }
-    }
-    for (Py_ssize_t i = 0; rc == 0 && more && i < PyList_GET_SIZE(more); i++) {
-        PyObject *e = PyList_GET_ITEM(more, i);
-        rc = waiter_call_soon(st, w, PyTuple_GET_ITEM(e, 0),
-                              PyTuple_GET_ITEM(e, 1));
-    }
-    Py_XDECREF(cb);
-    Py_XDECREF(context);
-    Py_XDECREF(more);
-    return rc;
-}
-
-/* Resolves w with value: 1 when it was done already (cancelled), 0, or -1
- * on an error. `eager`: its Task may be resumed right here. */
-static int
-waiter_finish(modstate *st, PyObject *op, PyObject *value, int eager)
-{
-    WsWaiter *w = (WsWaiter *)op;
-    if (w->state != W_PENDING)
-        return 1;
-    w->state = W_DONE;
-    w->result = Py_NewRef(value);
-    return waiter_run_callbacks(st, w, eager);
-}
-
-static PyObject *
-waiter_result_or_raise(WsWaiter *w)
-{
-    modstate *st = state_of_type(Py_TYPE(w));
-    if (w->state == W_DONE)
-        return Py_NewRef(w->result);
-    if (w->state == W_CANCELLED) {
-        if (w->cancel_msg != NULL && w->cancel_msg != Py_None)
-            PyErr_SetObject(st->CancelledError, w->cancel_msg);
-        else
-            PyErr_SetNone(st->CancelledError);
-        return NULL;
-    }
-    PyObject *m = PyImport_ImportModule("asyncio");
-    PyObject *e = m ? PyObject_GetAttrString(m, "InvalidStateError") : NULL;
-    Py_XDECREF(m);
-    if (e != NULL) {
-        PyErr_SetString(e, "Result is not set.");
-        Py_DECREF(e);
-    }
-    return NULL;
-}
-
-static PyObject *
-waiter_result(PyObject *op, PyObject *unused)
-{
-    return waiter_result_or_raise((WsWaiter *)op);
-}
-
-static PyObject *
-waiter_exception(PyObject *op, PyObject *unused)
-{
-    WsWaiter *w = (WsWaiter *)op;
-    if (w->state == W_DONE)
-        Py_RETURN_NONE;
-    return waiter_result_or_raise(w);
-}
-
-static PyObject *
-waiter_done(PyObject *op, PyObject *unused)
-{
-    return PyBool_FromLong(((WsWaiter *)op)->state != W_PENDING);
-}
-
-static PyObject *
-waiter_cancelled(PyObject *op, PyObject *unused)
-{
-    return PyBool_FromLong(((WsWaiter *)op)->state == W_CANCELLED);
-}
-
-static PyObject *
-waiter_get_loop(PyObject *op, PyObject *unused)
-{
-    return Py_NewRef(((WsWaiter *)op)->loop);
-}
-
-static PyObject *
-waiter_cancel(PyObject *op, PyObject *args, PyObject *kwargs)
-{
-    static char *kwlist[] = {"msg", NULL};
-    WsWaiter *w = (WsWaiter *)op;
-    PyObject *msg = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O:cancel", kwlist, &msg))
-        return NULL;
-    if (w->state != W_PENDING)
-        Py_RETURN_FALSE;
-    w->state = W_CANCELLED;
-    w->cancel_msg = Py_NewRef(msg);
-    if (waiter_run_callbacks(state_of_type(Py_TYPE(w)), w, 0) < 0)
-        return NULL;
-    Py_RETURN_TRUE;
-}
-
-static PyObject *
-waiter_add_done_callback(PyObject *op, PyObject *const *args,
-                         Py_ssize_t nargs, PyObject *kwnames)
-{
-    WsWaiter *w = (WsWaiter *)op;
-    modstate *st = state_of_type(Py_TYPE(w));
-    PyObject *context = Py_None;
-    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    if (nargs != 1 || nkw > 1 ||
-        (nkw == 1 && PyUnicode_CompareWithASCIIString(
-                         PyTuple_GET_ITEM(kwnames, 0), "context") != 0)) {
-        PyErr_SetString(PyExc_TypeError,
-                        "add_done_callback(fn, *, context=None)");
-        return NULL;
-    }
-    if (nkw == 1)
-        context = args[1];
-    PyObject *fn = args[0];
-    if (w->state != W_PENDING) {
-        if (waiter_call_soon(st, w, fn, context) < 0)
-            return NULL;
-        Py_RETURN_NONE;
-    }
-    if (context == Py_None) {
-        context = PyContext_CopyCurrent();
-        if (context == NULL)
-            return NULL;
-    }
-    else {
-        Py_INCREF(context);
-    }
-    if (w->cb == NULL && w->more == NULL) {
-        w->cb = Py_NewRef(fn);
-        w->cb_context = context;
-        Py_RETURN_NONE;
-    }
-    PyObject *e = PyTuple_Pack(2, fn, context);
-    Py_DECREF(context);
-    if (e == NULL)
-        return NULL;
-    if (w->more == NULL && (w->more = PyList_New(0)) == NULL) {
-        Py_DECREF(e);
-        return NULL;
-    }
-    int rc = PyList_Append(w->more, e);
-    Py_DECREF(e);
-    if (rc < 0)
-        return NULL;
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-waiter_remove_done_callback(PyObject *op, PyObject *fn)
-{
-    WsWaiter *w = (WsWaiter *)op;
-    Py_ssize_t removed = 0;
-    if (w->cb != NULL) {
-        int eq = PyObject_RichCompareBool(w->cb, fn, Py_EQ);
-        if (eq < 0)
-            return NULL;
-        if (eq) {
-            Py_CLEAR(w->cb);
-            Py_CLEAR(w->cb_context);
-            removed++;
-        }
-    }
-    if (w->more != NULL) {
-        PyObject *keep = PyList_New(0);
-        if (keep == NULL)
-            return NULL;
-        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(w->more); i++) {
-            PyObject *e = PyList_GET_ITEM(w->more, i);
-            int eq = PyObject_RichCompareBool(PyTuple_GET_ITEM(e, 0), fn,
-                                              Py_EQ);
-            if (eq < 0 || (!eq && PyList_Append(keep, e) < 0)) {
-                Py_DECREF(keep);
-                return NULL;
-            }
-            removed += eq;
-        }
-        Py_SETREF(w->more, keep);
-    }
-    if (w->cb == NULL && w->more != NULL && PyList_GET_SIZE(w->more) > 0) {
-        /* the first slot stays the first callback */
-        PyObject *e = PyList_GET_ITEM(w->more, 0);
-        w->cb = Py_NewRef(PyTuple_GET_ITEM(e, 0));
-        w->cb_context = Py_NewRef(PyTuple_GET_ITEM(e, 1));
-        if (PyList_SetSlice(w->more, 0, 1, NULL) < 0)
-            return NULL;
-    }
-    if (w->more != NULL && PyList_GET_SIZE(w->more) == 0)
-        Py_CLEAR(w->more);
-    return PyLong_FromSsize_t(removed);
-}
-
-/* Its own iterator, as `await` and `yield from` use it: itself while
- * pending (what a Task waits on), then its result. */
-static PySendResult
-waiter_am_send(PyObject *op, PyObject *arg, PyObject **out)
-{
-    WsWaiter *w = (WsWaiter *)op;
-    if (w->state == W_PENDING) {
-        w->blocking = 1;
-        *out = Py_NewRef(op);
-        return PYGEN_NEXT;
-    }
-    *out = waiter_result_or_raise(w);
-    return *out != NULL ? PYGEN_RETURN : PYGEN_ERROR;
-}
-
-static PyObject *
-waiter_iternext(PyObject *op)
-{
-    PyObject *r;
-    PySendResult sr = waiter_am_send(op, Py_None, &r);
-    if (sr == PYGEN_NEXT)
-        return r;
-    if (sr == PYGEN_RETURN) {
-        if (r == Py_None)
-            PyErr_SetNone(PyExc_StopIteration);
-        else {
-            PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, r);
-            if (stop != NULL) {
-                PyErr_SetObject(PyExc_StopIteration, stop);
-                Py_DECREF(stop);
-            }
-        }
-        Py_DECREF(r);
-    }
-    return NULL;
-}
-
-static PyObject *
-waiter_send(PyObject *op, PyObject *arg)
-{
-    return waiter_iternext(op);
-}
-
-static PyObject *
-waiter_get_blocking(PyObject *op, void *closure)
-{
-    return PyBool_FromLong(((WsWaiter *)op)->blocking);
-}
-
-static int
-waiter_set_blocking(PyObject *op, PyObject *value, void *closure)
-{
-    if (value == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "cannot delete attribute");
-        return -1;
-    }
-    int b = PyObject_IsTrue(value);
-    if (b < 0)
-        return -1;
-    ((WsWaiter *)op)->blocking = b;
-    return 0;
-}
-
-static int
-waiter_traverse(PyObject *op, visitproc visit, void *arg)
-{
-    WsWaiter *w = (WsWaiter *)op;
-    Py_VISIT(Py_TYPE(op));
-    Py_VISIT(w->loop);
-    Py_VISIT(w->result);
-    Py_VISIT(w->cancel_msg);
-    Py_VISIT(w->cb);
-    Py_VISIT(w->cb_context);
-    Py_VISIT(w->more);
-    return 0;
-}
-
-static int
-waiter_clear(PyObject *op)
-{
-    WsWaiter *w = (WsWaiter *)op;
-    Py_CLEAR(w->loop);
-    Py_CLEAR(w->result);
-    Py_CLEAR(w->cancel_msg);
-    Py_CLEAR(w->cb);
-    Py_CLEAR(w->cb_context);
-    Py_CLEAR(w->more);
-    return 0;
-}
-
-static PyMethodDef waiter_methods[] = {
-    {"send", waiter_send, METH_O, NULL},
-    {"throw", (PyCFunction)(void (*)(void))result_throw, METH_FASTCALL, NULL},
-    {"close", result_close, METH_NOARGS, NULL},
-    {"result", waiter_result, METH_NOARGS, NULL},
-    {"exception", waiter_exception, METH_NOARGS, NULL},
-    {"done", waiter_done, METH_NOARGS, NULL},
-    {"cancelled", waiter_cancelled, METH_NOARGS, NULL},
-    {"cancel", (PyCFunction)(void (*)(void))waiter_cancel,
-     METH_VARARGS | METH_KEYWORDS, NULL},
-    {"get_loop", waiter_get_loop, METH_NOARGS, NULL},
-    {"add_done_callback",
-     (PyCFunction)(void (*)(void))waiter_add_done_callback,
-     METH_FASTCALL | METH_KEYWORDS, NULL},
-    {"remove_done_callback", waiter_remove_done_callback, METH_O, NULL},
-    {NULL, NULL, 0, NULL},
-};
-
-static PyGetSetDef waiter_getset[] = {
-    {"_asyncio_future_blocking", waiter_get_blocking, waiter_set_blocking,
-     NULL, NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
-static PyType_Slot waiter_slots[] = {
-    {Py_am_await, coro_return_self},
-    {Py_am_send, waiter_am_send},
-    {Py_tp_iter, coro_return_self},
-    {Py_tp_iternext, waiter_iternext},
-    {Py_tp_methods, waiter_methods},
-    {Py_tp_getset, waiter_getset},
-    {Py_tp_traverse, waiter_traverse},
-    {Py_tp_clear, waiter_clear},
-    {Py_tp_dealloc, gc_dealloc},
-    {Py_tp_doc, "What a websocket's recv() returns when it must wait: a "
-                "future (asyncio.isfuture) resolved with the next message, "
-                "or None once the websocket is closed."},
-    {0, NULL},
-};
-
-static PyType_Spec waiter_spec = {
-    .name = "aiopyramid._core._WebsocketWaiter",
-    .basicsize = sizeof(WsWaiter),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
-             Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
-    .slots = waiter_slots,
 };
 
 /* ------------------------------------------------------------------ */
@@ -887,8 +415,7 @@ wake_recv(modstate *st, WebSocket *ws)
     if (w == NULL)
         return;
     ws->recv_waiter = NULL;
-    if (waiter_finish(st, w, Py_None, 0) < 0)
-        PyErr_Clear(); /* call_soon failed: the loop is closed */
+    resolve(st, w, Py_None);
     Py_DECREF(w);
 }
 
@@ -1056,14 +583,14 @@ deliver(WebSocket *ws)
     PyObject *w = ws->recv_waiter;
     if (w != NULL) {
         ws->recv_waiter = NULL;
-        /* straight from the loop's read: the waiting Task runs now */
-        int rc = waiter_finish(st, w, msg, ws->eager);
+        PyObject *r = PyObject_CallMethodOneArg(w, st->str_set_result, msg);
         Py_DECREF(w);
-        if (rc <= 0) {
+        if (r != NULL) {
+            Py_DECREF(r);
             Py_DECREF(msg);
-            return rc;
+            return 0;
         }
-        /* that recv() was cancelled: keep the message */
+        PyErr_Clear(); /* that recv() was cancelled: keep the message */
     }
     int rc = enqueue(ws, msg, ws->reader.msg_len);
     Py_DECREF(msg);
@@ -1296,15 +823,6 @@ ws_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         if (st->WebsocketClosed == NULL)
             return NULL;
     }
-    if (st->ws_current_task == NULL) {
-        PyObject *m = PyImport_ImportModule("asyncio");
-        if (m == NULL)
-            return NULL;
-        st->ws_current_task = PyObject_GetAttrString(m, "current_task");
-        Py_DECREF(m);
-        if (st->ws_current_task == NULL)
-            return NULL;
-    }
     WebSocket *ws = PyObject_GC_New(WebSocket, type);
     if (ws == NULL)
         return NULL;
@@ -1517,15 +1035,8 @@ ws_data_received(PyObject *op, PyObject *data)
     Py_buffer view;
     if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
         return NULL;
-    /* the view may run in here (see _WebsocketWaiter): it may drop every
-     * other reference to this object */
-    Py_INCREF(op);
-    int eager = ws->eager;
-    ws->eager = 1;
     int rc = receive(ws, view.buf, (size_t)view.len);
-    ws->eager = eager;
     PyBuffer_Release(&view);
-    Py_DECREF(op);
     if (rc < 0)
         return NULL;
     Py_RETURN_NONE;
@@ -1633,7 +1144,13 @@ ws_recv(PyObject *op, PyObject *unused)
     if (ws->lost || ws->close_received || ws->failing)
         return result_new(st, Py_None);
     if (ws->recv_waiter != NULL) {
-        if (((WsWaiter *)ws->recv_waiter)->state == W_PENDING) {
+        PyObject *done = PyObject_CallMethodNoArgs(ws->recv_waiter,
+                                                   WSTR(st, DONE));
+        if (done == NULL)
+            return NULL;
+        int pending = done == Py_False;
+        Py_DECREF(done);
+        if (pending) {
             PyErr_SetString(PyExc_RuntimeError,
                             "recv() is already being awaited: a websocket "
                             "takes one recv() at a time");
@@ -1641,7 +1158,7 @@ ws_recv(PyObject *op, PyObject *unused)
         }
         Py_CLEAR(ws->recv_waiter);
     }
-    ws->recv_waiter = waiter_new(st, ws->loop);
+    ws->recv_waiter = new_future(ws);
     return Py_XNewRef(ws->recv_waiter);
 }
 
@@ -2006,8 +1523,7 @@ int
 websocket_init(PyObject *module, modstate *st)
 {
     if (add_type(module, &st->WebSocketType, &ws_spec, NULL) < 0 ||
-        add_type(module, &st->WebsocketResultType, &result_spec, NULL) < 0 ||
-        add_type(module, &st->WebsocketWaiterType, &waiter_spec, NULL) < 0)
+        add_type(module, &st->WebsocketResultType, &result_spec, NULL) < 0)
         return -1;
     static const char *strings[] = {
 #define WS_STR_TEXT(name, text) text,
