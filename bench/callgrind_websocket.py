@@ -30,9 +30,11 @@ are the servers':
                        function calling ``self.send`` (never awaited)
   --server websockets  the ``websockets`` library's server
   --server aiohttp     aiohttp's web server and WebSocketResponse
-  --server floor       bench/websocket_bench.py's floor: no server, a raw
-                       Protocol echoing each frame's bytes (the client and
-                       the loop alone: subtract it to get a server's own)
+  --server floor       bench/websocket_bench.py's floor: no websocket
+                       server, a raw Protocol echoing each frame's bytes
+                       (the client, the loop and a few thousand
+                       instructions of Python: subtract it to compare what
+                       the servers themselves cost)
   --clients N          N connections doing round trips at once (-n counts
                        each connection's)
 """
