@@ -1,0 +1,130 @@
+"""Attacks on the write batching (responses held to the end of the loop's
+iteration, csrc/http/protocol.c proto_write_bytes): a real gunicorn with
+our worker (tests/batching_attack_app.py, whose every body byte says which
+request made it) and raw sockets; every wait is bounded, so a response held
+back forever fails the test."""
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+
+import pytest
+
+from .batching_attack_app import pattern
+from .rawhttp import parse_all
+
+pytest.importorskip("gunicorn")
+
+APP = "batching_attack_app:main()"
+LOOPS = ["uvloop", "asyncio"]
+
+
+@pytest.fixture
+def cert(tmp_path):
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-keyout",
+                    str(key), "-out", str(cert)], check=True,
+                   capture_output=True)
+    return cert, key
+
+
+def tls_request_then_close_notify(port, cafile, request, timeout=10.0):
+    """A TLS client that sends `request` and its close_notify in one
+    packet (as a client that shuts its side after sending does), then
+    reads what the server sends until it closes: (plaintext, how)."""
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    ctx.check_hostname = False
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing)
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        for _ in range(20):
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                s.sendall(outgoing.read())
+                data = s.recv(65536)
+                if not data:
+                    raise EOFError("the server closed during the handshake")
+                incoming.write(data)
+        s.sendall(outgoing.read())
+        tls.write(request)
+        try:
+            tls.unwrap()
+        except ssl.SSLWantReadError:
+            pass  # the server's close_notify is still to come
+        s.sendall(outgoing.read())  # the request and close_notify together
+        raw, how = b"", "eof"
+        deadline = time.monotonic() + timeout
+        while True:
+            if time.monotonic() > deadline:
+                how = "timeout"
+                break
+            try:
+                data = s.recv(65536)
+            except socket.timeout:
+                how = "timeout"
+                break
+            except ConnectionResetError:
+                how = "reset"
+                break
+            if not data:
+                break
+            raw += data
+    incoming.write(raw)
+    plain = b""
+    try:
+        while True:
+            data = tls.read(65536)
+            if not data:
+                break
+            plain += data
+    except (ssl.SSLZeroReturnError, ssl.SSLWantReadError, ssl.SSLEOFError):
+        pass
+    return plain, how
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_tls_client_closing_its_side_after_the_request_gets_the_response(
+        gunicorn, cert, loop):
+    """A TLS connection cannot half-close: the client's close_notify right
+    behind its request makes the transport close as eof_received returns.
+    A response made inline, before that, was written before the close;
+    held to the iteration's end it was dropped by the closing transport
+    (the client got no answer at all)."""
+    certfile, keyfile = cert
+    srv = gunicorn("--certfile", str(certfile), "--keyfile", str(keyfile),
+                   app=APP, env={"AIOPYRAMID_LOOP": loop}, wait=False)
+    deadline = time.monotonic() + 30
+    while True:  # ready once a TLS request is answered
+        try:
+            with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as raw:
+                ctx = ssl.create_default_context(cafile=str(certfile))
+                ctx.check_hostname = False
+                with ctx.wrap_socket(raw) as s:
+                    s.sendall(b"GET /hello HTTP/1.1\r\nHost: t\r\n"
+                              b"Connection: close\r\n\r\n")
+                    while s.recv(65536):
+                        pass
+            break
+        except (OSError, ssl.SSLError):
+            if time.monotonic() > deadline or srv.proc.poll() is not None:
+                raise
+            time.sleep(0.2)
+    # made inline (the view never waits): a response still being made as
+    # the transport closes is lost, as it always was
+    for path, size in [(b"/c/a/5", 5), (b"/c/b/65535?mode=gen&chunk=1000", 65535),
+                       (b"/c/c/70000", 70000)]:
+        plain, how = tls_request_then_close_notify(
+            srv.port, certfile,
+            b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % path)
+        responses = parse_all(plain, eof=False)
+        assert len(responses) == 1, (path, how, plain[:200])
+        (r,) = responses
+        tag = path.split(b"/")[2].decode()
+        assert r.status == 200 and r.body == pattern(tag, size), path
