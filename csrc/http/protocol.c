@@ -823,7 +823,13 @@ proto_eof_received(PyObject *op, PyObject *unused)
      * shows it when a write fails or it resets: connection_lost cancels
      * the request then.  TLS cannot half-close: the transport closes. */
     HttpProtocol *p = (HttpProtocol *)op;
-    if (p->tls || p->closed)
+    if (p->tls) {
+        /* the transport closes as this returns, and drops what is
+         * written after: what the requests in this read made goes now */
+        proto_flush(p);
+        Py_RETURN_FALSE;
+    }
+    if (p->closed)
         Py_RETURN_FALSE;
     p->eof = 1;
     eof_check(p);
