@@ -128,3 +128,110 @@ def test_tls_client_closing_its_side_after_the_request_gets_the_response(
         (r,) = responses
         tag = path.split(b"/")[2].decode()
         assert r.status == 200 and r.body == pattern(tag, size), path
+
+
+# -- pipelined mixes and clients that leave ---------------------------------
+
+SIZES = [1, 100, 30000, 65535, 65536, 65537, 140000]
+CHUNKS = ["", "1000", "65536", "100,70000,5"]
+
+
+def pipelined_mix(rnd, n, kinds=("c", "l", "w")):
+    """(request bytes, expected [(tag, size)]) for n requests of random
+    kinds, sizes around HELD_MAX and ways of sending the body."""
+    reqs, expected = [], []
+    for i in range(n):
+        kind = rnd.choice(kinds)
+        size = rnd.choice(SIZES)
+        chunk = rnd.choice(CHUNKS)
+        tag = "%d" % i
+        if kind == "w":
+            path = "/w/%s/%d?chunk=%s" % (tag, size, chunk)
+        else:
+            mode = rnd.choice(["list", "gen", "fw"])
+            if mode == "fw":
+                chunk = rnd.choice(["1000", "65536", "70000"])
+            path = "/%s/%s/%d?mode=%s&chunk=%s" % (kind, tag, size, mode, chunk)
+        reqs.append(b"GET %s HTTP/1.1\r\nHost: h\r\n\r\n" % path.encode())
+        expected.append((tag, size))
+    return b"".join(reqs), expected
+
+
+def read_responses(sock, count, timeout=30.0):
+    """The first `count` responses (fewer if the server closes or the time
+    runs out)."""
+    sock.settimeout(timeout)
+    buf, out = b"", []
+    deadline = time.monotonic() + timeout
+    while len(out) < count and time.monotonic() < deadline:
+        try:
+            data = sock.recv(1 << 20)
+        except (socket.timeout, ConnectionResetError):
+            break
+        if not data:
+            break
+        buf += data
+        out = parse_all(buf, eof=False)
+    return out
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_pipelined_mixes_around_the_held_limit_arrive_whole_and_in_order(
+        gunicorn, loop):
+    import random
+    srv = gunicorn(app=APP, env={"AIOPYRAMID_LOOP": loop})
+    rnd = random.Random(20261202)
+    for _ in range(3):
+        data, expected = pipelined_mix(rnd, 40)
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as s:
+            s.sendall(data)
+            got = read_responses(s, len(expected))
+        assert len(got) == len(expected)
+        for (tag, size), r in zip(expected, got):
+            assert r.status == 200 and r.body == pattern(tag, size), (tag, size)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_clients_resetting_with_responses_held_leave_the_worker_serving(
+        gunicorn, loop):
+    """Clients that pipeline, read part of the answers (or none) and reset:
+    the worker survives (the same process; under ASan, no error), logs no
+    error, and still answers whole."""
+    import random
+    import struct
+
+    psutil = pytest.importorskip("psutil")
+    srv = gunicorn(app=APP, env={"AIOPYRAMID_LOOP": loop})
+    worker = [k for k in psutil.Process(srv.proc.pid).children()]
+    rnd = random.Random(7)
+    for round_ in range(4):
+        socks = []
+        for _ in range(15):
+            data, expected = pipelined_mix(rnd, rnd.randint(1, 25))
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.sendall(data[:rnd.randint(1, len(data))])
+            socks.append(s)
+        for s in socks:
+            if rnd.random() < 0.3:
+                # part of the answers (those of requests sent whole)
+                s.settimeout(0.2)
+                try:
+                    s.recv(rnd.choice([100, 70000]))
+                except OSError:
+                    pass
+            # a reset (RST), not a FIN
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                         struct.pack("ii", 1, 0))
+            s.close()
+        time.sleep(0.1)
+    data, expected = pipelined_mix(rnd, 20)
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as s:
+        s.sendall(data)
+        got = read_responses(s, len(expected))
+    assert [r.body for r in got] == [pattern(t, n) for t, n in expected]
+    assert [k.pid for k in psutil.Process(srv.proc.pid).children()] == \
+        [k.pid for k in worker]
+    log = srv.log()
+    assert "Traceback" not in log and "ERROR" not in log.upper().replace(
+        "ERROR_LOG", ""), log[-3000:]
