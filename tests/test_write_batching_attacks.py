@@ -235,3 +235,52 @@ def test_clients_resetting_with_responses_held_leave_the_worker_serving(
     log = srv.log()
     assert "Traceback" not in log and "ERROR" not in log.upper().replace(
         "ERROR_LOG", ""), log[-3000:]
+
+
+# -- a server made for another loop -----------------------------------------
+
+def test_a_server_made_for_another_loop_answers_or_says_why_not():
+    """HttpServer(app, loop) served by a loop other than `loop` (made
+    before asyncio.run() started its own, say): a response made inline went
+    out at once before batching; held for a flush scheduled on a loop that
+    never runs, the client waited forever with no word why.  It must get
+    its answer, or the connection closes and the error log says why."""
+    import asyncio
+
+    from aiopyramid.server import HttpServer
+
+    def hello(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"hello"]
+
+    other = asyncio.new_event_loop()
+    errors = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server = HttpServer(hello, other,
+                            error_log=lambda msg, exc: errors.append(msg))
+        listener = await loop.create_server(server, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+            try:
+                return await asyncio.wait_for(reader.read(65536), 5)
+            except asyncio.TimeoutError:
+                return None
+        finally:
+            writer.close()
+            listener.close()
+
+    try:
+        data = asyncio.run(main())
+    finally:
+        other.close()
+    assert data is not None, "no answer, no close: the response is held " \
+        "for a loop that never runs"
+    if data:
+        (r,) = parse_all(data, eof=False)
+        assert r.status == 200 and r.body == b"hello"
+    else:
+        assert any("loop" in e for e in errors), errors
