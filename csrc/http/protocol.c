@@ -81,6 +81,19 @@ proto_write_bytes(HttpProtocol *p, PyObject *data)
         if (n >= HELD_MAX)
             return write_now(p, data);
         if (PyList_GET_SIZE(srv->unflushed) == 0) {
+            /* the flush runs on the server's loop: a server served by
+             * another one (made for a loop that is not the one running)
+             * would hold its writes forever, so it writes at once */
+            PyObject *running =
+                PyObject_CallNoArgs(proto_state(p)->get_running_loop);
+            if (running == NULL) {
+                PyErr_Clear();
+                return write_now(p, data);
+            }
+            int elsewhere = running != Py_None && running != srv->loop;
+            Py_DECREF(running);
+            if (elsewhere)
+                return write_now(p, data);
             PyObject *h = PyObject_CallOneArg(srv->call_soon, srv->flush_cb);
             if (h == NULL) {  /* a closed loop: no batching then */
                 PyErr_Clear();
