@@ -284,3 +284,163 @@ def test_a_server_made_for_another_loop_answers_or_says_why_not():
         assert r.status == 200 and r.body == b"hello"
     else:
         assert any("loop" in e for e in errors), errors
+
+
+# -- in-process: random pipelines, split at random, a strict transport ------
+
+class StrictTransport:
+    """Records writes; a write after close() is counted; pauses the
+    protocol once more than `high` bytes were written, if given."""
+
+    def __init__(self, high=None):
+        self.writes, self.closed, self.after_close = [], False, 0
+        self.high, self.paused, self.written, self.proto = high, False, 0, None
+
+    def write(self, data):
+        if self.closed:
+            self.after_close += 1
+        self.writes.append(bytes(data))
+        self.written += len(data)
+        if self.high and self.written > self.high and not self.paused:
+            self.paused = True
+            self.proto.pause_writing()
+
+    def close(self):
+        self.closed = True
+
+    abort = close
+
+    def is_closing(self):
+        return self.closed
+
+    def pause_reading(self):
+        pass
+
+    resume_reading = pause_reading
+
+    def get_write_buffer_size(self):
+        return 0
+
+    def get_extra_info(self, name, default=None):
+        return {"peername": ("127.0.0.1", 40000),
+                "sockname": ("127.0.0.1", 80)}.get(name, default)
+
+
+def random_request(rnd, i):
+    """(bytes, (kind, tag, body size, method))."""
+    kind = rnd.choice(["c", "l", "w", "r", "head", "close", "1.0", "bad",
+                       "wait"])
+    size = rnd.choice([0, 1, 100, 30000, 65535, 65536, 65537, 140000])
+    q = "mode=%s&chunk=%s" % (rnd.choice(["list", "gen", "fw"]),
+                              rnd.choice(["1000", "65536", "100,70000"]))
+    if kind in ("c", "l"):
+        line = "GET /%s/%d/%d?%s HTTP/1.1" % (kind, i, size, q)
+    elif kind == "wait":
+        line = "GET /c/%d/%d?%s&wait=0.001 HTTP/1.1" % (i, size, q)
+    elif kind == "w":
+        line = "GET /w/%d/%d?chunk=100,70000 HTTP/1.1" % (i, size)
+    elif kind == "r":
+        at = rnd.randint(0, size)
+        line = "GET /r/%d/%d?at=%d HTTP/1.1" % (i, size, at)
+        size = at
+    elif kind == "head":
+        line = "HEAD /c/%d/%d?%s HTTP/1.1" % (i, size, q)
+        size = 0
+    elif kind == "close":
+        line = "GET /c/%d/%d HTTP/1.1\r\nConnection: close" % (i, size)
+    elif kind == "1.0":
+        return (b"GET /c/%d/%d HTTP/1.0\r\n\r\n" % (i, size),
+                ("last", str(i), size, "GET"))
+    else:
+        return b"GET /x HTTP/1.1\r\nHost: h\r\nBad Header\r\n\r\n", \
+            ("400", None, 0, "GET")
+    how = {"close": "last", "r": "partial"}.get(kind, "ok")
+    return (line + "\r\nHost: h\r\n\r\n").encode(), \
+        (how, str(i), size, "HEAD" if kind == "head" else "GET")
+
+
+def check_stream(out, expected, closed):
+    """Problems found in the bytes written for `expected`, in order."""
+    from .rawhttp import Incomplete, parse_one
+    buf = out
+    for how, tag, size, method in expected:
+        try:
+            r, buf = parse_one(buf, method, eof=False)
+        except Incomplete:
+            if how == "partial" and buf.startswith(b"HTTP/1.1 200"):
+                body = buf.split(b"\r\n\r\n", 1)[1]
+                ok = body == pattern(tag, size) and closed
+                return [] if ok else ["partial body %r wrong" % tag]
+            return ["no whole response for %s %r: %r" % (how, tag, buf[:80])]
+        if how == "400":
+            return [] if r.status == 400 else ["%d, not 400" % r.status]
+        if how == "partial":
+            # all of the body before the failure, or a 500 before any
+            ok = closed and (r.status == 500 or r.body == pattern(tag, size))
+            return [] if ok else ["partial %r: %d" % (tag, r.status)]
+        if r.status != 200 or r.body != pattern(tag, size):
+            return ["%r: %d %r" % (tag, r.status, r.body[:40])]
+        if how == "last":
+            return [] if closed else ["not closed after %r" % tag]
+    return ["extra bytes %r" % buf[:80]] if buf else []
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_random_pipelines_split_at_random_keep_order_and_never_write_after_close(
+        loop_kind):
+    import asyncio
+    import random
+
+    from aiopyramid.server import HttpServer
+
+    from .batching_attack_app import main
+
+    if loop_kind == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        new_loop = uvloop.new_event_loop
+    else:
+        new_loop = asyncio.new_event_loop
+    app = main()
+    failures = []
+    for seed in range(150):
+        rnd = random.Random(seed)
+        loop = new_loop()
+        try:
+            server = HttpServer(app, loop, error_log=lambda m, e: None)
+            proto = server()
+            t = StrictTransport(high=rnd.choice([None, None, 70000, 300000]))
+            t.proto = proto
+            proto.connection_made(t)
+            reqs = [random_request(rnd, i) for i in range(rnd.randint(1, 10))]
+            data = b"".join(r for r, _ in reqs)
+
+            async def go():
+                pos = 0
+                while pos < len(data):
+                    n = rnd.choice([len(data), 1000, 50, 100000])
+                    proto.data_received(data[pos:pos + n])
+                    pos += n
+                    for _ in range(rnd.randint(0, 3)):
+                        await asyncio.sleep(0)
+                for _ in range(3000):
+                    await asyncio.sleep(0)
+                    if t.paused and rnd.random() < 0.5:
+                        t.paused, t.high = False, None
+                        proto.resume_writing()
+                    if t.closed:
+                        break
+                await asyncio.sleep(0.02)
+                for _ in range(100):
+                    await asyncio.sleep(0)
+
+            loop.run_until_complete(go())
+            problems = check_stream(b"".join(t.writes), [e for _, e in reqs],
+                                    t.closed)
+            if t.after_close:
+                problems.append("%d writes after close" % t.after_close)
+            if problems:
+                failures.append((seed, problems))
+            proto.connection_lost(None)
+        finally:
+            loop.close()
+    assert not failures, failures[:5]
