@@ -9,7 +9,9 @@ What it does, so you can judge it:
 * servers, one process each on 127.0.0.1: ours (aiopyramid's gunicorn
   worker on uvloop, one worker) serving a coroutine view, a plain view
   through the executor (the default; 32 threads, aiopyramid.executor_threads,
-  as many as the threaded peers) and a plain view inline (blocking=False);
+  as many as the threaded peers), a plain view inline (blocking=False),
+  and bjoern's own app with no config.include (its plain view inline;
+  hello only: its wait is a time.sleep that would stop the worker);
   bjoern; granian --interface wsgi; uWSGI (the pyuwsgi wheel, 1 process,
   32 threads, its keep-alive HTTP/1.1 socket); uvicorn with a2wsgi (32
   threads); gunicorn's sync, gthread (32 threads) and gevent workers;
@@ -123,6 +125,12 @@ def configs():
          {"hello": "/plain/hello", "wait": "/plain/wait"}, threads, True),
         ("ours, plain view inline (blocking=False)", aio,
          {"hello": "/inline/hello", "wait": "/inline/wait"}, {"AIOPYRAMID_LOOP": "uvloop"}, True),
+        # the app bjoern serves, unchanged: no config.include, so its plain
+        # view runs inline in the request greenlet (its wait, a time.sleep,
+        # would stop the whole worker: hello only)
+        ("ours, plain app (no config.include)",
+         gunicorn(ours, ["-k", AIO_WORKER], "bench.peers_app:plain()"),
+         {"hello": "/hello"}, {"AIOPYRAMID_LOOP": "uvloop"}, True),
         ("bjoern", lambda port: [
             peer, "-c", "import bjoern, bench.peers_app as a; "
             "bjoern.run(a.plain(), '127.0.0.1', %d)" % port],
@@ -265,6 +273,8 @@ def main():
                     continue
                 try:
                     for view in views:
+                        if view not in config[2]:
+                            continue
                         url = "http://127.0.0.1:%d%s" % (port, config[2][view])
                         wrk(url, 10, 1)  # warm-up
                         for c in conns:
@@ -335,6 +345,9 @@ def targets(med, cfgs, conns, best, ours):
     check("hello, %d conns: coroutine view / bjoern" % c0, rps(co, "hello", c0),
           rps("bjoern", "hello", c0), 1.0)
     check("hello, %d conns: plain inline / bjoern" % c0, rps(inl, "hello", c0),
+          rps("bjoern", "hello", c0), 1.0)
+    check("hello, %d conns: plain app / bjoern" % c0,
+          rps("ours, plain app (no config.include)", "hello", c0),
           rps("bjoern", "hello", c0), 1.0)
     check("hello, %d conns: plain executor / granian" % c0, rps(ex, "hello", c0),
           rps(granian, "hello", c0), 1.0)

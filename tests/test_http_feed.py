@@ -171,6 +171,7 @@ def test_start_response_contract(loop):
 
     server, proto, t = connect(loop, app2)
     proto.data_received(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    spin(loop)  # writes go out at the end of the loop's iteration
     (r,) = parse_all(bytes(t.out))
     assert r.status == 500 and r.header("x-a") == "b"
     assert r.body == b"early late" and calls == [True]

@@ -7,7 +7,9 @@
  * the response before them is complete, so responses go out in order.  Each
  * request runs in its own asyncio Task from the app's first line, and the
  * first step runs at once, inline: a request whose app never suspends is
- * answered right there; one that suspends (a coroutine view waiting,
+ * answered right there (its response held, with every other response of
+ * the loop's iteration, until the iteration's end: proto_write_bytes);
+ * one that suspends (a coroutine view waiting,
  * wsgi.input reading ahead of the socket, a paused transport) is driven on
  * by its Task, which the connection cancels when the client goes away.
  *
@@ -130,6 +132,7 @@ typedef struct {
     PyObject *call_soon;        /* loop.call_soon */
     PyObject *flush_cb;         /* server.flush_writes, bound */
     PyObject *unflushed;        /* list of protocols with writes held back */
+    int flush_scheduled;        /* flush_writes is in the loop's queue */
     Py_ssize_t active;
     time_t date_time;
     char date[64];

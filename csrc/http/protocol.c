@@ -62,13 +62,12 @@ write_now(HttpProtocol *p, PyObject *data)
 
 /* Writes are held back until the loop has run every callback of this
  * iteration, then go out together (server_flush_writes, by call_soon).
- * Written one by one as each response is made, every response wakes the
- * client's thread on its own, and at load each wake-up costs both sides
- * more than the write; written together, the writes that follow the first
- * find the client already awake (as bjoern's, which go out from write
- * watchers on the next loop iteration).  A connection holds at most
- * HELD_MAX bytes: past that it writes at once, so back-pressure (pause_writing) still
- * reaches a large response. */
+ * Written one by one as each response is made, every response woke the
+ * client on its own, and at load each wake-up costs both sides more than
+ * the write; written together, the writes after the first find the client
+ * awake (bjoern's go out from write watchers on the next loop iteration,
+ * to the same effect).  A connection holds at most HELD_MAX bytes: past
+ * that it writes at once, so pause_writing still stops a large response. */
 #define HELD_MAX (64 * 1024)
 
 int
@@ -81,17 +80,20 @@ proto_write_bytes(HttpProtocol *p, PyObject *data)
     if (p->held == NULL) {
         if (n >= HELD_MAX)
             return write_now(p, data);
-        if (PyList_GET_SIZE(srv->unflushed) == 0) {
+        if (PyList_Append(srv->unflushed, (PyObject *)p) < 0) {
+            PyErr_Clear();
+            return write_now(p, data);
+        }
+        if (!srv->flush_scheduled) {
             PyObject *h = PyObject_CallOneArg(srv->call_soon, srv->flush_cb);
-            if (h == NULL) {  /* a closed loop: no batching then */
+            if (h == NULL) {
+                /* a closed loop: this write goes now, and the list waits
+                 * for a later one to schedule its flush */
                 PyErr_Clear();
                 return write_now(p, data);
             }
             Py_DECREF(h);
-        }
-        if (PyList_Append(srv->unflushed, (PyObject *)p) < 0) {
-            PyErr_Clear();
-            return write_now(p, data);
+            srv->flush_scheduled = 1;
         }
         p->held = Py_NewRef(data);
         p->held_len = n;
@@ -169,12 +171,19 @@ server_flush_writes(PyObject *op, PyObject *unused)
 {
     HttpServer *srv = (HttpServer *)op;
     PyObject *list = srv->unflushed;
+    srv->flush_scheduled = 0;
     Py_ssize_t n = PyList_GET_SIZE(list);
     if (n == 0)
         Py_RETURN_NONE;
     PyObject *fresh = PyList_New(0);
-    if (fresh == NULL)
-        return NULL;
+    if (fresh == NULL) {
+        /* out of memory: flush them anyway; the list is emptied by a later
+         * flush (flushing a connection twice writes nothing twice) */
+        PyErr_Clear();
+        for (Py_ssize_t i = 0; i < n; i++)
+            proto_flush((HttpProtocol *)PyList_GET_ITEM(list, i));
+        Py_RETURN_NONE;
+    }
     srv->unflushed = fresh;
     for (Py_ssize_t i = 0; i < n; i++)
         proto_flush((HttpProtocol *)PyList_GET_ITEM(list, i));

@@ -1,0 +1,196 @@
+"""Responses made in one iteration of the loop are held back and written at
+its end, one write per connection: the client is woken once for what the
+iteration made, not once per response (see proto_write_bytes in
+csrc/http/protocol.c).  What must not change: order, nothing lost or
+written after a close, and a large response still written as it goes, so
+that a client that stops reading still pauses it."""
+import asyncio
+
+import pytest
+
+from aiopyramid.server import HttpServer
+
+from .rawhttp import parse_all
+
+
+class RecordingTransport:
+    """Records each write() as one item; pause_writing() past `high`."""
+
+    def __init__(self, high=None):
+        self.writes = []
+        self.closed = False
+        self.aborted = False
+        self.high = high
+        self.proto = None
+
+    @property
+    def out(self):
+        return b"".join(self.writes)
+
+    def write(self, data):
+        assert not self.closed, "write after close"
+        self.writes.append(bytes(data))
+        if self.high is not None and len(self.out) > self.high:
+            self.proto.pause_writing()
+
+    def close(self):
+        self.closed = True
+
+    def abort(self):
+        self.closed = self.aborted = True
+
+    def is_closing(self):
+        return self.closed
+
+    def pause_reading(self):
+        pass
+
+    def resume_reading(self):
+        pass
+
+    def get_write_buffer_size(self):
+        return 0
+
+    def get_extra_info(self, name, default=None):
+        return {"peername": ("127.0.0.1", 40000),
+                "sockname": ("127.0.0.1", 80)}.get(name, default)
+
+
+def hello(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [environ["PATH_INFO"].encode()]
+
+
+@pytest.fixture
+def loop():
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def connect(server, **kw):
+    proto, t = server(), RecordingTransport(**kw)
+    t.proto = proto
+    proto.connection_made(t)
+    return proto, t
+
+
+def one_iteration(loop):
+    loop.run_until_complete(asyncio.sleep(0))
+
+
+def get(path, close=False):
+    return (b"GET %s HTTP/1.1\r\nHost: h\r\n%s\r\n"
+            % (path, b"Connection: close\r\n" if close else b""))
+
+
+def test_pipelined_responses_go_out_in_one_write_after_the_iteration(loop):
+    server = HttpServer(hello, loop)
+    proto, t = connect(server)
+    proto.data_received(get(b"/a") + get(b"/b") + get(b"/c"))
+    assert t.writes == [] and server.requests == 3  # made, held back
+    one_iteration(loop)
+    assert len(t.writes) == 1
+    assert [r.body for r in parse_all(t.out)] == [b"/a", b"/b", b"/c"]
+    proto.connection_lost(None)
+
+
+def test_connections_served_in_one_iteration_are_written_together(loop):
+    server = HttpServer(hello, loop)
+    conns = [connect(server) for _ in range(5)]
+    for i, (proto, t) in enumerate(conns):
+        proto.data_received(get(b"/%d" % i))
+    assert all(t.writes == [] for _, t in conns)
+    one_iteration(loop)
+    for i, (proto, t) in enumerate(conns):
+        assert [r.body for r in parse_all(t.out)] == [b"/%d" % i]
+        proto.connection_lost(None)
+
+
+def test_a_closing_connection_writes_what_it_held_first(loop):
+    server = HttpServer(hello, loop)
+    proto, t = connect(server)
+    proto.data_received(get(b"/a") + get(b"/last", close=True))
+    assert t.closed  # closed at once, its responses written before
+    assert [r.body for r in parse_all(t.out)] == [b"/a", b"/last"]
+    one_iteration(loop)  # the flush finds nothing more to write
+    assert len(t.writes) == 1
+    proto.connection_lost(None)
+
+
+def test_a_connection_lost_before_the_flush_writes_nothing(loop):
+    server = HttpServer(hello, loop)
+    proto, t = connect(server)
+    proto.data_received(get(b"/a"))
+    proto.connection_lost(ConnectionResetError())
+    one_iteration(loop)
+    assert t.writes == []
+    # the server goes on serving others
+    proto2, t2 = connect(server)
+    proto2.data_received(get(b"/b"))
+    one_iteration(loop)
+    assert [r.body for r in parse_all(t2.out)] == [b"/b"]
+    proto2.connection_lost(None)
+
+
+def test_abort_drops_what_is_held(loop):
+    server = HttpServer(hello, loop)
+    proto, t = connect(server)
+    proto.data_received(get(b"/a"))
+    server.abort()
+    assert t.aborted
+    one_iteration(loop)
+    assert t.writes == []
+
+
+def test_a_large_response_is_written_as_it_is_made(loop):
+    """Held bytes are bounded (64 KiB a connection): a response made of
+    many small chunks reaches the transport while the app still iterates,
+    so the transport's pause_writing can stop it."""
+    seen = []
+
+    def streaming(environ, start_response):
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        for i in range(64):
+            seen.append(len(t.out))
+            yield b"x" * 8192
+
+    server = HttpServer(streaming, loop)
+    proto, t = connect(server)
+    proto.data_received(get(b"/"))
+    for _ in range(20):
+        one_iteration(loop)
+    (r,) = parse_all(t.out)
+    assert r.body == b"x" * 8192 * 64
+    # written while iterating, not all at the end
+    assert seen[16] > 0, seen
+    assert max(len(w) for w in t.writes) < 128 * 1024
+    proto.connection_lost(None)
+
+
+def test_a_paused_transport_stops_a_large_response_until_resumed(loop):
+    chunks = []
+
+    def streaming(environ, start_response):
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        for i in range(256):
+            chunks.append(i)
+            yield b"y" * 8192
+
+    server = HttpServer(streaming, loop)
+    proto, t = connect(server, high=256 * 1024)
+    proto.data_received(get(b"/"))
+    for _ in range(20):
+        one_iteration(loop)
+    stalled = len(chunks)
+    assert stalled < 256, "the app was not paused by a full transport"
+    for _ in range(5):
+        one_iteration(loop)
+    assert len(chunks) == stalled  # still paused
+    t.high = None
+    proto.resume_writing()
+    for _ in range(50):
+        one_iteration(loop)
+    (r,) = parse_all(t.out)
+    assert len(r.body) == 256 * 8192
+    proto.connection_lost(None)
