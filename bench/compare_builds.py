@@ -13,31 +13,12 @@ import argparse
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
-import time
+
+from http_bench import free_port, wait_ready  # bench/ is sys.path[0]
 
 WORKER = "aiopyramid.gunicorn.worker.AsyncGunicornWorker"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(port):
-    for _ in range(100):
-        try:
-            with socket.create_connection(("127.0.0.1", port), 1) as s:
-                s.sendall(b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\n")
-                if s.recv(100).startswith(b"HTTP/1.1 200"):
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("server not ready")
 
 
 def one_run(root, loop, duration):
@@ -51,7 +32,7 @@ def one_run(root, loop, duration):
         cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True)
     try:
-        wait_ready(port)
+        wait_ready(port, "/hello", proc)
         url = "http://127.0.0.1:%d/hello" % port
         subprocess.run(["wrk", "-t1", "-c50", "-d1s", url], capture_output=True,
                        timeout=60)

@@ -34,9 +34,7 @@ open file limit above N).
 import os
 import sys
 
-# this file is named http.py: never let it stand in for the stdlib's http
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != HERE]
 
 import argparse  # noqa: E402
 import re  # noqa: E402
@@ -94,8 +92,9 @@ def wait_ready(port, path, proc, timeout=30):
         if proc.poll() is not None:
             raise RuntimeError("server exited with %s" % proc.returncode)
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                s.sendall(b"GET %s HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n" % path.encode())
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                s.sendall(b"GET %s HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n"
+                          % path.encode())
                 if s.recv(100).startswith(b"HTTP/1.1 200"):
                     return
         except OSError:
@@ -116,17 +115,12 @@ def start(config, port):
     name, args, app, path, env = config
     full_env = dict(os.environ, PYTHONPATH=ROOT, **env)
     if args == ["uwsgi"]:
-        proc = subprocess.Popen(uwsgi_command(app, port), env=full_env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
-        try:
-            wait_ready(port, path, proc)
-        except Exception:
-            stop(proc)
-            raise
-        return proc
-    cmd = [sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:%d" % port, "--workers", "1",
-           "--no-control-socket", "--worker-connections", "4000", "--backlog", "4096",
-           "--keep-alive", "30", "--log-level", "warning", *args, app]
+        cmd = uwsgi_command(app, port)
+    else:
+        cmd = [sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:%d" % port,
+               "--workers", "1", "--no-control-socket", "--worker-connections", "4000",
+               "--backlog", "4096", "--keep-alive", "30", "--log-level", "warning",
+               *args, app]
     proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -154,12 +148,20 @@ def wrk(url, conns, duration):
     out = subprocess.run(
         ["wrk", "-t1", "-c%d" % conns, "-d%ds" % duration, "--latency", "--timeout", "10s", url],
         capture_output=True, text=True, timeout=duration + 60).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    m = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
-    p99 = float(m.group(1)) * UNITS[m.group(2)] if m else float("nan")
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    rps = float(m.group(1)) if m else 0.0
+
+    def pct(p):
+        m = re.search(r"^\s+%s%%\s+([\d.]+)(us|ms|s)\s*$" % p, out, re.M)
+        if not m or rps == 0:
+            return float("nan")  # no answer at all: no latency to show
+        return float(m.group(1)) * UNITS[m.group(2)]
+
     errors = re.search(r"Socket errors: (.*)", out)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return rps, p99, (errors.group(1) if errors else ""), int(non2xx.group(1)) if non2xx else 0
+    return {"rps": rps, "p50": pct(50), "p99": pct(99),
+            "errors": errors.group(1) if errors else "",
+            "non2xx": int(non2xx.group(1)) if non2xx else 0}
 
 
 def available(config):
@@ -312,11 +314,12 @@ def main():
                 url = "http://127.0.0.1:%d%s" % (port, config[3])
                 wrk(url, 10, 1)  # warm-up
                 for c in conns:
-                    rps, p99, errors, non2xx = wrk(url, c, args.duration)
-                    results.setdefault((config[0], c), []).append((rps, p99))
+                    r = wrk(url, c, args.duration)
+                    results.setdefault((config[0], c), []).append((r["rps"], r["p99"]))
                     print("round %d %-32s c=%-5d %10.0f req/s  p99 %8.2f ms %s%s" % (
-                        rnd + 1, config[0], c, rps, p99, errors,
-                        " non-2xx: %d" % non2xx if non2xx else ""), file=sys.stderr, flush=True)
+                        rnd + 1, config[0], c, r["rps"], r["p99"], r["errors"],
+                        " non-2xx: %d" % r["non2xx"] if r["non2xx"] else ""),
+                        file=sys.stderr, flush=True)
             finally:
                 stop(proc)
 

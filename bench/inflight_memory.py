@@ -34,15 +34,11 @@ import subprocess
 import sys
 import time
 
+from http_bench import free_port  # bench/ is sys.path[0]
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 WORKER = "aiopyramid.gunicorn.worker.AsyncGunicornWorker"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(port, n, loop):

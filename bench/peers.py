@@ -35,16 +35,13 @@ What it does, so you can judge it:
 """
 import argparse
 import os
-import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import time
 
-from http_bench import free_port, raise_fd_limit  # bench/ is sys.path[0]
+from http_bench import free_port, raise_fd_limit, wait_ready, wrk  # bench/ is sys.path[0]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -163,23 +160,6 @@ def configs():
     ]
 
 
-def wait_ready(port, path, proc, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("server exited with %s" % proc.returncode)
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
-                s.sendall(b"GET %s HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n"
-                          % path.encode())
-                if s.recv(100).startswith(b"HTTP/1.1 200"):
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("server not ready")
-
-
 def start(config, port, log):
     name, cmd, paths, env, _ = config
     full_env = dict(os.environ, PYTHONPATH=ROOT,
@@ -187,7 +167,7 @@ def start(config, port, log):
     proc = subprocess.Popen(cmd(port), env=full_env, cwd=ROOT, stdout=log, stderr=log,
                             start_new_session=True)
     try:
-        wait_ready(port, paths["hello"], proc)
+        wait_ready(port, paths["hello"], proc, timeout=60)
     except Exception:
         stop(proc)
         raise
@@ -207,29 +187,6 @@ def stop(proc):
         except ProcessLookupError:
             pass
         proc.wait(10)
-
-
-UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-
-
-def wrk(url, conns, duration):
-    out = subprocess.run(
-        ["wrk", "-t1", "-c%d" % conns, "-d%ds" % duration, "--latency", "--timeout", "10s", url],
-        capture_output=True, text=True, timeout=duration + 60).stdout
-    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    rps = float(m.group(1)) if m else 0.0
-
-    def pct(p):
-        m = re.search(r"^\s+%s%%\s+([\d.]+)(us|ms|s)\s*$" % p, out, re.M)
-        if not m or rps == 0:
-            return float("nan")  # no answer at all: no latency to show
-        return float(m.group(1)) * UNITS[m.group(2)]
-
-    errors = re.search(r"Socket errors: (.*)", out)
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, "p50": pct(50), "p99": pct(99),
-            "errors": errors.group(1) if errors else "",
-            "non2xx": int(non2xx.group(1)) if non2xx else 0}
 
 
 def fmt_ratio(a, b):

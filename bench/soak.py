@@ -31,7 +31,6 @@ import asyncio
 import json
 import os
 import random
-import resource
 import signal
 import socket
 import struct
@@ -42,6 +41,8 @@ import threading
 import time
 
 import psutil
+
+from http_bench import free_port, raise_fd_limit  # bench/ is sys.path[0]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -98,19 +99,6 @@ function done(summary, latency, requests)
   io.write(string.format("SOAK responses=%d non200=%d\n", total, nbad))
 end
 """
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def raise_fd_limit(n=65536):
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = n if hard == resource.RLIM_INFINITY else min(n, hard)
-    if soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
 def get(port, path, timeout=10.0):

@@ -9,7 +9,15 @@ all echoing every message back, compression off (the client offers none):
   mapped with WebsocketMapper;
 * websockets: the ``websockets`` library's own server
   (``websockets.asyncio.server.serve``);
-* aiohttp: aiohttp's web server with a ``WebSocketResponse`` handler.
+* aiohttp: aiohttp's web server with a ``WebSocketResponse`` handler;
+* floor (only when named in --servers): no websocket server at all, a raw
+  uvloop Protocol that answers the handshake with a canned 101 and each
+  client frame with an unmasked copy of it, parsing nothing beyond frame
+  lengths, in a few lines of Python: about the least a server on this
+  loop can do per message, so what the loop, the kernel and the client
+  cost with next to no server (not a strict bound: bench/
+  callgrind_websocket.py counts ours about 5,000 instructions per round
+  trip above it, the floor's own Python included).
 
 The client is written to cost as little as possible, so that the servers
 are what is measured: raw sockets, one precomputed masked frame per size,
@@ -122,6 +130,59 @@ def serve_aiohttp(port):
     asyncio.set_event_loop(loop)
     web.run_app(app, host="127.0.0.1", port=port, print=None,
                 access_log=None, loop=loop)
+
+
+class Floor(asyncio.Protocol):
+    """The floor server: see the module's doc."""
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.buf = b""
+        self.upgraded = False
+
+    def data_received(self, data):
+        buf = self.buf + data
+        if not self.upgraded:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                self.buf = buf
+                return
+            self.upgraded = True
+            self.transport.write(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket"
+                b"\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: x\r\n"
+                b"\r\n")
+            buf = buf[end + 4:]
+        out = []
+        while len(buf) >= 6:
+            n = buf[1] & 0x7F
+            head = 2
+            if n == 126:
+                n = struct.unpack_from("!H", buf, 2)[0]
+                head = 4
+            elif n == 127:
+                n = struct.unpack_from("!Q", buf, 2)[0]
+                head = 10
+            if len(buf) < head + 4 + n:
+                break
+            # the same length back, unmasked (the client counts bytes)
+            out.append(bytes([buf[0], buf[1] & 0x7F]) + buf[2:head] +
+                       buf[head + 4:head + 4 + n])
+            buf = buf[head + 4 + n:]
+        self.buf = buf
+        if out:
+            self.transport.write(b"".join(out))
+
+
+
+def serve_floor(port):
+    async def main():
+        loop = asyncio.get_running_loop()
+        await loop.create_server(Floor, "127.0.0.1", port)
+        await loop.create_future()
+
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        runner.run(main())
 
 
 # -- starting and stopping them ----------------------------------------------
@@ -286,7 +347,8 @@ def main():
     args = parser.parse_args()
     if args.serve:
         name, port = args.serve
-        {"websockets": serve_websockets, "aiohttp": serve_aiohttp}[name](
+        {"websockets": serve_websockets, "aiohttp": serve_aiohttp,
+         "floor": serve_floor}[name](
             int(port))
         return
     sizes = [int(s) for s in args.sizes.split(",")]

@@ -22,6 +22,19 @@ def run():
     return asyncio.run
 
 
+# the legacy authentication API is deprecated by Pyramid 2; the modules that
+# test aiopyramid's wrappers of it ignore that: pytestmark = LEGACY_AUTH_WARNINGS
+LEGACY_AUTH_WARNINGS = [
+    pytest.mark.filterwarnings(
+        "ignore:Authentication and authorization policies have been "
+        "deprecated:DeprecationWarning"
+    ),
+    pytest.mark.filterwarnings(
+        "ignore:The new security policy has deprecated:DeprecationWarning"
+    ),
+]
+
+
 async def get(app, path, **kw):
     """One request through the whole app, in a pooled request greenlet (the
     way the servers run it)."""
@@ -104,6 +117,37 @@ class ServerProcess:
         return self.proc.returncode
 
 
+def spawn_server(args, port, log_path, env=None, cwd=HERE, ready_path="/hello"):
+    """A ServerProcess running args (tests/ and the repository on its
+    PYTHONPATH, dev mode and warnings off, env added), its output in
+    log_path; ready when ready_path answers 200 (None: not waited for),
+    stopped if it does not."""
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = os.pathsep.join(
+        [HERE, ROOT] + ([full_env["PYTHONPATH"]] if full_env.get("PYTHONPATH") else []))
+    full_env.pop("PYTHONDEVMODE", None)
+    full_env["PYTHONWARNINGS"] = "ignore"
+    full_env.update(env or {})
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=full_env,
+                                cwd=cwd, start_new_session=True)
+    server = ServerProcess(proc, port, log_path)
+    if ready_path is not None:
+        try:
+            server.wait_ready(ready_path)
+        except BaseException:
+            server.stop()
+            raise
+    return server
+
+
+def gunicorn_args(port, app, *extra, worker=WORKER):
+    """One gunicorn worker of worker's class serving app on 127.0.0.1:port."""
+    return [sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:%d" % port,
+            "--worker-class", worker, "--workers", "1", "--no-control-socket",
+            "--graceful-timeout", "10", *extra, app]
+
+
 @pytest.fixture
 def start_server(tmp_path):
     """start_server(cmd_args, port=..., env=...) -> ServerProcess, ready."""
@@ -111,19 +155,8 @@ def start_server(tmp_path):
 
     def start(args, port, env=None, cwd=HERE, ready_path="/hello", wait=True):
         log_path = tmp_path / ("server-%d.log" % len(started))
-        full_env = dict(os.environ)
-        full_env["PYTHONPATH"] = os.pathsep.join(
-            [HERE, ROOT] + ([full_env["PYTHONPATH"]] if full_env.get("PYTHONPATH") else []))
-        full_env.pop("PYTHONDEVMODE", None)
-        full_env["PYTHONWARNINGS"] = "ignore"
-        full_env.update(env or {})
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=full_env,
-                                    cwd=cwd, start_new_session=True)
-        server = ServerProcess(proc, port, log_path)
+        server = spawn_server(args, port, log_path, env, cwd, ready_path if wait else None)
         started.append(server)
-        if wait:
-            server.wait_ready(ready_path)
         return server
 
     try:
@@ -139,9 +172,7 @@ def gunicorn(start_server):
 
     def run(*extra, app="http_e2e_app:main()", env=None, worker=WORKER, wait=True):
         port = free_port()
-        args = [sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:%d" % port,
-                "--worker-class", worker, "--workers", "1", "--no-control-socket",
-                "--graceful-timeout", "10", *extra, app]
-        return start_server(args, port, env=env, wait=wait)
+        return start_server(gunicorn_args(port, app, *extra, worker=worker), port,
+                            env=env, wait=wait)
 
     return run

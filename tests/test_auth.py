@@ -16,17 +16,9 @@ from pyramid.security import forget, remember
 from aiopyramid.exceptions import ScopeError
 from aiopyramid.helpers import coroutine, spawn_greenlet, synchronize
 
-pytestmark = [
-    # the legacy authentication API is deprecated by Pyramid 2; it is what
-    # this module wraps
-    pytest.mark.filterwarnings(
-        "ignore:Authentication and authorization policies have been "
-        "deprecated:DeprecationWarning"
-    ),
-    pytest.mark.filterwarnings(
-        "ignore:The new security policy has deprecated:DeprecationWarning"
-    ),
-]
+from .conftest import LEGACY_AUTH_WARNINGS
+
+pytestmark = LEGACY_AUTH_WARNINGS
 
 EVERYONE_GEORGE = ["system.Everyone", "system.Authenticated", "george",
                    "group:editors"]
@@ -240,23 +232,11 @@ class TestProxyDirectly:
     @coroutine
     def call_seed_values(self, policy, request):
         yield from asyncio.sleep(0)
-        return (
-            policy.unauthenticated_userid(request),
-            policy.authenticated_userid(request),
-            policy.effective_principals(request),
-            policy.remember(request, "george"),
-            policy.forget(request),
-        )
+        return self.call_plain(policy, request)
 
     async def call_async_values(self, policy, request):
         await asyncio.sleep(0)
-        return (
-            policy.unauthenticated_userid(request),
-            policy.authenticated_userid(request),
-            policy.effective_principals(request),
-            policy.remember(request, "george"),
-            policy.forget(request),
-        )
+        return self.call_plain(policy, request)
 
     def test_synchronized_coroutines_in_a_request_greenlet(self, policy):
         # a coroutine that plain code runs through synchronize gets values,

@@ -8,32 +8,17 @@ import warnings
 import pytest
 from pyramid.request import Request
 
-from aiopyramid.helpers import spawn_greenlet
-
 from . import auth_policies_app as policies_app
+from .conftest import LEGACY_AUTH_WARNINGS, get
 
-pytestmark = [
-    pytest.mark.filterwarnings(
-        "ignore:Authentication and authorization policies have been "
-        "deprecated:DeprecationWarning"
-    ),
-    pytest.mark.filterwarnings(
-        "ignore:The new security policy has deprecated:DeprecationWarning"
-    ),
-]
+pytestmark = LEGACY_AUTH_WARNINGS
 
 SHAPES = sorted(policies_app.SHAPES)
 KINDS = ["security", "authn"]
 
 
 def fetch(app, path, user=None):
-    headers = {"X-User": user} if user else {}
-
-    async def main():
-        request = Request.blank(path, headers=headers)
-        return await spawn_greenlet(request.get_response, app)
-
-    return asyncio.run(main())
+    return asyncio.run(get(app, path, headers={"X-User": user} if user else {}))
 
 
 @pytest.fixture(scope="module")
@@ -324,12 +309,7 @@ class TestBasicAuth:
             token = "{}:{}".format(user, password).encode()
             headers["Authorization"] = \
                 "Basic " + base64.b64encode(token).decode()
-
-        async def main():
-            request = Request.blank(path, headers=headers)
-            return await spawn_greenlet(request.get_response, app)
-
-        return asyncio.run(main())
+        return asyncio.run(get(app, path, headers=headers))
 
     @pytest.mark.parametrize("path", ["/admin", "/legacy-admin",
                                       "/check?what=authenticated"])

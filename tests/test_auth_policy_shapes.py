@@ -15,8 +15,10 @@ from pyramid.request import Request
 from pyramid.response import Response
 from pyramid.threadlocal import get_current_request
 
-from aiopyramid.helpers import spawn_greenlet, synchronize
+from aiopyramid.helpers import synchronize
 from aiopyramid.security import CoroutineSecurityPolicyProxy
+
+from .conftest import get
 
 USERS = {
     "george": {"userid": "george", "groups": ["group:admin"]},
@@ -164,13 +166,7 @@ def permits_shape():
 
 
 def fetch(app, path, user=None):
-    headers = {"X-User": user} if user else {}
-
-    async def main():
-        request = Request.blank(path, headers=headers)
-        return await spawn_greenlet(request.get_response, app)
-
-    return asyncio.run(main())
+    return asyncio.run(get(app, path, headers={"X-User": user} if user else {}))
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")

@@ -9,23 +9,15 @@ import pytest
 from pyramid.authentication import AuthTktAuthenticationPolicy
 from pyramid.authorization import ACLHelper, Authenticated, Everyone
 from pyramid.config import Configurator
-from pyramid.request import Request
 from pyramid.response import Response
 from pyramid.security import remember
 
 from aiopyramid.auth import authn_policy_factory
-from aiopyramid.helpers import spawn_greenlet
 from aiopyramid.security import CoroutineSecurityPolicyProxy
 
-pytestmark = [
-    pytest.mark.filterwarnings(
-        "ignore:Authentication and authorization policies have been "
-        "deprecated:DeprecationWarning"
-    ),
-    pytest.mark.filterwarnings(
-        "ignore:The new security policy has deprecated:DeprecationWarning"
-    ),
-]
+from .conftest import LEGACY_AUTH_WARNINGS, get
+
+pytestmark = LEGACY_AUTH_WARNINGS
 
 README = os.path.join(os.path.dirname(os.path.dirname(__file__)),
                       "README.md")
@@ -62,12 +54,7 @@ def fetch(app, path, user=None, cookie=None):
         headers["X-User"] = user
     if cookie:
         headers["Cookie"] = cookie
-
-    async def main():
-        request = Request.blank(path, headers=headers)
-        return await spawn_greenlet(request.get_response, app)
-
-    return asyncio.run(main())
+    return asyncio.run(get(app, path, headers=headers))
 
 
 def server_error(exc, request):

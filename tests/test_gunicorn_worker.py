@@ -399,3 +399,88 @@ def test_out_of_descriptors_is_logged_once_per_incident(gunicorn):
     assert get(srv.port, "/hello").status == 200
     log = srv.log()
     assert log.count("accept() failed") == 1, log[-3000:]
+
+
+def _gc_state(port):
+    return json.loads(get(port, "/gc").body)
+
+
+def test_gc_tuned_once_the_app_is_loaded(gunicorn):
+    # the young generation's threshold, 50 objects per worker connection:
+    # requests in flight (which die by reference counting) no longer set
+    # off collections; the app's objects are frozen, never traversed again
+    srv = gunicorn("--worker-connections", "1000", app="gc_app:main()")
+    state = _gc_state(srv.port)
+    import gc as _gc
+    assert state["threshold"] == [50000] + list(_gc.get_threshold()[1:])
+    assert state["enabled"]
+    assert state["frozen"] > 1000
+    assert not state["loaded_seen"]
+
+
+def _sleep_together(port, n):
+    async def main():
+        async def one():
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                writer.write(b"GET /sleep?s=1 HTTP/1.1\r\nHost: t\r\n"
+                             b"Connection: close\r\n\r\n")
+                return await asyncio.wait_for(reader.read(), 60)
+            finally:
+                writer.close()
+
+        return await asyncio.gather(*(one() for _ in range(n)))
+
+    return [parse_all(r)[0].body for r in asyncio.run(main())]
+
+
+@pytest.mark.parametrize("kind", ["tuned", "python"])
+def test_gc_requests_in_flight_set_off_no_collection(gunicorn, kind):
+    # 300 requests waiting together, a few dozen objects each, all freed
+    # by reference counting: with the worker's tuning the collector never
+    # runs for them (Python's own thresholds: hundreds of times)
+    soft, hard = _raise_fd_limit(1024)
+    try:
+        srv = gunicorn("--worker-connections", "1000", app="gc_app:main()",
+                       env={"AIOPYRAMID_GC": kind})
+        before = _gc_state(srv.port)["collections"]
+        assert _sleep_together(srv.port, 300) == [b"slept"] * 300
+        after = _gc_state(srv.port)["collections"]
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    ran = sum(after) - sum(before)
+    if kind == "tuned":
+        assert ran == 0, (before, after)
+    else:
+        assert ran > 0, (before, after)  # what the tuning takes away
+
+
+def test_gc_young_threshold_is_bounded(gunicorn):
+    srv = gunicorn("--worker-connections", "10000", app="gc_app:main()")
+    assert _gc_state(srv.port)["threshold"][0] == 100000
+
+
+def test_gc_thresholds_the_app_set_are_kept(gunicorn):
+    srv = gunicorn(app="gc_app:main(threshold=(1234, 5, 6))")
+    state = _gc_state(srv.port)
+    assert state["threshold"] == [1234, 5, 6]
+    assert state["frozen"] > 1000  # frozen all the same
+
+
+def test_gc_left_as_python_set_it(gunicorn):
+    srv = gunicorn(app="gc_app:main()", env={"AIOPYRAMID_GC": "python"})
+    state = _gc_state(srv.port)
+    import gc as _gc
+    assert state["threshold"] == list(_gc.get_threshold())
+    assert state["frozen"] == 0
+    assert state["loaded_seen"]
+
+
+def test_gc_setting_is_checked(gunicorn):
+    srv = gunicorn(app="gc_app:main()", env={"AIOPYRAMID_GC": "off"}, wait=False)
+    try:
+        srv.proc.wait(30)
+    except subprocess.TimeoutExpired:
+        pass
+    assert srv.proc.poll() is not None
+    assert "AIOPYRAMID_GC must be 'tuned' or 'python', not 'off'" in srv.log()

@@ -504,7 +504,7 @@ def test_access_log_shows_content_type_and_length(gunicorn):
 # -- back-pressure stops new requests, not the body of the one in progress ----
 
 def test_a_paused_write_still_lets_the_body_in_progress_come():
-    from .test_http_feed import connect, spin
+    from .inprocess import connect, spin
 
     loop = asyncio.new_event_loop()
     got = []

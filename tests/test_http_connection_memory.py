@@ -6,7 +6,7 @@ import gc
 from aiopyramid import _core
 
 from .rawhttp import exchange
-from .test_http_protocol import run, serving  # noqa: F401  (fixture)
+from .inprocess import run, serving  # noqa: F401 -- fixture
 
 CONNECTIONS = 200
 

@@ -3,15 +3,12 @@ worker over raw sockets (half-close, raw bytes in targets, chunk
 extensions, request bodies streamed to plain views' threads).  Each test
 failed before the fix that came with it.  Every wait is bounded."""
 import json
-import os
 import socket
-import subprocess
-import sys
 import time
 
 import pytest
 
-from .conftest import HERE, ROOT, WORKER, ServerProcess, free_port, http_get
+from .conftest import free_port, gunicorn_args, http_get, spawn_server
 from .rawhttp import parse_all
 
 pytest.importorskip("gunicorn")
@@ -21,25 +18,7 @@ APP = "http_edge_attacks_app:main()"
 
 def start_gunicorn(log_path, app=APP, *extra):
     port = free_port()
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [HERE, ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    env.pop("PYTHONDEVMODE", None)
-    env["PYTHONWARNINGS"] = "ignore"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:%d" % port,
-             "--worker-class", WORKER, "--workers", "1", "--no-control-socket",
-             "--graceful-timeout", "10", *extra, app],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=HERE,
-            start_new_session=True)
-    srv = ServerProcess(proc, port, log_path)
-    try:
-        srv.wait_ready("/hello")
-    except BaseException:
-        srv.stop()
-        raise
-    return srv
+    return spawn_server(gunicorn_args(port, app, *extra), port, log_path)
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +158,7 @@ def test_small_reads_of_a_streamed_body_take_what_is_buffered(server, how, chunk
 
 # -- a request line held until it is whole ---------------------------------
 
-from .test_http_feed import FakeTransport, loop, spin  # noqa: E402,F401 -- fixture
+from .inprocess import FakeTransport, loop, spin  # noqa: E402,F401 -- fixture
 
 
 def test_a_stray_crlf_after_a_body_does_not_start_the_next_heads_timeout(loop):

@@ -7,7 +7,7 @@ import gc
 import pytest
 
 from .rawhttp import parse_all
-from .test_http_feed import connect, loop, spin  # noqa: F401 -- fixture
+from .inprocess import connect, loop, spin  # noqa: F401 -- fixture
 
 
 def test_list_changed_while_a_paused_write_waits(loop):
@@ -254,7 +254,7 @@ def test_clients_that_keep_a_request_waiting_are_cut_off(loop):
     from aiopyramid import _core
     from aiopyramid.server import HttpServer
 
-    from .test_http_feed import FakeTransport
+    from .inprocess import FakeTransport
 
     def app(env, start_response):
         env["wsgi.input"].read()

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from .conftest import http_get
-from .rawhttp import blocking_exchange, parse_all
+from .rawhttp import blocking_exchange, parse_all, read_to_eof
 
 pytest.importorskip("gunicorn")
 
@@ -20,25 +20,11 @@ APP = "http_edges_app:main()"
 @pytest.fixture(scope="module")
 def server(request, tmp_path_factory):
     """One gunicorn for the module (the shapes are independent)."""
-    from .conftest import HERE, ROOT, WORKER, free_port, ServerProcess
-    import os
-    import subprocess
-    import sys
+    from .conftest import free_port, gunicorn_args, spawn_server
     port = free_port()
-    log_path = tmp_path_factory.mktemp("edges") / "server.log"
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([HERE, ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    env.pop("PYTHONDEVMODE", None)
-    env["PYTHONWARNINGS"] = "ignore"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:%d" % port,
-             "--worker-class", WORKER, "--workers", "1", "--no-control-socket",
-             "--graceful-timeout", "10", APP],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=HERE, start_new_session=True)
-    srv = ServerProcess(proc, port, log_path)
+    srv = spawn_server(gunicorn_args(port, APP), port,
+                       tmp_path_factory.mktemp("edges") / "server.log")
     try:
-        srv.wait_ready("/hello")
         yield srv
     finally:
         srv.stop()
@@ -193,13 +179,7 @@ def chunked(port, *lines, delay=0.0):
             if delay:
                 time.sleep(delay)
             s.sendall(line)
-        buf = b""
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            data = s.recv(65536)
-            if not data:
-                break
-            buf += data
+        buf = read_to_eof(s)
     (r,) = parse_all(buf, ["POST"], eof=True)
     return r
 
@@ -288,13 +268,7 @@ def test_raw_bytes_in_a_request_line_split_across_reads(server):
         for piece in [b"GET /raw/\xe0", b"\xe1/b", b"?\xe2 HTTP/1.1\r", b"\nHost: a\r\nConnection: close\r\n\r\n"]:
             s.sendall(piece)
             time.sleep(0.05)
-        buf = b""
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            data = s.recv(65536)
-            if not data:
-                break
-            buf += data
+        buf = read_to_eof(s)
     (r,) = parse_all(buf, eof=True)
     env = json.loads(r.body)
     assert (env["PATH_INFO"], env["QUERY_STRING"]) == ("/raw/\xe0\xe1/b", "\xe2")

@@ -1,40 +1,14 @@
 """HttpProtocol fed by hand through a fake transport: every split of the
 input gives the same answers, callback errors become clean 500s, and
 requests leak nothing."""
-import asyncio
 import gc
 
 import pytest
 
 from aiopyramid import _core
-from aiopyramid.server import HttpServer
 
+from .inprocess import connect, loop, spin  # noqa: F401 -- fixture
 from .rawhttp import parse_all
-
-
-class FakeTransport:
-    def __init__(self):
-        self.out = bytearray()
-        self.closed = False
-        self.paused = False
-
-    def write(self, data):
-        assert not self.closed, "write after close"
-        self.out += data
-
-    def close(self):
-        self.closed = True
-
-    abort = close
-
-    def pause_reading(self):
-        self.paused = True
-
-    def resume_reading(self):
-        self.paused = False
-
-    def get_extra_info(self, name, default=None):
-        return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 80)}.get(name, default)
 
 
 def app(environ, start_response):
@@ -57,27 +31,6 @@ EXPECTED = [b"GET /a x=1|", b"POST /b |hello", b"POST /c |abcde", b"", b"GET /e 
 METHODS = ["GET", "POST", "POST", "HEAD", "GET"]
 
 
-@pytest.fixture
-def loop():
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
-def connect(loop, the_app=app, **kw):
-    server = HttpServer(the_app, loop, **kw)
-    proto = server()
-    t = FakeTransport()
-    proto.connection_made(t)
-    return server, proto, t
-
-
-def spin(loop, n=10):
-    """Lets Tasks of requests that waited (for their body) run."""
-    for _ in range(n):
-        loop.run_until_complete(asyncio.sleep(0))
-
-
 def feed_buffered(proto, data):
     buf = proto.get_buffer(-1)
     n = min(len(buf), len(data))
@@ -88,7 +41,7 @@ def feed_buffered(proto, data):
 
 def test_every_split_gives_the_same_answers(loop):
     for i in range(len(PIPELINE) + 1):
-        server, proto, t = connect(loop)
+        server, proto, t = connect(loop, app)
         proto.data_received(PIPELINE[:i])
         spin(loop)
         proto.data_received(PIPELINE[i:])
@@ -100,7 +53,7 @@ def test_every_split_gives_the_same_answers(loop):
 
 
 def test_byte_by_byte_through_the_buffer(loop):
-    server, proto, t = connect(loop)
+    server, proto, t = connect(loop, app)
     for b in range(len(PIPELINE)):
         rest = feed_buffered(proto, PIPELINE[b:b + 1])
         assert rest == b""
@@ -113,7 +66,7 @@ def test_byte_by_byte_through_the_buffer(loop):
 def test_malformed_input_at_every_split(loop):
     bad = b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"
     for i in range(len(bad) + 1):
-        server, proto, t = connect(loop)
+        server, proto, t = connect(loop, app)
         proto.data_received(bad[:i])
         proto.data_received(bad[i:])
         rs = parse_all(bytes(t.out))
@@ -130,7 +83,7 @@ class Exploding:
 
 def test_callback_exception_is_a_500_and_logged(loop):
     logged = []
-    server, proto, t = connect(loop, secure_scheme_headers={"X-FORWARDED-PROTO": Exploding()},
+    server, proto, t = connect(loop, app, secure_scheme_headers={"X-FORWARDED-PROTO": Exploding()},
                                forwarded_allow_ips="*",
                                error_log=lambda msg, exc: logged.append((msg, exc)))
     proto.data_received(b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-Proto: https\r\n\r\n")
@@ -142,7 +95,7 @@ def test_callback_exception_is_a_500_and_logged(loop):
 
 
 def test_buffer_updated_checks_its_argument(loop):
-    server, proto, t = connect(loop)
+    server, proto, t = connect(loop, app)
     proto.get_buffer(-1)
     with pytest.raises(ValueError, match="more than the buffer had room for"):
         proto.buffer_updated(1 << 30)
@@ -181,7 +134,7 @@ def test_start_response_contract(loop):
 def test_no_leaks(loop):
     def run(n):
         for i in range(n):
-            server, proto, t = connect(loop)
+            server, proto, t = connect(loop, app)
             if i % 2:
                 proto.data_received(PIPELINE)
             else:  # the POST waits for its body: a Task finishes it
@@ -224,7 +177,7 @@ def test_mutated_input_never_crashes(loop):
             else:
                 data[i:i] = bytes(rng.choice(alphabet) for _ in range(rng.randint(1, 8)))
         logged = []
-        server, proto, t = connect(loop, error_log=lambda msg, exc: logged.append((msg, exc)))
+        server, proto, t = connect(loop, app, error_log=lambda msg, exc: logged.append((msg, exc)))
         pos = 0
         while pos < len(data) and not t.closed:
             step = rng.randint(1, 64)

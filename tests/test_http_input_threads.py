@@ -10,7 +10,7 @@ from pyramid.response import Response
 from aiopyramid import _core
 
 from .rawhttp import exchange
-from .test_http_protocol import run, serving  # noqa: F401  (fixture)
+from .inprocess import run, serving  # noqa: F401 -- fixture
 
 CHUNKED_HEAD = (b"POST /%s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
                 b"Transfer-Encoding: chunked\r\n\r\n")

@@ -1,7 +1,6 @@
 """aiopyramid._core.HttpServer in-process: a real asyncio server on
 127.0.0.1 (asyncio's loop and uvloop), raw bytes in, parsed responses out."""
 import asyncio
-import contextlib
 import gc
 import io
 import json
@@ -13,43 +12,8 @@ import pytest
 from aiopyramid import _core
 from aiopyramid.server import HttpServer
 
+from .inprocess import run, serving  # noqa: F401 -- fixture
 from .rawhttp import exchange, parse_all
-
-try:
-    import uvloop
-except ImportError:  # pragma: no cover
-    uvloop = None
-
-LOOPS = ["asyncio"] + (["uvloop"] if uvloop else [])
-
-
-@pytest.fixture(params=LOOPS)
-def run(request):
-    factory = uvloop.new_event_loop if request.param == "uvloop" else None
-
-    def run(coro):
-        with asyncio.Runner(loop_factory=factory) as runner:
-            return runner.run(coro)
-
-    return run
-
-
-@contextlib.asynccontextmanager
-async def serving(app, **kw):
-    loop = asyncio.get_running_loop()
-    srv = HttpServer(app, loop, base_environ={"wsgi.version": (1, 0)}, **kw)
-    server = await loop.create_server(srv, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1], srv
-    finally:
-        server.close()
-        srv.abort()
-        await server.wait_closed()
-        for _ in range(50):
-            if not srv.connections:
-                break
-            await asyncio.sleep(0.01)
-
 
 def text_app(body=b"hello", status="200 OK", headers=None):
     def app(environ, start_response):

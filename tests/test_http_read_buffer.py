@@ -101,7 +101,7 @@ def test_start_response_shapes(call):
     same response either way."""
     import asyncio
 
-    from .test_http_feed import connect, spin
+    from .inprocess import connect, spin
 
     loop = asyncio.new_event_loop()
     try:
@@ -129,7 +129,7 @@ def test_start_response_shapes(call):
 def test_start_response_bad_calls_are_errors(args, error):
     import asyncio
 
-    from .test_http_feed import connect, spin
+    from .inprocess import connect, spin
 
     loop = asyncio.new_event_loop()
     seen = []

@@ -8,12 +8,8 @@ This module is also the app the server runs (tests.test_request_task:main()).
 """
 import asyncio
 import json
-import os
-import signal
 import socket
 import struct
-import subprocess
-import sys
 import time
 
 import pytest
@@ -169,7 +165,7 @@ def main(global_config=None, **settings):
 
 # ------------------------------------------------------------------ tests
 
-from .conftest import HERE, ROOT, WORKER, ServerProcess, free_port  # noqa: E402
+from .conftest import ROOT, free_port, gunicorn_args, spawn_server  # noqa: E402
 from .rawhttp import blocking_exchange, exchange, parse_all  # noqa: E402
 
 
@@ -180,22 +176,10 @@ def server(request, tmp_path_factory):
     if request.param == "uvloop":
         pytest.importorskip("uvloop")
     port = free_port()
-    log_path = tmp_path_factory.mktemp("request_task") / "server.log"
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [HERE, ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    env.pop("PYTHONDEVMODE", None)
-    env["PYTHONWARNINGS"] = "ignore"
-    env["AIOPYRAMID_LOOP"] = request.param
-    args = [sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:%d" % port,
-            "--worker-class", WORKER, "--workers", "1", "--no-control-socket",
-            "--graceful-timeout", "10", "tests.test_request_task:main()"]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                cwd=ROOT, start_new_session=True)
-    srv = ServerProcess(proc, port, log_path)
+    srv = spawn_server(gunicorn_args(port, "tests.test_request_task:main()"), port,
+                       tmp_path_factory.mktemp("request_task") / "server.log",
+                       env={"AIOPYRAMID_LOOP": request.param}, cwd=ROOT)
     try:
-        srv.wait_ready("/hello")
         yield srv
     finally:
         srv.stop()
@@ -272,37 +256,7 @@ def test_disconnect_cancels_the_request_task(server):
 
 # ------------------------------------------------ in-process, on HttpServer
 
-try:
-    import uvloop
-except ImportError:  # pragma: no cover
-    uvloop = None
-
-
-@pytest.fixture(params=["asyncio"] + (["uvloop"] if uvloop else []))
-def run(request):
-    factory = uvloop.new_event_loop if request.param == "uvloop" else None
-
-    def run(coro):
-        with asyncio.Runner(loop_factory=factory) as runner:
-            return runner.run(coro)
-
-    return run
-
-
-async def serve_and_exchange(app, *pieces, count):
-    from aiopyramid import _core
-    from aiopyramid.server import HttpServer
-
-    loop = asyncio.get_running_loop()
-    srv = HttpServer(app, loop, base_environ={"wsgi.version": (1, 0)})
-    server = await loop.create_server(srv, "127.0.0.1", 0)
-    try:
-        port = server.sockets[0].getsockname()[1]
-        return await exchange(port, *pieces, count=count)
-    finally:
-        server.close()
-        srv.abort()
-        await server.wait_closed()
+from .inprocess import run, serving  # noqa: E402,F401 -- fixture
 
 
 def test_wsgi_app_sees_its_task_in_process(run):
@@ -321,10 +275,11 @@ def test_wsgi_app_sees_its_task_in_process(run):
         return [b"ok"]
 
     async def main():
-        rs, closed = await serve_and_exchange(
-            app, b"GET /now HTTP/1.1\r\nHost: x\r\n\r\n"
-                 b"GET /wait HTTP/1.1\r\nHost: x\r\n\r\n"
-                 b"GET /now HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", count=3)
+        async with serving(app) as (port, srv):
+            rs, closed = await exchange(
+                port, b"GET /now HTTP/1.1\r\nHost: x\r\n\r\n"
+                      b"GET /wait HTTP/1.1\r\nHost: x\r\n\r\n"
+                      b"GET /now HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", count=3)
         for _ in range(10):
             await asyncio.sleep(0)
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]

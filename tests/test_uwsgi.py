@@ -281,10 +281,15 @@ def test_peer_closing_mid_conversation(server):
     assert get(server, "/hello") == (200, b"Hello, world!")
 
 
-def test_server_closes_when_the_view_ends(server):
-    """A view that returns ends the websocket with a close frame (1000)."""
+@pytest.mark.parametrize("route, code, logged", [
+    ("ws_broken", 1000, None),
+    ("ws_fails", 1011, "ValueError: a bug in the view"),
+])
+def test_view_ending_closes_the_websocket(server, route, code, logged):
+    """A view that returns ends the websocket with a close frame 1000; one
+    that raises, with 1011, and its error is in uWSGI's log."""
     async def talk():
-        async with connect(ws_url(server, "ws_broken"), open_timeout=10) as ws:
+        async with connect(ws_url(server, route), open_timeout=10) as ws:
             await ws.send("x")
             try:
                 await asyncio.wait_for(ws.recv(), 10)
@@ -292,22 +297,10 @@ def test_server_closes_when_the_view_ends(server):
                 return e.rcvd.code if e.rcvd else None
         return "open"
 
-    assert asyncio.run(talk()) == 1000
-
-
-def test_view_failing_closes_with_1011_and_is_logged(server):
-    async def talk():
-        async with connect(ws_url(server, "ws_fails"), open_timeout=10) as ws:
-            await ws.send("x")
-            try:
-                await asyncio.wait_for(ws.recv(), 10)
-            except ConnectionClosed as e:
-                return e.rcvd.code if e.rcvd else None
-        return "open"
-
-    assert asyncio.run(talk()) == 1011
-    wait_for(lambda: "ValueError: a bug in the view" in server.log(),
-             what="the view's error in uWSGI's log")
+    assert asyncio.run(talk()) == code
+    if logged:
+        wait_for(lambda: logged in server.log(),
+                 what="the view's error in uWSGI's log")
 
 
 def test_recv_given_up_by_wait_for(server):

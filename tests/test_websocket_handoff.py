@@ -6,37 +6,18 @@ handshake go to ws.attach(), the HTTP protocol is out of the path; a
 request that ends without its 101 tells the WebSocket connection_lost(None).
 """
 import asyncio
-import contextlib
 
 import pytest
 
 from aiopyramid import _core
-from aiopyramid.server import HttpServer
 
+from .inprocess import run, serving  # noqa: F401 -- fixture
 from .rawhttp import parse_one
-
-try:
-    import uvloop
-except ImportError:  # pragma: no cover
-    uvloop = None
-
-LOOPS = ["asyncio"] + (["uvloop"] if uvloop else [])
 
 HANDSHAKE = (b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n"
              b"Connection: Upgrade\r\nSec-WebSocket-Key: x\r\n\r\n")
 HEADERS = [("Upgrade", "websocket"), ("Connection", "Upgrade"),
            ("Sec-WebSocket-Accept", "abc")]
-
-
-@pytest.fixture(params=LOOPS)
-def run(request):
-    factory = uvloop.new_event_loop if request.param == "uvloop" else None
-
-    def run(coro):
-        with asyncio.Runner(loop_factory=factory) as runner:
-            return runner.run(asyncio.wait_for(coro, 20))
-
-    return run
 
 
 class FakeWebSocket(asyncio.Protocol):
@@ -77,19 +58,6 @@ def upgrade_app(ws, status="101 Switching Protocols", delay=0.0,
         start_response(status, list(headers))
         return [b"" if status.startswith("101") else b"no upgrade"]
     return app
-
-
-@contextlib.asynccontextmanager
-async def serving(app, **kw):
-    loop = asyncio.get_running_loop()
-    srv = HttpServer(app, loop, base_environ={"wsgi.version": (1, 0)}, **kw)
-    server = await loop.create_server(srv, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1], srv
-    finally:
-        server.close()
-        srv.abort()
-        await server.wait_closed()
 
 
 async def read_until(reader, marker, limit=5.0):

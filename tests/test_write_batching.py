@@ -6,10 +6,9 @@ written after a close, and a large response still written as it goes, so
 that a client that stops reading still pauses it."""
 import asyncio
 
-import pytest
-
 from aiopyramid.server import HttpServer
 
+from .inprocess import loop  # noqa: F401 -- fixture
 from .rawhttp import parse_all
 
 
@@ -59,13 +58,6 @@ class RecordingTransport:
 def hello(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [environ["PATH_INFO"].encode()]
-
-
-@pytest.fixture
-def loop():
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
 
 
 def connect(server, **kw):

@@ -11,7 +11,10 @@
  * the loop's iteration, until the iteration's end: proto_write_bytes);
  * one that suspends (a coroutine view waiting,
  * wsgi.input reading ahead of the socket, a paused transport) is driven on
- * by its Task, which the connection cancels when the client goes away.
+ * by its Task, which the connection cancels when the client is gone: it
+ * reset, or a write failed.  A client that half-closes (FIN) is still
+ * answered what it sent whole; only a request still waiting for body bytes
+ * that can no longer come is cancelled then.
  *
  * HttpServer  the protocol factory: app, limits, counters, its connections
  * HttpProtocol  one connection (BufferedProtocol and Protocol)

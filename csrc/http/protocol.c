@@ -125,18 +125,19 @@ int
 proto_flush(HttpProtocol *p)
 {
     PyObject *held = p->held;
+    Py_ssize_t len = p->held_len;
     if (held == NULL)
         return !p->closed;
     p->held = NULL;
+    p->held_len = 0;
     int rc;
     if (PyList_CheckExact(held)) {
         Py_ssize_t n = PyList_GET_SIZE(held);
-        PyObject *joined = PyBytes_FromStringAndSize(NULL, p->held_len);
+        PyObject *joined = PyBytes_FromStringAndSize(NULL, len);
         if (joined == NULL) {
             /* the response cannot go out whole: none of it does */
             PyErr_Clear();
             Py_DECREF(held);
-            p->held_len = 0;
             proto_close(p);
             return 0;
         }
@@ -152,7 +153,6 @@ proto_flush(HttpProtocol *p)
     else {
         rc = write_now(p, held);
     }
-    p->held_len = 0;
     Py_DECREF(held);
     return rc;
 }
@@ -577,6 +577,26 @@ proto_connection_made(PyObject *op, PyObject *transport)
     HttpServer *srv = p->server;
     modstate *st = proto_state(p);
     PyObject *peer = NULL, *sock = NULL, *ssl = NULL, *env = NULL;
+    /* the server's Tasks and its held writes' flush go to its own loop:
+     * served by another, they would never run */
+    PyObject *running = PyObject_CallNoArgs(st->get_running_loop);
+    if (running == NULL)
+        goto error;
+    int elsewhere = running != Py_None && running != srv->loop;
+    Py_DECREF(running);
+    if (elsewhere) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "this HttpServer was made for another loop than the "
+                        "one serving it: make it with the loop that runs it "
+                        "(asyncio.get_running_loop())");
+        log_error(srv, "HttpServer served by another loop than its own: "
+                       "connection closed");
+        PyObject *r = PyObject_CallMethodNoArgs(transport, HSTR(st, ABORT));
+        if (r == NULL)
+            PyErr_Clear();
+        Py_XDECREF(r);
+        Py_RETURN_NONE;
+    }
     Py_XSETREF(p->transport, Py_NewRef(transport));
     Py_XSETREF(p->write, PyObject_GetAttr(transport, HSTR(st, WRITE)));
     if (p->write == NULL)
@@ -833,7 +853,13 @@ proto_eof_received(PyObject *op, PyObject *unused)
      * shows it when a write fails or it resets: connection_lost cancels
      * the request then.  TLS cannot half-close: the transport closes. */
     HttpProtocol *p = (HttpProtocol *)op;
-    if (p->tls || p->closed)
+    if (p->tls) {
+        /* the transport closes as this returns, and drops what is
+         * written after: what the requests in this read made goes now */
+        proto_flush(p);
+        Py_RETURN_FALSE;
+    }
+    if (p->closed)
         Py_RETURN_FALSE;
     p->eof = 1;
     eof_check(p);

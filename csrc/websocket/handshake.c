@@ -355,6 +355,43 @@ done:
     return out;
 }
 
+/* _websocket_simd([level]): the SIMD level unmasking and UTF-8 validation
+ * use ("avx2", "ssse3" or "scalar"); with a level, use at most that one
+ * (what the CPU has caps it), process-wide: for tests and the bench. */
+static const char *const simd_names[] = {"scalar", "ssse3", "avx2"};
+
+static PyObject *
+websocket_simd(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs > 1) {
+        PyErr_SetString(PyExc_TypeError,
+                        "_websocket_simd([level]) takes at most 1 argument");
+        return NULL;
+    }
+    int level;
+    if (nargs == 1) {
+        if (!PyUnicode_Check(args[0])) {
+            PyErr_SetString(PyExc_TypeError,
+                            "_websocket_simd(): the level is a str");
+            return NULL;
+        }
+        for (level = 0; level <= WS_SIMD_AVX2; level++)
+            if (PyUnicode_CompareWithASCIIString(args[0], simd_names[level]) == 0)
+                break;
+        if (level > WS_SIMD_AVX2) {
+            PyErr_Format(PyExc_ValueError,
+                         "_websocket_simd(): the level is 'avx2', 'ssse3' "
+                         "or 'scalar', not %R", args[0]);
+            return NULL;
+        }
+        level = ws_simd_limit(level);
+    }
+    else {
+        level = ws_simd_level();
+    }
+    return PyUnicode_FromString(simd_names[level]);
+}
+
 static PyMethodDef handshake_methods[] = {
     {"websocket_handshake", (PyCFunction)(void (*)(void))websocket_handshake,
      METH_VARARGS | METH_KEYWORDS,
@@ -366,6 +403,12 @@ static PyMethodDef handshake_methods[] = {
      METH_FASTCALL,
      "_websocket_unmask_validate(buf, mask)\n--\n\n"
      "Unmasks a copy of buf and validates it as UTF-8 (a benchmark hook)."},
+    {"_websocket_simd", (PyCFunction)(void (*)(void))websocket_simd,
+     METH_FASTCALL,
+     "_websocket_simd([level])\n--\n\n"
+     "The SIMD level of unmasking and UTF-8 validation ('avx2', 'ssse3', "
+     "'scalar'); with a level, use at most that one, process-wide (what "
+     "the CPU has caps it): a hook for tests and the bench."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,8 +1,9 @@
 /* Websockets (RFC 6455, RFC 7692): the parts in plain C, with no Python in
  * them, so that the fuzz harness (csrc/websocket/fuzz/) links them alone.
  *
- * unmask.c   unmasking a word (8 or 16 bytes) at a time, fused with a copy
- * utf8.c     incremental UTF-8 validation, ASCII fast path, failing fast
+ * unmask.c   unmasking a word (8, 16 or 32 bytes) at a time, fused with a copy
+ * utf8.c     incremental UTF-8 validation, ASCII fast path, failing fast;
+ *            text unmasked and validated in one pass (AVX2)
  * deflate.c  permessage-deflate on zlib: offer parsing and negotiation, the
  *            inflater with a bound on the inflated size, the deflater
  * frame.c    the incremental frame reader (any split of bytes) that turns
@@ -43,6 +44,23 @@ enum {
     WS_CLOSE_TOO_BIG = 1009,
     WS_CLOSE_INTERNAL_ERROR = 1011,
 };
+
+/* ------------------------------------------------------------------ */
+/* utf8.c: the SIMD paths, chosen once at run time from what the CPU has */
+
+enum {
+    WS_SIMD_SCALAR = 0,  /* the state machine, ASCII runs a word a time */
+    WS_SIMD_SSSE3 = 1,   /* + validation 16 bytes a step (table lookups) */
+    WS_SIMD_AVX2 = 2,    /* + unmasking and validation 32 bytes a step,
+                            in one pass for text */
+};
+
+/* The level in use: the best the CPU has, or less after ws_simd_limit(). */
+int ws_simd_level(void);
+
+/* Tests, the fuzz harness and the bench: use at most `level` (the CPU's
+ * best caps it); returns the level now in use. */
+int ws_simd_limit(int level);
 
 /* ------------------------------------------------------------------ */
 /* unmask.c                                                             */
@@ -88,8 +106,10 @@ int ws_utf8_valid(const uint8_t *p, size_t n);
  * reference the fuzz harness holds the fast paths to. */
 int ws_utf8_valid_reference(const uint8_t *p, size_t n);
 
-/* unmask.c: ws_unmask_copy() and the text validated as it is copied, in
- * pieces that stay in the L1 cache; 0, or -1 at invalid UTF-8. */
+/* utf8.c: ws_unmask_copy() and ws_utf8_feed() together: with AVX2 in one
+ * pass (each 32 bytes unmasked, stored and validated while in registers),
+ * else in pieces that stay in the L1 cache; 0, or -1 at invalid UTF-8.
+ * dst may be src. */
 int ws_unmask_copy_text(uint8_t *dst, const uint8_t *src, size_t n,
                         const uint8_t mask[4], size_t offset, ws_utf8 *u);
 

@@ -6,9 +6,11 @@
  * small or large message bound), byte 1 how the rest is split into reads;
  * the rest is what a client sends.  Checked on the way: the reader never
  * takes more than it is given and always makes progress, a message never
- * exceeds the bound, text is valid UTF-8 and close reasons too.  The same
- * bytes also go through the extension-offer parser and a deflate/inflate
- * round trip. */
+ * exceeds the bound, text is valid UTF-8 and close reasons too (the reader
+ * at a SIMD level the input picks).  The same bytes also go through the
+ * UTF-8 validator at every SIMD level the CPU has (whole, in pieces, fused
+ * with the unmasking) against the state machine, the extension-offer
+ * parser and a deflate/inflate round trip. */
 #include "../websocket.h"
 
 #include <stdlib.h>
@@ -140,27 +142,131 @@ round_trip(const uint8_t *data, size_t size, uint8_t cfg)
     ws_deflate_free(&d);
 }
 
-/* The validator (SIMD blocks, ASCII runs, fed in pieces) against the plain
- * state machine. */
+/* The state machine alone on p[0..n), not at an end: 0 or -1. */
+static int
+reference_feed(const uint8_t *p, size_t n)
+{
+    int level = ws_simd_level();
+    ws_simd_limit(WS_SIMD_SCALAR);
+    ws_utf8 u;
+    ws_utf8_init(&u);
+    int rc = ws_utf8_feed(&u, p, n);
+    ws_simd_limit(level);
+    return rc;
+}
+
+/* Feeds data in pieces (sizes from split), unmasking each with mask as a
+ * frame reader does when fused: the index of the piece that failed, or
+ * -1 when none did; *complete: the end check's verdict. */
+static long
+feed_pieces(const uint8_t *data, size_t size, uint8_t split, int fused,
+            const uint8_t mask[4], int *complete)
+{
+    ws_utf8 u;
+    ws_utf8_init(&u);
+    uint8_t *masked = NULL, *out = NULL;
+    if (fused) {
+        masked = malloc(size ? size : 1);
+        out = malloc(size ? size : 1);
+        CHECK(masked != NULL && out != NULL);
+        for (size_t i = 0; i < size; i++)
+            masked[i] = data[i] ^ mask[i & 3];
+    }
+    size_t off = 0;
+    long piece = 0, failed = -1;
+    while (off < size) {
+        /* pieces of 1 .. 766 bytes, the sizes changing as they go */
+        size_t n = 1 + ((size_t)split * 3 + (size_t)piece * 61) % 766;
+        if (n > size - off)
+            n = size - off;
+        int rc;
+        if (fused) {
+            /* a buffer of its own, exactly n bytes: ASan sees an overread */
+            uint8_t *src = malloc(n);
+            CHECK(src != NULL);
+            memcpy(src, masked + off, n);
+            rc = ws_unmask_copy_text(out + off, src, n, mask, off, &u);
+            free(src);
+            if (rc == 0)
+                CHECK(memcmp(out + off, data + off, n) == 0);
+        }
+        else {
+            uint8_t *p = malloc(n);
+            CHECK(p != NULL);
+            memcpy(p, data + off, n);
+            rc = ws_utf8_feed(&u, p, n);
+            free(p);
+        }
+        if (rc < 0) {
+            failed = piece;
+            break;
+        }
+        off += n;
+        piece++;
+    }
+    *complete = failed < 0 && ws_utf8_end(&u) == 0;
+    if (failed < 0 && *complete && size > 0) {
+        /* the ascii flag says whether every byte was below 0x80 */
+        int ascii = 1;
+        for (size_t i = 0; i < size; i++)
+            ascii &= data[i] < 0x80;
+        CHECK(u.ascii == ascii);
+    }
+    free(masked);
+    free(out);
+    return failed;
+}
+
+/* The validator at every SIMD level this CPU has (the blocks, the ASCII
+ * runs, the unmasking fused with them), fed whole and in pieces, against
+ * the plain state machine: the same verdict, and a failure in the piece
+ * that holds the first byte the state machine rejects (fail fast, never
+ * early). */
 static void
 utf8(const uint8_t *data, size_t size, uint8_t split)
 {
     int expect = ws_utf8_valid_reference(data, size);
-    CHECK(ws_utf8_valid(data, size) == expect);
-    ws_utf8 u;
-    ws_utf8_init(&u);
-    size_t off = 0;
-    int rc = 0;
-    while (off < size && rc == 0) {
-        size_t n = 1 + (size_t)split * 3;
-        if (n > size - off)
-            n = size - off;
-        rc = ws_utf8_feed(&u, data + off, n);
-        off += n;
+    /* the first bad byte: the shortest prefix the state machine rejects
+     * (a rejected prefix stays rejected: a binary search) */
+    size_t bad = size;
+    if (reference_feed(data, size) < 0) {
+        size_t lo = 0, hi = size; /* data[0..lo) passes, data[0..hi) fails */
+        while (hi - lo > 1) {
+            size_t mid = lo + (hi - lo) / 2;
+            if (reference_feed(data, mid) < 0)
+                hi = mid;
+            else
+                lo = mid;
+        }
+        bad = hi - 1;
     }
-    if (rc == 0)
-        rc = ws_utf8_end(&u);
-    CHECK(rc == expect);
+    /* which piece holds it */
+    long bad_piece = -1;
+    if (bad < size) {
+        size_t off = 0;
+        for (long piece = 0;; piece++) {
+            size_t n = 1 + ((size_t)split * 3 + (size_t)piece * 61) % 766;
+            if (bad < off + n) {
+                bad_piece = piece;
+                break;
+            }
+            off += n;
+        }
+    }
+    const uint8_t mask[4] = {split, (uint8_t)(split * 7 + 1), 0x5a, 0xa5};
+    int level = ws_simd_level();
+    for (int l = WS_SIMD_AVX2; l >= WS_SIMD_SCALAR; l--) {
+        if (ws_simd_limit(l) != l)
+            continue;
+        CHECK(ws_utf8_valid(data, size) == expect);
+        for (int fused = 0; fused <= 1; fused++) {
+            int complete;
+            long failed = feed_pieces(data, size, split, fused, mask, &complete);
+            CHECK(failed == bad_piece);
+            CHECK((failed < 0 && complete ? 0 : -1) == expect);
+        }
+    }
+    ws_simd_limit(level);
 }
 
 int
@@ -170,7 +276,11 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     utf8(data + 2, size - 2, data[1]);
     uint8_t cfg = data[0], split = data[1];
+    /* the frame reader at a SIMD level the input picks */
+    int level = ws_simd_level();
+    ws_simd_limit((cfg ^ split) % 3);
     read_frames(data + 2, size - 2, cfg, split);
+    ws_simd_limit(level);
     negotiate(data + 2, size - 2);
     if (size < 4096)
         round_trip(data + 2, size - 2, cfg);

@@ -37,6 +37,14 @@ def main(out):
         "small-bound": b"\xc0\x02" + frame(2, deflated(b"a" * 1000), rsv=4),
         "utf8": b"\x00\x05" + "Grüße, 世界! Ça va? 😀 ".encode() * 8 + b"\xed\xa0\x80"
         + "ok € ".encode() * 20,
+        # long text for the SIMD blocks: sequences across 32/64-byte edges,
+        # a run of ASCII, and defects past the first blocks
+        "utf8-long": b"\x00\x11" + "Grüße, 世界! Ça va? 😀 ".encode() * 40 + b"a" * 200
+        + "€𝄞".encode() * 30,
+        "utf8-long-bad": b"\x00\x20" + "é".encode() * 100 + b"\xf4\x90\x80\x80"
+        + b"x" * 130 + b"\xe2\x82",
+        "frames-long-text": b"\x00\x40" + frame(1, "Ça va? 😀 ".encode() * 50, fin=False)
+        + frame(0, "€".encode() * 200),
         "offers": b"\x00\x00permessage-deflate; client_max_window_bits; "
         b"server_max_window_bits=10, permessage-deflate; server_no_context_takeover",
     }
