@@ -48,7 +48,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != HERE]
 sys.path.insert(0, os.path.dirname(HERE))
 
-from bench.websocket_bench import Echoer, client_frame  # noqa: E402
+from bench.websocket_bench import (  # noqa: E402
+    Echoer, aiohttp_app, client_frame, websockets_echo)
 
 SERVERS = ["ours", "ours-class", "ours-plain", "websockets", "aiohttp",
            "floor"]
@@ -88,35 +89,16 @@ async def start_ours(app):
 
 async def start_websockets():
     from websockets.asyncio.server import serve
-    from websockets.exceptions import ConnectionClosed
 
-    async def echo(ws):
-        try:
-            async for message in ws:
-                await ws.send(message)
-        except ConnectionClosed:
-            pass
-
-    server = await serve(echo, "127.0.0.1", 0, compression=None,
+    server = await serve(websockets_echo, "127.0.0.1", 0, compression=None,
                          max_size=1 << 20, ping_interval=None)
     return server, list(server.sockets)[0].getsockname()[1]
 
 
 async def start_aiohttp():
-    from aiohttp import WSMsgType, web
+    from aiohttp import web
 
-    async def echo(request):
-        ws = web.WebSocketResponse(compress=False, max_msg_size=1 << 20)
-        await ws.prepare(request)
-        async for msg in ws:
-            if msg.type == WSMsgType.TEXT:
-                await ws.send_str(msg.data)
-            elif msg.type == WSMsgType.BINARY:
-                await ws.send_bytes(msg.data)
-        return ws
-
-    app = web.Application()
-    app.router.add_get("/echo", echo)
+    app = aiohttp_app()
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     sock = socket.socket()

@@ -91,27 +91,19 @@ def new_loop():
     return uvloop.new_event_loop()
 
 
-def serve_websockets(port):
-    from websockets.asyncio.server import serve
+async def websockets_echo(ws):
+    """The `websockets` server's echo handler."""
     from websockets.exceptions import ConnectionClosed
 
-    async def echo(ws):
-        try:
-            async for message in ws:
-                await ws.send(message)
-        except ConnectionClosed:  # the client drops each connection
-            pass
-
-    async def main():
-        async with serve(echo, "127.0.0.1", port, compression=None,
-                         max_size=1 << 20, ping_interval=None):
-            await asyncio.get_running_loop().create_future()
-
-    with asyncio.Runner(loop_factory=new_loop) as runner:
-        runner.run(main())
+    try:
+        async for message in ws:
+            await ws.send(message)
+    except ConnectionClosed:  # the client drops each connection
+        pass
 
 
-def serve_aiohttp(port):
+def aiohttp_app():
+    """aiohttp's echo app: /echo."""
     from aiohttp import WSMsgType, web
 
     async def echo(request):
@@ -126,6 +118,25 @@ def serve_aiohttp(port):
 
     app = web.Application()
     app.router.add_get("/echo", echo)
+    return app
+
+
+def serve_websockets(port):
+    from websockets.asyncio.server import serve
+
+    async def main():
+        async with serve(websockets_echo, "127.0.0.1", port, compression=None,
+                         max_size=1 << 20, ping_interval=None):
+            await asyncio.get_running_loop().create_future()
+
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        runner.run(main())
+
+
+def serve_aiohttp(port):
+    from aiohttp import web
+
+    app = aiohttp_app()
     loop = new_loop()
     asyncio.set_event_loop(loop)
     web.run_app(app, host="127.0.0.1", port=port, print=None,
