@@ -19,7 +19,15 @@ seconds while `perf stat -p` counts, in the server process only:
   system-wide: what the client's writes cost on the other side);
 
 each divided by the requests wrk completed in the same window, and the mean
-number of requests answered per epoll_wait.
+number of requests answered per epoll_wait.  A second table gives, per
+request and over all the server's threads, its CPU time (task-clock), its
+context switches and CPU migrations (software events) and its futex calls
+(threads waiting for and handing over the GIL and locks).
+
+    .venv/bin/python bench/kernel_path.py --only "executor,inline"
+
+measures the servers whose names contain one of the comma-separated words
+(default: ours with a coroutine view, ours inline, bjoern).
 """
 import argparse
 import os
@@ -43,6 +51,7 @@ EVENTS = [
     "syscalls:sys_exit_epoll_wait", "syscalls:sys_enter_epoll_pwait",
     "syscalls:sys_exit_epoll_pwait", "syscalls:sys_enter_epoll_ctl",
     "sched:sched_wakeup", "sched:sched_switch",
+    "syscalls:sys_enter_futex", "task-clock", "context-switches", "cpu-migrations",
 ]
 
 
@@ -69,7 +78,7 @@ def measure(config, duration, conns):
     try:
         pid = worker_pid(proc)
         url = "http://127.0.0.1:%d%s" % (port, config[2]["hello"])
-        peers.wrk(url, 10, 1)
+        peers.wrk(url, conns, 1)  # warm: the pool has its threads
         perf = subprocess.Popen(
             ["perf", "stat", "-x", ",", "-e", ",".join(EVENTS), "-p", str(pid)],
             stderr=subprocess.PIPE, text=True)
@@ -89,8 +98,11 @@ def measure(config, duration, conns):
             _, err = p.communicate(timeout=30)
             for line in err.splitlines():
                 parts = line.split(",")
-                if len(parts) > 2 and parts[0].strip().isdigit():
-                    counts[parts[2]] = int(parts[0])
+                if len(parts) > 2:
+                    try:
+                        counts[parts[2]] = float(parts[0])
+                    except ValueError:  # <not counted>, <not supported>
+                        pass
         m = re.search(r"(\d+) requests in", out)
         return (int(m.group(1)) if m else 0), counts
     finally:
@@ -101,11 +113,16 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=int, default=3)
     ap.add_argument("--conns", type=int, default=50)
+    ap.add_argument("--only", help="comma-separated substrings of the server names")
     args = ap.parse_args()
     peers.raise_fd_limit()
-    cfgs = [c for c in peers.configs()
-            if c[0] in ("ours, coroutine view", "ours, plain view inline (blocking=False)",
-                        "bjoern")]
+    if args.only:
+        cfgs = [c for c in peers.configs()
+                if any(o.strip() in c[0] for o in args.only.split(","))]
+    else:
+        cfgs = [c for c in peers.configs()
+                if c[0] in ("ours, coroutine view", "ours, plain view inline (blocking=False)",
+                            "bjoern")]
     rows = []
     for config in cfgs:
         n, c = measure(config, args.duration, args.conns)
@@ -125,7 +142,10 @@ def main():
                      per("syscalls:sys_enter_epoll_ctl"),
                      per("sched:sched_wakeup"), per("sched:sched_switch"),
                      per("sched:sched_waking"),
-                     n / epoll_waits if epoll_waits else float("nan")))
+                     n / epoll_waits if epoll_waits else float("nan"),
+                     # task-clock is in ms (perf stat -x)
+                     c.get("task-clock", 0) * 1000 / n, per("context-switches"),
+                     per("cpu-migrations"), per("syscalls:sys_enter_futex")))
     print("wrk -t1 -c%d, %d s; per request, in the server process (perf stat -p):"
           % (args.conns, args.duration))
     print()
@@ -133,7 +153,12 @@ def main():
           "raises | its context switches | times it is woken | requests per epoll_wait |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
-        print("| %s | %d | %.2f | %.2f | %.3f | %.3f | %.3f | %.3f | %.3f | %.1f |" % r)
+        print("| %s | %d | %.2f | %.2f | %.3f | %.3f | %.3f | %.3f | %.3f | %.1f |" % r[:10])
+    print()
+    print("| server | CPU µs (task-clock) | context switches | CPU migrations | futex calls |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        print("| %s | %.1f | %.3f | %.3f | %.3f |" % ((r[0],) + r[10:]))
 
 
 if __name__ == "__main__":
