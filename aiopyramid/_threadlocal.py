@@ -20,6 +20,8 @@ import greenlet
 import pyramid.threadlocal
 from pyramid.threadlocal import ThreadLocalManager
 
+from . import _core
+
 _stack = contextvars.ContextVar("aiopyramid_threadlocal_stack", default=())
 _pusher = contextvars.ContextVar("aiopyramid_threadlocal_pusher",
                                  default=None)
@@ -33,6 +35,7 @@ def record_pushers():
     without them do not pay for it."""
     global _record_pusher
     _record_pusher = True
+    _register()
 
 
 def pushing_greenlet():
@@ -78,6 +81,14 @@ class ContextLocalManager(ThreadLocalManager):
         _stack.set(())
 
 
+def _register():
+    """Tells _core the manager's class and stack: an executor thread pushes
+    Pyramid's threadlocals for a view as ``ContextLocalManager.push`` does,
+    in C."""
+    _core._threadlocal_vars(ContextLocalManager, _stack, _pusher,
+                            _record_pusher)
+
+
 def install():
     """Make Pyramid's manager request-local (idempotent), in place: the
     object stays the one that pyramid.testing, pyramid.view and
@@ -95,3 +106,6 @@ def install():
     for info in pushed:
         manager.push(info)
     return manager
+
+
+_register()

@@ -64,6 +64,11 @@ typedef struct {
                                       bridge/executor.c */
     PyObject *threadlocal_manager; /* pyramid.threadlocal.manager, once an
                                       executor thread has needed it */
+    PyObject *tl_class;            /* aiopyramid's ContextLocalManager and */
+    PyObject *tl_stack;            /* its ContextVars (the stack, the     */
+    PyObject *tl_pusher;           /* pushing greenlet): a push in C, see
+                                      bridge/executor.c */
+    int tl_record;                 /* record_pushers() was called */
     PyObject *completers;          /* {weakref(loop): Completions}, see
                                       bridge/executor.c */
     PyObject *cf_thread;           /* concurrent.futures.thread */

@@ -20,7 +20,8 @@
     X(str_view_attr) X(str_make_body_seekable)                    \
     X(str_content_length) X(str_transfer_encoding)                           \
     X(str_foreign_wait)                                                      \
-    X(executor_strs) X(threadlocal_manager)                                   \
+    X(executor_strs) X(threadlocal_manager) X(tl_class) X(tl_stack)           \
+    X(tl_pusher)                                                              \
     X(HttpServerType) X(HttpProtocolType) X(HttpRequestType) X(HttpInputType) \
     X(FileWrapperType) X(http_strs) X(http_methods) X(http_run)             \
     X(WebSocketType) X(WebsocketResultType) X(WebsocketHandshakeError)       \

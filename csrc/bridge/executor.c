@@ -61,12 +61,56 @@ typedef struct {
     int cancel;                /* the pool cancelled the work item */
 } ThreadCall;
 
+/* Pyramid's threadlocals for this thread when the manager is aiopyramid's
+ * (its stack in a ContextVar): what ContextLocalManager.push(info) does,
+ * in C, in the call's own copy of the context: the stack one entry longer,
+ * the pushing greenlet recorded once record_pushers() was called.  The
+ * token, to take the entry off again; NULL with an exception, or NULL and
+ * *slow set when the Python push must do it (a stack that is not a tuple). */
+static PyObject *
+threadlocal_push_fast(modstate *st, PyObject *info, int *slow)
+{
+    PyObject *stack, *token = NULL;
+    *slow = 0;
+    if (PyContextVar_Get(st->tl_stack, NULL, &stack) < 0)
+        return NULL;
+    if (stack == NULL || !PyTuple_CheckExact(stack)) {
+        Py_XDECREF(stack);
+        *slow = 1;
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(stack);
+    PyObject *grown = PyTuple_New(n + 1);
+    if (grown == NULL) {
+        Py_DECREF(stack);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        PyTuple_SET_ITEM(grown, i, Py_NewRef(PyTuple_GET_ITEM(stack, i)));
+    PyTuple_SET_ITEM(grown, n, Py_NewRef(info));
+    Py_DECREF(stack);
+    token = PyContextVar_Set(st->tl_stack, grown);
+    Py_DECREF(grown);
+    if (token == NULL || !st->tl_record)
+        return token;
+    PyObject *g = (PyObject *)PyGreenlet_GetCurrent();
+    PyObject *t = g == NULL ? NULL : PyContextVar_Set(st->tl_pusher, g);
+    Py_XDECREF(g);
+    if (t == NULL) {
+        Py_CLEAR(token);
+        return NULL;
+    }
+    Py_DECREF(t);
+    return token;
+}
+
 static PyObject *
 threadcall_call(PyObject *op, PyObject *args, PyObject *kwargs)
 {
     ThreadCall *self = (ThreadCall *)op;
     modstate *st = state_of_type(Py_TYPE(op));
     PyObject *manager = NULL, *pushed = NULL, *token = NULL, *r = NULL;
+    PyObject *tl_token = NULL;
     if (PyContext_Enter(self->ctx) < 0)
         return NULL;
     token = PyContextVar_Set(st->request_loop, self->loop);
@@ -90,27 +134,48 @@ threadcall_call(PyObject *op, PyObject *args, PyObject *kwargs)
         PyObject *registry = PyObject_GetAttr(self->request, st->str_registry);
         if (registry == NULL)
             goto done;
-        PyObject *info = Py_BuildValue("{OOOO}", st->str_registry, registry,
-                                       st->str_request, self->request);
-        Py_DECREF(registry);
-        if (info == NULL)
+        PyObject *info = PyDict_New();
+        if (info == NULL || PyDict_SetItem(info, st->str_registry, registry) < 0 ||
+            PyDict_SetItem(info, st->str_request, self->request) < 0) {
+            Py_XDECREF(info);
+            Py_DECREF(registry);
             goto done;
-        pushed = PyObject_CallMethodOneArg(manager, st->str_push, info);
+        }
+        Py_DECREF(registry);
+        int slow = 1;
+        if (st->tl_class != NULL && (PyObject *)Py_TYPE(manager) == st->tl_class) {
+            tl_token = threadlocal_push_fast(st, info, &slow);
+            if (tl_token == NULL && !slow) {
+                Py_DECREF(info);
+                goto done;
+            }
+        }
+        if (slow)
+            pushed = PyObject_CallMethodOneArg(manager, st->str_push, info);
         Py_DECREF(info);
-        if (pushed == NULL)
+        if (slow && pushed == NULL)
             goto done;
     }
     r = PyObject_Call(self->fn, self->args, self->kwargs);
-    if (pushed != NULL) {
+    if (pushed != NULL || tl_token != NULL) {
         PyObject *exc = r == NULL ? exc_take() : NULL;
-        PyObject *p = PyObject_CallMethodNoArgs(manager, st->str_pop);
-        if (p == NULL)
-            Py_CLEAR(r);
-        Py_XDECREF(p);
+        if (tl_token != NULL) {
+            /* the stack as it was (ContextLocalManager.pop() takes the top
+             * entry off: the same, unless the view left a push of its own) */
+            if (PyContextVar_Reset(st->tl_stack, tl_token) < 0)
+                Py_CLEAR(r);
+        }
+        else {
+            PyObject *p = PyObject_CallMethodNoArgs(manager, st->str_pop);
+            if (p == NULL)
+                Py_CLEAR(r);
+            Py_XDECREF(p);
+        }
         if (exc != NULL)
             exc_restore(exc);
     }
 done:
+    Py_XDECREF(tl_token);
     Py_XDECREF(pushed);
     Py_XDECREF(manager);
     Py_XDECREF(token);
@@ -118,6 +183,36 @@ done:
         Py_CLEAR(r);
     return r;
 }
+
+/* _threadlocal_vars(cls, stack, pusher, record): aiopyramid._threadlocal
+ * names its manager class and ContextVars, so that an executor thread
+ * pushes Pyramid's threadlocals in C when the manager is of that class. */
+static PyObject *
+threadlocal_vars(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    modstate *st = state_of_module(module);
+    if (nargs != 4 || !PyType_Check(args[0]) ||
+        !PyContextVar_CheckExact(args[1]) || !PyContextVar_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "_threadlocal_vars(cls, stack, pusher, record): a class, "
+                        "two ContextVars and a flag");
+        return NULL;
+    }
+    int record = PyObject_IsTrue(args[3]);
+    if (record < 0)
+        return NULL;
+    Py_XSETREF(st->tl_class, Py_NewRef(args[0]));
+    Py_XSETREF(st->tl_stack, Py_NewRef(args[1]));
+    Py_XSETREF(st->tl_pusher, Py_NewRef(args[2]));
+    st->tl_record = record;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef executor_module_methods[] = {
+    {"_threadlocal_vars", (PyCFunction)(void (*)(void))threadlocal_vars,
+     METH_FASTCALL, NULL},
+    {NULL, NULL, 0, NULL},
+};
 
 /* On the loop (call_soon_threadsafe): the outcome onto the future, unless
  * the request gave up on it (cancelled: the client left). */
@@ -974,6 +1069,9 @@ bridge_executor_init(PyObject *module, modstate *st)
     st->queue_empty = PyObject_GetAttrString(queue, "Empty");
     Py_DECREF(queue);
     if (st->queue_empty == NULL)
+        return -1;
+    if (bridge_import_greenlet() < 0 ||
+        PyModule_AddFunctions(module, executor_module_methods) < 0)
         return -1;
     if (add_type(module, &st->CompletionsType, &completions_spec, NULL) < 0 ||
         add_type(module, &st->WorkQueueType, &wq_spec, NULL) < 0)
