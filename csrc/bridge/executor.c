@@ -64,9 +64,9 @@ typedef struct {
 /* Pyramid's threadlocals for this thread when the manager is aiopyramid's
  * (its stack in a ContextVar): what ContextLocalManager.push(info) does,
  * in C, in the call's own copy of the context: the stack one entry longer,
- * the pushing greenlet recorded once record_pushers() was called.  The
- * token, to take the entry off again; NULL with an exception, or NULL and
- * *slow set when the Python push must do it (a stack that is not a tuple). */
+ * the pushing greenlet recorded once record_pushers() was called.  Its
+ * token (a reference); NULL with an exception, or NULL and *slow set when
+ * the Python push must do it (a stack that is not a tuple). */
 static PyObject *
 threadlocal_push_fast(modstate *st, PyObject *info, int *slow)
 {
@@ -157,20 +157,14 @@ threadcall_call(PyObject *op, PyObject *args, PyObject *kwargs)
             goto done;
     }
     r = PyObject_Call(self->fn, self->args, self->kwargs);
-    if (pushed != NULL || tl_token != NULL) {
+    /* pushed in C: nothing to take off, the context is this call's own
+     * copy, run once and dropped with it */
+    if (pushed != NULL) {
         PyObject *exc = r == NULL ? exc_take() : NULL;
-        if (tl_token != NULL) {
-            /* the stack as it was (ContextLocalManager.pop() takes the top
-             * entry off: the same, unless the view left a push of its own) */
-            if (PyContextVar_Reset(st->tl_stack, tl_token) < 0)
-                Py_CLEAR(r);
-        }
-        else {
-            PyObject *p = PyObject_CallMethodNoArgs(manager, st->str_pop);
-            if (p == NULL)
-                Py_CLEAR(r);
-            Py_XDECREF(p);
-        }
+        PyObject *p = PyObject_CallMethodNoArgs(manager, st->str_pop);
+        if (p == NULL)
+            Py_CLEAR(r);
+        Py_XDECREF(p);
         if (exc != NULL)
             exc_restore(exc);
     }
