@@ -484,3 +484,43 @@ def test_gc_setting_is_checked(gunicorn):
         pass
     assert srv.proc.poll() is not None
     assert "AIOPYRAMID_GC must be 'tuned' or 'python', not 'off'" in srv.log()
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_accepting_a_connection_makes_no_task(gunicorn, loop):
+    """Each accepted connection had its own Task (awaiting the loop's
+    connect_accepted_socket): at 1,000 connections opened at once, that
+    was the largest part of the worker's cost per connection.  Now a
+    connection costs no more Tasks than its requests do."""
+    import socket
+
+    srv = gunicorn(app="accept_app:main()", env={"AIOPYRAMID_LOOP": loop})
+    n = 40
+
+    def made():
+        return int(get(srv.port, "/tasks").body)
+
+    # n requests on one kept-alive connection: the Tasks requests make
+    before = made()
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+        for _ in range(n):
+            s.sendall(b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n")
+            data = b""
+            while not data.endswith(b"Hello, world!"):
+                chunk = s.recv(65536)
+                assert chunk, data
+                data += chunk
+    per_requests = made() - before
+    # n connections with one request each, 10 at a time
+    before = made()
+    for _ in range(n // 10):
+        socks = [socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+                 for _ in range(10)]
+        for s in socks:
+            s.sendall(b"GET /hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        for s in socks:
+            (r,) = parse_all(read_to_eof(s))
+            assert r.body == b"Hello, world!"
+            s.close()
+    per_connections = made() - before
+    assert per_connections == per_requests, (per_connections, per_requests)
