@@ -1,12 +1,13 @@
 """System calls, wake-ups and context switches per request, ours against
 bjoern, under the same wrk load: what the kernel does for each server.
 
-    .venv/bin/python bench/kernel_path.py [--duration 3] [--conns 50]
+    .venv/bin/python bench/kernel_path.py [--duration 3] [--conns 50] [--view hello]
 
 Needs perf (Debian: linux-perf) with tracepoints readable (root, or
 perf_event_paranoid <= -1) and bench/peers.py's virtualenv (for bjoern; run
 bench/peers.py once).  For each server (one process on 127.0.0.1, serving
-the Pyramid hello-world of bench/peers_app.py), wrk -t1 runs --duration
+the Pyramid hello-world of bench/peers_app.py, or with --view wait its
+50 ms wait, ours only: bjoern's would stop its worker), wrk -t1 runs --duration
 seconds while `perf stat -p` counts, in the server process only:
 
 * read/recvfrom, write/sendto/writev, epoll_wait (libuv: epoll_pwait),
@@ -71,13 +72,13 @@ def worker_pid(proc):
     return proc.pid
 
 
-def measure(config, duration, conns):
+def measure(config, duration, conns, view="hello"):
     port = peers.free_port()
     with open(os.devnull, "wb") as log:
         proc = peers.start(config, port, log)
     try:
         pid = worker_pid(proc)
-        url = "http://127.0.0.1:%d%s" % (port, config[2]["hello"])
+        url = "http://127.0.0.1:%d%s" % (port, config[2][view])
         peers.wrk(url, conns, 1)  # warm: the pool has its threads
         perf = subprocess.Popen(
             ["perf", "stat", "-x", ",", "-e", ",".join(EVENTS), "-p", str(pid)],
@@ -113,19 +114,20 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=int, default=3)
     ap.add_argument("--conns", type=int, default=50)
+    ap.add_argument("--view", choices=["hello", "wait"], default="hello")
     ap.add_argument("--only", help="comma-separated substrings of the server names")
     args = ap.parse_args()
     peers.raise_fd_limit()
+    cfgs = [c for c in peers.configs()
+            if c[0] in ("ours, coroutine view", "ours, plain view inline (blocking=False)",
+                        "bjoern")]
+    if args.view == "wait":
+        cfgs = [c for c in cfgs if c[0] != "bjoern"]
     if args.only:
-        cfgs = [c for c in peers.configs()
-                if any(o.strip() in c[0] for o in args.only.split(","))]
-    else:
-        cfgs = [c for c in peers.configs()
-                if c[0] in ("ours, coroutine view", "ours, plain view inline (blocking=False)",
-                            "bjoern")]
+        cfgs = [c for c in cfgs if any(o.strip() in c[0] for o in args.only.split(","))]
     rows = []
     for config in cfgs:
-        n, c = measure(config, args.duration, args.conns)
+        n, c = measure(config, args.duration, args.conns, args.view)
         if not n:
             print("%s: no requests completed" % config[0], file=sys.stderr)
             continue
@@ -146,8 +148,8 @@ def main():
                      # task-clock is in ms (perf stat -x)
                      c.get("task-clock", 0) * 1000 / n, per("context-switches"),
                      per("cpu-migrations"), per("syscalls:sys_enter_futex")))
-    print("wrk -t1 -c%d, %d s; per request, in the server process (perf stat -p):"
-          % (args.conns, args.duration))
+    print("wrk -t1 -c%d, %d s, %s; per request, in the server process (perf stat -p):"
+          % (args.conns, args.duration, args.view))
     print()
     print("| server | requests | reads | writes | epoll_wait | epoll_ctl | wakeups it "
           "raises | its context switches | times it is woken | requests per epoll_wait |")

@@ -484,3 +484,92 @@ def test_gc_setting_is_checked(gunicorn):
         pass
     assert srv.proc.poll() is not None
     assert "AIOPYRAMID_GC must be 'tuned' or 'python', not 'off'" in srv.log()
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_accepting_a_connection_makes_no_task(gunicorn, loop):
+    """Each accepted connection had its own Task (awaiting the loop's
+    connect_accepted_socket): at 1,000 connections opened at once, that
+    was the largest part of the worker's cost per connection.  Now a
+    connection costs no more Tasks than its requests do."""
+    import socket
+
+    srv = gunicorn(app="accept_app:main()", env={"AIOPYRAMID_LOOP": loop})
+    n = 40
+
+    def made():
+        return int(get(srv.port, "/tasks").body)
+
+    # n requests on one kept-alive connection: the Tasks requests make
+    before = made()
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+        for _ in range(n):
+            s.sendall(b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n")
+            data = b""
+            while not data.endswith(b"Hello, world!"):
+                chunk = s.recv(65536)
+                assert chunk, data
+                data += chunk
+    per_requests = made() - before
+    # n connections with one request each, 10 at a time
+    before = made()
+    for _ in range(n // 10):
+        socks = [socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+                 for _ in range(10)]
+        for s in socks:
+            s.sendall(b"GET /hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        for s in socks:
+            (r,) = parse_all(read_to_eof(s))
+            assert r.body == b"Hello, world!"
+            s.close()
+    per_connections = made() - before
+    assert per_connections == per_requests, (per_connections, per_requests)
+
+
+def test_failed_tls_handshakes_give_their_room_back(gunicorn, tmp_path):
+    """A connection counts towards worker_connections from its accept until
+    its TLS handshake ends; one that fails (a client speaking plain HTTP to
+    the TLS port) gives its room back, so the worker keeps accepting."""
+    import socket
+    import ssl
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    srv = gunicorn("--certfile", str(cert), "--keyfile", str(key),
+                   "--worker-connections", "2", wait=False)
+    ctx = ssl.create_default_context(cafile=str(cert))
+    ctx.check_hostname = False
+
+    def tls_get():
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as raw:
+            with ctx.wrap_socket(raw) as s:
+                s.sendall(b"GET /hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                return parse_all(read_to_eof(s))[0].body
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            assert tls_get() == b"Hello, world!"
+            break
+        except (OSError, ssl.SSLError):
+            if time.monotonic() > deadline or srv.proc.poll() is not None:
+                raise
+            time.sleep(0.2)
+    for _ in range(3):
+        # two at a time: each takes one of the two places until it fails
+        plain = [socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+                 for _ in range(2)]
+        for s in plain:
+            s.sendall(b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n")
+        for s in plain:
+            try:
+                read_to_eof(s)  # the handshake fails: closed
+            except OSError:  # or reset
+                pass
+            s.close()
+    assert tls_get() == b"Hello, world!"

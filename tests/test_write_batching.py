@@ -5,10 +5,13 @@ csrc/http/protocol.c).  What must not change: order, nothing lost or
 written after a close, and a large response still written as it goes, so
 that a client that stops reading still pauses it."""
 import asyncio
+import select
+import socket
 
+from aiopyramid import _core
 from aiopyramid.server import HttpServer
 
-from .inprocess import loop  # noqa: F401 -- fixture
+from .inprocess import loop, run, serving  # noqa: F401 -- fixture
 from .rawhttp import parse_all
 
 
@@ -186,3 +189,57 @@ def test_a_paused_transport_stops_a_large_response_until_resumed(loop):
     (r,) = parse_all(t.out)
     assert len(r.body) == 256 * 8192
     proto.connection_lost(None)
+
+
+def test_a_response_made_between_polls_goes_out_before_the_next_reads(run):
+    """A request that resumes in a callback of the loop's queue (a timer's,
+    a future's: the 50 ms wait view at 1,000 connections) makes its
+    response between two polls for I/O.  uvloop runs only the callbacks
+    queued before its pass over the queue starts, so the flush that
+    response queued ran after the next poll, and every request that poll
+    brought was served first.  Now the first read of the next poll writes
+    it before serving what it read: here B's request, read right after A's
+    response was made, finds it already sent to A's client."""
+    state = {}
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/a":
+            _core.await_(state["release"])
+            body = b"a"
+        else:
+            ready, _, _ = select.select([state["a"]], [], [], 0)
+            body = b"a sent" if ready else b"a held"
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [body]
+
+    async def read_response(sock):
+        loop = asyncio.get_running_loop()
+        data = b""
+        while not parse_all(data, eof=False):
+            chunk = await loop.sock_recv(sock, 65536)
+            assert chunk, data
+            data += chunk
+        return parse_all(data, eof=False)[0].body
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        state["release"] = loop.create_future()
+        async with serving(app) as (port, srv):
+            with socket.create_connection(("127.0.0.1", port)) as a, \
+                    socket.create_connection(("127.0.0.1", port)) as b:
+                state["a"] = a
+                a.setblocking(False)
+                b.setblocking(False)
+                a.send(get(b"/a"))
+                for _ in range(500):  # bounded: A waits, B is connected
+                    if srv.active == 1 and srv.connections == 2:
+                        break
+                    await asyncio.sleep(0.01)
+                assert srv.active == 1 and srv.connections == 2
+                # A's request resumes in the loop's next pass over its
+                # queue; B's request arrives in that same pass, after it
+                state["release"].set_result(None)
+                loop.call_soon(b.send, get(b"/b"))
+                return await read_response(b), await read_response(a)
+
+    assert run(main()) == (b"a sent", b"a")

@@ -37,7 +37,9 @@ import asyncio
 import datetime
 import gc
 import os
+import _socket
 import signal
+import socket
 import sys
 import time
 
@@ -187,8 +189,12 @@ class AsyncGunicornWorker(base.Worker):
         self._gc_kind = "tuned"
         self._quit_now = False
         self._wakeup = None
-        self._connecting = 0
+        self._connecting = 0  # accepted, their transport not made yet
+        self._limit = 1
+        self._full = False  # the acceptors paused at worker_connections
         self._acceptors = []
+        self._accept_failures = 0  # not yet logged
+        self._accept_quiet_until = 0.0
         # websockets: connections handed from the HTTP server to the C
         # websocket layer (they count towards worker_connections too)
         self.websockets = WebsocketConnections()
@@ -336,101 +342,63 @@ class AsyncGunicornWorker(base.Worker):
 
         return ssl_context(self.cfg)
 
-    async def _accept(self, listener, ssl_ctx):
-        loop = asyncio.get_running_loop()
-        sock = getattr(listener, "sock", listener)
-        sock.setblocking(False)
-        limit = max(1, self.cfg.worker_connections)
-        server = self.server
-        websockets = self.websockets
-        backoff = 0.0
-        # failed accepts (out of descriptors, say) are logged at most once
-        # every ACCEPT_LOG_INTERVAL s, with their count: at the limit, each
-        # closing connection lets one accept through before the next fails
-        failures, quiet_until = 0, 0.0
-        while self.alive:
-            if (server.connections + len(websockets)
-                    + self._connecting >= limit):
-                # worker_connections: leave the rest in the backlog until a
-                # connection closes (server.on_close) or fails to open
-                self._room.clear()
-                await self._room.wait()
-                continue
-            try:
-                conns = [await loop.sock_accept(sock)]
-            except asyncio.CancelledError:
-                raise
-            except OSError as e:
-                # EMFILE and friends: back off, longer while it lasts
-                failures, quiet_until = self._accept_failed(
-                    failures, quiet_until, e)
-                backoff = min(max(backoff * 2, 0.01), 0.5)
-                await asyncio.sleep(backoff)
-                continue
-            backoff = 0.0
-            # take what else waits in the backlog now, not one per loop
-            # iteration: a burst of clients is not kept waiting
-            while (server.connections + len(websockets) + self._connecting
-                   + len(conns) < limit):
-                try:
-                    conns.append(sock.accept())
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError as e:
-                    # out of descriptors: serve those accepted so far (their
-                    # closing frees descriptors), the rest wait
-                    failures, quiet_until = self._accept_failed(
-                        failures, quiet_until, e)
-                    backoff = 0.01
-                    break
-            for conn, _ in conns:
-                self._connecting += 1
-                loop.create_task(self._connect(loop, conn, ssl_ctx))
-            del conns
-            if backoff:
-                await asyncio.sleep(backoff)
+    def _room(self):
+        """Connections the worker may still accept (worker_connections)."""
+        return self._limit - (self.server.connections + len(self.websockets)
+                              + self._connecting)
 
-    def _accept_failed(self, failures, quiet_until, error):
-        """(failures not yet logged, until when to stay quiet)."""
+    def _on_room(self):
+        # a connection closed (or one failed to open): the acceptors paused
+        # at worker_connections read again once there is room
+        if self._full and self.alive and self._room() > 0:
+            self._full = False
+            self.server.on_close = None
+            self.websockets.on_close = None
+            for a in self._acceptors:
+                a.resume()
+
+    def _at_limit(self):
+        """An acceptor found no room: every acceptor stops reading until a
+        connection closes."""
+        if not self._full:
+            self._full = True
+            self.server.on_close = self._on_room
+            self.websockets.on_close = self._on_room
+            for a in self._acceptors:
+                a.pause()
+
+    def _accept_failed(self, error):
+        """Logs a failed accept (out of descriptors, say) at most once every
+        ACCEPT_LOG_INTERVAL s, with the count of those it stands for: at
+        the limit, each closing connection lets one accept through before
+        the next fails."""
         now = time.monotonic()
-        if now < quiet_until:
-            return failures + 1, quiet_until
-        if failures:
+        if now < self._accept_quiet_until:
+            self._accept_failures += 1
+            return
+        if self._accept_failures:
             self.log.error("accept() failed: %s (%d more failures since "
-                           "the last report); retrying", error, failures)
+                           "the last report); retrying", error,
+                           self._accept_failures)
         else:
             self.log.error("accept() failed: %s; retrying", error)
-        return 0, now + ACCEPT_LOG_INTERVAL
+        self._accept_failures = 0
+        self._accept_quiet_until = now + ACCEPT_LOG_INTERVAL
 
-    async def _connect(self, loop, conn, ssl_ctx):
-        try:
-            if ssl_ctx is None:
-                await loop.connect_accepted_socket(self.server, conn)
-            else:
-                await loop.connect_accepted_socket(
-                    self.server, conn, ssl=ssl_ctx,
-                    ssl_handshake_timeout=max(1.0, float(self.cfg.keepalive or 0) + 10),
-                )
-        except Exception as e:  # a failed handshake is the client's problem
-            self.log.debug("connection failed: %s", e)
-            conn.close()
-        finally:
-            self._connecting -= 1
-            self._room.set()
+    def _stop_accepting(self):
+        for a in self._acceptors:
+            a.close()
 
     async def _serve(self):
         loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
         self.server = server = self.make_server(loop)
-        # set when there may be room for another connection
-        self._room = asyncio.Event()
-        server.on_close = self._room.set
-        self.websockets.on_close = self._room.set
         self.websockets.error_log = self._error
+        self._limit = max(1, self.cfg.worker_connections)
         ssl_ctx = self._ssl_context()
-        self._acceptors = acceptors = [
-            loop.create_task(self._accept(s, ssl_ctx)) for s in self.sockets
-        ]
+        self._acceptors = [_Acceptor(self, loop, s, ssl_ctx) for s in self.sockets]
+        for a in self._acceptors:
+            a.resume()
         if self.max_requests and self.max_requests < sys.maxsize:
             server.limit_requests(self.max_requests, self._on_max_requests)
         keepalive = float(self.cfg.keepalive)
@@ -454,9 +422,7 @@ class AsyncGunicornWorker(base.Worker):
                 except asyncio.TimeoutError:
                     pass
         finally:
-            for t in acceptors:
-                t.cancel()
-            await asyncio.gather(*acceptors, return_exceptions=True)
+            self._stop_accepting()
             await self._stop(loop)
 
     def _on_max_requests(self):
@@ -465,8 +431,7 @@ class AsyncGunicornWorker(base.Worker):
         if self.alive:
             self.log.info("Autorestarting worker after current request.")
         self.alive = False
-        for t in self._acceptors:
-            t.cancel()
+        self._stop_accepting()
         self._wake()
 
     async def _stop(self, loop):
@@ -504,6 +469,157 @@ class AsyncGunicornWorker(base.Worker):
             pass
         # and the views' own pools (aiopyramid.executor_threads)
         _executor.shutdown_pools()
+
+
+class _AcceptedSocket(socket.socket):
+    """An accepted socket as uvloop's connect_accepted_socket reads it:
+    family and type as the C socket has them (socket.socket's properties
+    make an enum of each, at every read: uvloop reads three)."""
+
+    __slots__ = ()
+    family = _socket.socket.family
+    type = _socket.socket.type
+
+
+def _accept_for(loop, sock):
+    """accept() for the listening sock: () -> (socket, address)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        uvloop = None
+    if uvloop is None or not isinstance(loop, uvloop.Loop):
+        return sock.accept  # asyncio's transports use the socket's methods
+    family, type_, proto = sock.family, sock.type, sock.proto
+    raw_accept = sock._accept
+
+    def accept():
+        fd, address = raw_accept()
+        return _AcceptedSocket(family, type_, proto, fd), address
+
+    return accept
+
+
+class _Acceptor:
+    """Accepts the connections of one listening socket for the worker, from
+    a reader callback on the loop: no Task, future or coroutine step per
+    connection (each connection's transport is made by the loop's own
+    connect_accepted_socket, driven to its end with one callback per burst
+    of accepts).  Stops reading the socket at worker_connections (the rest
+    wait in the backlog) and, backing off, when accept() fails."""
+
+    def __init__(self, worker, loop, listener, ssl_ctx):
+        self.worker = worker
+        self.loop = loop
+        self.sock = sock = getattr(listener, "sock", listener)
+        sock.setblocking(False)
+        self.fd = sock.fileno()
+        self.accept = _accept_for(loop, sock)
+        self.ssl_ctx = ssl_ctx
+        self.ssl_timeout = max(1.0, float(worker.cfg.keepalive or 0) + 10)
+        self.reading = False
+        self.closed = False
+        self.backoff = 0.0
+        self.retry = None  # the TimerHandle of a backoff
+        self.opening = []  # (coroutine, waiter, socket): transports in making
+        self.finish_scheduled = False
+
+    def resume(self):
+        if not self.reading and not self.closed and self.retry is None:
+            self.loop.add_reader(self.fd, self._on_readable)
+            self.reading = True
+
+    def pause(self):
+        if self.reading:
+            self.loop.remove_reader(self.fd)
+            self.reading = False
+
+    def close(self):
+        self.closed = True
+        self.pause()
+        if self.retry is not None:
+            self.retry.cancel()
+            self.retry = None
+
+    def _retry(self):
+        self.retry = None
+        if not self.worker._full:
+            self.resume()
+
+    def _on_readable(self):
+        worker = self.worker
+        room = worker._room()
+        accept = self.accept
+        connect = self.loop.connect_accepted_socket
+        server = worker.server
+        opening = self.opening
+        # take what waits in the backlog now, not one per loop iteration: a
+        # burst of clients is not kept waiting
+        while True:
+            if room <= 0:
+                worker._at_limit()
+                break
+            try:
+                conn, _ = accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:
+                # EMFILE and friends: back off, longer while it lasts (those
+                # accepted so far are served: their closing frees
+                # descriptors; the rest wait in the backlog)
+                worker._accept_failed(e)
+                self.backoff = min(max(self.backoff * 2, 0.01), 0.5)
+                self.pause()
+                self.retry = self.loop.call_later(self.backoff, self._retry)
+                break
+            self.backoff = 0.0
+            room -= 1
+            if self.ssl_ctx is None:
+                coro = connect(server, conn)
+            else:
+                coro = connect(server, conn, ssl=self.ssl_ctx,
+                               ssl_handshake_timeout=self.ssl_timeout)
+            try:
+                waiter = coro.send(None)
+            except StopIteration:
+                continue
+            except Exception as e:
+                worker.log.debug("connection failed: %s", e)
+                conn.close()
+                continue
+            worker._connecting += 1
+            opening.append((coro, waiter, conn))
+        if opening and not self.finish_scheduled:
+            # after the connection_made of every transport of this burst
+            self.finish_scheduled = True
+            self.loop.call_soon(self._finish)
+
+    def _finish(self):
+        # the transports made by this burst have called connection_made by
+        # now (queued before this): their coroutines end here
+        self.finish_scheduled = False
+        opening, self.opening = self.opening, []
+        for coro, waiter, conn in opening:
+            if waiter.done():
+                self._end(coro, conn)
+            else:  # a TLS handshake: when it is done
+                waiter.add_done_callback(
+                    lambda _, c=coro, s=conn: self._end(c, s))
+        self.worker._on_room()
+
+    def _end(self, coro, conn):
+        worker = self.worker
+        worker._connecting -= 1
+        try:
+            coro.send(None)
+        except StopIteration:
+            pass
+        except Exception as e:  # a failed handshake is the client's problem
+            worker.log.debug("connection failed: %s", e)
+            conn.close()
+        else:  # pragma: no cover - the loop's coroutine awaits one future
+            coro.close()
+            conn.close()
+        worker._on_room()
 
 
 class AsyncioGunicornWorker(AsyncGunicornWorker):

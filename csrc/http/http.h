@@ -136,6 +136,9 @@ typedef struct {
     PyObject *flush_cb;         /* server.flush_writes, bound */
     PyObject *unflushed;        /* list of protocols with writes held back */
     int flush_scheduled;        /* flush_writes is in the loop's queue */
+    int reading;                /* in a connection's data callback */
+    int held_between_reads;     /* writes held outside one (see
+                                   proto_flush_early) */
     Py_ssize_t active;
     time_t date_time;
     char date[64];
@@ -271,6 +274,7 @@ void proto_close(HttpProtocol *p);
 int proto_flush(HttpProtocol *p);
 void proto_drop_held(HttpProtocol *p);
 PyObject *server_flush_writes(PyObject *op, PyObject *unused);
+void proto_flush_early(HttpServer *srv);
 void wake(modstate *st, PyObject **fut);
 int wait_on(modstate *st, HttpServer *srv, PyObject **slot);
 void proto_release_request(HttpProtocol *p);

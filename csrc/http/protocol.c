@@ -84,6 +84,8 @@ proto_write_bytes(HttpProtocol *p, PyObject *data)
             PyErr_Clear();
             return write_now(p, data);
         }
+        if (!srv->reading)
+            srv->held_between_reads = 1;
         if (!srv->flush_scheduled) {
             PyObject *h = PyObject_CallOneArg(srv->call_soon, srv->flush_cb);
             if (h == NULL) {
@@ -172,6 +174,7 @@ server_flush_writes(PyObject *op, PyObject *unused)
     HttpServer *srv = (HttpServer *)op;
     PyObject *list = srv->unflushed;
     srv->flush_scheduled = 0;
+    srv->held_between_reads = 0;
     Py_ssize_t n = PyList_GET_SIZE(list);
     if (n == 0)
         Py_RETURN_NONE;
@@ -189,6 +192,33 @@ server_flush_writes(PyObject *op, PyObject *unused)
         proto_flush((HttpProtocol *)PyList_GET_ITEM(list, i));
     Py_DECREF(list);
     Py_RETURN_NONE;
+}
+
+/* Writes held outside a data callback (by a request that resumed in a
+ * callback of the loop's queue: a timer's, a future's) go out as the next
+ * data callback starts, before what it reads is served.  uvloop runs only
+ * the callbacks queued before its pass over the queue starts, so the
+ * flush_writes those writes queued runs after the next poll for I/O: every
+ * request that poll brings would be served first (at 1,000 connections,
+ * hundreds), their writes held meanwhile.  The flush_writes already queued
+ * stays queued and writes what this poll's callbacks hold. */
+void
+proto_flush_early(HttpServer *srv)
+{
+    srv->held_between_reads = 0;
+    PyObject *list = srv->unflushed;
+    Py_ssize_t n = PyList_GET_SIZE(list);
+    if (n == 0)
+        return;
+    PyObject *fresh = PyList_New(0);
+    if (fresh == NULL) {
+        PyErr_Clear(); /* the queued flush_writes writes them */
+        return;
+    }
+    srv->unflushed = fresh;
+    for (Py_ssize_t i = 0; i < n; i++)
+        proto_flush((HttpProtocol *)PyList_GET_ITEM(list, i));
+    Py_DECREF(list);
 }
 
 /* True once the connection is gone or going: a failed send makes the
@@ -773,6 +803,27 @@ proto_get_buffer(PyObject *op, PyObject *sizehint)
                                    (Py_ssize_t)(p->rcap - p->rlen), PyBUF_WRITE);
 }
 
+/* feed() for what a data callback brought: writes held before it go out
+ * first (proto_flush_early); those its requests make wait for the
+ * iteration's flush_writes. */
+static void
+feed_read(HttpProtocol *p)
+{
+    HttpServer *srv = p->server;
+    if (srv == NULL) {
+        feed(p);
+        return;
+    }
+    Py_INCREF(srv);
+    if (srv->held_between_reads && !srv->reading)
+        proto_flush_early(srv);
+    int was = srv->reading;
+    srv->reading = 1;
+    feed(p);
+    srv->reading = was;
+    Py_DECREF(srv);
+}
+
 static PyObject *
 proto_buffer_updated(PyObject *op, PyObject *arg)
 {
@@ -793,7 +844,7 @@ proto_buffer_updated(PyObject *op, PyObject *arg)
     p->last_activity = monotonic();
     if (!shared) {
         p->rlen += (size_t)n;
-        feed(p);
+        feed_read(p);
         Py_RETURN_NONE;
     }
     /* parse right in the shared buffer; what is left over moves to the
@@ -805,7 +856,7 @@ proto_buffer_updated(PyObject *op, PyObject *arg)
     p->rcap = READ_BUFFER;
     p->rpos = 0;
     p->rlen = (size_t)n;
-    feed(p); /* keeps the unparsed rest at the start of the buffer */
+    feed_read(p); /* keeps the unparsed rest at the start of the buffer */
     size_t left = p->rlen - p->rpos;
     const char *rest = p->rbuf + p->rpos;
     p->rbuf = own;
@@ -839,7 +890,7 @@ proto_data_received(PyObject *op, PyObject *data)
     if (rc < 0)
         return NULL;
     p->last_activity = monotonic();
-    feed(p);
+    feed_read(p);
     Py_RETURN_NONE;
 }
 
