@@ -118,13 +118,15 @@ def main():
     ap.add_argument("--only", help="comma-separated substrings of the server names")
     args = ap.parse_args()
     peers.raise_fd_limit()
-    cfgs = [c for c in peers.configs()
-            if c[0] in ("ours, coroutine view", "ours, plain view inline (blocking=False)",
-                        "bjoern")]
-    if args.view == "wait":
-        cfgs = [c for c in cfgs if c[0] != "bjoern"]
     if args.only:
-        cfgs = [c for c in cfgs if any(o.strip() in c[0] for o in args.only.split(","))]
+        cfgs = [c for c in peers.configs()
+                if any(o.strip() in c[0] for o in args.only.split(","))]
+    else:
+        cfgs = [c for c in peers.configs()
+                if c[0] in ("ours, coroutine view", "ours, plain view inline (blocking=False)",
+                            "bjoern")]
+    if args.view == "wait":  # the peers serve hello only here
+        cfgs = [c for c in cfgs if c[0].startswith("ours")]
     rows = []
     for config in cfgs:
         n, c = measure(config, args.duration, args.conns, args.view)
