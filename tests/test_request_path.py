@@ -111,3 +111,38 @@ def test_path_info_under_a_script_name(run, target, path):
     env = run(main())
     assert env["RAW_URI"] == target.decode("latin-1")
     assert env["PATH_INFO"] == path and env["SCRIPT_NAME"] == "/app"
+
+
+class Held:
+    pass
+
+
+def test_a_request_context_is_not_kept_after_the_request(run):
+    """What a request set in its contextvars context goes with it: the
+    server keeps nothing of that context once the request is over (on 3.11
+    one dict of the server's carries each request's context into Task())."""
+    import contextvars
+    import gc
+    import weakref
+
+    var = contextvars.ContextVar("held")
+    refs = []
+
+    def app(environ, start_response):
+        held = Held()
+        refs.append(weakref.ref(held))
+        var.set(held)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    async def main():
+        async with serving(app) as (port, srv):
+            (r,), _ = await exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", count=1)
+            # the Task's scheduled step (3.11) runs in the next iterations
+            for _ in range(5):
+                await asyncio.sleep(0)
+            gc.collect()
+            return r, [ref() is None for ref in refs]
+    r, freed = run(main())
+    assert r.status == 200 and r.body == b"ok"
+    assert freed == [True]
