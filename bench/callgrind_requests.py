@@ -69,8 +69,13 @@ The server alone, against bjoern's (the issue's fastest WSGI peer):
 
 Every app here has the one route it is measured on (bench/hello_app.py's
 plain() for plain and bjoern), so route matching costs the same in all.
---callgrind-out DIR keeps each run's callgrind.out.<view>.<n> for
-callgrind_annotate.
+--callgrind-out DIR keeps each run's callgrind.out.<view>.<loop>.c<conns>.<n>
+for callgrind_annotate (--inclusive=yes: which function costs what, its
+callees included); --by-object prints each ELF object's own instructions
+per request (libpython: the interpreter and the Python code it runs,
+Pyramid's included; _core; uvloop's loop.so with libuv; greenlet; bjoern;
+libev; libc).  valgrind counts user space only: what the kernel does per
+request is bench/kernel_path.py's.
 """
 import argparse
 import asyncio
@@ -301,6 +306,47 @@ def server_only_count(view, loop_kind, n, out_dir=None, conns=1, cache_sim=False
     return dict(zip(events, map(int, counts)))
 
 
+def self_cost_by_object(path):
+    """{ELF object: instructions spent in its own code} from a callgrind
+    out file (the costs of calls are charged to the callee's object)."""
+    costs = {}
+    names = {}
+    obj = None
+    after_calls = False
+    with open(path) as f:
+        for line in f:
+            c = line[:1]
+            if c.isdigit() or c in "+-*":
+                if after_calls:  # the inclusive cost of a call: not ours
+                    after_calls = False
+                    continue
+                parts = line.split()
+                if len(parts) > 1:
+                    costs[obj] = costs.get(obj, 0) + int(parts[1])
+            elif line.startswith(("ob=", "cob=")):
+                m = re.match(r"c?ob=\((\d+)\)(?: (.*))?", line.rstrip("\n"))
+                if m:
+                    if m.group(2) is not None:
+                        names[m.group(1)] = m.group(2)
+                    name = names.get(m.group(1))
+                else:
+                    name = line.split("=", 1)[1].rstrip("\n")
+                if c == "o":
+                    obj = name
+            elif line.startswith("calls="):
+                after_calls = True
+    return costs
+
+
+def print_by_object(files, n):
+    """Per request: (cost at 2n - cost at n) / n, for each ELF object."""
+    small, big = (self_cost_by_object(f) for f in files)
+    rows = sorted(((big.get(o, 0) - small.get(o, 0)) / n, o) for o in set(small) | set(big))
+    for cost, obj in reversed(rows):
+        if abs(cost) >= 50:
+            print("    %9.0f  %s" % (cost, os.path.basename(obj or "?")))
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--view", choices=["hello", "sleep0", "inline", "executor",
@@ -324,6 +370,8 @@ if __name__ == "__main__":
                     help="with --server-only: keep the callgrind.out files in DIR")
     ap.add_argument("--conns", type=int, default=1,
                     help="with --server-only: connections the client keeps busy at once")
+    ap.add_argument("--by-object", action="store_true",
+                    help="with --server-only: instructions per request by ELF object too")
     ap.add_argument("--cache-sim", action="store_true",
                     help="with --server-only: valgrind's simulated cache misses per request too")
     ap.add_argument("--serve", metavar="PORTFILE", help=argparse.SUPPRESS)
@@ -342,8 +390,14 @@ if __name__ == "__main__":
             ap.error("--server-only takes no --idle, --slow-callback-ms or --pending-timer")
         views = [args.view] + (["bjoern"] if args.vs_bjoern and args.view != "bjoern" else [])
         figures = {}
+        import tempfile
+
+        keep = args.callgrind_out
+        if args.by_object and not keep:
+            scratch = tempfile.TemporaryDirectory()
+            keep = scratch.name
         for view in views:
-            counts = [server_only_count(view, args.loop, n, args.callgrind_out, args.conns,
+            counts = [server_only_count(view, args.loop, n, keep, args.conns,
                                         args.cache_sim)
                       for n in (args.n, 2 * args.n)]
             per = {e: (counts[1][e] - counts[0][e]) / args.n for e in counts[0]}
@@ -357,6 +411,10 @@ if __name__ == "__main__":
             print("%s, server only, %d connection%s: %.0f instructions per request%s" % (
                 view if view == "bjoern" else "ours, %s view, %s loop" % (view, args.loop),
                 args.conns, "" if args.conns == 1 else "s", figures[view], misses), flush=True)
+            if args.by_object:
+                print("  by ELF object, in its own code (callees charged to theirs):")
+                print_by_object([os.path.join(keep, "callgrind.out.%s.%s.c%d.%d" % (
+                    view, args.loop, args.conns, n)) for n in (args.n, 2 * args.n)], args.n)
         if len(views) == 2:
             print("ours / bjoern: %.2fx the instructions per request"
                   % (figures[args.view] / figures["bjoern"]))
