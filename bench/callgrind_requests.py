@@ -43,10 +43,44 @@ The blocked-loop watchdog's cost (README, "The blocked-loop watchdog"):
 
     bench/callgrind_requests.py --per-request -n 400 --pending-timer \\
         --slow-callback-ms 10000000
+
+The server alone, against bjoern's (the issue's fastest WSGI peer):
+
+  --server-only  only the server runs under valgrind, in a process of its
+                 own serving 127.0.0.1 as the gunicorn worker's loop does
+                 (uvloop or asyncio, the worker's executor and GC tuning);
+                 the client is this process, not counted
+  --view plain   ours serving stock Pyramid (no config.include: the plain
+                 view runs inline), the "plain app" of bench/peers.py
+  --view bjoern  bjoern (build/bench-peers, bench/peers.py installs it)
+                 serving that same plain app; implies --server-only
+  --vs-bjoern    with --per-request: bjoern's figure and the ratio too
+  --cache-sim    valgrind's simulated cache misses per request too (first
+                 and last level; a model of a cache, not this CPU's: this
+                 VM gives perf no hardware counters)
+  --conns C      the client keeps C connections busy at once (each sends
+                 its next request once its response is in), so a loop
+                 iteration serves several requests, as under wrk -c 50;
+                 what a server does once per iteration (ours: its
+                 batched write flush; both: the poll) is then shared
+
+    bench/callgrind_requests.py --per-request -n 400 --server-only \\
+        --view inline --loop uvloop --vs-bjoern
+
+Every app here has the one route it is measured on (bench/hello_app.py's
+plain() for plain and bjoern), so route matching costs the same in all.
+--callgrind-out DIR keeps each run's callgrind.out.<view>.<loop>.c<conns>.<n>
+for callgrind_annotate (--inclusive=yes: which function costs what, its
+callees included); --by-object prints each ELF object's own instructions
+per request (libpython: the interpreter and the Python code it runs,
+Pyramid's included; _core; uvloop's loop.so with libuv; greenlet; bjoern;
+libev; libc).  valgrind counts user space only: what the kernel does per
+request is bench/kernel_path.py's.
 """
 import argparse
 import asyncio
 import os
+import re
 import socket
 import sys
 
@@ -115,9 +149,208 @@ async def main(path, n, settings=None, idle=0.0, pending_timer=False):
     await asyncio.sleep(0)
 
 
+PEERS_PYTHON = os.path.join(os.path.dirname(HERE), "build", "bench-peers", "bin", "python")
+
+# bjoern, run by the peers venv's python (bench/peers.py installs it): the
+# same plain app as ours' --view plain, the port written to a file when
+# listening; SIGINT stops it (its loop breaks, the process exits normally)
+BJOERN = """
+import sys, bjoern
+from bench.hello_app import plain
+sock = bjoern.listen(plain(), '127.0.0.1', 0)
+with open(sys.argv[1] + '.tmp', 'w') as f:
+    f.write(str(sock.getsockname()[1]))
+import os; os.rename(sys.argv[1] + '.tmp', sys.argv[1])
+try:
+    bjoern.run()
+except KeyboardInterrupt:
+    pass
+"""
+
+
+def serve(view, loop_kind, portfile):
+    """Serve `view` on 127.0.0.1 as the gunicorn worker does (its loop,
+    executor, base environ and GC tuning) until SIGINT; the port goes to
+    `portfile` once listening."""
+    import signal
+
+    from aiopyramid import _executor
+    from aiopyramid.gunicorn import worker
+    from bench.hello_app import plain
+
+    wsgi = plain() if view == "plain" else app(view)
+    loop = worker._new_loop(loop_kind)
+    asyncio.set_event_loop(loop)
+    # the worker's environ keys (wsgi.errors: a stand-in, never written)
+    base = {"wsgi.version": (1, 0), "wsgi.errors": sys.stderr,
+            "wsgi.multithread": True, "wsgi.multiprocess": False,
+            "wsgi.run_once": False, "wsgi.input_terminated": True,
+            "SERVER_SOFTWARE": "aiopyramid bench", "SCRIPT_NAME": ""}
+    worker._tune_gc(1000)
+
+    async def run():
+        stop = loop.create_future()
+        loop.add_signal_handler(signal.SIGINT, stop.set_result, None)
+        srv = HttpServer(wsgi, loop, base_environ=base)
+        server = await loop.create_server(srv, "127.0.0.1", 0)
+        with open(portfile + ".tmp", "w") as f:
+            f.write(str(server.sockets[0].getsockname()[1]))
+        os.rename(portfile + ".tmp", portfile)
+        await stop
+        server.close()
+
+    try:
+        loop.set_default_executor(_executor.Executor())
+        loop.run_until_complete(run())
+    finally:
+        loop.close()
+
+
+def client(port, path, n, conns=1):
+    """n requests on `conns` keep-alive connections at once, each sending
+    its next request when it has read its last response whole (so with
+    conns > 1 the server has requests of several connections to serve in
+    one loop iteration, as under wrk -c)."""
+    import selectors
+
+    req = b"GET /%s HTTP/1.1\r\nHost: bench\r\n\r\n" % path.encode()
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=60)
+             for _ in range(min(conns, n))]
+    sel = selectors.DefaultSelector()
+    bufs = {}
+    sent = done = 0
+    try:
+        for s in socks:
+            s.setblocking(False)
+            sel.register(s, selectors.EVENT_READ)
+            bufs[s] = b""
+            s.send(req)
+            sent += 1
+        while done < n:
+            events = sel.select(timeout=120)
+            if not events:
+                raise SystemExit("no response in 120 s")
+            for key, _ in events:
+                s = key.fileobj
+                data = s.recv(65536)
+                if not data:
+                    raise SystemExit("server closed the connection")
+                buf = bufs[s] + data
+                while b"\r\n\r\n" in buf:
+                    head, rest = buf.split(b"\r\n\r\n", 1)
+                    if not head.startswith(b"HTTP/1.1 200 "):
+                        raise SystemExit("unexpected answer: %r" % head[:300])
+                    length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)",
+                                           head).group(1))
+                    if len(rest) < length:
+                        break
+                    if rest[:length] != BODY:
+                        raise SystemExit("unexpected body: %r" % rest[:length])
+                    buf = rest[length:]
+                    done += 1
+                    if sent < n:
+                        s.send(req)
+                        sent += 1
+                bufs[s] = buf
+    finally:
+        sel.close()
+        for s in socks:
+            s.close()
+
+
+def server_only_count(view, loop_kind, n, out_dir=None, conns=1, cache_sim=False):
+    """{event: count} valgrind counts in the server's process serving n
+    requests (start-up and shutdown included): Ir, the instructions, and
+    with cache_sim its simulated cache misses too (D1mr, DLmr, ...)."""
+    import signal
+    import subprocess
+    import tempfile
+    import time
+
+    with tempfile.TemporaryDirectory() as tmp:
+        portfile = os.path.join(tmp, "port")
+        out = "/dev/null"
+        if out_dir:
+            out = os.path.join(os.path.abspath(out_dir),
+                               "callgrind.out.%s.%s.c%d.%d" % (view, loop_kind, conns, n))
+        valgrind = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out,
+                    "--cache-sim=" + ("yes" if cache_sim else "no")]
+        if view == "bjoern":
+            if not os.path.exists(PEERS_PYTHON):
+                raise SystemExit("no %s: run bench/peers.py once to install the peers"
+                                 % PEERS_PYTHON)
+            cmd = valgrind + [PEERS_PYTHON, "-c", BJOERN, portfile]
+        else:
+            cmd = valgrind + [sys.executable, os.path.abspath(__file__), "--serve", portfile,
+                              "--view", view, "--loop", loop_kind]
+        env = dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=os.path.dirname(HERE))
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 300
+            while not os.path.exists(portfile):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("the server did not start: %s" % proc.stderr.read())
+                time.sleep(0.2)
+            with open(portfile) as f:
+                port = int(f.read())
+            client(port, "hello" if view in ("plain", "bjoern") else view, n, conns)
+            proc.send_signal(signal.SIGINT)
+            err = proc.communicate(timeout=300)[1]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    events = re.search(r"Events *: ([\w ]+)", err).group(1).split()
+    counts = re.search(r"Collected *: ([\d ]+)", err).group(1).split()
+    return dict(zip(events, map(int, counts)))
+
+
+def self_cost_by_object(path):
+    """{ELF object: instructions spent in its own code} from a callgrind
+    out file (the costs of calls are charged to the callee's object)."""
+    costs = {}
+    names = {}
+    obj = None
+    after_calls = False
+    with open(path) as f:
+        for line in f:
+            c = line[:1]
+            if c.isdigit() or c in "+-*":
+                if after_calls:  # the inclusive cost of a call: not ours
+                    after_calls = False
+                    continue
+                parts = line.split()
+                if len(parts) > 1:
+                    costs[obj] = costs.get(obj, 0) + int(parts[1])
+            elif line.startswith(("ob=", "cob=")):
+                m = re.match(r"c?ob=\((\d+)\)(?: (.*))?", line.rstrip("\n"))
+                if m:
+                    if m.group(2) is not None:
+                        names[m.group(1)] = m.group(2)
+                    name = names.get(m.group(1))
+                else:
+                    name = line.split("=", 1)[1].rstrip("\n")
+                if c == "o":
+                    obj = name
+            elif line.startswith("calls="):
+                after_calls = True
+    return costs
+
+
+def print_by_object(files, n):
+    """Per request: (cost at 2n - cost at n) / n, for each ELF object."""
+    small, big = (self_cost_by_object(f) for f in files)
+    rows = sorted(((big.get(o, 0) - small.get(o, 0)) / n, o) for o in set(small) | set(big))
+    for cost, obj in reversed(rows):
+        if abs(cost) >= 50:
+            print("    %9.0f  %s" % (cost, os.path.basename(obj or "?")))
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("--view", choices=["hello", "sleep0", "inline", "executor"],
+    ap.add_argument("--view", choices=["hello", "sleep0", "inline", "executor",
+                                       "plain", "bjoern"],
                     default="hello")
     ap.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     ap.add_argument("-n", type=int, default=1000)
@@ -129,9 +362,66 @@ if __name__ == "__main__":
                     help="seconds with the loop idle after the requests")
     ap.add_argument("--pending-timer", action="store_true",
                     help="keep a timer pending, as the gunicorn worker's loop does")
+    ap.add_argument("--server-only", action="store_true",
+                    help="count only a server process, the client outside valgrind")
+    ap.add_argument("--vs-bjoern", action="store_true",
+                    help="with --per-request: bjoern's instructions per request too")
+    ap.add_argument("--callgrind-out", metavar="DIR",
+                    help="with --server-only: keep the callgrind.out files in DIR")
+    ap.add_argument("--conns", type=int, default=1,
+                    help="with --server-only: connections the client keeps busy at once")
+    ap.add_argument("--by-object", action="store_true",
+                    help="with --server-only: instructions per request by ELF object too")
+    ap.add_argument("--cache-sim", action="store_true",
+                    help="with --server-only: valgrind's simulated cache misses per request too")
+    ap.add_argument("--serve", metavar="PORTFILE", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.serve:
+        serve(args.view, args.loop, args.serve)
+        sys.exit(0)
+    if args.view in ("plain", "bjoern"):
+        args.server_only = True
+    if args.server_only:
+        if not args.per_request:
+            ap.error("--server-only is a mode of --per-request")
+        if args.conns < 1:
+            ap.error("--conns must be 1 or more")
+        if args.idle or args.slow_callback_ms is not None or args.pending_timer:
+            ap.error("--server-only takes no --idle, --slow-callback-ms or --pending-timer")
+        views = [args.view] + (["bjoern"] if args.vs_bjoern and args.view != "bjoern" else [])
+        figures = {}
+        import tempfile
+
+        keep = args.callgrind_out
+        if args.by_object and not keep:
+            scratch = tempfile.TemporaryDirectory()
+            keep = scratch.name
+        for view in views:
+            counts = [server_only_count(view, args.loop, n, keep, args.conns,
+                                        args.cache_sim)
+                      for n in (args.n, 2 * args.n)]
+            per = {e: (counts[1][e] - counts[0][e]) / args.n for e in counts[0]}
+            figures[view] = per["Ir"]
+            misses = ""
+            if args.cache_sim:
+                # valgrind's simulated caches (first level, last level)
+                misses = "; L1 misses %.0f (data %.0f), last-level misses %.0f" % (
+                    per["I1mr"] + per["D1mr"] + per["D1mw"], per["D1mr"] + per["D1mw"],
+                    per["ILmr"] + per["DLmr"] + per["DLmw"])
+            print("%s, server only, %d connection%s: %.0f instructions per request%s" % (
+                view if view == "bjoern" else "ours, %s view, %s loop" % (view, args.loop),
+                args.conns, "" if args.conns == 1 else "s", figures[view], misses), flush=True)
+            if args.by_object:
+                print("  by ELF object, in its own code (callees charged to theirs):")
+                print_by_object([os.path.join(keep, "callgrind.out.%s.%s.c%d.%d" % (
+                    view, args.loop, args.conns, n)) for n in (args.n, 2 * args.n)], args.n)
+        if len(views) == 2:
+            print("ours / bjoern: %.2fx the instructions per request"
+                  % (figures[args.view] / figures["bjoern"]))
+        sys.exit(0)
+    if args.vs_bjoern:
+        ap.error("--vs-bjoern needs --server-only (bjoern is measured alone)")
     if args.per_request:
-        import re
         import subprocess
 
         options = ["--view", args.view, "--loop", args.loop]

@@ -50,13 +50,29 @@ set_item_str(PyObject *d, PyObject *key, const char *s, size_t n)
     return rc;
 }
 
+static int set_url_parts(HttpServer *srv, modstate *st, PyObject *env,
+                         const char *url, size_t n, PyObject *raw);
+
 /* RAW_URI, PATH_INFO, QUERY_STRING (and SCRIPT_NAME's prefix removed). */
 int
 environ_set_url(HttpServer *srv, modstate *st, PyObject *env, const char *url,
                 size_t n)
 {
-    if (set_item_str(env, HSTR(st, RAW_URI), url, n) < 0)
+    PyObject *raw = PyUnicode_DecodeLatin1(url, (Py_ssize_t)n, NULL);
+    if (raw == NULL)
         return -1;
+    int rc = PyDict_SetItem(env, HSTR(st, RAW_URI), raw);
+    if (rc == 0)
+        rc = set_url_parts(srv, st, env, url, n, raw);
+    Py_DECREF(raw);
+    return rc;
+}
+
+/* environ_set_url's PATH_INFO and QUERY_STRING; `raw` is RAW_URI's str */
+static int
+set_url_parts(HttpServer *srv, modstate *st, PyObject *env, const char *url,
+              size_t n, PyObject *raw)
+{
     if (n == 1 && url[0] == '*') {
         /* OPTIONS * (RFC 9112 3.2.4): the server itself, no path */
         if (PyDict_SetItem(env, HSTR(st, QUERY_STRING), HSTR(st, EMPTY)) < 0)
@@ -94,6 +110,9 @@ environ_set_url(HttpServer *srv, modstate *st, PyObject *env, const char *url,
     PyObject *pi;
     if (pend == path)
         pi = PyUnicode_FromString(path == url ? "" : "/");
+    else if (path == url && pend == url + n &&
+             memchr(path, '%', (size_t)(pend - path)) == NULL)
+        pi = Py_NewRef(raw); /* the whole target is the path, as it came */
     else
         pi = unquote_latin1(path, (size_t)(pend - path));
     if (pi == NULL)

@@ -88,7 +88,8 @@
     X(FILENO, "fileno")                                                      \
     X(WS_HANDOFF, "aiopyramid.websocket")                                    \
     X(ATTACH, "attach")                                                      \
-    X(CONNECTION_LOST, "connection_lost")
+    X(CONNECTION_LOST, "connection_lost")                                    \
+    X(CONTEXT, "context")
 
 enum {
 #define HTTP_STR_ENUM(name, text) HS_##name,
@@ -112,7 +113,9 @@ typedef struct {
     PyObject *loop;
     PyObject *create_future;    /* loop.create_future */
     PyObject *task_type;        /* asyncio.Task, for each request */
-    PyObject *task_kwnames;     /* its keywords: loop, context(, eager_start) */
+    PyObject *task_kwnames;     /* 3.12+: its keywords: loop, context,
+                                   eager_start */
+    PyObject *task_kwargs;      /* 3.11: {loop:, context:} for Task() */
     PyObject *current_tasks;    /* 3.11: asyncio's {loop: current task} */
     PyObject *base_environ;     /* wsgi.* keys, SCRIPT_NAME, ... */
     PyObject *script_name;      /* str */

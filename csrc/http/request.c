@@ -392,22 +392,34 @@ server_task_init(HttpServer *self)
     if (tasks == NULL)
         return -1;
     self->task_type = PyObject_GetAttrString(tasks, "Task");
+    if (self->task_type == NULL) {
+        Py_DECREF(tasks);
+        return -1;
+    }
 #if PY_VERSION_HEX >= 0x030C0000
     self->task_kwnames = Py_BuildValue("(sss)", "loop", "context",
                                        "eager_start");
+    int ready = self->task_kwnames != NULL;
 #else
-    self->task_kwnames = Py_BuildValue("(ss)", "loop", "context");
-    self->current_tasks = PyObject_GetAttrString(tasks, "_current_tasks");
-    if (self->current_tasks != NULL && !PyDict_Check(self->current_tasks)) {
-        PyErr_SetString(PyExc_TypeError,
-                        "asyncio.tasks._current_tasks is not a dict");
-        Py_CLEAR(self->current_tasks);
+    /* Task() has no vectorcall on 3.11: keywords passed by name would be
+     * made into a new dict at each call; start_task gives this one */
+    self->task_kwargs = Py_BuildValue("{sOsO}", "loop", self->loop,
+                                      "context", Py_None);
+    if (self->task_kwargs != NULL) {
+        self->current_tasks = PyObject_GetAttrString(tasks, "_current_tasks");
+        if (self->current_tasks != NULL &&
+            !PyDict_Check(self->current_tasks)) {
+            PyErr_SetString(PyExc_TypeError,
+                            "asyncio.tasks._current_tasks is not a dict");
+            Py_CLEAR(self->current_tasks);
+        }
+        if (self->current_tasks == NULL)
+            Py_CLEAR(self->task_kwargs);
     }
-    if (self->current_tasks == NULL)
-        Py_CLEAR(self->task_kwnames);
+    int ready = self->task_kwargs != NULL;
 #endif
     Py_DECREF(tasks);
-    return self->task_type != NULL && self->task_kwnames != NULL ? 0 : -1;
+    return ready ? 0 : -1;
 }
 
 /* The request's Task, with its first step run at once (until the app first
@@ -435,11 +447,26 @@ start_task(modstate *st, HttpServer *srv, PyObject *spawn, PyObject *ctx,
     eager = running == srv->loop;
     Py_DECREF(running);
     PyObject *args[4] = {spawn, srv->loop, ctx, eager ? Py_True : Py_False};
-#else
-    PyObject *args[3] = {spawn, srv->loop, ctx};
-#endif
     PyObject *task = PyObject_Vectorcall(srv->task_type, args, 1,
                                          srv->task_kwnames);
+#else
+    /* the server's keywords dict, its context this request's for the call
+     * only (Task's __init__ has parsed its keywords before it runs any
+     * other code, so a call made meanwhile cannot see this one's) */
+    PyObject *task = NULL;
+    PyObject *pos = PyTuple_Pack(1, spawn);
+    if (pos != NULL &&
+        PyDict_SetItem(srv->task_kwargs, HSTR(st, CONTEXT), ctx) == 0) {
+        task = PyObject_Call(srv->task_type, pos, srv->task_kwargs);
+        /* the dict keeps no request's context alive */
+        PyObject *exc = task == NULL ? exc_take() : NULL;
+        if (PyDict_SetItem(srv->task_kwargs, HSTR(st, CONTEXT), Py_None) < 0)
+            PyErr_WriteUnraisable(srv->task_kwargs); /* a value replaced */
+        if (exc != NULL)
+            exc_restore(exc);
+    }
+    Py_XDECREF(pos);
+#endif
     if (task == NULL)
         return NULL;
     if (eager) {

@@ -363,6 +363,10 @@ int
 call_close(PyObject *iterable)
 {
     PyObject *meth;
+    /* a list or tuple (WebOb's Response gives a list) has no close(): no
+     * lookup that misses; their subclasses may have one */
+    if (PyList_CheckExact(iterable) || PyTuple_CheckExact(iterable))
+        return 0;
     PyObject *saved = PyErr_Occurred() ? exc_take() : NULL;
     int rc = 0;
     if (PyObject_GetOptionalAttrString(iterable, "close", &meth) < 0) {

@@ -173,6 +173,7 @@ server_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(s->create_future);
     Py_VISIT(s->task_type);
     Py_VISIT(s->task_kwnames);
+    Py_VISIT(s->task_kwargs);
     Py_VISIT(s->current_tasks);
     Py_VISIT(s->base_environ);
     Py_VISIT(s->script_name);
@@ -199,6 +200,7 @@ server_clear(PyObject *op)
     Py_CLEAR(s->create_future);
     Py_CLEAR(s->task_type);
     Py_CLEAR(s->task_kwnames);
+    Py_CLEAR(s->task_kwargs);
     Py_CLEAR(s->current_tasks);
     Py_CLEAR(s->base_environ);
     Py_CLEAR(s->script_name);
