@@ -169,6 +169,26 @@ def shutdown_pools():
         pool.shutdown(wait=False, cancel_futures=True)
 
 
+class _IdleThreads:
+    """ThreadPoolExecutor's ``_idle_semaphore`` for a WorkQueue, which knows
+    its idle threads: acquire() (no new thread) is True while the threads
+    idle or on their way suffice for what is queued.  A semaphore counted
+    wrong here: a thread that runs views inside get() never releases it,
+    so a plain job's release counted a thread idle that a view then took,
+    and the pool did not grow for the next view."""
+
+    __slots__ = ("_queue",)
+
+    def __init__(self, queue):
+        self._queue = queue
+
+    def acquire(self, blocking=True, timeout=None):
+        return self._queue._spare()
+
+    def release(self, n=1):
+        pass
+
+
 class Executor(concurrent.futures.ThreadPoolExecutor):
     """A ThreadPoolExecutor that hands a job submitted by a synchronized
     coroutine, whose caller's thread waits for it, to that thread.
@@ -186,6 +206,7 @@ class Executor(concurrent.futures.ThreadPoolExecutor):
         super().__init__(*args, **kwargs)
         if _WorkQueue is not None:
             self._work_queue = _WorkQueue()
+            self._idle_semaphore = _IdleThreads(self._work_queue)
         _pools.add(self)
 
     def submit(self, fn, /, *args, **kwargs):

@@ -15,7 +15,9 @@
  *   over, not before the loop has run this iteration's callbacks (woken
  *   at once, the thread would wait for the GIL the loop holds, and take
  *   it at each of the loop's callback boundaries: a thread switch per
- *   request);
+ *   request); the pool grows, as ThreadPoolExecutor's, when more is queued
+ *   than its threads idle or on their way can take (the queue counts them:
+ *   ThreadPoolExecutor's idle semaphore cannot, see _executor._IdleThreads);
  * - a pool thread runs the views it takes in C, inside the queue's get(),
  *   without going back to the pool's Python loop;
  * - a finished call goes onto its loop's Completions list; only the one
@@ -502,6 +504,7 @@ typedef struct {
     PyObject **items;        /* ring buffer */
     Py_ssize_t head, len, cap;
     qwaiter *idle;           /* threads blocked in get(), last idle first */
+    Py_ssize_t n_idle;       /* how many */
     int waking;              /* woken, not yet back from their wait */
     int wake_scheduled;      /* a _wake() is on wake_loop's ready queue */
     PyObject *wake_loop;     /* (a pool can serve several loops, and a loop
@@ -545,9 +548,18 @@ wq_wake_one(WorkQueue *q)
 {
     qwaiter *w = q->idle;
     q->idle = w->next;
+    q->n_idle--;
     w->woken = 1;
     q->waking++;
     PyThread_release_lock(w->lock);
+}
+
+/* the threads idle or on their way to the queue are enough for what it
+ * holds: no new thread is needed for it */
+static inline int
+wq_spare(WorkQueue *q)
+{
+    return q->len <= q->n_idle + q->waking;
 }
 
 /* a thread comes for what is queued: one on its way already, or one woken */
@@ -643,6 +655,7 @@ wq_get_impl(WorkQueue *q, int block, double timeout, int run_calls)
         PyThread_acquire_lock(w.lock, WAIT_LOCK); /* the waker releases it */
         w.next = q->idle;
         q->idle = &w;
+        q->n_idle++;
         Py_BEGIN_ALLOW_THREADS
         PyThread_acquire_lock_timed(w.lock, wait_us, 0);
         Py_END_ALLOW_THREADS
@@ -655,6 +668,7 @@ wq_get_impl(WorkQueue *q, int block, double timeout, int run_calls)
             while (*p != &w)
                 p = &(*p)->next;
             *p = w.next;
+            q->n_idle--;
         }
         PyThread_free_lock(w.lock);
     }
@@ -708,6 +722,15 @@ static PyObject *
 wq_qsize(PyObject *op, PyObject *unused)
 {
     return PyLong_FromSsize_t(((WorkQueue *)op)->len);
+}
+
+/* _spare(): True when the threads idle or on their way suffice for what is
+ * queued (the Executor's stand-in for ThreadPoolExecutor's idle
+ * semaphore: a thread that runs views inside get() never releases it) */
+static PyObject *
+wq_spare_py(PyObject *op, PyObject *unused)
+{
+    return PyBool_FromLong(wq_spare((WorkQueue *)op));
 }
 
 static PyObject *
@@ -769,6 +792,7 @@ static PyMethodDef wq_methods[] = {
     {"get_nowait", wq_get_nowait, METH_NOARGS, NULL},
     {"empty", wq_empty, METH_NOARGS, NULL},
     {"qsize", wq_qsize, METH_NOARGS, NULL},
+    {"_spare", wq_spare_py, METH_NOARGS, NULL},
     {"_wake", wq_wake_cb, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
@@ -791,6 +815,30 @@ static PyType_Spec wq_spec = {
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
     .slots = wq_slots,
 };
+
+/* One more thread for the pool ex, unless it has max_workers (its
+ * _adjust_thread_count asks the queue's _spare(), not a semaphore). */
+static int
+pool_grow(modstate *st, PyObject *ex)
+{
+    PyObject *v = PyObject_GetAttr(ex, ESTR(st, THREADS));
+    Py_ssize_t n = v == NULL ? -1 : PyObject_Size(v);
+    Py_XDECREF(v);
+    if (n < 0)
+        return -1;
+    v = PyObject_GetAttr(ex, ESTR(st, MAX_WORKERS));
+    Py_ssize_t max = v == NULL ? -1 : PyLong_AsSsize_t(v);
+    Py_XDECREF(v);
+    if (max == -1 && PyErr_Occurred())
+        return -1;
+    if (n >= max)
+        return 0;
+    v = PyObject_CallMethodNoArgs(ex, ESTR(st, ADJUST_THREAD_COUNT));
+    if (v == NULL)
+        return -1;
+    Py_DECREF(v);
+    return 0;
+}
 
 /* On the loop's thread: the view onto an aiopyramid Executor's queue, its
  * thread woken once this loop iteration's callbacks have run; refused as
@@ -833,6 +881,13 @@ submit_call(modstate *st, PyObject *ex, WorkQueue *q, ThreadCall *call)
     call->completions = completions_for(st, call->loop);
     if (call->completions == NULL || wq_push(q, (PyObject *)call) < 0)
         return -1;
+    /* more queued than threads idle or on their way (every thread busy,
+     * or views came faster than the idle ones are woken): one more while
+     * the pool may grow, as ThreadPoolExecutor.submit would (a view that
+     * blocks must not keep the next one waiting with the pool not full).
+     * A pool only grows, so this is done max_workers times at most */
+    if (!wq_spare(q) && pool_grow(st, ex) < 0)
+        return -1;
     if (q->waking > 0 || (q->wake_scheduled && q->wake_loop == call->loop))
         return 0;
     if (q->idle != NULL) {
@@ -846,25 +901,6 @@ submit_call(modstate *st, PyObject *ex, WorkQueue *q, ThreadCall *call)
         Py_DECREF(h);
         q->wake_scheduled = 1;
         Py_XSETREF(q->wake_loop, Py_NewRef(call->loop));
-        return 0;
-    }
-    /* every thread busy: one more while the pool may grow (a busy one takes
-     * the call otherwise, once its job is done) */
-    v = PyObject_GetAttr(ex, ESTR(st, THREADS));
-    Py_ssize_t n = v == NULL ? -1 : PyObject_Size(v);
-    Py_XDECREF(v);
-    if (n < 0)
-        return -1;
-    v = PyObject_GetAttr(ex, ESTR(st, MAX_WORKERS));
-    Py_ssize_t max = v == NULL ? -1 : PyLong_AsSsize_t(v);
-    Py_XDECREF(v);
-    if (max == -1 && PyErr_Occurred())
-        return -1;
-    if (n < max) {
-        v = PyObject_CallMethodNoArgs(ex, ESTR(st, ADJUST_THREAD_COUNT));
-        if (v == NULL)
-            return -1;
-        Py_DECREF(v);
     }
     return 0;
 }
