@@ -1,0 +1,51 @@
+"""ATTACK (attack-exec): an app whose requests each leave a reference
+cycle behind, holding a buffer (a parsed document whose nodes point at
+their parent, an exception kept with its traceback): reference counting
+never frees it, only the cyclic collector does.
+
+/hello      ready check
+/cycle      leaves one cycle holding a 64 KiB buffer
+/live       how many of those cycles are still alive, the worker's RSS
+"""
+import json
+import os
+import weakref
+
+from pyramid.config import Configurator
+from pyramid.response import Response
+
+BUFFER = 64 * 1024
+
+
+class Node:
+    pass
+
+
+_alive = weakref.WeakSet()
+
+
+def hello(request):
+    return Response(b"Hello, world!")
+
+
+async def cycle(request):
+    node = Node()
+    node.parent = node
+    node.data = bytearray(BUFFER)
+    _alive.add(node)
+    return Response(b"ok")
+
+
+def live(request):
+    with open("/proc/self/statm") as f:
+        rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return Response(json.dumps({"alive": len(_alive), "rss": rss}).encode())
+
+
+def main(global_config=None, **settings):
+    with Configurator(settings=settings) as config:
+        config.include("aiopyramid")
+        for name, view in [("hello", hello), ("cycle", cycle), ("live", live)]:
+            config.add_route(name, "/" + name)
+            config.add_view(view, route_name=name)
+        return config.make_wsgi_app()
