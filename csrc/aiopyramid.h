@@ -284,7 +284,8 @@ int bridge_is_coroutine_function(modstate *st, PyObject *obj);
 PyObject *bridge_run_in_executor(modstate *st, PyObject *loop,
                                  PyObject *executor, PyObject *fn,
                                  PyObject *args, PyObject *kwargs,
-                                 PyObject *request);
+                                 PyObject *request, PyObject **callp);
+int bridge_wait_running_call(modstate *st, PyObject *call);
 
 /* mappers.c */
 int mappers_init(PyObject *module, modstate *st);

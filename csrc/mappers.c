@@ -218,12 +218,21 @@ mapped_run(PyObject *op, PyObject *const *args, size_t nargsf,
     }
     PyObject *fn = PyCFunction_New(&invoke_def, op);
     PyObject *fargs = fn ? PyTuple_Pack(2, context, request) : NULL;
-    PyObject *fut = NULL, *r = NULL;
+    PyObject *fut = NULL, *r = NULL, *call = NULL;
     if (fargs != NULL)
         fut = bridge_run_in_executor(st, loop, self->executor, fn, fargs,
-                                     NULL, request);
+                                     NULL, request, &call);
     if (fut != NULL)
         r = bridge_await(st, fut);
+    if (r == NULL && call != NULL &&
+        PyErr_ExceptionMatches(st->CancelledError)) {
+        /* cancelled while the view runs in its thread: its end first */
+        PyObject *exc = exc_take();
+        if (bridge_wait_running_call(st, call) < 0)
+            PyErr_Clear();
+        exc_restore(exc);
+    }
+    Py_XDECREF(call);
     Py_XDECREF(fut);
     Py_XDECREF(fargs);
     Py_XDECREF(fn);

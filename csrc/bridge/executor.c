@@ -60,7 +60,10 @@ typedef struct {
     PyObject *future;          /* the loop's future, as a pool's work item */
     PyObject *completions;     /* its loop's Completions, with future */
     PyObject *result, *exc;    /* the outcome, on its way to the loop */
+    PyObject *on_done;         /* a loop future set once the outcome is
+                                  back, cancelled or not */
     int cancel;                /* the pool cancelled the work item */
+    int running;               /* in its thread now */
 } ThreadCall;
 
 static PyObject *
@@ -129,6 +132,20 @@ threadcall_complete(PyObject *op, PyObject *unused)
     ThreadCall *self = (ThreadCall *)op;
     modstate *st = state_of_type(Py_TYPE(op));
     PyObject *fut = self->future, *r;
+    if (self->on_done != NULL) {
+        /* a request cancelled while this ran waits for its end */
+        PyObject *w = self->on_done;
+        self->on_done = NULL;
+        r = PyObject_CallMethodNoArgs(w, ESTR(st, DONE));
+        if (r == Py_False) {
+            Py_DECREF(r);
+            r = PyObject_CallMethodOneArg(w, st->str_set_result, Py_None);
+        }
+        Py_DECREF(w);
+        if (r == NULL)
+            return NULL;
+        Py_DECREF(r);
+    }
     if (fut == NULL)
         Py_RETURN_NONE;
     r = PyObject_CallMethodNoArgs(fut, ESTR(st, DONE));
@@ -387,7 +404,9 @@ threadcall_run(PyObject *op, PyObject *unused)
     int skip = c == Py_True;
     Py_XDECREF(c);
     if (!skip) {
+        self->running = 1;
         PyObject *r = threadcall_call(op, NULL, NULL);
+        self->running = 0;
         if (r == NULL)
             Py_XSETREF(self->exc, exc_take());
         else
@@ -451,6 +470,7 @@ threadcall_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->completions);
     Py_VISIT(self->result);
     Py_VISIT(self->exc);
+    Py_VISIT(self->on_done);
     return 0;
 }
 
@@ -468,6 +488,7 @@ threadcall_clear(PyObject *op)
     Py_CLEAR(self->completions);
     Py_CLEAR(self->result);
     Py_CLEAR(self->exc);
+    Py_CLEAR(self->on_done);
     return 0;
 }
 
@@ -908,7 +929,7 @@ submit_call(modstate *st, PyObject *ex, WorkQueue *q, ThreadCall *call)
 PyObject *
 bridge_run_in_executor(modstate *st, PyObject *loop, PyObject *executor,
                        PyObject *fn, PyObject *args, PyObject *kwargs,
-                       PyObject *request)
+                       PyObject *request, PyObject **callp)
 {
     ThreadCall *call = PyObject_GC_New(ThreadCall, st->ThreadCallType);
     if (call == NULL)
@@ -920,7 +941,8 @@ bridge_run_in_executor(modstate *st, PyObject *loop, PyObject *executor,
     call->kwargs = Py_XNewRef(kwargs);
     call->request = Py_XNewRef(request);
     call->future = call->result = call->exc = call->completions = NULL;
-    call->cancel = 0;
+    call->on_done = NULL;
+    call->cancel = call->running = 0;
     PyObject_GC_Track(call);
     if (call->ctx == NULL) {
         Py_DECREF(call);
@@ -967,6 +989,8 @@ bridge_run_in_executor(modstate *st, PyObject *loop, PyObject *executor,
         Py_DECREF(queue);
         Py_DECREF(ex);
         PyObject *fut = rc < 0 ? NULL : Py_NewRef(call->future);
+        if (fut != NULL && callp != NULL)
+            *callp = Py_NewRef(call);
         Py_DECREF(call);
         return fut;
     }
@@ -979,6 +1003,33 @@ bridge_run_in_executor(modstate *st, PyObject *loop, PyObject *executor,
         NULL);
     Py_DECREF(call);
     return fut;
+}
+
+/* A request cancelled while its view runs in a pool's thread (the client
+ * left, a timeout): the request's greenlet waits here for the view's end
+ * before its cancellation goes on, so its tweens and finished callbacks do
+ * not unwind (close its session, give its connection back to a pool) under
+ * the view still using them, as anyio's to_thread.run_sync waits.  A
+ * second cancellation while it waits goes on at once.  0, or -1 with an
+ * exception (the caller keeps its own). */
+int
+bridge_wait_running_call(modstate *st, PyObject *op)
+{
+    if (op == NULL || !Py_IS_TYPE(op, st->ThreadCallType))
+        return 0;
+    ThreadCall *self = (ThreadCall *)op;
+    if (!self->running || self->on_done != NULL)
+        return 0;
+    PyObject *w = PyObject_CallMethodNoArgs(self->loop, ESTR(st, CREATE_FUTURE));
+    if (w == NULL)
+        return -1;
+    self->on_done = Py_NewRef(w);
+    PyObject *r = bridge_await(st, w);
+    Py_DECREF(w);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
 }
 
 int
