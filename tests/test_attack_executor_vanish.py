@@ -49,3 +49,74 @@ def test_attack_tweens_do_not_unwind_under_a_view_still_running(gunicorn, loop):
         s.sendall(b"GET /use HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         assert read_to_eof(s).endswith(b"used")
     assert _status(srv.port)["closed_under_view"] == 0
+
+
+def _in_process_app(make_app, started, finished):
+    from pyramid.response import Response
+
+    def slow(request):
+        started.set()
+        time.sleep(1.5)
+        finished.set()
+        return Response(b"slow")
+
+    def configure(config):
+        config.add_route("slow", "/slow")
+        config.add_view(slow, route_name="slow")
+
+    return make_app(configure, {"aiopyramid.executor_threads": "2"})
+
+
+def test_attack_a_cancelled_request_ends_after_its_running_view(run, make_app):
+    import asyncio
+    import threading
+
+    from .conftest import get
+
+    started, finished = threading.Event(), threading.Event()
+    app = _in_process_app(make_app, started, finished)
+
+    async def main():
+        task = asyncio.ensure_future(get(app, "/slow"))
+        for _ in range(400):
+            if started.is_set():
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        try:
+            await asyncio.wait_for(task, 20)
+        except asyncio.CancelledError:
+            return finished.is_set()
+        return "not cancelled"
+
+    assert run(main()) is True
+
+
+def test_attack_a_second_cancellation_goes_on_at_once(run, make_app):
+    import asyncio
+    import threading
+
+    from .conftest import get
+
+    started, finished = threading.Event(), threading.Event()
+    app = _in_process_app(make_app, started, finished)
+
+    async def main():
+        task = asyncio.ensure_future(get(app, "/slow"))
+        for _ in range(400):
+            if started.is_set():
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.sleep(0.05)  # the first one waits for the view
+        assert not task.done()
+        task.cancel()
+        try:
+            await asyncio.wait_for(task, 20)
+        except asyncio.CancelledError:
+            early = not finished.is_set()
+        finished.wait(10)  # the view's end, before the loop closes
+        await asyncio.sleep(0.1)
+        return early
+
+    assert run(main()) is True
