@@ -6,6 +6,9 @@ never frees it, only the cyclic collector does.
 /hello      ready check
 /cycle      leaves one cycle holding a 64 KiB buffer
 /live       how many of those cycles are still alive, the worker's RSS
+
+main(load=N) makes N small objects while the app loads (with --preload,
+in gunicorn's master, shared with the forked workers).
 """
 import json
 import os
@@ -22,6 +25,7 @@ class Node:
 
 
 _alive = weakref.WeakSet()
+LOADED = []
 
 
 def hello(request):
@@ -42,7 +46,8 @@ def live(request):
     return Response(json.dumps({"alive": len(_alive), "rss": rss}).encode())
 
 
-def main(global_config=None, **settings):
+def main(global_config=None, load=0, **settings):
+    LOADED.extend({"i": i, "l": [i]} for i in range(load))
     with Configurator(settings=settings) as config:
         config.include("aiopyramid")
         for name, view in [("hello", hello), ("cycle", cycle), ("live", live)]:
