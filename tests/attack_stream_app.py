@@ -1,0 +1,43 @@
+"""ATTACK (attack-exec): a plain view (run in the executor) that streams
+its response from a generator doing blocking work between pieces (rows
+from a database cursor, a file being made).
+
+/stream     (plain) yields "first", then waits (at most 10 s) until /go
+            has run, then yields "released" (or "timed out")
+/go         (coroutine) lets /stream go on
+/hello      ready check
+"""
+import threading
+
+from pyramid.config import Configurator
+from pyramid.response import Response
+
+go = threading.Event()
+
+
+def stream(request):
+    go.clear()
+
+    def pieces():
+        yield b"first\n"
+        yield b"released\n" if go.wait(10) else b"timed out\n"
+
+    return Response(app_iter=pieces(), content_type="text/plain")
+
+
+async def go_view(request):
+    go.set()
+    return Response(b"went")
+
+
+def hello(request):
+    return Response(b"Hello, world!")
+
+
+def main(global_config=None, **settings):
+    with Configurator(settings=settings) as config:
+        config.include("aiopyramid")
+        for name, view in [("stream", stream), ("go", go_view), ("hello", hello)]:
+            config.add_route(name, "/" + name)
+            config.add_view(view, route_name=name)
+        return config.make_wsgi_app()
