@@ -26,6 +26,9 @@ import threading
 import weakref
 from asyncio import events, futures, run_coroutine_threadsafe
 
+import greenlet
+
+from . import _core
 from ._core import _waiting_thread
 
 # 3.14 changed the pool's work items and its workers' loop: its own queue
@@ -216,6 +219,70 @@ class Executor(concurrent.futures.ThreadPoolExecutor):
             if f is not None:
                 return f
         return super().submit(fn, *args, **kwargs)
+
+
+_END = object()
+
+
+class ThreadAppIter:
+    """A plain view's streamed response (an app_iter that is not a list or
+    a tuple: a generator, say) made piece by piece in the view's executor,
+    its request greenlet waiting meanwhile, so that blocking work between
+    pieces (a database cursor, a file being made) never holds the loop;
+    close() runs there too.  Iterated where no request greenlet can wait
+    (a test reading the body after the request), it runs right there."""
+
+    __slots__ = ("_app_iter", "_it", "_loop", "_step", "_close")
+
+    def __init__(self, app_iter, loop, executor):
+        self._app_iter = app_iter
+        self._it = None
+        self._loop = loop
+        self._step = _core.use_executor(self._next_piece, executor=executor)
+        self._close = _core.use_executor(self._close_now, executor=executor)
+
+    def _next_piece(self):
+        if self._it is None:
+            self._it = iter(self._app_iter)
+        return next(self._it, _END)
+
+    def _close_now(self):
+        close = getattr(self._app_iter, "close", None)
+        if close is not None:
+            close()
+
+    def _waits(self):
+        return (events._get_running_loop() is self._loop
+                and greenlet.getcurrent().parent is not None)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._waits():
+            piece = _core.await_(self._step())
+        else:
+            piece = self._next_piece()
+        if piece is _END:
+            raise StopIteration
+        return piece
+
+    def close(self):
+        if self._waits():
+            _core.await_(self._close())
+        else:
+            self._close_now()
+
+
+def stream_in_thread(response, loop, executor):
+    """response, its app_iter made in executor (ThreadAppIter) unless it is
+    the server's wsgi.file_wrapper (reads of a file, left as they are);
+    called by _core for a plain view whose response's app_iter is not a
+    list or a tuple."""
+    app_iter = response.app_iter
+    if not isinstance(app_iter, (_core.FileWrapper, ThreadAppIter)):
+        response.app_iter = ThreadAppIter(app_iter, loop, executor)
+    return response
 
 
 def tracking_loop_class(base):

@@ -286,6 +286,7 @@ PyObject *bridge_run_in_executor(modstate *st, PyObject *loop,
                                  PyObject *args, PyObject *kwargs,
                                  PyObject *request, PyObject **callp);
 int bridge_wait_running_call(modstate *st, PyObject *call);
+PyObject *import_attr(const char *module, const char *name, int optional);
 
 /* mappers.c */
 int mappers_init(PyObject *module, modstate *st);

@@ -29,3 +29,48 @@ def test_attack_a_plain_views_generator_does_not_hold_the_loop(gunicorn, loop):
             assert read_to_eof(g).endswith(b"went")
         got += read_to_eof(s)
     assert b"released" in got and b"timed out" not in got, got
+
+
+def test_attack_a_streamed_plain_response_read_outside_the_request(run, make_app):
+    """Read where no request greenlet can wait (the body read by the test
+    after the request, on the loop's own greenlet): its pieces are made
+    right there, in order, and its generator closed."""
+    import threading
+
+    from pyramid.response import Response
+
+    from .conftest import get
+
+    closed = []
+
+    def view(request):
+        def pieces():
+            try:
+                for i in range(3):
+                    yield b"%d %s;" % (i, threading.current_thread().name.encode())
+            finally:
+                closed.append(True)
+
+        return Response(app_iter=pieces())
+
+    def configure(config):
+        config.add_route("s", "/s")
+        config.add_view(view, route_name="s")
+
+    app = make_app(configure)
+
+    async def main():
+        r = await get(app, "/s")
+        return r.body
+
+    body = run(main())
+    assert body.count(b";") == 3 and body.startswith(b"0 ") and closed
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_attack_head_of_a_streamed_plain_response(gunicorn, loop):
+    srv = gunicorn(app="attack_stream_app:main()", env={"AIOPYRAMID_LOOP": loop})
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as s:
+        s.sendall(b"HEAD /stream HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        got = read_to_eof(s)
+    assert got.startswith(b"HTTP/1.1 200") and got.endswith(b"\r\n\r\n"), got
