@@ -74,3 +74,35 @@ def test_attack_head_of_a_streamed_plain_response(gunicorn, loop):
         s.sendall(b"HEAD /stream HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         got = read_to_eof(s)
     assert got.startswith(b"HTTP/1.1 200") and got.endswith(b"\r\n\r\n"), got
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_attack_clients_leaving_mid_stream_get_their_generators_closed(
+        gunicorn, loop):
+    """Clients that reset (or close) while a plain view's generator is
+    making its pieces in a thread: every generator is closed (its
+    `finally` runs) soon after, not left to the cyclic collector."""
+    import struct
+    import time
+
+    srv = gunicorn(app="attack_stream_app:main()", env={"AIOPYRAMID_LOOP": loop})
+    n = 6
+    for i in range(n):
+        s = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+        s.sendall(b"GET /long HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert s.recv(1000).startswith(b"HTTP/1.1 200")
+        if i % 2:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+
+    def closed():
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=15) as c:
+            c.sendall(b"GET /closed HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            return int(read_to_eof(c).partition(b"\r\n\r\n")[2])
+
+    for _ in range(300):
+        if closed() == n:
+            break
+        time.sleep(0.05)
+    assert closed() == n
+    assert "already executing" not in srv.log()
