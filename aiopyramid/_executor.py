@@ -224,32 +224,42 @@ class Executor(concurrent.futures.ThreadPoolExecutor):
 _END = object()
 
 
+def _next_piece(stream):
+    with stream._lock:
+        if stream._it is None:
+            stream._it = iter(stream._app_iter)
+        return next(stream._it, _END)
+
+
+def _close_stream(stream):
+    # after the piece in the making, if any (a generator cannot be closed
+    # while it runs in another thread)
+    with stream._lock:
+        close = getattr(stream._app_iter, "close", None)
+        if close is not None:
+            close()
+
+
 class ThreadAppIter:
     """A plain view's streamed response (an app_iter that is not a list or
     a tuple: a generator, say) made piece by piece in the view's executor,
     its request greenlet waiting meanwhile, so that blocking work between
     pieces (a database cursor, a file being made) never holds the loop;
-    close() runs there too.  Iterated where no request greenlet can wait
-    (a test reading the body after the request), it runs right there."""
+    close() runs there too, after the piece in the making.  Iterated where
+    no request greenlet can wait (a test reading the body after the
+    request), it runs right there.  (Its jobs are module functions given
+    the stream: bound methods kept on it would make a cycle, its generator
+    left unclosed until the cyclic collector runs.)"""
 
-    __slots__ = ("_app_iter", "_it", "_loop", "_step", "_close")
+    __slots__ = ("_app_iter", "_it", "_loop", "_lock", "_step", "_close")
 
     def __init__(self, app_iter, loop, executor):
         self._app_iter = app_iter
         self._it = None
         self._loop = loop
-        self._step = _core.use_executor(self._next_piece, executor=executor)
-        self._close = _core.use_executor(self._close_now, executor=executor)
-
-    def _next_piece(self):
-        if self._it is None:
-            self._it = iter(self._app_iter)
-        return next(self._it, _END)
-
-    def _close_now(self):
-        close = getattr(self._app_iter, "close", None)
-        if close is not None:
-            close()
+        self._lock = threading.Lock()
+        self._step = _core.use_executor(_next_piece, executor=executor)
+        self._close = _core.use_executor(_close_stream, executor=executor)
 
     def _waits(self):
         return (events._get_running_loop() is self._loop
@@ -260,18 +270,18 @@ class ThreadAppIter:
 
     def __next__(self):
         if self._waits():
-            piece = _core.await_(self._step())
+            piece = _core.await_(self._step(self))
         else:
-            piece = self._next_piece()
+            piece = _next_piece(self)
         if piece is _END:
             raise StopIteration
         return piece
 
     def close(self):
         if self._waits():
-            _core.await_(self._close())
+            _core.await_(self._close(self))
         else:
-            self._close_now()
+            _close_stream(self)
 
 
 def stream_in_thread(response, loop, executor):
