@@ -6,6 +6,7 @@ never frees it, only the cyclic collector does.
 /hello      ready check
 /cycle      leaves one cycle holding a 64 KiB buffer
 /live       how many of those cycles are still alive, the worker's RSS
+/private    the worker's private dirty memory, in MiB
 
 main(load=N) makes N small objects while the app loads (with --preload,
 in gunicorn's master, shared with the forked workers).
@@ -46,11 +47,20 @@ def live(request):
     return Response(json.dumps({"alive": len(_alive), "rss": rss}).encode())
 
 
+def private(request):
+    with open("/proc/self/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Private_Dirty:"):
+                return Response(b"%d" % (int(line.split()[1]) // 1024))
+    return Response(b"-1")
+
+
 def main(global_config=None, load=0, **settings):
     LOADED.extend({"i": i, "l": [i]} for i in range(load))
     with Configurator(settings=settings) as config:
         config.include("aiopyramid")
-        for name, view in [("hello", hello), ("cycle", cycle), ("live", live)]:
+        for name, view in [("hello", hello), ("cycle", cycle), ("live", live),
+                           ("private", private)]:
             config.add_route(name, "/" + name)
             config.add_view(view, route_name=name)
         return config.make_wsgi_app()
