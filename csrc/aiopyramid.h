@@ -58,6 +58,7 @@ typedef struct {
     PyObject *str_make_body_seekable;
     PyObject *str_content_length;  /* CONTENT_LENGTH */
     PyObject *str_transfer_encoding; /* HTTP_TRANSFER_ENCODING */
+    PyObject *str_app_iter;        /* _app_iter (WebOb's Response) */
     PyObject *str_foreign_wait;    /* _aiopyramid_wait: a foreign driver's
                                       wait(yielded), on its greenlet */
     PyObject *executor_strs;       /* tuple of interned strings, see

@@ -179,7 +179,7 @@ stream_in_thread(modstate *st, PyObject **rp, PyObject *loop,
                  PyObject *executor)
 {
     PyObject *it = NULL;
-    if (PyObject_GetOptionalAttrString(*rp, "_app_iter", &it) < 0)
+    if (PyObject_GetOptionalAttr(*rp, st->str_app_iter, &it) < 0)
         return -1;
     if (it == NULL || PyList_CheckExact(it) || PyTuple_CheckExact(it)) {
         Py_XDECREF(it);
