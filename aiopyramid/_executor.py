@@ -26,6 +26,9 @@ import threading
 import weakref
 from asyncio import events, futures, run_coroutine_threadsafe
 
+import greenlet
+
+from . import _core
 from ._core import _waiting_thread
 
 # 3.14 changed the pool's work items and its workers' loop: its own queue
@@ -169,6 +172,26 @@ def shutdown_pools():
         pool.shutdown(wait=False, cancel_futures=True)
 
 
+class _IdleThreads:
+    """ThreadPoolExecutor's ``_idle_semaphore`` for a WorkQueue, which knows
+    its idle threads: acquire() (no new thread) is True while the threads
+    idle or on their way suffice for what is queued.  A semaphore counted
+    wrong here: a thread that runs views inside get() never releases it,
+    so a plain job's release counted a thread idle that a view then took,
+    and the pool did not grow for the next view."""
+
+    __slots__ = ("_queue",)
+
+    def __init__(self, queue):
+        self._queue = queue
+
+    def acquire(self, blocking=True, timeout=None):
+        return self._queue._spare()
+
+    def release(self, n=1):
+        pass
+
+
 class Executor(concurrent.futures.ThreadPoolExecutor):
     """A ThreadPoolExecutor that hands a job submitted by a synchronized
     coroutine, whose caller's thread waits for it, to that thread.
@@ -186,6 +209,7 @@ class Executor(concurrent.futures.ThreadPoolExecutor):
         super().__init__(*args, **kwargs)
         if _WorkQueue is not None:
             self._work_queue = _WorkQueue()
+            self._idle_semaphore = _IdleThreads(self._work_queue)
         _pools.add(self)
 
     def submit(self, fn, /, *args, **kwargs):
@@ -195,6 +219,80 @@ class Executor(concurrent.futures.ThreadPoolExecutor):
             if f is not None:
                 return f
         return super().submit(fn, *args, **kwargs)
+
+
+_END = object()
+
+
+def _next_piece(stream):
+    with stream._lock:
+        if stream._it is None:
+            stream._it = iter(stream._app_iter)
+        return next(stream._it, _END)
+
+
+def _close_stream(stream):
+    # after the piece in the making, if any (a generator cannot be closed
+    # while it runs in another thread)
+    with stream._lock:
+        close = getattr(stream._app_iter, "close", None)
+        if close is not None:
+            close()
+
+
+class ThreadAppIter:
+    """A plain view's streamed response (an app_iter that is not a list or
+    a tuple: a generator, say) made piece by piece in the view's executor,
+    its request greenlet waiting meanwhile, so that blocking work between
+    pieces (a database cursor, a file being made) never holds the loop;
+    close() runs there too, after the piece in the making.  Iterated where
+    no request greenlet can wait (a test reading the body after the
+    request), it runs right there.  (Its jobs are module functions given
+    the stream: bound methods kept on it would make a cycle, its generator
+    left unclosed until the cyclic collector runs.)"""
+
+    __slots__ = ("_app_iter", "_it", "_loop", "_lock", "_step", "_close")
+
+    def __init__(self, app_iter, loop, executor):
+        self._app_iter = app_iter
+        self._it = None
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._step = _core.use_executor(_next_piece, executor=executor)
+        self._close = _core.use_executor(_close_stream, executor=executor)
+
+    def _waits(self):
+        return (events._get_running_loop() is self._loop
+                and greenlet.getcurrent().parent is not None)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._waits():
+            piece = _core.await_(self._step(self))
+        else:
+            piece = _next_piece(self)
+        if piece is _END:
+            raise StopIteration
+        return piece
+
+    def close(self):
+        if self._waits():
+            _core.await_(self._close(self))
+        else:
+            _close_stream(self)
+
+
+def stream_in_thread(response, loop, executor):
+    """response, its app_iter made in executor (ThreadAppIter) unless it is
+    the server's wsgi.file_wrapper (reads of a file, left as they are);
+    called by _core for a plain view whose response's app_iter is not a
+    list or a tuple."""
+    app_iter = response.app_iter
+    if not isinstance(app_iter, (_core.FileWrapper, ThreadAppIter)):
+        response.app_iter = ThreadAppIter(app_iter, loop, executor)
+    return response
 
 
 def tracking_loop_class(base):

@@ -128,6 +128,11 @@ def HttpServer(
     websockets: the ``aiopyramid.websocket._server.WebsocketConnections``
     that counts this server's websockets (one is made when None), put in
     each request's environ for ``WebsocketMapper``."""
+    if not callable(getattr(loop, "create_future", None)):
+        raise TypeError(
+            "HttpServer(app, loop): loop is the event loop that serves it "
+            "(asyncio.get_running_loop() in a coroutine), not %r" % (loop,)
+        )
     environ = dict(base_environ or ())
     script_name = environ.setdefault("SCRIPT_NAME", "")
     if not isinstance(script_name, str):

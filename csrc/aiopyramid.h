@@ -58,6 +58,7 @@ typedef struct {
     PyObject *str_make_body_seekable;
     PyObject *str_content_length;  /* CONTENT_LENGTH */
     PyObject *str_transfer_encoding; /* HTTP_TRANSFER_ENCODING */
+    PyObject *str_app_iter;        /* _app_iter (WebOb's Response) */
     PyObject *str_foreign_wait;    /* _aiopyramid_wait: a foreign driver's
                                       wait(yielded), on its greenlet */
     PyObject *executor_strs;       /* tuple of interned strings, see
@@ -289,7 +290,9 @@ int bridge_is_coroutine_function(modstate *st, PyObject *obj);
 PyObject *bridge_run_in_executor(modstate *st, PyObject *loop,
                                  PyObject *executor, PyObject *fn,
                                  PyObject *args, PyObject *kwargs,
-                                 PyObject *request);
+                                 PyObject *request, PyObject **callp);
+int bridge_wait_running_call(modstate *st, PyObject *call);
+PyObject *import_attr(const char *module, const char *name, int optional);
 
 /* mappers.c */
 int mappers_init(PyObject *module, modstate *st);

@@ -170,6 +170,34 @@ prepare_body_for_thread(modstate *st, PyObject *request, Py_ssize_t limit,
     return rc;
 }
 
+/* A plain view's response whose app_iter is made as it is iterated (a
+ * generator, not a list or a tuple: WebOb keeps it in _app_iter): its
+ * pieces are made in the view's executor too (_executor.ThreadAppIter),
+ * not on the loop.  0, or -1 with an exception. */
+static int
+stream_in_thread(modstate *st, PyObject **rp, PyObject *loop,
+                 PyObject *executor)
+{
+    PyObject *it = NULL;
+    if (PyObject_GetOptionalAttr(*rp, st->str_app_iter, &it) < 0)
+        return -1;
+    if (it == NULL || PyList_CheckExact(it) || PyTuple_CheckExact(it)) {
+        Py_XDECREF(it);
+        return 0;
+    }
+    Py_DECREF(it);
+    PyObject *f = import_attr("aiopyramid._executor", "stream_in_thread", 0);
+    if (f == NULL)
+        return -1;
+    PyObject *r = PyObject_CallFunctionObjArgs(
+        f, *rp, loop, executor ? executor : Py_None, NULL);
+    Py_DECREF(f);
+    if (r == NULL)
+        return -1;
+    Py_SETREF(*rp, r);
+    return 0;
+}
+
 static PyObject *
 mapped_run(PyObject *op, PyObject *const *args, size_t nargsf,
            PyObject *kwnames)
@@ -218,15 +246,26 @@ mapped_run(PyObject *op, PyObject *const *args, size_t nargsf,
     }
     PyObject *fn = PyCFunction_New(&invoke_def, op);
     PyObject *fargs = fn ? PyTuple_Pack(2, context, request) : NULL;
-    PyObject *fut = NULL, *r = NULL;
+    PyObject *fut = NULL, *r = NULL, *call = NULL;
     if (fargs != NULL)
         fut = bridge_run_in_executor(st, loop, self->executor, fn, fargs,
-                                     NULL, request);
+                                     NULL, request, &call);
     if (fut != NULL)
         r = bridge_await(st, fut);
+    if (r == NULL && call != NULL &&
+        PyErr_ExceptionMatches(st->CancelledError)) {
+        /* cancelled while the view runs in its thread: its end first */
+        PyObject *exc = exc_take();
+        if (bridge_wait_running_call(st, call) < 0)
+            PyErr_Clear();
+        exc_restore(exc);
+    }
+    Py_XDECREF(call);
     Py_XDECREF(fut);
     Py_XDECREF(fargs);
     Py_XDECREF(fn);
+    if (r != NULL && stream_in_thread(st, &r, loop, self->executor) < 0)
+        Py_CLEAR(r);
     Py_DECREF(loop);
     return r;
 }

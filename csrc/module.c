@@ -18,7 +18,7 @@
     X(str_blocking) X(str_set_result) X(str_set_exception)                   \
     X(str_result) X(str_push) X(str_pop) X(str_registry) X(str_request)       \
     X(str_view_attr) X(str_make_body_seekable)                    \
-    X(str_content_length) X(str_transfer_encoding)                           \
+    X(str_content_length) X(str_transfer_encoding) X(str_app_iter)           \
     X(str_foreign_wait)                                                      \
     X(executor_strs) X(threadlocal_manager) X(tl_class) X(tl_stack)           \
     X(tl_pusher)                                                              \
@@ -77,6 +77,7 @@ intern_strings(modstate *st)
     INTERN(str_make_body_seekable, "make_body_seekable")
     INTERN(str_content_length, "CONTENT_LENGTH")
     INTERN(str_transfer_encoding, "HTTP_TRANSFER_ENCODING")
+    INTERN(str_app_iter, "_app_iter")
     INTERN(str_foreign_wait, "_aiopyramid_wait")
 #undef INTERN
     return 0;

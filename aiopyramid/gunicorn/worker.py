@@ -98,7 +98,7 @@ def _gc_kind():
     return kind
 
 
-def _tune_gc(connections):
+def _tune_gc(connections, preloaded=False):
     """The cyclic collector, once the app is loaded (AIOPYRAMID_GC=python
     leaves it as Python set it).
 
@@ -116,8 +116,15 @@ def _tune_gc(connections):
     GC_YOUNG_PER_CONNECTION objects per worker connection: the collector
     runs when that many objects were made and not freed, which requests
     that do not leak cycles never do.  Cyclic garbage is still collected,
-    GC_YOUNG_MAX objects at a time at most."""
-    gc.collect()
+    GC_YOUNG_MAX objects at a time at most.
+
+    A preloaded app (gunicorn --preload) was loaded in the master, its
+    pages shared with this forked worker: it is frozen without a
+    collection first (a collection writes every object's GC header, and
+    made the whole app private to each worker at once); what garbage its
+    loading left stays frozen with it."""
+    if not preloaded:
+        gc.collect()
     gc.freeze()
     thresholds = gc.get_threshold()
     if thresholds in _GC_PYTHON_THRESHOLDS:
@@ -271,7 +278,8 @@ class AsyncGunicornWorker(base.Worker):
     def run(self):
         # the app is loaded (gunicorn loads it before run())
         if self._gc_kind == "tuned":
-            _tune_gc(self.cfg.worker_connections)
+            _tune_gc(self.cfg.worker_connections,
+                     preloaded=bool(self.cfg.preload_app))
         try:
             self.loop.run_until_complete(self._serve())
             self.loop.run_until_complete(self.loop.shutdown_asyncgens())

@@ -57,7 +57,7 @@ delegate_start(modstate *st, Delegate *self)
         }
         started = bridge_run_in_executor(st, loop, self->executor,
                                          self->func, self->args,
-                                         self->kwargs, NULL);
+                                         self->kwargs, NULL, NULL);
         Py_DECREF(loop);
         break;
     }

@@ -15,7 +15,9 @@
  *   over, not before the loop has run this iteration's callbacks (woken
  *   at once, the thread would wait for the GIL the loop holds, and take
  *   it at each of the loop's callback boundaries: a thread switch per
- *   request);
+ *   request); the pool grows, as ThreadPoolExecutor's, when more is queued
+ *   than its threads idle or on their way can take (the queue counts them:
+ *   ThreadPoolExecutor's idle semaphore cannot, see _executor._IdleThreads);
  * - a pool thread runs the views it takes in C, inside the queue's get(),
  *   without going back to the pool's Python loop;
  * - a finished call goes onto its loop's Completions list; only the one
@@ -58,7 +60,10 @@ typedef struct {
     PyObject *future;          /* the loop's future, as a pool's work item */
     PyObject *completions;     /* its loop's Completions, with future */
     PyObject *result, *exc;    /* the outcome, on its way to the loop */
+    PyObject *on_done;         /* a loop future set once the outcome is
+                                  back, cancelled or not */
     int cancel;                /* the pool cancelled the work item */
+    int running;               /* in its thread now */
 } ThreadCall;
 
 /* Pyramid's threadlocals for this thread when the manager is aiopyramid's
@@ -216,6 +221,20 @@ threadcall_complete(PyObject *op, PyObject *unused)
     ThreadCall *self = (ThreadCall *)op;
     modstate *st = state_of_type(Py_TYPE(op));
     PyObject *fut = self->future, *r;
+    if (self->on_done != NULL) {
+        /* a request cancelled while this ran waits for its end */
+        PyObject *w = self->on_done;
+        self->on_done = NULL;
+        r = PyObject_CallMethodNoArgs(w, ESTR(st, DONE));
+        if (r == Py_False) {
+            Py_DECREF(r);
+            r = PyObject_CallMethodOneArg(w, st->str_set_result, Py_None);
+        }
+        Py_DECREF(w);
+        if (r == NULL)
+            return NULL;
+        Py_DECREF(r);
+    }
     if (fut == NULL)
         Py_RETURN_NONE;
     r = PyObject_CallMethodNoArgs(fut, ESTR(st, DONE));
@@ -474,7 +493,9 @@ threadcall_run(PyObject *op, PyObject *unused)
     int skip = c == Py_True;
     Py_XDECREF(c);
     if (!skip) {
+        self->running = 1;
         PyObject *r = threadcall_call(op, NULL, NULL);
+        self->running = 0;
         if (r == NULL)
             Py_XSETREF(self->exc, exc_take());
         else
@@ -538,6 +559,7 @@ threadcall_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->completions);
     Py_VISIT(self->result);
     Py_VISIT(self->exc);
+    Py_VISIT(self->on_done);
     return 0;
 }
 
@@ -555,6 +577,7 @@ threadcall_clear(PyObject *op)
     Py_CLEAR(self->completions);
     Py_CLEAR(self->result);
     Py_CLEAR(self->exc);
+    Py_CLEAR(self->on_done);
     return 0;
 }
 
@@ -591,6 +614,7 @@ typedef struct {
     PyObject **items;        /* ring buffer */
     Py_ssize_t head, len, cap;
     qwaiter *idle;           /* threads blocked in get(), last idle first */
+    Py_ssize_t n_idle;       /* how many */
     int waking;              /* woken, not yet back from their wait */
     int wake_scheduled;      /* a _wake() is on wake_loop's ready queue */
     PyObject *wake_loop;     /* (a pool can serve several loops, and a loop
@@ -634,9 +658,18 @@ wq_wake_one(WorkQueue *q)
 {
     qwaiter *w = q->idle;
     q->idle = w->next;
+    q->n_idle--;
     w->woken = 1;
     q->waking++;
     PyThread_release_lock(w->lock);
+}
+
+/* the threads idle or on their way to the queue are enough for what it
+ * holds: no new thread is needed for it */
+static inline int
+wq_spare(WorkQueue *q)
+{
+    return q->len <= q->n_idle + q->waking;
 }
 
 /* a thread comes for what is queued: one on its way already, or one woken */
@@ -732,6 +765,7 @@ wq_get_impl(WorkQueue *q, int block, double timeout, int run_calls)
         PyThread_acquire_lock(w.lock, WAIT_LOCK); /* the waker releases it */
         w.next = q->idle;
         q->idle = &w;
+        q->n_idle++;
         Py_BEGIN_ALLOW_THREADS
         PyThread_acquire_lock_timed(w.lock, wait_us, 0);
         Py_END_ALLOW_THREADS
@@ -744,6 +778,7 @@ wq_get_impl(WorkQueue *q, int block, double timeout, int run_calls)
             while (*p != &w)
                 p = &(*p)->next;
             *p = w.next;
+            q->n_idle--;
         }
         PyThread_free_lock(w.lock);
     }
@@ -797,6 +832,15 @@ static PyObject *
 wq_qsize(PyObject *op, PyObject *unused)
 {
     return PyLong_FromSsize_t(((WorkQueue *)op)->len);
+}
+
+/* _spare(): True when the threads idle or on their way suffice for what is
+ * queued (the Executor's stand-in for ThreadPoolExecutor's idle
+ * semaphore: a thread that runs views inside get() never releases it) */
+static PyObject *
+wq_spare_py(PyObject *op, PyObject *unused)
+{
+    return PyBool_FromLong(wq_spare((WorkQueue *)op));
 }
 
 static PyObject *
@@ -858,6 +902,7 @@ static PyMethodDef wq_methods[] = {
     {"get_nowait", wq_get_nowait, METH_NOARGS, NULL},
     {"empty", wq_empty, METH_NOARGS, NULL},
     {"qsize", wq_qsize, METH_NOARGS, NULL},
+    {"_spare", wq_spare_py, METH_NOARGS, NULL},
     {"_wake", wq_wake_cb, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
@@ -880,6 +925,30 @@ static PyType_Spec wq_spec = {
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
     .slots = wq_slots,
 };
+
+/* One more thread for the pool ex, unless it has max_workers (its
+ * _adjust_thread_count asks the queue's _spare(), not a semaphore). */
+static int
+pool_grow(modstate *st, PyObject *ex)
+{
+    PyObject *v = PyObject_GetAttr(ex, ESTR(st, THREADS));
+    Py_ssize_t n = v == NULL ? -1 : PyObject_Size(v);
+    Py_XDECREF(v);
+    if (n < 0)
+        return -1;
+    v = PyObject_GetAttr(ex, ESTR(st, MAX_WORKERS));
+    Py_ssize_t max = v == NULL ? -1 : PyLong_AsSsize_t(v);
+    Py_XDECREF(v);
+    if (max == -1 && PyErr_Occurred())
+        return -1;
+    if (n >= max)
+        return 0;
+    v = PyObject_CallMethodNoArgs(ex, ESTR(st, ADJUST_THREAD_COUNT));
+    if (v == NULL)
+        return -1;
+    Py_DECREF(v);
+    return 0;
+}
 
 /* On the loop's thread: the view onto an aiopyramid Executor's queue, its
  * thread woken once this loop iteration's callbacks have run; refused as
@@ -922,6 +991,13 @@ submit_call(modstate *st, PyObject *ex, WorkQueue *q, ThreadCall *call)
     call->completions = completions_for(st, call->loop);
     if (call->completions == NULL || wq_push(q, (PyObject *)call) < 0)
         return -1;
+    /* more queued than threads idle or on their way (every thread busy,
+     * or views came faster than the idle ones are woken): one more while
+     * the pool may grow, as ThreadPoolExecutor.submit would (a view that
+     * blocks must not keep the next one waiting with the pool not full).
+     * A pool only grows, so this is done max_workers times at most */
+    if (!wq_spare(q) && pool_grow(st, ex) < 0)
+        return -1;
     if (q->waking > 0 || (q->wake_scheduled && q->wake_loop == call->loop))
         return 0;
     if (q->idle != NULL) {
@@ -935,25 +1011,6 @@ submit_call(modstate *st, PyObject *ex, WorkQueue *q, ThreadCall *call)
         Py_DECREF(h);
         q->wake_scheduled = 1;
         Py_XSETREF(q->wake_loop, Py_NewRef(call->loop));
-        return 0;
-    }
-    /* every thread busy: one more while the pool may grow (a busy one takes
-     * the call otherwise, once its job is done) */
-    v = PyObject_GetAttr(ex, ESTR(st, THREADS));
-    Py_ssize_t n = v == NULL ? -1 : PyObject_Size(v);
-    Py_XDECREF(v);
-    if (n < 0)
-        return -1;
-    v = PyObject_GetAttr(ex, ESTR(st, MAX_WORKERS));
-    Py_ssize_t max = v == NULL ? -1 : PyLong_AsSsize_t(v);
-    Py_XDECREF(v);
-    if (max == -1 && PyErr_Occurred())
-        return -1;
-    if (n < max) {
-        v = PyObject_CallMethodNoArgs(ex, ESTR(st, ADJUST_THREAD_COUNT));
-        if (v == NULL)
-            return -1;
-        Py_DECREF(v);
     }
     return 0;
 }
@@ -961,7 +1018,7 @@ submit_call(modstate *st, PyObject *ex, WorkQueue *q, ThreadCall *call)
 PyObject *
 bridge_run_in_executor(modstate *st, PyObject *loop, PyObject *executor,
                        PyObject *fn, PyObject *args, PyObject *kwargs,
-                       PyObject *request)
+                       PyObject *request, PyObject **callp)
 {
     ThreadCall *call = PyObject_GC_New(ThreadCall, st->ThreadCallType);
     if (call == NULL)
@@ -973,7 +1030,8 @@ bridge_run_in_executor(modstate *st, PyObject *loop, PyObject *executor,
     call->kwargs = Py_XNewRef(kwargs);
     call->request = Py_XNewRef(request);
     call->future = call->result = call->exc = call->completions = NULL;
-    call->cancel = 0;
+    call->on_done = NULL;
+    call->cancel = call->running = 0;
     PyObject_GC_Track(call);
     if (call->ctx == NULL) {
         Py_DECREF(call);
@@ -1020,6 +1078,8 @@ bridge_run_in_executor(modstate *st, PyObject *loop, PyObject *executor,
         Py_DECREF(queue);
         Py_DECREF(ex);
         PyObject *fut = rc < 0 ? NULL : Py_NewRef(call->future);
+        if (fut != NULL && callp != NULL)
+            *callp = Py_NewRef(call);
         Py_DECREF(call);
         return fut;
     }
@@ -1032,6 +1092,33 @@ bridge_run_in_executor(modstate *st, PyObject *loop, PyObject *executor,
         NULL);
     Py_DECREF(call);
     return fut;
+}
+
+/* A request cancelled while its view runs in a pool's thread (the client
+ * left, a timeout): the request's greenlet waits here for the view's end
+ * before its cancellation goes on, so its tweens and finished callbacks do
+ * not unwind (close its session, give its connection back to a pool) under
+ * the view still using them, as anyio's to_thread.run_sync waits.  A
+ * second cancellation while it waits goes on at once.  0, or -1 with an
+ * exception (the caller keeps its own). */
+int
+bridge_wait_running_call(modstate *st, PyObject *op)
+{
+    if (op == NULL || !Py_IS_TYPE(op, st->ThreadCallType))
+        return 0;
+    ThreadCall *self = (ThreadCall *)op;
+    if (!self->running || self->on_done != NULL)
+        return 0;
+    PyObject *w = PyObject_CallMethodNoArgs(self->loop, ESTR(st, CREATE_FUTURE));
+    if (w == NULL)
+        return -1;
+    self->on_done = Py_NewRef(w);
+    PyObject *r = bridge_await(st, w);
+    Py_DECREF(w);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
 }
 
 int

@@ -1,0 +1,98 @@
+"""ATTACK (attack-exec): the gunicorn worker's GC tuning (gc.freeze, the
+young threshold raised to 50 objects per worker connection) against an
+app whose requests each leave a reference cycle behind.  Reference counting
+never frees such garbage; the collector does, once the young generation
+holds `threshold` objects.  A cycle of one or two objects holding a buffer
+then waits for tens of thousands of requests under the tuning (50,000
+objects at gunicorn's default 1,000 connections), a few hundred under
+Python's own threshold: the memory it holds grows with the threshold, not
+with what the collector counts."""
+import json
+import socket
+
+import pytest
+
+from .rawhttp import read_to_eof
+
+pytest.importorskip("gunicorn")
+
+REQUESTS = 1000
+
+
+def _get(port, path):
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
+        s.sendall(b"GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+                  % path.encode())
+        head, _, body = read_to_eof(s).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return body
+
+
+@pytest.mark.parametrize("kind", [
+    "python",
+    pytest.param("tuned", marks=pytest.mark.xfail(strict=True, reason=(
+        "ATTACK finding, not fixed: the tuned young threshold (50 objects "
+        "per worker connection) lets cyclic garbage pile up for tens of "
+        "thousands of requests; a bound needs the tuning to back off when "
+        "collections find garbage (see the attack-exec report)"))),
+])
+def test_attack_cycles_per_request_are_collected_as_python_would(gunicorn, kind):
+    """Each /cycle leaves one cycle holding 64 KiB.  Under Python's own
+    threshold (700) no more than a few hundred are alive at once; the
+    tuning must stay within the same bound (it kept all 1,000 alive: 64
+    MiB here, 1 GiB with 1 MiB buffers, per worker)."""
+    srv = gunicorn("--worker-connections", "1000", app="attack_gc_app:main()",
+                   env={"AIOPYRAMID_GC": kind})
+    most = 0
+    for i in range(REQUESTS):
+        assert _get(srv.port, "/cycle") == b"ok"
+        if i % 10 == 9:
+            most = max(most, json.loads(_get(srv.port, "/live"))["alive"])
+    assert most < 700, "%d cycles of 64 KiB alive at once" % most
+
+
+def test_attack_preloaded_app_pages_stay_shared(gunicorn):
+    """With --preload the app is loaded in gunicorn's master and its pages
+    are shared with the forked workers until written.  The tuning's
+    gc.collect() in the worker wrote the GC header of every object of the
+    app (300,000 small dicts and lists here, about 50 MiB): the worker made
+    them all private at once (52 MiB private against 7 MiB with
+    AIOPYRAMID_GC=python), the contrary of what the README promises."""
+    private = {}
+    for kind in ("python", "tuned"):
+        srv = gunicorn("--preload", app="attack_gc_app:main(load=300000)",
+                       env={"AIOPYRAMID_GC": kind})
+        assert _get(srv.port, "/hello") == b"Hello, world!"
+        private[kind] = int(_get(srv.port, "/private"))
+        srv.stop()
+    assert private["tuned"] <= private["python"] + 15, private
+
+
+@pytest.mark.parametrize("kind", [
+    "python",
+    pytest.param("tuned", marks=pytest.mark.xfail(strict=True, reason=(
+        "ATTACK finding, not fixed: under the tuned threshold each refused "
+        "upload keeps its spooled temporary file open until a collection, "
+        "about 1,000 requests later (see the attack-exec report)"))),
+])
+def test_attack_refused_uploads_do_not_hold_their_files_open(gunicorn, kind):
+    """A plain view that refuses an upload of 100 kB (past the 64 KiB read
+    into memory: spooled to a temporary file before the view's thread)
+    with HTTPForbidden: Pyramid's exception view leaves a cycle holding the
+    request, its environ and the open file.  Python's threshold collects
+    it within a few dozen requests (at most 49 descriptors open here);
+    the tuning kept every one of 600 open (600 descriptors, and their disk
+    space: 1,000 refused 10 MB uploads hold 10 GB of /tmp)."""
+    import socket as _socket
+
+    srv = gunicorn(app="attack_gc_app:main()", env={"AIOPYRAMID_GC": kind})
+    body = b"y" * 100000
+    start = most = int(_get(srv.port, "/fds"))
+    for i in range(600):
+        with _socket.create_connection(("127.0.0.1", srv.port), timeout=15) as s:
+            s.sendall(b"POST /refuse HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+                      b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            assert read_to_eof(s).startswith(b"HTTP/1.1 403")
+        if i % 20 == 19:
+            most = max(most, int(_get(srv.port, "/fds")))
+    assert most - start < 200, (start, most)
