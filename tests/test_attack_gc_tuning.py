@@ -30,11 +30,7 @@ def _get(port, path):
 
 @pytest.mark.parametrize("kind", [
     "python",
-    pytest.param("tuned", marks=pytest.mark.xfail(strict=True, reason=(
-        "ATTACK finding, not fixed: the tuned young threshold (50 objects "
-        "per worker connection) lets cyclic garbage pile up for tens of "
-        "thousands of requests; a bound needs the tuning to back off when "
-        "collections find garbage (see the attack-exec report)"))),
+    "tuned",
 ])
 def test_attack_cycles_per_request_are_collected_as_python_would(gunicorn, kind):
     """Each /cycle leaves one cycle holding 64 KiB.  Under Python's own
@@ -70,10 +66,7 @@ def test_attack_preloaded_app_pages_stay_shared(gunicorn):
 
 @pytest.mark.parametrize("kind", [
     "python",
-    pytest.param("tuned", marks=pytest.mark.xfail(strict=True, reason=(
-        "ATTACK finding, not fixed: under the tuned threshold each refused "
-        "upload keeps its spooled temporary file open until a collection, "
-        "about 1,000 requests later (see the attack-exec report)"))),
+    "tuned",
 ])
 def test_attack_refused_uploads_do_not_hold_their_files_open(gunicorn, kind):
     """A plain view that refuses an upload of 100 kB (past the 64 KiB read

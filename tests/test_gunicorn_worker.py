@@ -7,6 +7,7 @@ import re
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -406,16 +407,52 @@ def _gc_state(port):
 
 
 def test_gc_tuned_once_the_app_is_loaded(gunicorn):
-    # the young generation's threshold, 50 objects per worker connection:
-    # requests in flight (which die by reference counting) no longer set
-    # off collections; the app's objects are frozen, never traversed again
+    # the app's objects are frozen, never traversed again; with one
+    # connection open the young threshold is Python's own (it follows the
+    # connections open, not worker_connections: cyclic garbage waits no
+    # longer than without the tuning)
     srv = gunicorn("--worker-connections", "1000", app="gc_app:main()")
     state = _gc_state(srv.port)
     import gc as _gc
-    assert state["threshold"] == [50000] + list(_gc.get_threshold()[1:])
+    assert state["threshold"] == list(_gc.get_threshold())
     assert state["enabled"]
     assert state["frozen"] > 1000
     assert not state["loaded_seen"]
+
+
+def test_gc_young_threshold_follows_the_connections_open(gunicorn):
+    # 300 connections open: 100 objects per connection; once they are gone
+    # the worker's once-a-second loop brings it back to Python's
+    import gc as _gc
+    python_young = _gc.get_threshold()[0]
+    soft, hard = _raise_fd_limit(1024)
+    try:
+        srv = gunicorn("--worker-connections", "1000", app="gc_app:main()")
+        socks = []
+        try:
+            for _ in range(300):
+                c = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+                socks.append(c)
+            deadline = time.monotonic() + 10
+            while True:
+                young = _gc_state(srv.port)["threshold"][0]
+                if young >= 100 * 300 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            assert young >= 100 * 300, young
+        finally:
+            for c in socks:
+                c.close()
+        # halved at most once a second: 30,000 -> 700 in six seconds
+        deadline = time.monotonic() + 30
+        while True:
+            young = _gc_state(srv.port)["threshold"][0]
+            if young == python_young or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert young == python_young
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def _sleep_together(port, n):
@@ -456,8 +493,28 @@ def test_gc_requests_in_flight_set_off_no_collection(gunicorn, kind):
 
 
 def test_gc_young_threshold_is_bounded(gunicorn):
-    srv = gunicorn("--worker-connections", "10000", app="gc_app:main()")
-    assert _gc_state(srv.port)["threshold"][0] == 100000
+    # 1,100 connections open would ask for 110,000: at most 100,000
+    n = 1100
+    soft, hard = _raise_fd_limit(n + 512)
+    try:
+        srv = gunicorn("--worker-connections", "10000", app="gc_app:main()")
+        socks = []
+        try:
+            for _ in range(n):
+                socks.append(socket.create_connection(("127.0.0.1", srv.port),
+                                                      timeout=10))
+            deadline = time.monotonic() + 10
+            while True:
+                young = _gc_state(srv.port)["threshold"][0]
+                if young >= 100000 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            assert young == 100000
+        finally:
+            for c in socks:
+                c.close()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def test_gc_thresholds_the_app_set_are_kept(gunicorn):

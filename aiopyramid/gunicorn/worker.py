@@ -19,8 +19,8 @@ so does the worker class ``AsyncioGunicornWorker``, which always uses
 asyncio's loop.
 
 Once the app is loaded, the worker freezes its objects out of the cyclic
-collector's sight and raises the young generation's threshold (see
-``_tune_gc``); ``AIOPYRAMID_GC=python`` leaves the collector as Python set
+collector's sight and has the young generation's threshold follow the
+connections open (see ``_tune_gc`` and ``_GcPacer``); ``AIOPYRAMID_GC=python`` leaves the collector as Python set
 it, and an app that set its own thresholds keeps them.
 
 Settings honoured: bind (the arbiter's sockets), workers, worker_connections
@@ -54,10 +54,11 @@ __all__ = ["AsyncGunicornWorker", "AsyncioGunicornWorker"]
 LOOP_ENV = "AIOPYRAMID_LOOP"
 GC_ENV = "AIOPYRAMID_GC"
 ACCEPT_LOG_INTERVAL = 10  # s between two "accept() failed" lines
-# the young generation's threshold: this many objects per worker connection
+# the young generation's threshold: this many objects per connection open
 # (the objects of the requests in flight, which die by reference counting),
-# at most GC_YOUNG_MAX (a collection traverses them all)
-GC_YOUNG_PER_CONNECTION = 50
+# never below Python's own, at most GC_YOUNG_MAX (a collection traverses
+# them all)
+GC_YOUNG_PER_CONNECTION = 100
 GC_YOUNG_MAX = 100_000
 # the collector's thresholds as Python sets them (3.11 and 3.12; 3.13):
 # an app that set others keeps its own
@@ -98,9 +99,10 @@ def _gc_kind():
     return kind
 
 
-def _tune_gc(connections, preloaded=False):
+def _tune_gc(preloaded=False):
     """The cyclic collector, once the app is loaded (AIOPYRAMID_GC=python
-    leaves it as Python set it).
+    leaves it as Python set it): a _GcPacer, or None when the app set its
+    own thresholds (it keeps them).
 
     A collection traverses every tracked object of its generation and the
     younger ones.  With hundreds of requests in flight, Python's young
@@ -112,11 +114,8 @@ def _tune_gc(connections, preloaded=False):
     traverse the whole app too (tens of ms each, with every request in
     flight waiting).  So: the app's objects, collected once, are frozen (a
     collection never looks at them again; in a forked worker their memory
-    pages also stay shared), and the young threshold grows to
-    GC_YOUNG_PER_CONNECTION objects per worker connection: the collector
-    runs when that many objects were made and not freed, which requests
-    that do not leak cycles never do.  Cyclic garbage is still collected,
-    GC_YOUNG_MAX objects at a time at most.
+    pages also stay shared), and the young threshold follows the number of
+    connections open (_GcPacer).
 
     A preloaded app (gunicorn --preload) was loaded in the master, its
     pages shared with this forked worker: it is frozen without a
@@ -128,9 +127,48 @@ def _tune_gc(connections, preloaded=False):
     gc.freeze()
     thresholds = gc.get_threshold()
     if thresholds in _GC_PYTHON_THRESHOLDS:
-        young = min(GC_YOUNG_MAX, GC_YOUNG_PER_CONNECTION * max(1, connections))
-        if young > thresholds[0]:
-            gc.set_threshold(young, *thresholds[1:])
+        return _GcPacer(thresholds)
+    return None
+
+
+class _GcPacer:
+    """The young generation's threshold: GC_YOUNG_PER_CONNECTION objects per
+    connection open, never below Python's own, at most GC_YOUNG_MAX.
+
+    Requests in flight then no longer set off collections, and cyclic
+    garbage (Pyramid's exception view leaves a cycle holding the request,
+    its environ and a spooled upload's open file) waits for a collection
+    no longer than with Python's threshold when few connections are open,
+    and at most GC_YOUNG_PER_CONNECTION objects per connection open when
+    many are: it grows with the load, like the memory of the requests in
+    flight, not with worker_connections.  Raised as connections are
+    accepted, lowered by the worker's once-a-second loop."""
+
+    __slots__ = ("young", "base", "rest")
+
+    def __init__(self, thresholds):
+        self.young = self.base = thresholds[0]
+        self.rest = thresholds[1:]
+
+    def want(self, connections):
+        return min(GC_YOUNG_MAX,
+                   max(self.base, GC_YOUNG_PER_CONNECTION * connections))
+
+    def raise_for(self, connections):
+        # as each connection is accepted: at once
+        if GC_YOUNG_PER_CONNECTION * connections > self.young:
+            self._set(self.want(connections))
+
+    def follow(self, connections):
+        # once a second: down by half at most (a load that ebbs and flows
+        # within seconds does not set off a collection each time it ebbs)
+        young = max(self.want(connections), self.young // 2)
+        if young != self.young:
+            self._set(young)
+
+    def _set(self, young):
+        self.young = young
+        gc.set_threshold(young, *self.rest)
 
 
 def _new_loop(kind):
@@ -194,6 +232,7 @@ class AsyncGunicornWorker(base.Worker):
         self.server = None
         self.exit_code = 0
         self._gc_kind = "tuned"
+        self._gc_pacer = None  # the young threshold following connections
         self._quit_now = False
         self._wakeup = None
         self._connecting = 0  # accepted, their transport not made yet
@@ -212,6 +251,7 @@ class AsyncGunicornWorker(base.Worker):
         # a fresh loop in the forked child, never the arbiter's
         asyncio.set_event_loop(None)
         self._gc_kind = _gc_kind()
+        self._gc_pacer = None
         self.loop = _new_loop(self.loop_kind)
         asyncio.set_event_loop(self.loop)
         # an executor whose jobs, when a thread waits for the coroutine that
@@ -278,8 +318,7 @@ class AsyncGunicornWorker(base.Worker):
     def run(self):
         # the app is loaded (gunicorn loads it before run())
         if self._gc_kind == "tuned":
-            _tune_gc(self.cfg.worker_connections,
-                     preloaded=bool(self.cfg.preload_app))
+            self._gc_pacer = _tune_gc(preloaded=bool(self.cfg.preload_app))
         try:
             self.loop.run_until_complete(self._serve())
             self.loop.run_until_complete(self.loop.shutdown_asyncgens())
@@ -350,10 +389,13 @@ class AsyncGunicornWorker(base.Worker):
 
         return ssl_context(self.cfg)
 
+    def _open_connections(self):
+        return (self.server.connections + len(self.websockets)
+                + self._connecting)
+
     def _room(self):
         """Connections the worker may still accept (worker_connections)."""
-        return self._limit - (self.server.connections + len(self.websockets)
-                              + self._connecting)
+        return self._limit - self._open_connections()
 
     def _on_room(self):
         # a connection closed (or one failed to open): the acceptors paused
@@ -425,6 +467,8 @@ class AsyncGunicornWorker(base.Worker):
                 # keeps a request waiting (a head sent a byte at a time, a
                 # body that stalls, a response it does not read) as long
                 server.close_idle(max(keepalive, 0.0), first_wait, first_wait)
+                if self._gc_pacer is not None:
+                    self._gc_pacer.follow(self._open_connections())
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), 1.0)
                 except asyncio.TimeoutError:
@@ -560,6 +604,7 @@ class _Acceptor:
         connect = self.loop.connect_accepted_socket
         server = worker.server
         opening = self.opening
+        pacer = worker._gc_pacer
         # take what waits in the backlog now, not one per loop iteration: a
         # burst of clients is not kept waiting
         while True:
@@ -581,6 +626,9 @@ class _Acceptor:
                 break
             self.backoff = 0.0
             room -= 1
+            if pacer is not None:
+                # before the connection's objects count towards a collection
+                pacer.raise_for(worker._open_connections() + 1)
             if self.ssl_ctx is None:
                 coro = connect(server, conn)
             else:
