@@ -10,6 +10,9 @@ VENV ?= .venv
 PY := $(abspath $(VENV))/bin/python
 CSRC := $(wildcard csrc/*.c csrc/*.h csrc/*/*.c csrc/*/*.h)
 PYTEST_ARGS ?=
+# one stamp per venv: each venv's Python builds its own _core (the file name
+# carries the ABI tag, so several builds sit side by side in aiopyramid/)
+BUILD_STAMP := $(VENV)/.build-stamp
 
 .PHONY: all deps build run test test-asan bench fuzz soak clean uwsgi
 
@@ -33,9 +36,9 @@ $(VENV)/.installed: pyproject.toml setup.py
 	$(PY) -m pip install -q --no-build-isolation -e '.[test,gunicorn,uvloop,bench]'
 	touch $@
 
-build: deps $(VENV)/.installed .build-stamp
+build: deps $(VENV)/.installed $(BUILD_STAMP)
 
-.build-stamp: $(CSRC) setup.py
+$(BUILD_STAMP): $(CSRC) setup.py $(VENV)/.installed
 	$(PY) setup.py -q build_ext --inplace --force
 	touch $@
 
@@ -65,13 +68,13 @@ test: build
 # ASan needs its runtime loaded first and pymalloc off to see every block.
 test-asan: deps $(VENV)/.installed uwsgi
 	AIOPYRAMID_SANITIZE=1 $(PY) setup.py -q build_ext --inplace --force
-	rm -f .build-stamp
+	rm -f $(BUILD_STAMP)
 	ASAN_OPTIONS=detect_leaks=0 PYTHONMALLOC=malloc \
 	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	AIOPYRAMID_ASAN=1 $(PY) -m pytest $(PYTEST_ARGS)
 	$(PY) setup.py -q build_ext --inplace --force
-	touch .build-stamp
+	touch $(BUILD_STAMP)
 
 # bridge.py prints a missed target as a result (--strict makes it exit 1);
 # the HTTP bench needs wrk and gevent: it says how to get them; peers.py
@@ -104,4 +107,4 @@ soak: build
 	$(PY) bench/soak.py $(SOAK_ARGS)
 
 clean:
-	rm -rf build dist .build-stamp aiopyramid/*.so *.egg-info
+	rm -rf build dist .build-stamp $(VENV)/.build-stamp aiopyramid/*.so *.egg-info
