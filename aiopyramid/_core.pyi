@@ -23,6 +23,9 @@ KIND_INLINE: int
 _request_loop: contextvars.ContextVar[asyncio.AbstractEventLoop]
 # set while an executor thread waits for a coroutine: that thread
 _waiting_thread: contextvars.ContextVar[Any]
+# True while a synchronized call drives its coroutine (and in the context of
+# a Task that coroutine makes)
+_in_synchronized: contextvars.ContextVar[bool]
 
 class BridgeGreenlet(greenlet.greenlet): ...
 

@@ -5,40 +5,14 @@ storage; with many requests interleaved on one thread each would see the
 others'.  Each request runs in its own contextvars context (the Task's,
 shared by its greenlet), so a stack kept in a ContextVar is request-local,
 and still thread-local for plain threads, which have contexts of their own.
-
-Once a coroutine policy proxy exists, each push also records the
-greenlet that pushed (the request greenlet, for
-the router's push): a Task made during the request inherits it, and
-``aiopyramid.auth`` looks at what that greenlet is doing to tell a Task a
-coroutine view made from one a synchronized coroutine made.
 """
 import contextvars
 import threading
-
-import greenlet
 
 import pyramid.threadlocal
 from pyramid.threadlocal import ThreadLocalManager
 
 _stack = contextvars.ContextVar("aiopyramid_threadlocal_stack", default=())
-_pusher = contextvars.ContextVar("aiopyramid_threadlocal_pusher",
-                                 default=None)
-_getcurrent = greenlet.getcurrent
-_record_pusher = False  # set once a coroutine policy proxy exists
-
-
-def record_pushers():
-    """From now on each push records its greenlet (what
-    ``pushing_greenlet()`` reads): the policy proxies ask for it, apps
-    without them do not pay for it."""
-    global _record_pusher
-    _record_pusher = True
-
-
-def pushing_greenlet():
-    """The greenlet that made the last push in this context (the request
-    greenlet during a request), or None."""
-    return _pusher.get()
 
 
 class ContextLocalManager(ThreadLocalManager):
@@ -56,8 +30,6 @@ class ContextLocalManager(ThreadLocalManager):
 
     def push(self, info):
         _stack.set(_stack.get() + (info,))
-        if _record_pusher:
-            _pusher.set(_getcurrent())
 
     set = push
 

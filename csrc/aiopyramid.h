@@ -37,6 +37,9 @@ typedef struct {
     PyObject *waiting_thread;      /* ContextVar: the executor thread that
                                       waits for this coroutine (see
                                       aiopyramid/_executor.py) */
+    PyObject *in_synchronized;     /* ContextVar: True while a synchronized
+                                      call drives its coroutine in this
+                                      context (aiopyramid/auth.py) */
     PyObject *worker;              /* the run() of every pooled greenlet */
 
     /* interned strings */

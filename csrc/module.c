@@ -11,7 +11,7 @@
     X(get_running_loop) X(asyncio_run)            \
     X(types_coroutine) X(update_wrapper) X(is_coroutine_marker)               \
     X(inspect_marker) X(iscoroutinefunction) X(request_loop)                  \
-    X(waiting_thread)                                                         \
+    X(waiting_thread) X(in_synchronized)                                      \
     X(worker)                                          \
     X(str_throw) X(str_close) X(str_pool_key)                     \
     X(str_add_done_callback) X(str_call_soon) X(str_run_in_executor)          \

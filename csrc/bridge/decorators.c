@@ -74,8 +74,25 @@ sync_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
         return aw; /* a plain function's result, as is */
     PyObject *r;
     if (running_job != NULL || bridge_can_suspend(st)) {
+        /* driven in this greenlet's context, marked meanwhile: a Task the
+         * coroutine makes inherits the mark, one made before (a coroutine
+         * view's own, asking while the view waits here) does not
+         * (aiopyramid/auth.py tells them apart by it) */
+        PyObject *token = PyContextVar_Set(st->in_synchronized, Py_True);
+        if (token == NULL) {
+            Py_DECREF(aw);
+            return NULL;
+        }
         r = bridge_await(st, aw);
         Py_DECREF(aw);
+        PyObject *err = r == NULL ? exc_take() : NULL;
+        if (PyContextVar_Reset(st->in_synchronized, token) < 0) {
+            Py_CLEAR(r);
+            Py_CLEAR(err);
+        }
+        Py_DECREF(token);
+        if (err != NULL)
+            exc_restore(err);
         return r;
     }
     if (!self->strict) {
