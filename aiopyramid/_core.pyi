@@ -26,6 +26,7 @@ _waiting_thread: contextvars.ContextVar[Any]
 # True while a synchronized call drives its coroutine (and in the context of
 # a Task that coroutine makes)
 _in_synchronized: contextvars.ContextVar[bool]
+def _mark_synchronized() -> None: ...
 
 class BridgeGreenlet(greenlet.greenlet): ...
 

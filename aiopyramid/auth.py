@@ -595,6 +595,7 @@ class CoroutineAuthenticationPolicyProxy:
 
     def __init__(self, policy):
         self._policy = policy
+        _core._mark_synchronized()  # for _runs_for_a_synchronized_coroutine
         callback = getattr(policy, "callback", None)
         if callback is not None:
             # decided when called, not here: whatever it returns that is

@@ -65,6 +65,7 @@ around a synchronized loader caches the identity once per request::
 from pyramid.interfaces import ISecurityPolicy
 from zope.interface import implementer
 
+from . import _core
 from .auth import _route
 
 __all__ = ["CoroutineSecurityPolicyProxy"]
@@ -80,6 +81,7 @@ class CoroutineSecurityPolicyProxy:
 
     def __init__(self, policy):
         self._policy = policy
+        _core._mark_synchronized()  # what aiopyramid.auth's rule reads in Tasks
 
     def _method(self, name):
         try:

@@ -39,7 +39,8 @@ typedef struct {
                                       aiopyramid/_executor.py) */
     PyObject *in_synchronized;     /* ContextVar: True while a synchronized
                                       call drives its coroutine in this
-                                      context (aiopyramid/auth.py) */
+                                      context, once mark_synchronized is
+                                      set (aiopyramid/auth.py) */
     PyObject *worker;              /* the run() of every pooled greenlet */
 
     /* interned strings */
@@ -93,6 +94,8 @@ typedef struct {
     PyObject *ws_none_result;      /* the finished awaitable of None */
 
     Py_ssize_t pool_limit;         /* idle greenlets kept per thread */
+    int mark_synchronized;         /* synchronize sets in_synchronized (once
+                                      a coroutine policy proxy exists) */
     unsigned long long greenlets_created;
 } modstate;
 
