@@ -1,6 +1,9 @@
 # make run   - build, then serve the demo app (examples/) on 127.0.0.1
 # make test  - build, then run the whole suite
 # make test-asan - the suite against an ASan+UBSan build of _core
+# make test-versions - the suite under every other supported Python found
+#              (each in its own venv, .venv312, .venv313; one not installed
+#              is skipped, and said so)
 # make bench - the benchmarks in bench/, tables for the README
 # make soak  - one worker under 1,000,000 mixed requests, then 100,000
 #              clients gone at random stages (SOAK_ARGS="--requests N ...")
@@ -14,7 +17,7 @@ PYTEST_ARGS ?=
 # carries the ABI tag, so several builds sit side by side in aiopyramid/)
 BUILD_STAMP := $(VENV)/.build-stamp
 
-.PHONY: all deps build run test test-asan bench fuzz soak clean uwsgi
+.PHONY: all deps build run test test-asan test-versions bench fuzz soak clean uwsgi
 
 all: build
 
@@ -64,6 +67,25 @@ run: build
 
 test: build
 	$(PY) -X dev -m pytest $(PYTEST_ARGS)
+
+# The Pythons the package supports (pyproject.toml's classifiers); each
+# other than $(PYTHON)'s is looked for in pyenv's versions, then on PATH
+SUPPORTED_PYTHONS := 3.11 3.12 3.13
+test-versions:
+	@main=$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	failed=""; \
+	for v in $(SUPPORTED_PYTHONS); do \
+	  [ "$$v" = "$$main" ] && continue; \
+	  py=$$(ls -d $$HOME/.pyenv/versions/$$v.*/bin/python 2>/dev/null | sort -V | tail -n 1); \
+	  [ -n "$$py" ] || py=$$(command -v python$$v || true); \
+	  if [ -z "$$py" ]; then echo "test-versions: Python $$v is not installed: skipped"; continue; fi; \
+	  echo "test-versions: Python $$v ($$py), venv .venv$$(echo $$v | tr -d .)"; \
+	  start=$$(date +%s); \
+	  $(MAKE) --no-print-directory test PYTHON=$$py VENV=.venv$$(echo $$v | tr -d .) \
+	    PYTEST_ARGS="$(PYTEST_ARGS)" || failed="$$failed $$v"; \
+	  echo "test-versions: Python $$v took $$(( $$(date +%s) - start )) s"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "test-versions: failed under$$failed"; exit 1; fi
 
 # ASan needs its runtime loaded first and pymalloc off to see every block.
 test-asan: deps $(VENV)/.installed uwsgi
