@@ -1,6 +1,9 @@
 # make run   - build, then serve the demo app (examples/) on 127.0.0.1
 # make test  - build, then run the whole suite
 # make test-asan - the suite against an ASan+UBSan build of _core
+# make test-versions - the suite under every other supported Python found
+#              (each in its own venv, .venv312, .venv313; one not installed
+#              is skipped, and said so)
 # make bench - the benchmarks in bench/, tables for the README
 # make soak  - one worker under 1,000,000 mixed requests, then 100,000
 #              clients gone at random stages (SOAK_ARGS="--requests N ...")
@@ -10,8 +13,11 @@ VENV ?= .venv
 PY := $(abspath $(VENV))/bin/python
 CSRC := $(wildcard csrc/*.c csrc/*.h csrc/*/*.c csrc/*/*.h)
 PYTEST_ARGS ?=
+# one stamp per venv: each venv's Python builds its own _core (the file name
+# carries the ABI tag, so several builds sit side by side in aiopyramid/)
+BUILD_STAMP := $(VENV)/.build-stamp
 
-.PHONY: all deps build run test test-asan bench fuzz soak clean uwsgi
+.PHONY: all deps build run test test-asan test-versions bench fuzz soak clean uwsgi
 
 all: build
 
@@ -33,9 +39,9 @@ $(VENV)/.installed: pyproject.toml setup.py
 	$(PY) -m pip install -q --no-build-isolation -e '.[test,gunicorn,uvloop,bench]'
 	touch $@
 
-build: deps $(VENV)/.installed .build-stamp
+build: deps $(VENV)/.installed $(BUILD_STAMP)
 
-.build-stamp: $(CSRC) setup.py
+$(BUILD_STAMP): $(CSRC) setup.py $(VENV)/.installed
 	$(PY) setup.py -q build_ext --inplace --force
 	touch $@
 
@@ -62,16 +68,35 @@ run: build
 test: build
 	$(PY) -X dev -m pytest $(PYTEST_ARGS)
 
+# The Pythons the package supports (pyproject.toml's classifiers); each
+# other than $(PYTHON)'s is looked for in pyenv's versions, then on PATH
+SUPPORTED_PYTHONS := 3.11 3.12 3.13
+test-versions:
+	@main=$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	failed=""; \
+	for v in $(SUPPORTED_PYTHONS); do \
+	  [ "$$v" = "$$main" ] && continue; \
+	  py=$$(ls -d $$HOME/.pyenv/versions/$$v.*/bin/python 2>/dev/null | sort -V | tail -n 1); \
+	  [ -n "$$py" ] || py=$$(command -v python$$v || true); \
+	  if [ -z "$$py" ]; then echo "test-versions: Python $$v is not installed: skipped"; continue; fi; \
+	  echo "test-versions: Python $$v ($$py), venv .venv$$(echo $$v | tr -d .)"; \
+	  start=$$(date +%s); \
+	  $(MAKE) --no-print-directory test PYTHON=$$py VENV=.venv$$(echo $$v | tr -d .) \
+	    PYTEST_ARGS="$(PYTEST_ARGS)" || failed="$$failed $$v"; \
+	  echo "test-versions: Python $$v took $$(( $$(date +%s) - start )) s"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "test-versions: failed under$$failed"; exit 1; fi
+
 # ASan needs its runtime loaded first and pymalloc off to see every block.
 test-asan: deps $(VENV)/.installed uwsgi
 	AIOPYRAMID_SANITIZE=1 $(PY) setup.py -q build_ext --inplace --force
-	rm -f .build-stamp
+	rm -f $(BUILD_STAMP)
 	ASAN_OPTIONS=detect_leaks=0 PYTHONMALLOC=malloc \
 	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	AIOPYRAMID_ASAN=1 $(PY) -m pytest $(PYTEST_ARGS)
 	$(PY) setup.py -q build_ext --inplace --force
-	touch .build-stamp
+	touch $(BUILD_STAMP)
 
 # bridge.py prints a missed target as a result (--strict makes it exit 1);
 # the HTTP bench needs wrk and gevent: it says how to get them; peers.py
@@ -104,4 +129,4 @@ soak: build
 	$(PY) bench/soak.py $(SOAK_ARGS)
 
 clean:
-	rm -rf build dist .build-stamp aiopyramid/*.so *.egg-info
+	rm -rf build dist .build-stamp $(VENV)/.build-stamp aiopyramid/*.so *.egg-info

@@ -5,17 +5,9 @@ storage; with many requests interleaved on one thread each would see the
 others'.  Each request runs in its own contextvars context (the Task's,
 shared by its greenlet), so a stack kept in a ContextVar is request-local,
 and still thread-local for plain threads, which have contexts of their own.
-
-Once a coroutine policy proxy exists, each push also records the
-greenlet that pushed (the request greenlet, for
-the router's push): a Task made during the request inherits it, and
-``aiopyramid.auth`` looks at what that greenlet is doing to tell a Task a
-coroutine view made from one a synchronized coroutine made.
 """
 import contextvars
 import threading
-
-import greenlet
 
 import pyramid.threadlocal
 from pyramid.threadlocal import ThreadLocalManager
@@ -23,25 +15,6 @@ from pyramid.threadlocal import ThreadLocalManager
 from . import _core
 
 _stack = contextvars.ContextVar("aiopyramid_threadlocal_stack", default=())
-_pusher = contextvars.ContextVar("aiopyramid_threadlocal_pusher",
-                                 default=None)
-_getcurrent = greenlet.getcurrent
-_record_pusher = False  # set once a coroutine policy proxy exists
-
-
-def record_pushers():
-    """From now on each push records its greenlet (what
-    ``pushing_greenlet()`` reads): the policy proxies ask for it, apps
-    without them do not pay for it."""
-    global _record_pusher
-    _record_pusher = True
-    _register()
-
-
-def pushing_greenlet():
-    """The greenlet that made the last push in this context (the request
-    greenlet during a request), or None."""
-    return _pusher.get()
 
 
 class ContextLocalManager(ThreadLocalManager):
@@ -59,8 +32,6 @@ class ContextLocalManager(ThreadLocalManager):
 
     def push(self, info):
         _stack.set(_stack.get() + (info,))
-        if _record_pusher:
-            _pusher.set(_getcurrent())
 
     set = push
 
@@ -81,14 +52,6 @@ class ContextLocalManager(ThreadLocalManager):
         _stack.set(())
 
 
-def _register():
-    """Tells _core the manager's class and stack: an executor thread pushes
-    Pyramid's threadlocals for a view as ``ContextLocalManager.push`` does,
-    in C."""
-    _core._threadlocal_vars(ContextLocalManager, _stack, _pusher,
-                            _record_pusher)
-
-
 def install():
     """Make Pyramid's manager request-local (idempotent), in place: the
     object stays the one that pyramid.testing, pyramid.view and
@@ -106,6 +69,13 @@ def install():
     for info in pushed:
         manager.push(info)
     return manager
+
+
+def _register():
+    """Tells _core the manager's class and stack: an executor thread pushes
+    Pyramid's threadlocals for a view as ``ContextLocalManager.push`` does,
+    in C."""
+    _core._threadlocal_vars(ContextLocalManager, _stack)
 
 
 _register()

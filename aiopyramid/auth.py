@@ -90,7 +90,7 @@ from zope.interface import implementer
 
 from . import _core
 from .exceptions import ScopeError
-from .helpers import coroutine, spawn_greenlet, synchronize
+from .helpers import spawn_greenlet
 
 __all__ = [
     "CoroutineAuthenticationPolicyProxy",
@@ -189,10 +189,6 @@ def _pyramid_codes():
 
 _DELEGATING, _VIEW_CALLERS = _pyramid_codes()
 
-# after the check: it imports pyramid.config, which needs what was checked
-from ._threadlocal import pushing_greenlet as _pushing_greenlet  # noqa: E402
-from ._threadlocal import record_pushers  # noqa: E402
-
 
 def _can_block():
     """True where a plain value can be computed in place: in a request
@@ -276,17 +272,14 @@ def _view_run_outside():
 
 
 def _runs_for_a_synchronized_coroutine():
-    """Is this Task one made while its request's greenlet was not running
-    a coroutine view: the request greenlet (inherited through the context
-    from the push of Pyramid's threadlocals) is suspended somewhere other
-    than in Pyramid's call of a view, i.e. in a synchronized call made by
-    plain code (an ``__acl__``, a traversal ``__getitem__``, a callback, a
-    helper a coroutine view called)?"""
-    request_greenlet = _pushing_greenlet()
-    if request_greenlet is None or request_greenlet.dead:
-        return False
-    top = request_greenlet.gr_frame  # None while it runs (no loop case)
-    return top is not None and top.f_code not in _VIEW_CALLERS
+    """Is this Task one that a coroutine run through synchronize made (an
+    ``__acl__``, a traversal ``__getitem__``, a callback, a helper a
+    coroutine view called)?  The bridge's synchronize (and the proxy's own
+    awaiting in place) marks the context it drives the coroutine in, and a
+    Task copies the context it is made in: one a coroutine view made before
+    it called a synchronized helper has no mark, also while the view waits
+    in that helper."""
+    return _in_synchronized.get(False)
 
 
 def _runs_for_a_thread():
@@ -334,16 +327,18 @@ _MAX_FRAMES = 256
 _MAX_NESTED = 16
 
 
-@coroutine
-def _awaiting(awaitable):
-    if not isinstance(awaitable, types.GeneratorType):
-        awaitable = awaitable.__await__()
-    return (yield from awaitable)
+_in_synchronized = _core._in_synchronized
 
 
-# awaits in place: the bridge's own primitive (what synchronize does), or
-# the same through synchronize
-_await_in_greenlet = getattr(_core, "await_", None) or synchronize(_awaiting)
+def _await_in_greenlet(value):
+    """Awaits in place, as synchronize does (the bridge's own primitive),
+    with synchronize's mark in the context: a Task the policy's coroutine
+    makes is one a synchronized coroutine made."""
+    token = _in_synchronized.set(True)
+    try:
+        return _core.await_(value)
+    finally:
+        _in_synchronized.reset(token)
 
 
 _getcurrent = greenlet.getcurrent
@@ -600,7 +595,7 @@ class CoroutineAuthenticationPolicyProxy:
 
     def __init__(self, policy):
         self._policy = policy
-        record_pushers()  # for _runs_for_a_synchronized_coroutine
+        _core._mark_synchronized()  # for _runs_for_a_synchronized_coroutine
         callback = getattr(policy, "callback", None)
         if callback is not None:
             # decided when called, not here: whatever it returns that is

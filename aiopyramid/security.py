@@ -65,7 +65,8 @@ around a synchronized loader caches the identity once per request::
 from pyramid.interfaces import ISecurityPolicy
 from zope.interface import implementer
 
-from .auth import _route, record_pushers
+from . import _core
+from .auth import _route
 
 __all__ = ["CoroutineSecurityPolicyProxy"]
 
@@ -80,7 +81,7 @@ class CoroutineSecurityPolicyProxy:
 
     def __init__(self, policy):
         self._policy = policy
-        record_pushers()  # what aiopyramid.auth's rule reads in Tasks
+        _core._mark_synchronized()  # what aiopyramid.auth's rule reads in Tasks
 
     def _method(self, name):
         try:

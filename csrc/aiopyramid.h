@@ -37,6 +37,10 @@ typedef struct {
     PyObject *waiting_thread;      /* ContextVar: the executor thread that
                                       waits for this coroutine (see
                                       aiopyramid/_executor.py) */
+    PyObject *in_synchronized;     /* ContextVar: True while a synchronized
+                                      call drives its coroutine in this
+                                      context, once mark_synchronized is
+                                      set (aiopyramid/auth.py) */
     PyObject *worker;              /* the run() of every pooled greenlet */
 
     /* interned strings */
@@ -66,10 +70,8 @@ typedef struct {
     PyObject *threadlocal_manager; /* pyramid.threadlocal.manager, once an
                                       executor thread has needed it */
     PyObject *tl_class;            /* aiopyramid's ContextLocalManager and */
-    PyObject *tl_stack;            /* its ContextVars (the stack, the     */
-    PyObject *tl_pusher;           /* pushing greenlet): a push in C, see
-                                      bridge/executor.c */
-    int tl_record;                 /* record_pushers() was called */
+    PyObject *tl_stack;            /* its stack's ContextVar: a push in C,
+                                      see bridge/executor.c */
     PyObject *completers;          /* {weakref(loop): Completions}, see
                                       bridge/executor.c */
     PyObject *cf_thread;           /* concurrent.futures.thread */
@@ -96,6 +98,8 @@ typedef struct {
     PyObject *ws_none_result;      /* the finished awaitable of None */
 
     Py_ssize_t pool_limit;         /* idle greenlets kept per thread */
+    int mark_synchronized;         /* synchronize sets in_synchronized (once
+                                      a coroutine policy proxy exists) */
     unsigned long long greenlets_created;
 } modstate;
 

@@ -11,7 +11,7 @@
     X(get_running_loop) X(asyncio_run)            \
     X(types_coroutine) X(update_wrapper) X(is_coroutine_marker)               \
     X(inspect_marker) X(iscoroutinefunction) X(request_loop)                  \
-    X(waiting_thread)                                                         \
+    X(waiting_thread) X(in_synchronized)                                      \
     X(worker)                                          \
     X(str_throw) X(str_close) X(str_pool_key)                     \
     X(str_add_done_callback) X(str_call_soon) X(str_run_in_executor)          \
@@ -21,7 +21,6 @@
     X(str_content_length) X(str_transfer_encoding) X(str_app_iter)           \
     X(str_foreign_wait)                                                      \
     X(executor_strs) X(threadlocal_manager) X(tl_class) X(tl_stack)           \
-    X(tl_pusher)                                                              \
     X(HttpServerType) X(HttpProtocolType) X(HttpRequestType) X(HttpInputType) \
     X(FileWrapperType) X(http_strs) X(http_methods) X(http_run)             \
     X(WebSocketType) X(WebsocketResultType) X(WebsocketHandshakeError)       \

@@ -214,13 +214,16 @@ def main(global_config=None, **settings):
     sync_path = os.path.join(db_dir, "sync.sqlite")
     sync_engine = create_engine("sqlite:///" + sync_path, connect_args={"timeout": 60})
     Base.metadata.create_all(sync_engine)
-    Base.metadata.create_all(create_engine("sqlite:///" + async_path))
+    setup_engine = create_engine("sqlite:///" + async_path)
+    Base.metadata.create_all(setup_engine)
+    setup_engine.dispose()
     with Configurator(settings=settings) as config:
         config.include("aiopyramid")
         config.include("pyramid_tm")
         config.registry.async_engine = create_async_engine(
             "sqlite+aiosqlite:///" + async_path, connect_args={"timeout": 60},
             pool_size=20, max_overflow=0, pool_timeout=60)
+        config.registry.sync_engine = sync_engine
         config.registry.session_factory = sessionmaker(bind=sync_engine, class_=Session)
         config.add_request_method(async_session, reify=True)
         config.add_request_method(dbsession, reify=True)

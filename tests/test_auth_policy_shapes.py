@@ -677,13 +677,10 @@ def test_proxied_and_plain_policies_are_accepted():
         assert fetch(app, "/admin").status_int == 403
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "a Task is told from one a synchronized coroutine made by where the "
-    "request greenlet is parked when the Task asks, not where the Task was "
-    "made: a view's Task asking while the view waits in a synchronized "
-    "helper gets a ScopeError (it fails closed; the exact fix is a mark "
-    "that the bridge's synchronize sets in the context, a C change)"))
 def test_a_views_task_asking_while_the_view_is_in_a_synchronized_helper():
+    # a Task is told from one a synchronized coroutine made by where it was
+    # made (synchronize's mark in the context it copied), not by where the
+    # request greenlet is parked when the Task asks
     async def view(request):
         started, done = asyncio.Event(), asyncio.Event()
 
@@ -711,5 +708,5 @@ def test_a_views_task_asking_while_the_view_is_in_a_synchronized_helper():
         config.add_exception_view(server_error, context=Exception)
         app = config.make_wsgi_app()
     resp = fetch(app, "/view", "george")
-    assert resp.status_int == 200, resp.text  # today: ScopeError, a 500
+    assert resp.status_int == 200, resp.text  # was a ScopeError, a 500
     assert resp.text == "george"

@@ -79,18 +79,6 @@ def test_a_push_the_view_leaves_does_not_outlive_it(run_on, make_app):
     assert stacks == [2, 2, 2]
 
 
-def test_the_thread_records_itself_as_the_pusher(run_on, make_app):
-    _threadlocal.record_pushers()  # as the coroutine policy proxies do
-    seen = []
-
-    def view(request):
-        seen.append(_threadlocal.pushing_greenlet() is greenlet.getcurrent())
-        return Response("ok")
-
-    assert run_on(get(_app(make_app, view), "/v")).text == "ok"
-    assert seen == [True]
-
-
 class _Recording(_threadlocal.ContextLocalManager):
     calls = []
 

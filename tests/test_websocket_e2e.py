@@ -574,6 +574,44 @@ def test_websockets_count_towards_worker_connections(ws_server):
     run(main())
 
 
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_a_websocket_counts_until_its_connection_is_gone(gunicorn, loop):
+    """A view over before its close handshake is (the close frame sent,
+    the peer silent, the socket open until close_timeout) still holds a
+    connection: it counts towards worker_connections until the socket is
+    gone, else a client that never answers a close holds more sockets than
+    worker_connections."""
+    env = {"WS_SETTINGS": json.dumps({"aiopyramid.websocket.close_timeout": "60"}),
+           "AIOPYRAMID_LOOP": loop}
+    server = gunicorn("--worker-connections", "3", app=APP, env=env)
+    held = []
+    try:
+        for _ in range(3):
+            raw = handshake(server, "/ws/cancelled")
+            held.append(raw)
+            assert read_frame(raw) == (0x1, b"ready")
+            raw.sendall(frame(0x1, b"end"))
+            assert close_code(raw) == 1011  # and never answered
+        # a fourth connection waits in the backlog: no answer to its
+        # handshake while the three sockets are open
+        extra = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        try:
+            extra.sendall(handshake_bytes("/ws/echo"))
+            extra.settimeout(1.0)
+            with pytest.raises(socket.timeout):
+                got = extra.recv(100)
+                pytest.fail("answered over worker_connections: %r" % got)
+            # room once one of them is gone: the waiting one is answered
+            held.pop().close()
+            extra.settimeout(15)
+            assert Raw(extra).read_head().startswith(b"HTTP/1.1 101 ")
+        finally:
+            extra.close()
+    finally:
+        for raw in held:
+            raw.close()
+
+
 def test_a_view_whose_101_a_tween_replaced_never_runs(server):
     """A tween that replaces the 101 after the view (an audit, a late
     authorization check) means no websocket: the view's code must not run

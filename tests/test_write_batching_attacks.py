@@ -130,6 +130,43 @@ def test_tls_client_closing_its_side_after_the_request_gets_the_response(
         assert r.status == 200 and r.body == pattern(tag, size), path
 
 
+@pytest.mark.parametrize("loop", LOOPS)
+def test_tls_close_notify_before_a_response_is_made_closes_without_it(
+        gunicorn, cert, loop):
+    """The README's limit (Serving, half-close): TLS has no half-close in
+    asyncio's and uvloop's SSL transports (eof_received's return value is
+    ignored under SSL: the transport starts its shutdown as it returns).
+    A response still being made when the client's close_notify comes (a
+    coroutine view that waits, a view in the executor) is lost: the client
+    gets the server's close_notify and the connection's end, no answer, at
+    once (not after the view); the worker serves on."""
+    certfile, keyfile = cert
+    srv = gunicorn("--certfile", str(certfile), "--keyfile", str(keyfile),
+                   app=APP, env={"AIOPYRAMID_LOOP": loop}, wait=False)
+    deadline = time.monotonic() + 30
+    while True:  # ready once a TLS request is answered
+        try:
+            plain, how = tls_request_then_close_notify(
+                srv.port, certfile, b"GET /c/r/5 HTTP/1.1\r\nHost: t\r\n\r\n")
+            if parse_all(plain, eof=False):
+                break
+        except (OSError, ssl.SSLError, EOFError):
+            pass
+        if time.monotonic() > deadline or srv.proc.poll() is not None:
+            pytest.fail("the TLS server never answered:\n" + srv.log())
+        time.sleep(0.2)
+    for path in [b"/c/a/5?wait=2", b"/l/b/5"]:
+        plain, how = tls_request_then_close_notify(
+            srv.port, certfile, b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % path,
+            timeout=20)
+        assert (plain, how) == (b"", "eof"), (path, how, plain[:200])
+    # and the next client is served
+    plain, how = tls_request_then_close_notify(
+        srv.port, certfile, b"GET /c/z/5 HTTP/1.1\r\nHost: t\r\n\r\n")
+    (r,) = parse_all(plain, eof=False)
+    assert r.status == 200 and r.body == pattern("z", 5)
+
+
 # -- pipelined mixes and clients that leave ---------------------------------
 
 SIZES = [1, 100, 30000, 65535, 65536, 65537, 140000]

@@ -156,6 +156,14 @@ async def sleeper(ws):
     print("sleeper view ended with %s" % ws.close_code, flush=True)
 
 
+async def cancelled(ws):
+    # ends as a view whose await was cancelled under it does: its close
+    # frame (1011) goes, and the view's Task is over before the peer answers
+    await ws.send("ready")
+    await ws.recv()
+    raise asyncio.CancelledError
+
+
 async def request_info(ws):
     request = get_current_request()
     await ws.send(json.dumps({
@@ -242,6 +250,7 @@ def main(global_config=None, **settings):
             ("raises", generator_raises, WebsocketMapper),
             ("close", close_with, WebsocketMapper),
             ("sleeper", sleeper, WebsocketMapper),
+            ("cancelled", cancelled, WebsocketMapper),
         ]
         for name, view, mapper in routes:
             config.add_route(name, "/ws/" + name)

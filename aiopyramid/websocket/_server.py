@@ -93,10 +93,13 @@ class WebsocketConnections:
 
     def _view_done(self, entry, task):
         self._tasks.discard(task)
-        # a socket never attached and never told it was lost (the 101 did
-        # not go out) is not open either once its view has ended
-        ws = entry.ws
-        if entry.open and (ws is None or ws.closed):
+        # a view starts once its WebSocket has the transport (the 101 is
+        # out: _Handoff.attach), so the socket's end is its on_lost, which
+        # the transport's connection_lost brings (close_timeout aborts a
+        # peer that never answers the close): until then it holds a
+        # connection, whatever state its close handshake is in.  Only an
+        # entry with no WebSocket is over with its view.
+        if entry.open and entry.ws is None:
             self._lost(entry)
 
     def _close_one(self, entry):

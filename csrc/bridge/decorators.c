@@ -74,8 +74,33 @@ sync_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
         return aw; /* a plain function's result, as is */
     PyObject *r;
     if (running_job != NULL || bridge_can_suspend(st)) {
+        if (!st->mark_synchronized) {
+            r = bridge_await(st, aw);
+            Py_DECREF(aw);
+            return r;
+        }
+        /* driven in this greenlet's context, marked meanwhile: a Task the
+         * coroutine makes inherits the mark, one made before (a coroutine
+         * view's own, asking while the view waits here) does not
+         * (aiopyramid/auth.py tells them apart by it).  A set and a reset
+         * of a ContextVar cost about as much as the rest of a synchronized
+         * call that does not suspend: only apps with a coroutine policy
+         * proxy, the mark's only reader, pay for them */
+        PyObject *token = PyContextVar_Set(st->in_synchronized, Py_True);
+        if (token == NULL) {
+            Py_DECREF(aw);
+            return NULL;
+        }
         r = bridge_await(st, aw);
         Py_DECREF(aw);
+        PyObject *err = r == NULL ? exc_take() : NULL;
+        if (PyContextVar_Reset(st->in_synchronized, token) < 0) {
+            Py_CLEAR(r);
+            Py_CLEAR(err);
+        }
+        Py_DECREF(token);
+        if (err != NULL)
+            exc_restore(err);
         return r;
     }
     if (!self->strict) {
@@ -460,7 +485,18 @@ is_coroutine_function(PyObject *module, PyObject *obj)
     return r < 0 ? NULL : PyBool_FromLong(r);
 }
 
+static PyObject *
+mark_synchronized(PyObject *module, PyObject *unused)
+{
+    state_of_module(module)->mark_synchronized = 1;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef decorator_methods[] = {
+    {"_mark_synchronized", mark_synchronized, METH_NOARGS,
+     "_mark_synchronized()\n--\n\n"
+     "From now on synchronized calls set _in_synchronized while they run "
+     "(aiopyramid.auth's policy proxies ask for it)."},
     {"synchronize", (PyCFunction)(void (*)(void))synchronize,
      METH_VARARGS | METH_KEYWORDS,
      "synchronize(func, *, strict=True)\n--\n\n"

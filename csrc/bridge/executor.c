@@ -36,6 +36,7 @@
     X(CANCELLED, "cancelled")                                                \
     X(DONE, "done")                                                          \
     X(CANCEL, "cancel")                                                      \
+    X(IS_CLOSED, "is_closed")                                                \
     X(CALL_SOON, "call_soon")                                                \
     X(WORK_QUEUE, "_work_queue")                                             \
     X(BROKEN, "_broken")                                                     \
@@ -54,7 +55,7 @@ enum {
 
 #define ESTR(st, name) PyTuple_GET_ITEM((st)->executor_strs, ES_##name)
 
-typedef struct {
+typedef struct ThreadCall {
     PyObject_HEAD
     PyObject *ctx, *loop, *fn, *args, *kwargs, *request;
     PyObject *future;          /* the loop's future, as a pool's work item */
@@ -62,15 +63,16 @@ typedef struct {
     PyObject *result, *exc;    /* the outcome, on its way to the loop */
     PyObject *on_done;         /* a loop future set once the outcome is
                                   back, cancelled or not */
+    struct ThreadCall *next;   /* on its Completions' chain: the next one */
     int cancel;                /* the pool cancelled the work item */
     int running;               /* in its thread now */
+    int chained;               /* on its Completions' chain, not drained */
 } ThreadCall;
 
 /* Pyramid's threadlocals for this thread when the manager is aiopyramid's
  * (its stack in a ContextVar): what ContextLocalManager.push(info) does,
- * in C, in the call's own copy of the context: the stack one entry longer,
- * the pushing greenlet recorded once record_pushers() was called.  Its
- * token (a reference); NULL with an exception, or NULL and *slow set when
+ * in C, in the call's own copy of the context: the stack one entry
+ * longer.  Its token (a reference); NULL with an exception, or NULL and *slow set when
  * the Python push must do it (a stack that is not a tuple). */
 static PyObject *
 threadlocal_push_fast(modstate *st, PyObject *info, int *slow)
@@ -96,16 +98,6 @@ threadlocal_push_fast(modstate *st, PyObject *info, int *slow)
     Py_DECREF(stack);
     token = PyContextVar_Set(st->tl_stack, grown);
     Py_DECREF(grown);
-    if (token == NULL || !st->tl_record)
-        return token;
-    PyObject *g = (PyObject *)PyGreenlet_GetCurrent();
-    PyObject *t = g == NULL ? NULL : PyContextVar_Set(st->tl_pusher, g);
-    Py_XDECREF(g);
-    if (t == NULL) {
-        Py_CLEAR(token);
-        return NULL;
-    }
-    Py_DECREF(t);
     return token;
 }
 
@@ -183,27 +175,20 @@ done:
     return r;
 }
 
-/* _threadlocal_vars(cls, stack, pusher, record): aiopyramid._threadlocal
- * names its manager class and ContextVars, so that an executor thread
+/* _threadlocal_vars(cls, stack): aiopyramid._threadlocal names its
+ * manager class and its stack's ContextVar, so that an executor thread
  * pushes Pyramid's threadlocals in C when the manager is of that class. */
 static PyObject *
 threadlocal_vars(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     modstate *st = state_of_module(module);
-    if (nargs != 4 || !PyType_Check(args[0]) ||
-        !PyContextVar_CheckExact(args[1]) || !PyContextVar_CheckExact(args[2])) {
+    if (nargs != 2 || !PyType_Check(args[0]) || !PyContextVar_CheckExact(args[1])) {
         PyErr_SetString(PyExc_TypeError,
-                        "_threadlocal_vars(cls, stack, pusher, record): a class, "
-                        "two ContextVars and a flag");
+                        "_threadlocal_vars(cls, stack): a class and a ContextVar");
         return NULL;
     }
-    int record = PyObject_IsTrue(args[3]);
-    if (record < 0)
-        return NULL;
     Py_XSETREF(st->tl_class, Py_NewRef(args[0]));
     Py_XSETREF(st->tl_stack, Py_NewRef(args[1]));
-    Py_XSETREF(st->tl_pusher, Py_NewRef(args[2]));
-    st->tl_record = record;
     Py_RETURN_NONE;
 }
 
@@ -257,52 +242,99 @@ threadcall_complete(PyObject *op, PyObject *unused)
     Py_CLEAR(self->result);
     Py_CLEAR(self->exc);
     if (r == NULL) {
-        /* an exception asyncio refuses to carry (StopIteration): the
-         * request still gets an error, never a wait for ever */
+        /* an exception asyncio refuses to carry (StopIteration), or no
+         * memory to schedule the future's callbacks: the request still
+         * gets an error (a RuntimeError, else this one, else a
+         * cancellation), never a wait for ever; the first error is the
+         * caller's */
         PyObject *err = exc_take();
         PyObject *e = PyObject_CallFunction(PyExc_RuntimeError, "sO",
                                             "the view raised", err);
-        Py_XDECREF(err);
         if (e == NULL)
-            return NULL;
-        r = PyObject_CallMethodOneArg(fut, st->str_set_exception, e);
-        Py_DECREF(e);
-        if (r == NULL)
-            return NULL;
+            PyErr_Clear();
+        else {
+            r = PyObject_CallMethodOneArg(fut, st->str_set_exception, e);
+            Py_DECREF(e);
+            if (r == NULL)
+                PyErr_Clear();
+        }
+        if (r == NULL) {
+            r = PyObject_CallMethodOneArg(fut, st->str_set_exception, err);
+            if (r == NULL)
+                PyErr_Clear();
+        }
+        if (r == NULL) {
+            r = PyObject_CallMethodNoArgs(fut, ESTR(st, CANCEL));
+            if (r == NULL) {
+                exc_restore(err);
+                return NULL;
+            }
+        }
+        Py_DECREF(err);
     }
     Py_DECREF(r);
     Py_RETURN_NONE;
 }
 
-/* A loop's finished ThreadCalls on their way to it: pending is filled by
- * the pool's threads and emptied by drain() on the loop, both with the GIL
+/* A loop's finished ThreadCalls on their way to it: a chain through the
+ * calls themselves (each one a reference the chain holds), filled by the
+ * pool's threads and emptied by drain() on the loop, both with the GIL
  * held; only the call that finds nothing scheduled calls
  * call_soon_threadsafe (one loop wake-up for every call that finishes
- * before the loop takes the list). */
+ * before the loop takes the chain).  Neither end allocates, so neither
+ * can lose an outcome to a failed allocation (a request waiting for
+ * ever). */
 typedef struct {
     PyObject_HEAD
-    PyObject *pending;   /* list of ThreadCalls */
-    PyObject *drain;     /* bound drain(), made once */
-    int scheduled;       /* a drain() is on the loop's way */
+    ThreadCall *head, *tail;  /* in the order the calls finished */
+    PyObject *drain;          /* bound drain(), made once */
+    int scheduled;            /* a drain() is on the loop's way */
 } Completions;
 
+/* The chain, off the Completions: the caller owns its references. */
+static ThreadCall *
+completions_take(Completions *c)
+{
+    ThreadCall *head = c->head;
+    c->head = c->tail = NULL;
+    return head;
+}
+
+/* Unlinks the next call of a taken chain; the reference is the caller's. */
+static ThreadCall *
+chain_pop(ThreadCall **chain)
+{
+    ThreadCall *call = *chain;
+    *chain = call->next;
+    call->next = NULL;
+    call->chained = 0;
+    return call;
+}
+
+/* Drops what the chain holds (a loop that is gone or closed: nothing will
+ * take it). */
+static void
+completions_drop(Completions *c)
+{
+    ThreadCall *chain = completions_take(c);
+    c->scheduled = 0;
+    while (chain != NULL)
+        Py_DECREF(chain_pop(&chain));
+}
+
 /* On the loop: every pending outcome onto its future, in the order the
- * calls finished. */
+ * calls finished.  The chain is taken whole first: calls that finish
+ * meanwhile start a new one, and schedule its drain. */
 static PyObject *
 completions_drain(PyObject *op, PyObject *unused)
 {
     Completions *c = (Completions *)op;
     c->scheduled = 0;
-    PyObject *list = c->pending;
-    if (PyList_GET_SIZE(list) == 0)
-        Py_RETURN_NONE;
-    PyObject *fresh = PyList_New(0);
-    if (fresh == NULL)
-        return NULL;
-    c->pending = fresh;
+    ThreadCall *chain = completions_take(c);
     PyObject *err = NULL;
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); i++) {
-        PyObject *r = threadcall_complete(PyList_GET_ITEM(list, i), NULL);
+    while (chain != NULL) {
+        ThreadCall *call = chain_pop(&chain);
+        PyObject *r = threadcall_complete((PyObject *)call, NULL);
         if (r == NULL) {
             /* the first error is the callback's; the others are logged,
              * and every outcome is still set */
@@ -312,8 +344,8 @@ completions_drain(PyObject *op, PyObject *unused)
                 PyErr_WriteUnraisable(op);
         }
         Py_XDECREF(r);
+        Py_DECREF(call);
     }
-    Py_DECREF(list);
     if (err != NULL) {
         exc_restore(err);
         return NULL;
@@ -331,7 +363,8 @@ completions_traverse(PyObject *op, visitproc visit, void *arg)
 {
     Completions *c = (Completions *)op;
     Py_VISIT(Py_TYPE(op));
-    Py_VISIT(c->pending);
+    for (ThreadCall *call = c->head; call != NULL; call = call->next)
+        Py_VISIT((PyObject *)call);
     Py_VISIT(c->drain);
     return 0;
 }
@@ -340,7 +373,7 @@ static int
 completions_clear(PyObject *op)
 {
     Completions *c = (Completions *)op;
-    Py_CLEAR(c->pending);
+    completions_drop(c);
     Py_CLEAR(c->drain);
     return 0;
 }
@@ -398,7 +431,7 @@ completions_for(modstate *st, PyObject *loop)
         PyObject *other = weakref_target(key);
         int gone = other == NULL;
         if (!gone) {
-            PyObject *r = PyObject_CallMethod(other, "is_closed", NULL);
+            PyObject *r = PyObject_CallMethodNoArgs(other, ESTR(st, IS_CLOSED));
             if (r == NULL)
                 PyErr_Clear();
             gone = r == Py_True;
@@ -410,13 +443,8 @@ completions_for(modstate *st, PyObject *loop)
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(dead); i++) {
         key = PyList_GET_ITEM(dead, i);
         value = PyDict_GetItemWithError(st->completers, key);
-        if (value != NULL) {
-            Completions *old = (Completions *)value;
-            old->scheduled = 0;
-            if (PyList_SetSlice(old->pending, 0,
-                                PyList_GET_SIZE(old->pending), NULL) < 0)
-                goto error;
-        }
+        if (value != NULL)
+            completions_drop((Completions *)value);
         if (PyDict_DelItem(st->completers, key) < 0)
             goto error;
     }
@@ -424,13 +452,12 @@ completions_for(modstate *st, PyObject *loop)
     Completions *made = PyObject_GC_New(Completions, st->CompletionsType);
     if (made == NULL)
         goto error;
-    made->pending = PyList_New(0);
+    made->head = made->tail = NULL;
     made->drain = NULL;
     made->scheduled = 0;
     PyObject_GC_Track(made);
     c = (PyObject *)made;
-    if (made->pending == NULL ||
-        (made->drain = PyObject_GetAttrString(c, "drain")) == NULL ||
+    if ((made->drain = PyObject_GetAttrString(c, "drain")) == NULL ||
         PyDict_SetItem(st->completers, ref, c) < 0) {
         Py_DECREF(c);
         goto error;
@@ -443,7 +470,7 @@ error:
     return NULL;
 }
 
-/* From any thread, with the GIL: the outcome onto its loop's list, and
+/* From any thread, with the GIL: the outcome onto its loop's chain, and
  * the loop woken if nothing is on its way there yet.  A loop that is gone
  * takes nothing (its requests are gone with it). */
 static void
@@ -453,9 +480,16 @@ threadcall_hand_back(ThreadCall *self)
     Completions *c = (Completions *)self->completions;
     if (c == NULL)
         return;
-    if (PyList_Append(c->pending, (PyObject *)self) < 0) {
-        PyErr_WriteUnraisable((PyObject *)self);
-        return;
+    if (!self->chained) {
+        /* (handed back twice before a drain, cancel() called twice say:
+         * once on the chain, the outcome is read when drained) */
+        self->chained = 1;
+        self->next = NULL;
+        if (c->tail == NULL)
+            c->head = self;
+        else
+            c->tail->next = self;
+        c->tail = (ThreadCall *)Py_NewRef(self);
     }
     if (c->scheduled)
         return;
@@ -464,15 +498,27 @@ threadcall_hand_back(ThreadCall *self)
     c->scheduled = 1;
     PyObject *r = PyObject_CallMethodOneArg(
         self->loop, ESTR(st, CALL_SOON_THREADSAFE), c->drain);
-    if (r == NULL) {
-        PyErr_Clear(); /* a closed loop: nothing will take the list */
-        c->scheduled = 0;
-        Py_ssize_t n = PyList_GET_SIZE(c->pending);
-        if (PyList_SetSlice(c->pending, 0, n, NULL) < 0)
-            PyErr_Clear();
+    if (r != NULL) {
+        Py_DECREF(r);
         return;
     }
-    Py_DECREF(r);
+    c->scheduled = 0;
+    PyObject *err = exc_take();
+    r = PyObject_CallMethodNoArgs(self->loop, ESTR(st, IS_CLOSED));
+    int closed = r == Py_True;
+    if (r == NULL)
+        PyErr_Clear();
+    Py_XDECREF(r);
+    if (closed) {
+        /* a closed loop: nothing will take the chain */
+        Py_DECREF(err);
+        completions_drop(c);
+        return;
+    }
+    /* an open loop that refused (no memory): the chain stays for the
+     * next call that finishes to schedule its drain */
+    exc_restore(err);
+    PyErr_WriteUnraisable((PyObject *)self);
 }
 
 /* run(): the work item's job, in the pool's thread. */
@@ -953,6 +999,9 @@ pool_grow(modstate *st, PyObject *ex)
 /* On the loop's thread: the view onto an aiopyramid Executor's queue, its
  * thread woken once this loop iteration's callbacks have run; refused as
  * ThreadPoolExecutor.submit refuses.  0, or -1 with an exception. */
+static int wake_for_call(modstate *st, PyObject *ex, WorkQueue *q,
+                         ThreadCall *call);
+
 static int
 submit_call(modstate *st, PyObject *ex, WorkQueue *q, ThreadCall *call)
 {
@@ -991,6 +1040,25 @@ submit_call(modstate *st, PyObject *ex, WorkQueue *q, ThreadCall *call)
     call->completions = completions_for(st, call->loop);
     if (call->completions == NULL || wq_push(q, (PyObject *)call) < 0)
         return -1;
+    if (wake_for_call(st, ex, q, call) == 0)
+        return 0;
+    /* queued, but no thread could be made to come for it: off the queue
+     * again and the request gets the error, unless a thread took it
+     * meanwhile (_adjust_thread_count is Python): then its outcome comes */
+    if (q->len > 0 && q->items[(q->head + q->len - 1) % q->cap] == (PyObject *)call) {
+        q->len--;
+        Py_DECREF(call);
+        return -1;
+    }
+    PyErr_WriteUnraisable((PyObject *)call);
+    return 0;
+}
+
+/* After submit_call queued call: a thread on its way for it.  0, or -1
+ * with an exception. */
+static int
+wake_for_call(modstate *st, PyObject *ex, WorkQueue *q, ThreadCall *call)
+{
     /* more queued than threads idle or on their way (every thread busy,
      * or views came faster than the idle ones are woken): one more while
      * the pool may grow, as ThreadPoolExecutor.submit would (a view that
@@ -1031,7 +1099,8 @@ bridge_run_in_executor(modstate *st, PyObject *loop, PyObject *executor,
     call->request = Py_XNewRef(request);
     call->future = call->result = call->exc = call->completions = NULL;
     call->on_done = NULL;
-    call->cancel = call->running = 0;
+    call->next = NULL;
+    call->cancel = call->running = call->chained = 0;
     PyObject_GC_Track(call);
     if (call->ctx == NULL) {
         Py_DECREF(call);

@@ -76,6 +76,11 @@ bridge_init(PyObject *module, modstate *st)
         PyModule_AddObjectRef(module, "_waiting_thread",
                               st->waiting_thread) < 0)
         return -1;
+    st->in_synchronized = PyContextVar_New("aiopyramid_in_synchronized", NULL);
+    if (st->in_synchronized == NULL ||
+        PyModule_AddObjectRef(module, "_in_synchronized",
+                              st->in_synchronized) < 0)
+        return -1;
 
     /* asyncio.iscoroutine() and create_task() accept what spawn_greenlet
      * and use_executor return */
