@@ -7,7 +7,6 @@ import asyncio
 import concurrent.futures
 import threading
 
-import greenlet
 import pyramid.threadlocal
 import pytest
 from pyramid.response import Response
