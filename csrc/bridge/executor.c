@@ -216,9 +216,9 @@ threadcall_complete(PyObject *op, PyObject *unused)
             r = PyObject_CallMethodOneArg(w, st->str_set_result, Py_None);
         }
         Py_DECREF(w);
-        if (r == NULL)
-            return NULL;
-        Py_DECREF(r);
+        if (r == NULL)  /* logged: the outcome below still goes out */
+            PyErr_WriteUnraisable(op);
+        Py_XDECREF(r);
     }
     if (fut == NULL)
         Py_RETURN_NONE;
