@@ -61,6 +61,20 @@ ROOT = os.path.dirname(HERE)
 WORKER = "aiopyramid.gunicorn.worker.AsyncGunicornWorker"
 
 
+def run_python(code, timeout=60):
+    """Runs code in a fresh interpreter (-X dev); returns its stdout.  A
+    crash, a hang (timeout) or a non-zero exit fails the calling test."""
+    try:
+        proc = subprocess.run([sys.executable, "-X", "dev", "-W", "ignore", "-c", code],
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail("hung for %ss:\n%s" % (timeout, (e.stderr or b"")[-3000:]))
+    assert proc.returncode == 0, (
+        "exit %d\n--- stdout\n%s\n--- stderr\n%s"
+        % (proc.returncode, proc.stdout[-3000:], proc.stderr[-6000:]))
+    return proc.stdout
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -67,22 +67,30 @@ def _in_process_app(make_app, started, finished):
     return make_app(configure, {"aiopyramid.executor_threads": "2"})
 
 
+async def _cancel_once_running(app, started):
+    """The request's Task for /slow, cancelled once its view runs."""
+    import asyncio
+
+    from .conftest import get
+
+    task = asyncio.ensure_future(get(app, "/slow"))
+    for _ in range(400):
+        if started.is_set():
+            break
+        await asyncio.sleep(0.01)
+    task.cancel()
+    return task
+
+
 def test_attack_a_cancelled_request_ends_after_its_running_view(run, make_app):
     import asyncio
     import threading
-
-    from .conftest import get
 
     started, finished = threading.Event(), threading.Event()
     app = _in_process_app(make_app, started, finished)
 
     async def main():
-        task = asyncio.ensure_future(get(app, "/slow"))
-        for _ in range(400):
-            if started.is_set():
-                break
-            await asyncio.sleep(0.01)
-        task.cancel()
+        task = await _cancel_once_running(app, started)
         try:
             await asyncio.wait_for(task, 20)
         except asyncio.CancelledError:
@@ -96,18 +104,11 @@ def test_attack_a_second_cancellation_goes_on_at_once(run, make_app):
     import asyncio
     import threading
 
-    from .conftest import get
-
     started, finished = threading.Event(), threading.Event()
     app = _in_process_app(make_app, started, finished)
 
     async def main():
-        task = asyncio.ensure_future(get(app, "/slow"))
-        for _ in range(400):
-            if started.is_set():
-                break
-            await asyncio.sleep(0.01)
-        task.cancel()
+        task = await _cancel_once_running(app, started)
         await asyncio.sleep(0.05)  # the first one waits for the view
         assert not task.done()
         task.cancel()

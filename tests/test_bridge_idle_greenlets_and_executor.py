@@ -4,13 +4,12 @@ at a view's first line.  Cases
 that could hang or crash run in a fresh interpreter with a timeout, so they
 fail their test and not the run."""
 import concurrent.futures
-import subprocess
 import sys
 import textwrap
 
 import pytest
 
-from .conftest import http_get
+from .conftest import http_get, run_python
 
 PRELUDE = textwrap.dedent(
     """
@@ -31,18 +30,7 @@ PRELUDE = textwrap.dedent(
 
 
 def run_fresh(body, timeout=60):
-    """Runs PRELUDE + body in a fresh interpreter; returns its stdout.  A
-    crash, a hang (timeout) or a non-zero exit fails the calling test."""
-    code = PRELUDE + textwrap.dedent(body)
-    try:
-        proc = subprocess.run([sys.executable, "-X", "dev", "-W", "ignore", "-c", code],
-                              capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as e:
-        pytest.fail("hung for %ss:\n%s" % (timeout, (e.stderr or b"")[-3000:]))
-    assert proc.returncode == 0, (
-        "exit %d\n--- stdout\n%s\n--- stderr\n%s"
-        % (proc.returncode, proc.stdout[-3000:], proc.stderr[-6000:]))
-    return proc.stdout
+    return run_python(PRELUDE + textwrap.dedent(body), timeout)
 
 
 LEGACY_CALLS_EXECUTOR = """

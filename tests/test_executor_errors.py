@@ -3,11 +3,11 @@ handed back to the loop is never lost, even when an allocation fails on
 the way, and a work item handed back twice is resolved once.  Each case
 runs in a fresh interpreter with a timeout: a hang or a crash fails its
 test, not the run."""
-import subprocess
-import sys
 import textwrap
 
 import pytest
+
+from .conftest import run_python
 
 pytest.importorskip("_testcapi")
 
@@ -34,16 +34,7 @@ PRELUDE = textwrap.dedent(
 
 
 def run_fresh(body, timeout=60):
-    code = PRELUDE + textwrap.dedent(body)
-    try:
-        proc = subprocess.run([sys.executable, "-X", "dev", "-W", "ignore", "-c", code],
-                              capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as e:
-        pytest.fail("hung for %ss:\n%s" % (timeout, (e.stderr or b"")[-3000:]))
-    assert proc.returncode == 0, (
-        "exit %d\n--- stdout\n%s\n--- stderr\n%s"
-        % (proc.returncode, proc.stdout[-3000:], proc.stderr[-6000:]))
-    return proc.stdout
+    return run_python(PRELUDE + textwrap.dedent(body), timeout)
 
 
 def test_a_drain_whose_allocation_fails_still_resolves_every_future():
