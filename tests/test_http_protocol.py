@@ -351,6 +351,44 @@ def test_bad_requests_get_4xx_and_close(run, data, status):
     assert closed and served == 0
 
 
+@pytest.mark.parametrize("coding", [b"gzip, chunked", b"deflate,chunked", b"identity, chunked",
+                                    b"x-custom, chunked"])
+def test_a_transfer_coding_besides_chunked_is_not_implemented(run, coding):
+    # the body would reach the app still coded, with nothing in the environ
+    # saying so: RFC 9112 6.1's 501, as nginx answers
+    async def main():
+        async with serving(echo_app) as (port, srv):
+            rs, closed = await exchange(
+                port, b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: " + coding
+                + b"\r\n\r\n3\r\nabc\r\n0\r\n\r\n", count=1)
+            return rs, closed, srv.requests
+    rs, closed, served = run(main())
+    assert [r.status for r in rs] == [501]
+    assert b"chunked" in rs[0].body
+    assert closed and served == 0
+
+
+def test_the_codings_of_repeated_transfer_encoding_fields_are_joined(run):
+    async def main():
+        async with serving(echo_app) as (port, srv):
+            return await exchange(
+                port, b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", count=1)
+    rs, closed = run(main())
+    assert [r.status for r in rs] == [501] and closed
+
+
+@pytest.mark.parametrize("coding", [b"chunked", b"Chunked", b"CHUNKED"])
+def test_chunked_alone_in_any_case_is_decoded(run, coding):
+    async def main():
+        async with serving(echo_app) as (port, srv):
+            return await exchange(
+                port, b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: " + coding
+                + b"\r\n\r\n3\r\nabc\r\n0\r\n\r\n", count=1)
+    (r,), closed = run(main())
+    assert r.status == 200 and r.body == b"abc" and not closed
+
+
 def test_bad_request_after_a_good_one(run):
     async def main():
         async with serving(text_app()) as (port, srv):

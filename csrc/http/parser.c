@@ -230,6 +230,21 @@ on_headers_complete(llhttp_t *parser)
     if ((http11 && p->host_fields != 1) || p->host_fields > 1)
         return reject_head(parser, 400, p->host_fields ? "repeated Host header"
                                                        : "missing Host header");
+    /* RFC 9112 6.1: a transfer coding besides chunked (gzip, chunked) is
+     * not applied here, and the app would read a body still coded with
+     * nothing in the environ saying so: a 501, as nginx answers */
+    if (parser->flags & F_CHUNKED) {
+        PyObject *te = PyDict_GetItemWithError(env, st->str_transfer_encoding);
+        if (te == NULL && PyErr_Occurred())
+            return cb_error(p);
+        if (te != NULL && !(PyUnicode_GET_LENGTH(te) == 7 &&
+                            PyUnicode_KIND(te) == PyUnicode_1BYTE_KIND &&
+                            strncasecmp((const char *)PyUnicode_1BYTE_DATA(te),
+                                        "chunked", 7) == 0))
+            return reject_head(parser, 501,
+                               "only the chunked transfer coding is "
+                               "implemented");
+    }
     if (PyDict_SetItem(env, HSTR(st, REQUEST_METHOD), method) < 0 ||
         PyDict_SetItem(env, HSTR(st, SERVER_PROTOCOL),
                        http11 ? HSTR(st, HTTP11) : HSTR(st, HTTP10)) < 0 ||

@@ -13,6 +13,7 @@ reason_of(int status)
     case 414: return "URI Too Long";
     case 431: return "Request Header Fields Too Large";
     case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
     default: return "Error";
     }
 }
