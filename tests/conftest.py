@@ -163,6 +163,21 @@ def gunicorn_args(port, app, *extra, worker=WORKER):
 
 
 @pytest.fixture
+def cert(tmp_path):
+    """A self-signed certificate for 127.0.0.1: (cert.pem, key.pem)."""
+    import shutil
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-keyout",
+                    str(key), "-out", str(cert)], check=True,
+                   capture_output=True)
+    return cert, key
+
+
+@pytest.fixture
 def start_server(tmp_path):
     """start_server(cmd_args, port=..., env=...) -> ServerProcess, ready."""
     started = []

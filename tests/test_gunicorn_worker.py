@@ -287,16 +287,10 @@ def test_2000_concurrent_sleeping_requests(gunicorn):
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def test_ssl(gunicorn, tmp_path):
+def test_ssl(gunicorn, cert):
     import socket
     import ssl
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl is not installed")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
+    cert, key = cert
     srv = gunicorn("--certfile", str(cert), "--keyfile", str(key), wait=False)
     ctx = ssl.create_default_context(cafile=str(cert))
     ctx.check_hostname = False
@@ -588,20 +582,14 @@ def test_accepting_a_connection_makes_no_task(gunicorn, loop):
     assert per_connections == per_requests, (per_connections, per_requests)
 
 
-def test_failed_tls_handshakes_give_their_room_back(gunicorn, tmp_path):
+def test_failed_tls_handshakes_give_their_room_back(gunicorn, cert):
     """A connection counts towards worker_connections from its accept until
     its TLS handshake ends; one that fails (a client speaking plain HTTP to
     the TLS port) gives its room back, so the worker keeps accepting."""
     import socket
     import ssl
 
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl is not installed")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
+    cert, key = cert
     srv = gunicorn("--certfile", str(cert), "--keyfile", str(key),
                    "--worker-connections", "2", wait=False)
     ctx = ssl.create_default_context(cafile=str(cert))

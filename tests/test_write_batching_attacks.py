@@ -3,10 +3,8 @@ iteration, csrc/http/protocol.c proto_write_bytes): a real gunicorn with
 our worker (tests/batching_attack_app.py, whose every body byte says which
 request made it) and raw sockets; every wait is bounded, so a response held
 back forever fails the test."""
-import shutil
 import socket
 import ssl
-import subprocess
 import time
 
 import pytest
@@ -18,19 +16,6 @@ pytest.importorskip("gunicorn")
 
 APP = "batching_attack_app:main()"
 LOOPS = ["uvloop", "asyncio"]
-
-
-@pytest.fixture
-def cert(tmp_path):
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl is not installed")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes",
-                    "-days", "1", "-subj", "/CN=127.0.0.1", "-keyout",
-                    str(key), "-out", str(cert)], check=True,
-                   capture_output=True)
-    return cert, key
 
 
 def tls_request_then_close_notify(port, cafile, request, timeout=10.0):
