@@ -3,7 +3,6 @@ anything but their driver, nesting deep enough to exhaust the C stack, the
 original run_in_greenlet protocol.  Each case that could crash runs in a
 fresh interpreter, so a crash fails its test and not the run."""
 import asyncio
-import subprocess
 import sys
 import textwrap
 
@@ -17,6 +16,8 @@ from aiopyramid.helpers import (
     spawn_greenlet,
     synchronize,
 )
+
+from .conftest import run_python
 
 PRELUDE = textwrap.dedent(
     """
@@ -40,15 +41,8 @@ PRELUDE = textwrap.dedent(
 
 
 def run_fresh(body, timeout=120):
-    """Runs PRELUDE + body in a fresh interpreter; returns its stdout.  A
-    crash (signal) or a non-zero exit fails the calling test."""
-    code = PRELUDE + textwrap.dedent(body)
-    proc = subprocess.run([sys.executable, "-X", "dev", "-c", code],
-                          capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, (
-        "exit %d\n--- stdout\n%s\n--- stderr\n%s"
-        % (proc.returncode, proc.stdout[-3000:], proc.stderr[-6000:]))
-    return proc.stdout
+    """Runs PRELUDE + body in a fresh interpreter; returns its stdout."""
+    return run_python(PRELUDE + textwrap.dedent(body), timeout)
 
 
 @pytest.mark.parametrize("then", ["tick", "nap", "tick tick", "nap tick"])
