@@ -86,6 +86,8 @@ typedef struct {
     PyObject *http_strs;           /* tuple of interned strings, see http/http.h */
     PyObject *http_methods;        /* tuple: llhttp method number -> name */
     PyObject *http_run;            /* the job of a request greenlet */
+    PyObject *io_base;             /* io.IOBase: a spooled body, closed
+                                      as its request's run ends */
 
     /* websocket/ */
     PyTypeObject *WebSocketType;

@@ -288,6 +288,36 @@ request_cancelled(modstate *st, HttpProtocol *p)
     return 0;
 }
 
+/* WebOb spools a body it must seek in (request.body past 10 KiB, a plain
+ * view's upload past the preread) to a temporary file that replaces
+ * wsgi.input.  Once the request's run is over nothing reads it, and a
+ * reference cycle through the request (Pyramid's exception view leaves
+ * one per error) would keep its descriptor and disk space until the
+ * cyclic collector runs: it is closed now.  Only a file (io.IOBase): an
+ * object of the app's own is left alone. */
+static void
+close_spooled_input(modstate *st, HttpRequest *r)
+{
+    if (r->environ == NULL)
+        return; /* released with its connection */
+    PyObject *input = PyDict_GetItemWithError(r->environ, HSTR(st, WSGI_INPUT));
+    if (input == NULL || Py_TYPE(input) == st->HttpInputType) {
+        PyErr_Clear(); /* a failed lookup: nothing of ours to close */
+        return;
+    }
+    Py_INCREF(input);
+    int is_file = PyObject_IsInstance(input, st->io_base);
+    if (is_file > 0) {
+        PyObject *res = PyObject_CallMethodNoArgs(input, st->str_close);
+        if (res == NULL)
+            is_file = -1;
+        Py_XDECREF(res);
+    }
+    if (is_file < 0)
+        log_error(r->proto->server, "Error closing the request's spooled body");
+    Py_DECREF(input);
+}
+
 /* run_request(req): the job of a request greenlet. */
 static PyObject *
 run_request(PyObject *module, PyObject *arg)
@@ -333,6 +363,7 @@ run_request(PyObject *module, PyObject *arg)
         }
     }
     PyObject *exc = ret == NULL ? exc_take() : NULL;
+    close_spooled_input(st, r);
     request_finish(r);
     if (exc != NULL)
         exc_restore(exc);

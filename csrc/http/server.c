@@ -630,5 +630,10 @@ http_init(PyObject *module, modstate *st)
     st->http_run = PyCFunction_NewEx(&run_request_def, module, NULL);
     if (st->http_run == NULL)
         return -1;
-    return 0;
+    PyObject *io = PyImport_ImportModule("io");
+    if (io == NULL)
+        return -1;
+    st->io_base = PyObject_GetAttrString(io, "IOBase");
+    Py_DECREF(io);
+    return st->io_base == NULL ? -1 : 0;
 }
