@@ -10,11 +10,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
-from .conftest import ROOT, free_port, http_get
+from .conftest import ROOT, free_port, http_get, run_python
 from .rawhttp import blocking_exchange, parse_all, read_to_eof
 
 pytest.importorskip("gunicorn")
@@ -414,30 +415,64 @@ def test_gc_tuned_once_the_app_is_loaded(gunicorn):
     assert not state["loaded_seen"]
 
 
-def test_gc_young_threshold_follows_the_connections_open(gunicorn):
-    # 300 connections open: 100 objects per connection; once they are gone
-    # the worker's once-a-second loop brings it back to Python's
+def _sleep_together(port, n, rounds=1, seconds=1):
+    """n connections, each asking `rounds` times in turn for a sleep of
+    `seconds`; the bodies."""
+    async def main():
+        async def one():
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            bodies = []
+            try:
+                for i in range(rounds):
+                    writer.write(b"GET /sleep?s=%r HTTP/1.1\r\nHost: t\r\n%s\r\n"
+                                 % (seconds, b"Connection: close\r\n"
+                                    if i == rounds - 1 else b""))
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
+                    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                    bodies.append(await asyncio.wait_for(reader.readexactly(length), 60))
+                return bodies
+            finally:
+                writer.close()
+
+        return await asyncio.gather(*(one() for _ in range(n)))
+
+    return [b for bodies in asyncio.run(main()) for b in bodies]
+
+
+def _threshold_while(port, work):
+    """The highest young threshold /gc showed while work() ran, and what
+    work() returned."""
+    seen, done = [], threading.Event()
+
+    def poll():
+        while not done.is_set():
+            seen.append(_gc_state(port)["threshold"][0])
+            done.wait(0.05)
+
+    t = threading.Thread(target=poll)
+    t.start()
+    try:
+        out = work()
+    finally:
+        done.set()
+        t.join(30)
+    return max(seen), out
+
+
+def test_gc_young_threshold_follows_the_requests_in_flight(gunicorn):
+    # 300 requests waiting together raise it (collections that find no
+    # garbage earn it, up to 100 objects per request in flight); once they
+    # are answered the worker's once-a-second loop brings it back down to
+    # Python's
     import gc as _gc
     python_young = _gc.get_threshold()[0]
     soft, hard = _raise_fd_limit(1024)
     try:
         srv = gunicorn("--worker-connections", "1000", app="gc_app:main()")
-        socks = []
-        try:
-            for _ in range(300):
-                c = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
-                socks.append(c)
-            deadline = time.monotonic() + 10
-            while True:
-                young = _gc_state(srv.port)["threshold"][0]
-                if young >= 100 * 300 or time.monotonic() > deadline:
-                    break
-                time.sleep(0.05)
-            assert young >= 100 * 300, young
-        finally:
-            for c in socks:
-                c.close()
-        # halved at most once a second: 30,000 -> 700 in six seconds
+        most, bodies = _threshold_while(
+            srv.port, lambda: _sleep_together(srv.port, 300, seconds=2))
+        assert bodies == [b"slept"] * 300
+        assert most >= 8 * python_young, most
         deadline = time.monotonic() + 30
         while True:
             young = _gc_state(srv.port)["threshold"][0]
@@ -449,66 +484,109 @@ def test_gc_young_threshold_follows_the_connections_open(gunicorn):
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def _sleep_together(port, n):
-    async def main():
-        async def one():
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            try:
-                writer.write(b"GET /sleep?s=1 HTTP/1.1\r\nHost: t\r\n"
-                             b"Connection: close\r\n\r\n")
-                return await asyncio.wait_for(reader.read(), 60)
-            finally:
-                writer.close()
-
-        return await asyncio.gather(*(one() for _ in range(n)))
-
-    return [parse_all(r)[0].body for r in asyncio.run(main())]
-
-
-@pytest.mark.parametrize("kind", ["tuned", "python"])
-def test_gc_requests_in_flight_set_off_no_collection(gunicorn, kind):
-    # 300 requests waiting together, a few dozen objects each, all freed
-    # by reference counting: with the worker's tuning the collector never
-    # runs for them (Python's own thresholds: hundreds of times)
+def test_gc_idle_connections_raise_nothing(gunicorn):
+    # connections that send nothing cost a client nothing: 300 of them
+    # leave the threshold at Python's (a threshold that followed the
+    # connections open rose to 30,000 objects, which cyclic garbage then
+    # had to fill before a collection)
+    import gc as _gc
+    python_young = _gc.get_threshold()[0]
     soft, hard = _raise_fd_limit(1024)
     try:
-        srv = gunicorn("--worker-connections", "1000", app="gc_app:main()",
-                       env={"AIOPYRAMID_GC": kind})
+        srv = gunicorn("--worker-connections", "1000", app="gc_app:main()")
         before = _gc_state(srv.port)["collections"]
-        assert _sleep_together(srv.port, 300) == [b"slept"] * 300
-        after = _gc_state(srv.port)["collections"]
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    ran = sum(after) - sum(before)
-    if kind == "tuned":
-        assert ran == 0, (before, after)
-    else:
-        assert ran > 0, (before, after)  # what the tuning takes away
-
-
-def test_gc_young_threshold_is_bounded(gunicorn):
-    # 1,100 connections open would ask for 110,000: at most 100,000
-    n = 1100
-    soft, hard = _raise_fd_limit(n + 512)
-    try:
-        srv = gunicorn("--worker-connections", "10000", app="gc_app:main()")
         socks = []
         try:
-            for _ in range(n):
+            for _ in range(300):
                 socks.append(socket.create_connection(("127.0.0.1", srv.port),
                                                       timeout=10))
-            deadline = time.monotonic() + 10
-            while True:
-                young = _gc_state(srv.port)["threshold"][0]
-                if young >= 100000 or time.monotonic() > deadline:
-                    break
-                time.sleep(0.05)
-            assert young == 100000
+            for _ in range(20):
+                assert get(srv.port, "/hello").status == 200
+            state = _gc_state(srv.port)
         finally:
             for c in socks:
                 c.close()
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert sum(state["collections"]) > sum(before)  # it was looked at
+    assert state["threshold"][0] == python_young
+
+
+@pytest.mark.parametrize("kind", ["tuned", "python"])
+def test_gc_requests_in_flight_set_off_a_few_collections(gunicorn, kind):
+    # 300 connections waiting together, five requests each in turn, a few
+    # dozen objects each, all freed by reference counting: with the
+    # worker's tuning the collector runs while the threshold is earned,
+    # then no more (Python's own thresholds: at every turn)
+    soft, hard = _raise_fd_limit(1024)
+    try:
+        srv = gunicorn("--worker-connections", "1000", app="gc_app:main()",
+                       env={"AIOPYRAMID_GC": kind})
+        before = _gc_state(srv.port)["collections"]
+        assert _sleep_together(srv.port, 300, rounds=5, seconds=0.5) == [b"slept"] * 1500
+        after = _gc_state(srv.port)["collections"]
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    ran = sum(after) - sum(before)
+    if kind == "tuned":
+        assert ran <= 20, (before, after)
+    else:
+        assert ran > 40, (before, after)  # what the tuning takes away
+
+
+def test_gc_pacer_earns_bounds_and_gives_back():
+    # the pacer's arithmetic, in a fresh interpreter (it sets the
+    # collector's thresholds): collections that find no garbage double
+    # the threshold up to the ceiling (100 objects per request in flight,
+    # at most 100,000), one that finds garbage shortens it in proportion,
+    # the once-a-second loop halves it at most
+    out = run_python("""
+import gc
+from aiopyramid.gunicorn.worker import _GcPacer
+gc.set_threshold(700, 10, 10)
+class Server:
+    active = 0
+server = Server()
+pacer = _GcPacer(gc.get_threshold())
+pacer.server = server
+clean = {"collected": 0, "uncollectable": 0}
+def collect(garbage=0):
+    pacer._collected("stop", {"collected": garbage, "uncollectable": 0})
+    return gc.get_threshold()[0]
+def threshold():
+    return gc.get_threshold()[0]
+print(collect())                          # nothing in flight: Python's
+server.active = 300
+print([collect() for _ in range(7)])      # earned, up to 30,000
+server.active = 5000
+print([collect() for _ in range(4)][-1])  # at most 100,000
+server.active = 0
+pacer.follow()
+first = threshold()
+pacer.follow()
+print(first, threshold())                 # halved at most, each second
+for _ in range(10):
+    pacer.follow()
+print(threshold())
+server.active = 300
+print(collect())                          # given back: earned anew
+server.active = 5000
+print([collect() for _ in range(7)][-1])
+print(collect(garbage=7000))              # ten times the budget: a tenth
+print(collect(garbage=100000))            # never below Python's
+""")
+    assert out.split("\n")[:10] == [
+        "700",
+        "[1400, 2800, 5600, 11200, 22400, 30000, 30000]",
+        "100000",
+        "50000 25000",
+        "700",
+        "1400",
+        "100000",
+        "10000",
+        "700",
+        "",
+    ], out
 
 
 def test_gc_thresholds_the_app_set_are_kept(gunicorn):

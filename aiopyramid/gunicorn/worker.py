@@ -20,7 +20,8 @@ asyncio's loop.
 
 Once the app is loaded, the worker freezes its objects out of the cyclic
 collector's sight and has the young generation's threshold follow the
-connections open (see ``_tune_gc`` and ``_GcPacer``); ``AIOPYRAMID_GC=python`` leaves the collector as Python set
+requests in flight, as far as the garbage found allows (see ``_tune_gc``
+and ``_GcPacer``); ``AIOPYRAMID_GC=python`` leaves the collector as Python set
 it, and an app that set its own thresholds keeps them.
 
 Settings honoured: bind (the arbiter's sockets), workers, worker_connections
@@ -54,12 +55,14 @@ __all__ = ["AsyncGunicornWorker", "AsyncioGunicornWorker"]
 LOOP_ENV = "AIOPYRAMID_LOOP"
 GC_ENV = "AIOPYRAMID_GC"
 ACCEPT_LOG_INTERVAL = 10  # s between two "accept() failed" lines
-# the young generation's threshold: this many objects per connection open
-# (the objects of the requests in flight, which die by reference counting),
-# never below Python's own, at most GC_YOUNG_MAX (a collection traverses
-# them all)
-GC_YOUNG_PER_CONNECTION = 100
+# the young generation's threshold: up to this many objects per request in
+# flight (which die by reference counting), never below Python's own, at
+# most GC_YOUNG_MAX (a collection traverses them all), as far as earned by
+# collections that find at most GC_GARBAGE_BUDGET objects of garbage (what
+# Python's own young threshold lets wait)
+GC_YOUNG_PER_REQUEST = 100
 GC_YOUNG_MAX = 100_000
+GC_GARBAGE_BUDGET = 700
 # the collector's thresholds as Python sets them (3.11 and 3.12; 3.13):
 # an app that set others keeps its own
 _GC_PYTHON_THRESHOLDS = ((700, 10, 10), (2000, 10, 10))
@@ -114,8 +117,8 @@ def _tune_gc(preloaded=False):
     traverse the whole app too (tens of ms each, with every request in
     flight waiting).  So: the app's objects, collected once, are frozen (a
     collection never looks at them again; in a forked worker their memory
-    pages also stay shared), and the young threshold follows the number of
-    connections open (_GcPacer).
+    pages also stay shared), and the young threshold follows the requests
+    in flight as far as the garbage the collections find allows (_GcPacer).
 
     A preloaded app (gunicorn --preload) was loaded in the master, its
     pages shared with this forked worker: it is frozen without a
@@ -132,43 +135,60 @@ def _tune_gc(preloaded=False):
 
 
 class _GcPacer:
-    """The young generation's threshold: GC_YOUNG_PER_CONNECTION objects per
-    connection open, never below Python's own, at most GC_YOUNG_MAX.
+    """The young generation's threshold: up to GC_YOUNG_PER_REQUEST objects
+    per request in flight (never below Python's own, at most GC_YOUNG_MAX),
+    as far as the collections so far have earned it.
 
-    Requests in flight then no longer set off collections, and cyclic
-    garbage (Pyramid's exception view leaves a cycle holding the request,
-    its environ and a spooled upload's open file) waits for a collection
-    no longer than with Python's threshold when few connections are open,
-    and at most GC_YOUNG_PER_CONNECTION objects per connection open when
-    many are: it grows with the load, like the memory of the requests in
-    flight, not with worker_connections.  Raised as connections are
-    accepted, lowered by the worker's once-a-second loop."""
+    Requests in flight then no longer set off collections: their objects
+    die by reference counting, and a collection would only traverse and
+    promote them.  Cyclic garbage is another matter: it waits for a
+    collection, holding what it points at.  So the threshold is earned:
+    a collection that finds at most GC_GARBAGE_BUDGET objects of garbage
+    lets the next one wait twice as long, one that finds more shortens the
+    wait in proportion.  An app that makes cyclic garbage keeps about what
+    Python's own threshold lets wait; one that makes none reaches the
+    ceiling in a few collections.  Idle connections cost a client nothing,
+    so they raise nothing: the ceiling follows the requests in flight,
+    read as each collection ends, and is lowered by half at most once a
+    second by the worker's loop (a load that ebbs and flows within seconds
+    does not set off a collection each time it ebbs)."""
 
-    __slots__ = ("young", "base", "rest")
+    __slots__ = ("young", "base", "rest", "ceiling", "earned", "server")
 
     def __init__(self, thresholds):
-        self.young = self.base = thresholds[0]
+        self.young = self.base = self.ceiling = self.earned = thresholds[0]
         self.rest = thresholds[1:]
+        self.server = None  # the worker's HttpServer, once made
+        gc.callbacks.append(self._collected)
 
-    def want(self, connections):
-        return min(GC_YOUNG_MAX,
-                   max(self.base, GC_YOUNG_PER_CONNECTION * connections))
+    def _want(self):
+        active = self.server.active if self.server is not None else 0
+        return min(GC_YOUNG_MAX, max(self.base, GC_YOUNG_PER_REQUEST * active))
 
-    def raise_for(self, connections):
-        # as each connection is accepted: at once
-        if GC_YOUNG_PER_CONNECTION * connections > self.young:
-            self._set(self.want(connections))
+    def follow(self):
+        # once a second: down by half at most; what was earned at a higher
+        # threshold is not kept for later
+        self.ceiling = max(self._want(), self.young // 2)
+        self.earned = min(self.earned, 2 * self.ceiling)
+        self._apply()
 
-    def follow(self, connections):
-        # once a second: down by half at most (a load that ebbs and flows
-        # within seconds does not set off a collection each time it ebbs)
-        young = max(self.want(connections), self.young // 2)
+    def _collected(self, phase, info):
+        if phase != "stop":
+            return
+        self.ceiling = max(self.ceiling, self._want())
+        garbage = info["collected"] + info["uncollectable"]
+        if garbage <= GC_GARBAGE_BUDGET:
+            self.earned = min(GC_YOUNG_MAX, 2 * self.young)
+        else:
+            self.earned = max(self.base,
+                              self.young * GC_GARBAGE_BUDGET // garbage)
+        self._apply()
+
+    def _apply(self):
+        young = max(self.base, min(self.ceiling, self.earned))
         if young != self.young:
-            self._set(young)
-
-    def _set(self, young):
-        self.young = young
-        gc.set_threshold(young, *self.rest)
+            self.young = young
+            gc.set_threshold(young, *self.rest)
 
 
 def _new_loop(kind):
@@ -232,7 +252,7 @@ class AsyncGunicornWorker(base.Worker):
         self.server = None
         self.exit_code = 0
         self._gc_kind = "tuned"
-        self._gc_pacer = None  # the young threshold following connections
+        self._gc_pacer = None  # the young threshold following the requests
         self._quit_now = False
         self._wakeup = None
         self._connecting = 0  # accepted, their transport not made yet
@@ -443,6 +463,8 @@ class AsyncGunicornWorker(base.Worker):
         loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
         self.server = server = self.make_server(loop)
+        if self._gc_pacer is not None:
+            self._gc_pacer.server = server
         self.websockets.error_log = self._error
         self._limit = max(1, self.cfg.worker_connections)
         ssl_ctx = self._ssl_context()
@@ -468,7 +490,7 @@ class AsyncGunicornWorker(base.Worker):
                 # body that stalls, a response it does not read) as long
                 server.close_idle(max(keepalive, 0.0), first_wait, first_wait)
                 if self._gc_pacer is not None:
-                    self._gc_pacer.follow(self._open_connections())
+                    self._gc_pacer.follow()
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), 1.0)
                 except asyncio.TimeoutError:
@@ -604,7 +626,6 @@ class _Acceptor:
         connect = self.loop.connect_accepted_socket
         server = worker.server
         opening = self.opening
-        pacer = worker._gc_pacer
         # take what waits in the backlog now, not one per loop iteration: a
         # burst of clients is not kept waiting
         while True:
@@ -626,9 +647,6 @@ class _Acceptor:
                 break
             self.backoff = 0.0
             room -= 1
-            if pacer is not None:
-                # before the connection's objects count towards a collection
-                pacer.raise_for(worker._open_connections() + 1)
             if self.ssl_ctx is None:
                 coro = connect(server, conn)
             else:
