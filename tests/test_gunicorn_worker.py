@@ -514,24 +514,25 @@ def test_gc_idle_connections_raise_nothing(gunicorn):
 
 @pytest.mark.parametrize("kind", ["tuned", "python"])
 def test_gc_requests_in_flight_set_off_a_few_collections(gunicorn, kind):
-    # 300 connections waiting together, five requests each in turn, a few
+    # 300 connections waiting together, ten requests each in turn, a few
     # dozen objects each, all freed by reference counting: with the
     # worker's tuning the collector runs while the threshold is earned,
-    # then no more (Python's own thresholds: at every turn)
+    # and again when it came down in a gap between two turns (measured: 25
+    # collections; Python's own thresholds: 92)
     soft, hard = _raise_fd_limit(1024)
     try:
-        srv = gunicorn("--worker-connections", "1000", app="gc_app:main()",
-                       env={"AIOPYRAMID_GC": kind})
+        srv = gunicorn("--worker-connections", "1000", "--keep-alive", "30",
+                       app="gc_app:main()", env={"AIOPYRAMID_GC": kind})
         before = _gc_state(srv.port)["collections"]
-        assert _sleep_together(srv.port, 300, rounds=5, seconds=0.5) == [b"slept"] * 1500
+        assert _sleep_together(srv.port, 300, rounds=10, seconds=0.5) == [b"slept"] * 3000
         after = _gc_state(srv.port)["collections"]
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     ran = sum(after) - sum(before)
     if kind == "tuned":
-        assert ran <= 20, (before, after)
+        assert ran <= 40, (before, after)
     else:
-        assert ran > 40, (before, after)  # what the tuning takes away
+        assert ran > 60, (before, after)  # what the tuning takes away
 
 
 def test_gc_pacer_earns_bounds_and_gives_back():
