@@ -21,9 +21,14 @@
  * - a pool thread runs the views it takes in C, inside the queue's get(),
  *   without going back to the pool's Python loop;
  * - a finished call goes onto its loop's Completions list; only the one
- *   that finds the list empty calls call_soon_threadsafe, and the loop
- *   sets every outcome on the list in one callback, so their responses
- *   are written in one loop iteration (and held writes go out together).
+ *   that finds the list empty wakes the loop, and the loop sets every
+ *   outcome on the list in one callback, so their responses are written
+ *   in one loop iteration (and held writes go out together);
+ * - the loop lets go of the GIL before it wakes a thread (on its core, the
+ *   thread would run at once only to wait for the GIL), and wakes through
+ *   an eventfd it reads (Linux; else call_soon_threadsafe), which a thread
+ *   that goes idle writes once it has let go of the GIL, and one that
+ *   takes another view writes before it starts it.
  *
  * Any other executor gets the call through loop.run_in_executor. */
 #include "bridge/bridge.h"
