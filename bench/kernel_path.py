@@ -28,7 +28,9 @@ context switches and CPU migrations (software events) and its futex calls
     .venv/bin/python bench/kernel_path.py --only "executor,inline"
 
 measures the servers whose names contain one of the comma-separated words
-(default: ours with a coroutine view, ours inline, bjoern).
+(default: ours with a coroutine view, ours inline, bjoern).  --pin puts
+every thread of the server on CPU 0 and wrk on CPU 1: a threaded server's
+counts (the executor's) depend on where the scheduler puts its threads.
 """
 import argparse
 import os
@@ -72,7 +74,7 @@ def worker_pid(proc):
     return proc.pid
 
 
-def measure(config, duration, conns, view="hello"):
+def measure(config, duration, conns, view="hello", pin=False):
     port = peers.free_port()
     with open(os.devnull, "wb") as log:
         proc = peers.start(config, port, log)
@@ -80,6 +82,9 @@ def measure(config, duration, conns, view="hello"):
         pid = worker_pid(proc)
         url = "http://127.0.0.1:%d%s" % (port, config[2][view])
         peers.wrk(url, conns, 1)  # warm: the pool has its threads
+        if pin:  # every thread of the server on CPU 0 (new ones inherit it)
+            subprocess.run(["taskset", "-a", "-p", "-c", "0", str(pid)],
+                           check=True, capture_output=True)
         perf = subprocess.Popen(
             ["perf", "stat", "-x", ",", "-e", ",".join(EVENTS), "-p", str(pid)],
             stderr=subprocess.PIPE, text=True)
@@ -90,7 +95,8 @@ def measure(config, duration, conns, view="hello"):
             stderr=subprocess.PIPE, text=True)
         time.sleep(0.2)
         out = subprocess.run(
-            ["wrk", "-t1", "-c%d" % conns, "-d%ds" % duration, url],
+            (["taskset", "-c", "1"] if pin else [])
+            + ["wrk", "-t1", "-c%d" % conns, "-d%ds" % duration, url],
             capture_output=True, text=True, timeout=duration + 60).stdout
         for p in (perf, waking):
             p.send_signal(signal.SIGINT)
@@ -116,6 +122,9 @@ def main():
     ap.add_argument("--conns", type=int, default=50)
     ap.add_argument("--view", choices=["hello", "wait"], default="hello")
     ap.add_argument("--only", help="comma-separated substrings of the server names")
+    ap.add_argument("--pin", action="store_true",
+                    help="the server's threads on CPU 0, wrk on CPU 1 (where the "
+                    "scheduler puts a threaded server's threads changes its counts)")
     args = ap.parse_args()
     peers.raise_fd_limit()
     if args.only:
@@ -129,7 +138,7 @@ def main():
         cfgs = [c for c in cfgs if c[0].startswith("ours")]
     rows = []
     for config in cfgs:
-        n, c = measure(config, args.duration, args.conns, args.view)
+        n, c = measure(config, args.duration, args.conns, args.view, args.pin)
         if not n:
             print("%s: no requests completed" % config[0], file=sys.stderr)
             continue
@@ -150,8 +159,9 @@ def main():
                      # task-clock is in ms (perf stat -x)
                      c.get("task-clock", 0) * 1000 / n, per("context-switches"),
                      per("cpu-migrations"), per("syscalls:sys_enter_futex")))
-    print("wrk -t1 -c%d, %d s, %s; per request, in the server process (perf stat -p):"
-          % (args.conns, args.duration, args.view))
+    print("wrk -t1 -c%d, %d s, %s%s; per request, in the server process (perf stat -p):"
+          % (args.conns, args.duration, args.view,
+             ", server on CPU 0 and wrk on CPU 1" if args.pin else ""))
     print()
     print("| server | requests | reads | writes | epoll_wait | epoll_ctl | wakeups it "
           "raises | its context switches | times it is woken | requests per epoll_wait |")

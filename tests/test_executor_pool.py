@@ -4,8 +4,13 @@ without sleeping), and finished views reach their loop through one
 call_soon_threadsafe for every view that finished meanwhile.  What must
 hold: every request answered with its own outcome, many more requests than
 threads, views that block still spread over the whole pool, one thread runs
-views in the order they came, and errors still become 500s."""
+views in the order they came, and errors still become 500s.  (On Linux the
+pool's threads wake their loop through an eventfd it reads, so that a
+thread going idle wakes it after letting go of the GIL; a loop that cannot
+watch one gets call_soon_threadsafe.)"""
 import asyncio
+import gc
+import os
 import queue
 import selectors
 import socket
@@ -35,7 +40,9 @@ def _app(make_app, views, threads):
 
 
 def _loop_factory(kind, counts):
-    """A loop whose call_soon_threadsafe calls are counted."""
+    """A loop whose wake-ups from other threads are counted: its
+    call_soon_threadsafe calls, and the calls of the callbacks of its
+    readers (the pool's threads wake the loop through an eventfd it reads)."""
     if kind == "uvloop":
         uvloop = pytest.importorskip("uvloop")
         base = uvloop.Loop
@@ -46,6 +53,12 @@ def _loop_factory(kind, counts):
         def call_soon_threadsafe(self, *args, **kwargs):
             counts.append(args[0])
             return super().call_soon_threadsafe(*args, **kwargs)
+
+        def add_reader(self, fd, callback, *args):
+            def counted(*args):
+                counts.append(callback)
+                return callback(*args)
+            return super().add_reader(fd, counted, *args)
 
     return Counting
 
@@ -236,6 +249,106 @@ def test_views_that_finish_together_wake_their_loop_once(make_app, loop):
         texts, wakeups = runner.run(main())
     assert texts == [str(i) for i in range(10)]
     assert wakeups == 1
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 14),
+                    reason="3.14: views go through loop.run_in_executor")
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_finished_view_is_answered_while_the_next_one_blocks(make_app, loop):
+    """One thread takes two views queued together: the first finishes, the
+    second blocks.  The thread puts off waking the loop while it holds the
+    GIL, but never past the start of the next view: the first request is
+    answered while the second view still blocks."""
+    go = threading.Event()
+
+    def quick(request):
+        return Response(b"quick")
+
+    def block(request):
+        go.wait(30)
+        return Response(b"blocked")
+
+    app = _app(make_app, {"quick": ("/quick", quick), "block": ("/block", block)},
+               threads=1)
+
+    async def main():
+        await asyncio.wait_for(get(app, "/quick"), 30)  # the thread made, idle
+        q = asyncio.ensure_future(get(app, "/quick"))
+        b = asyncio.ensure_future(get(app, "/block"))
+        try:
+            r = await asyncio.wait_for(q, 10)
+            still_blocked = not b.done()
+        finally:
+            go.set()
+        rb = await asyncio.wait_for(b, 30)
+        return r.body, still_blocked, rb.body
+
+    with asyncio.Runner(loop_factory=_loop_factory(loop, [])) as runner:
+        assert runner.run(main()) == (b"quick", True, b"blocked")
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 14),
+                    reason="3.14: views go through loop.run_in_executor")
+def test_views_come_back_to_a_loop_that_cannot_watch_a_descriptor(make_app):
+    """A loop without add_reader (the pool's threads cannot wake it through
+    an eventfd) gets its views' outcomes through call_soon_threadsafe."""
+    counts = []
+
+    class NoReaders(_loop_factory("asyncio", counts)):
+        def add_reader(self, fd, callback, *args):
+            raise NotImplementedError
+
+    def echo(request):
+        return Response(request.matchdict["n"].encode())
+
+    app = _app(make_app, {"echo": ("/echo/{n}", echo)}, threads=2)
+
+    async def main():
+        rs = await asyncio.wait_for(asyncio.gather(
+            *(get(app, "/echo/%d" % i) for i in range(50))), 60)
+        return [r.text for r in rs]
+
+    with asyncio.Runner(loop_factory=NoReaders) as runner:
+        assert runner.run(main()) == [str(i) for i in range(50)]
+    assert counts  # woken by call_soon_threadsafe
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_loops_that_closed_leave_no_descriptor_behind(make_app, loop):
+    """Each loop's pool threads wake it through an eventfd of its own: gone
+    once the loop is closed and the next loop hands views over, without
+    waiting for the cyclic garbage collector."""
+    def echo(request):
+        return Response(b"ok")
+
+    app = _app(make_app, {"echo": ("/echo", echo)}, threads=2)
+
+    async def main():
+        rs = await asyncio.wait_for(asyncio.gather(
+            *(get(app, "/echo") for _ in range(3))), 30)
+        return [r.body for r in rs]
+
+    if loop == "uvloop":
+        factory = pytest.importorskip("uvloop").Loop
+    else:
+        factory = asyncio.SelectorEventLoop
+
+    def one_loop():
+        with asyncio.Runner(loop_factory=factory) as runner:
+            assert runner.run(main()) == [b"ok"] * 3
+
+    one_loop()
+    gc.collect()
+    gc.disable()
+    try:
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(20):
+            one_loop()
+        after = len(os.listdir("/proc/self/fd"))
+    finally:
+        gc.enable()
+    assert after - before <= 2
 
 
 def test_a_view_raising_among_many_gets_its_error(run, make_app):

@@ -21,12 +21,23 @@
  * - a pool thread runs the views it takes in C, inside the queue's get(),
  *   without going back to the pool's Python loop;
  * - a finished call goes onto its loop's Completions list; only the one
- *   that finds the list empty calls call_soon_threadsafe, and the loop
- *   sets every outcome on the list in one callback, so their responses
- *   are written in one loop iteration (and held writes go out together).
+ *   that finds the list empty wakes the loop, and the loop sets every
+ *   outcome on the list in one callback, so their responses are written
+ *   in one loop iteration (and held writes go out together);
+ * - the loop lets go of the GIL before it wakes a thread (on its core, the
+ *   thread would run at once only to wait for the GIL), and wakes through
+ *   an eventfd it reads (Linux; else call_soon_threadsafe), which a thread
+ *   that goes idle writes once it has let go of the GIL, and one that
+ *   takes another view writes before it starts it.
  *
  * Any other executor gets the call through loop.run_in_executor. */
 #include "bridge/bridge.h"
+
+#include <errno.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <sys/eventfd.h>
+#endif
 
 /* interned strings of this file, in st->executor_strs */
 #define EXECUTOR_STRINGS(X)                                                  \
@@ -38,6 +49,7 @@
     X(CANCEL, "cancel")                                                      \
     X(IS_CLOSED, "is_closed")                                                \
     X(CALL_SOON, "call_soon")                                                \
+    X(ADD_READER, "add_reader")                                              \
     X(WORK_QUEUE, "_work_queue")                                             \
     X(BROKEN, "_broken")                                                     \
     X(SHUTDOWN, "_shutdown")                                                 \
@@ -289,7 +301,24 @@ typedef struct {
     ThreadCall *head, *tail;  /* in the order the calls finished */
     PyObject *drain;          /* bound drain(), made once */
     int scheduled;            /* a drain() is on the loop's way */
+    int fd;                   /* an eventfd the loop reads with drain() as
+                                 its reader (a pool's thread can write it
+                                 without the GIL), or -1: then
+                                 call_soon_threadsafe */
 } Completions;
+
+/* Wakes the loop for c's drain() through its eventfd: with or without the
+ * GIL (the caller holds a reference, so the descriptor stays open). */
+static void
+completions_signal(Completions *c)
+{
+    uint64_t one = 1;
+    ssize_t n;
+    do {
+        n = write(c->fd, &one, sizeof(one));
+    } while (n < 0 && errno == EINTR);
+    /* EAGAIN: the counter is full, so the loop is woken already */
+}
 
 /* The chain, off the Completions: the caller owns its references. */
 static ThreadCall *
@@ -329,6 +358,15 @@ static PyObject *
 completions_drain(PyObject *op, PyObject *unused)
 {
     Completions *c = (Completions *)op;
+    if (c->fd >= 0) {
+        /* the wake-up read first: a thread that schedules a drain after
+         * this one took the chain writes again */
+        uint64_t count;
+        ssize_t n;
+        do {
+            n = read(c->fd, &count, sizeof(count));
+        } while (n < 0 && errno == EINTR);
+    }
     c->scheduled = 0;
     ThreadCall *chain = completions_take(c);
     PyObject *err = NULL;
@@ -378,11 +416,26 @@ completions_clear(PyObject *op)
     return 0;
 }
 
+/* the eventfd is closed only here: a thread about to write it holds a
+ * reference */
+static void
+completions_dealloc(PyObject *op)
+{
+    Completions *c = (Completions *)op;
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    completions_clear(op);
+    if (c->fd >= 0)
+        close(c->fd);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
 static PyType_Slot completions_slots[] = {
     {Py_tp_methods, completions_methods},
     {Py_tp_traverse, completions_traverse},
     {Py_tp_clear, completions_clear},
-    {Py_tp_dealloc, gc_dealloc},
+    {Py_tp_dealloc, completions_dealloc},
     {0, NULL},
 };
 
@@ -405,6 +458,59 @@ weakref_target(PyObject *ref)
 #else
     PyObject *obj = PyWeakref_GET_OBJECT(ref);
     return obj == Py_None ? NULL : obj;
+#endif
+}
+
+/* On the loop's thread, for a new Completions: an eventfd the loop reads
+ * with drain() as its reader, so that a pool thread that goes idle wakes
+ * the loop after it let go of the GIL (woken before, the loop would only
+ * wait for the GIL the thread holds: on one core, four more thread
+ * switches per wake-up).  Where that cannot be (no eventfd, a loop
+ * without add_reader, not this thread's running loop), fd stays -1 and
+ * the threads call call_soon_threadsafe, with the GIL. */
+static void
+completions_watch(modstate *st, Completions *c, PyObject *loop)
+{
+#ifdef __linux__
+    PyObject *running = PyObject_CallNoArgs(st->get_running_loop);
+    if (running == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    Py_DECREF(running);
+    if (running != loop)
+        return;
+    int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (fd < 0)
+        return;
+    /* the reader's handle is the loop's for its life: made in a context of
+     * its own, it keeps no request's context (the current one) alive */
+    PyObject *ctx = PyContext_New();
+    if (ctx == NULL || PyContext_Enter(ctx) < 0) {
+        Py_XDECREF(ctx);
+        PyErr_Clear();
+        close(fd);
+        return;
+    }
+    PyObject *pyfd = PyLong_FromLong(fd);
+    PyObject *r = pyfd == NULL ? NULL :
+        PyObject_CallMethodObjArgs(loop, ESTR(st, ADD_READER), pyfd,
+                                   c->drain, NULL);
+    Py_XDECREF(pyfd);
+    if (PyContext_Exit(ctx) < 0)
+        PyErr_WriteUnraisable(loop); /* cannot be: ctx is the current one */
+    Py_DECREF(ctx);
+    if (r == NULL) {
+        PyErr_Clear();
+        close(fd);
+        return;
+    }
+    Py_DECREF(r);
+    c->fd = fd;
+#else
+    (void)st;
+    (void)c;
+    (void)loop;
 #endif
 }
 
@@ -443,8 +549,13 @@ completions_for(modstate *st, PyObject *loop)
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(dead); i++) {
         key = PyList_GET_ITEM(dead, i);
         value = PyDict_GetItemWithError(st->completers, key);
-        if (value != NULL)
+        if (value != NULL) {
             completions_drop((Completions *)value);
+            /* its reader gone with the loop, the cycle through drain() is
+             * broken so that the Completions (and its eventfd) goes as
+             * soon as no thread holds it, not at the next collection */
+            Py_CLEAR(((Completions *)value)->drain);
+        }
         if (PyDict_DelItem(st->completers, key) < 0)
             goto error;
     }
@@ -455,6 +566,7 @@ completions_for(modstate *st, PyObject *loop)
     made->head = made->tail = NULL;
     made->drain = NULL;
     made->scheduled = 0;
+    made->fd = -1;
     PyObject_GC_Track(made);
     c = (PyObject *)made;
     if ((made->drain = PyObject_GetAttrString(c, "drain")) == NULL ||
@@ -463,6 +575,7 @@ completions_for(modstate *st, PyObject *loop)
         goto error;
     }
     Py_DECREF(ref);
+    completions_watch(st, made, loop);
     return c;
 error:
     Py_XDECREF(dead);
@@ -472,13 +585,17 @@ error:
 
 /* From any thread, with the GIL: the outcome onto its loop's chain, and
  * the loop woken if nothing is on its way there yet.  A loop that is gone
- * takes nothing (its requests are gone with it). */
+ * takes nothing (its requests are gone with it).  With `defer` (a pool
+ * thread that runs views in get()) and an eventfd, the wake-up is left to
+ * the thread: *defer is the Completions to wake (a reference), before the
+ * thread starts anything else, or once it has let go of the GIL when it
+ * goes idle (wq_get_impl). */
 static void
-threadcall_hand_back(ThreadCall *self)
+threadcall_hand_back(ThreadCall *self, Completions **defer)
 {
     modstate *st = state_of_type(Py_TYPE(self));
     Completions *c = (Completions *)self->completions;
-    if (c == NULL)
+    if (c == NULL || c->drain == NULL) /* its loop is gone or closed */
         return;
     if (!self->chained) {
         /* (handed back twice before a drain, cancel() called twice say:
@@ -496,6 +613,19 @@ threadcall_hand_back(ThreadCall *self)
     /* set first: asyncio's call_soon_threadsafe is Python, and the loop
      * may run the drain before it returns here */
     c->scheduled = 1;
+    if (c->fd >= 0) {
+        if (defer == NULL) {
+            completions_signal(c);
+        }
+        else if (*defer != c) {
+            if (*defer != NULL) { /* views of two loops: the first now */
+                completions_signal(*defer);
+                Py_DECREF(*defer);
+            }
+            *defer = (Completions *)Py_NewRef(c);
+        }
+        return;
+    }
     PyObject *r = PyObject_CallMethodOneArg(
         self->loop, ESTR(st, CALL_SOON_THREADSAFE), c->drain);
     if (r != NULL) {
@@ -521,9 +651,10 @@ threadcall_hand_back(ThreadCall *self)
     PyErr_WriteUnraisable((PyObject *)self);
 }
 
-/* run(): the work item's job, in the pool's thread. */
+/* The work item's job, in the pool's thread; `defer` as for
+ * threadcall_hand_back. */
 static PyObject *
-threadcall_run(PyObject *op, PyObject *unused)
+threadcall_run_impl(PyObject *op, Completions **defer)
 {
     ThreadCall *self = (ThreadCall *)op;
     modstate *st = state_of_type(Py_TYPE(op));
@@ -547,8 +678,16 @@ threadcall_run(PyObject *op, PyObject *unused)
         else
             Py_XSETREF(self->result, r);
     }
-    threadcall_hand_back(self);
+    threadcall_hand_back(self, defer);
     Py_RETURN_NONE;
+}
+
+/* run(): the work item's job, in the pool's thread (ThreadPoolExecutor's
+ * worker loop, given it by get_nowait()). */
+static PyObject *
+threadcall_run(PyObject *op, PyObject *unused)
+{
+    return threadcall_run_impl(op, NULL);
 }
 
 /* The pool's shutdown(cancel_futures=True) drains its queue and calls
@@ -559,7 +698,7 @@ threadcall_cancel(PyObject *op, PyObject *unused)
 {
     ThreadCall *self = (ThreadCall *)op;
     self->cancel = 1;
-    threadcall_hand_back(self);
+    threadcall_hand_back(self, NULL);
     Py_RETURN_TRUE;
 }
 
@@ -568,7 +707,7 @@ threadcall_set_exception(PyObject *op, PyObject *exc)
 {
     ThreadCall *self = (ThreadCall *)op;
     Py_XSETREF(self->exc, Py_NewRef(exc));
-    threadcall_hand_back(self);
+    threadcall_hand_back(self, NULL);
     Py_RETURN_NONE;
 }
 
@@ -759,7 +898,23 @@ wq_wake_cb(PyObject *op, PyObject *unused)
     WorkQueue *q = (WorkQueue *)op;
     q->wake_scheduled = 0;
     Py_CLEAR(q->wake_loop);
-    wq_wake_if_needed(q);
+    if (q->len > 0 && q->waking == 0 && q->idle != NULL) {
+        /* woken while the loop held the GIL, a thread that runs at once
+         * (on the loop's core, the kernel lets the one it wakes go first)
+         * would only wait for it, and be woken again as the loop lets go
+         * of it between two callbacks: four thread switches more.  So the
+         * loop lets go of the GIL first, and the thread runs the views it
+         * finds right away; or, where it does not run at once, the loop
+         * takes the GIL back as before */
+        qwaiter *w = q->idle;
+        q->idle = w->next;
+        q->n_idle--;
+        w->woken = 1;
+        q->waking++;
+        Py_BEGIN_ALLOW_THREADS
+        PyThread_release_lock(w->lock);
+        Py_END_ALLOW_THREADS
+    }
     Py_RETURN_NONE;
 }
 
@@ -771,6 +926,17 @@ monotonic_now(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* The loop wake-up a thread put off (threadcall_hand_back): done, with
+ * the GIL held. */
+static void
+flush_wake(Completions **defer)
+{
+    if (*defer != NULL) {
+        completions_signal(*defer);
+        Py_CLEAR(*defer);
+    }
+}
+
 /* get(): the next item; ThreadCalls (views) are run right here, in the
  * pool's thread, and the next item taken without a sleep.  timeout < 0:
  * none. */
@@ -779,13 +945,20 @@ wq_get_impl(WorkQueue *q, int block, double timeout, int run_calls)
 {
     modstate *st = state_of_type(Py_TYPE(q));
     double deadline = timeout >= 0 ? monotonic_now() + timeout : 0;
+    /* the loop to wake for the views this thread finished, put off while
+     * it goes on holding the GIL: before it starts anything else (which
+     * could block: a blocked view never holds others' finished responses)
+     * or, when it goes idle, once it has let go of the GIL (woken before,
+     * the loop would only wait for the GIL held here) */
+    Completions *defer = NULL;
     for (;;) {
         if (q->len > 0) {
+            flush_wake(&defer);
             PyObject *item = wq_pop(q);
             /* more waiting: one more thread, in case this job blocks */
             wq_wake_if_needed(q);
             if (run_calls && Py_IS_TYPE(item, st->ThreadCallType)) {
-                PyObject *r = threadcall_run(item, NULL);
+                PyObject *r = threadcall_run_impl(item, &defer);
                 if (r == NULL)
                     PyErr_WriteUnraisable(item);
                 Py_XDECREF(r);
@@ -800,11 +973,13 @@ wq_get_impl(WorkQueue *q, int block, double timeout, int run_calls)
             wait_us = left > 0 ? (long long)(left * 1e6) : 0;
         }
         if (!block || wait_us == 0) {
+            flush_wake(&defer);
             PyErr_SetNone(st->queue_empty);
             return NULL;
         }
         qwaiter w = {PyThread_allocate_lock(), NULL, 0};
         if (w.lock == NULL) {
+            flush_wake(&defer);
             PyErr_NoMemory();
             return NULL;
         }
@@ -812,10 +987,22 @@ wq_get_impl(WorkQueue *q, int block, double timeout, int run_calls)
         w.next = q->idle;
         q->idle = &w;
         q->n_idle++;
+        PyLockStatus got;
         Py_BEGIN_ALLOW_THREADS
-        PyThread_acquire_lock_timed(w.lock, wait_us, 0);
+        if (defer != NULL)
+            completions_signal(defer);
+        got = PyThread_acquire_lock_timed(w.lock, wait_us, 0);
         Py_END_ALLOW_THREADS
+        Py_CLEAR(defer);
         if (w.woken) {
+            if (got != PY_LOCK_ACQUIRED) {
+                /* timed out as the loop woke it (wq_wake_cb releases the
+                 * lock without the GIL): the lock is freed below only once
+                 * that release is done */
+                Py_BEGIN_ALLOW_THREADS
+                PyThread_acquire_lock(w.lock, WAIT_LOCK);
+                Py_END_ALLOW_THREADS
+            }
             q->waking--;
         }
         else {
