@@ -21,7 +21,8 @@ asyncio's loop.
 Once the app is loaded, the worker freezes its objects out of the cyclic
 collector's sight and has the young generation's threshold follow the
 connections open (see ``_tune_gc`` and ``_GcPacer``); ``AIOPYRAMID_GC=python`` leaves the collector as Python set
-it, and an app that set its own thresholds keeps them.
+it, and an app that set its own thresholds keeps them.  The idle request
+greenlets kept for reuse follow the connections open too (``_PoolPacer``).
 
 Settings honoured: bind (the arbiter's sockets), workers, worker_connections
 (websocket connections count too),
@@ -63,6 +64,9 @@ GC_YOUNG_MAX = 100_000
 # the collector's thresholds as Python sets them (3.11 and 3.12; 3.13):
 # an app that set others keeps its own
 _GC_PYTHON_THRESHOLDS = ((700, 10, 10), (2000, 10, 10))
+# idle request greenlets kept (_core's pool limit) as _core sets it: an app
+# that set another keeps its own
+_POOL_DEFAULT_LIMIT = 256
 
 
 class _AccessResponse:
@@ -171,6 +175,49 @@ class _GcPacer:
         gc.set_threshold(young, *self.rest)
 
 
+def _pool_pacer():
+    """A _PoolPacer, or None when the app set its own pool limit (it keeps
+    it)."""
+    from .. import _core
+
+    limit = _core.pool_stats()["limit"]
+    return _PoolPacer(limit) if limit == _POOL_DEFAULT_LIMIT else None
+
+
+class _PoolPacer:
+    """The idle request greenlets kept: as many as connections open, never
+    fewer than the pool's default.
+
+    Each connection has at most one request in flight, in a greenlet of
+    its own.  With more requests waiting at once than the pool keeps idle
+    (256), the greenlets of the ones that finish were dropped (each killed
+    where it was parked) while the next ones made new greenlets: at 1,000
+    connections each waiting 50 ms, about a third of the requests made one.
+    An idle greenlet costs about 5 KiB.  Raised as connections are
+    accepted, lowered by the worker's once-a-second loop (by half at most,
+    as _GcPacer)."""
+
+    __slots__ = ("limit", "base")
+
+    def __init__(self, base):
+        self.limit = self.base = base
+
+    def raise_for(self, connections):
+        if connections > self.limit:
+            self._set(connections)
+
+    def follow(self, connections):
+        limit = max(self.base, connections, self.limit // 2)
+        if limit != self.limit:
+            self._set(limit)
+
+    def _set(self, limit):
+        from .. import _core
+
+        self.limit = limit
+        _core.set_pool_limit(limit)
+
+
 def _new_loop(kind):
     if kind is None:
         kind = os.environ.get(LOOP_ENV, "").strip().lower() or None
@@ -233,6 +280,7 @@ class AsyncGunicornWorker(base.Worker):
         self.exit_code = 0
         self._gc_kind = "tuned"
         self._gc_pacer = None  # the young threshold following connections
+        self._pool_pacer = None  # the idle greenlets following connections
         self._quit_now = False
         self._wakeup = None
         self._connecting = 0  # accepted, their transport not made yet
@@ -319,6 +367,7 @@ class AsyncGunicornWorker(base.Worker):
         # the app is loaded (gunicorn loads it before run())
         if self._gc_kind == "tuned":
             self._gc_pacer = _tune_gc(preloaded=bool(self.cfg.preload_app))
+        self._pool_pacer = _pool_pacer()
         try:
             self.loop.run_until_complete(self._serve())
             self.loop.run_until_complete(self.loop.shutdown_asyncgens())
@@ -469,6 +518,8 @@ class AsyncGunicornWorker(base.Worker):
                 server.close_idle(max(keepalive, 0.0), first_wait, first_wait)
                 if self._gc_pacer is not None:
                     self._gc_pacer.follow(self._open_connections())
+                if self._pool_pacer is not None:
+                    self._pool_pacer.follow(self._open_connections())
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), 1.0)
                 except asyncio.TimeoutError:
@@ -605,6 +656,7 @@ class _Acceptor:
         server = worker.server
         opening = self.opening
         pacer = worker._gc_pacer
+        pool = worker._pool_pacer
         # take what waits in the backlog now, not one per loop iteration: a
         # burst of clients is not kept waiting
         while True:
@@ -626,9 +678,14 @@ class _Acceptor:
                 break
             self.backoff = 0.0
             room -= 1
-            if pacer is not None:
-                # before the connection's objects count towards a collection
-                pacer.raise_for(worker._open_connections() + 1)
+            if pacer is not None or pool is not None:
+                opened = worker._open_connections() + 1
+                if pacer is not None:
+                    # before the connection's objects count towards a
+                    # collection
+                    pacer.raise_for(opened)
+                if pool is not None:
+                    pool.raise_for(opened)
             if self.ssl_ctx is None:
                 coro = connect(server, conn)
             else:
