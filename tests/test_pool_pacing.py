@@ -119,6 +119,23 @@ def test_worker_keeps_a_greenlet_per_connection_open(gunicorn):
     assert second["created"] == first["created"]
 
 
+def test_worker_lowers_the_limit_as_connections_close(gunicorn):
+    """Once the connections have closed, the limit comes back down to the
+    default (by half at most each second) and the pool keeps no more idle
+    greenlets than that."""
+    srv = gunicorn("--worker-connections", "1000", app="pool_pacing_app:main()")
+    first, _ = _waves(srv.port)
+    assert first["limit"] >= CONNS
+    deadline = time.monotonic() + 20
+    while True:
+        stats = json.loads(_get(srv.port, "/pool"))
+        if stats["limit"] == 256:
+            break
+        assert time.monotonic() < deadline, stats
+        time.sleep(0.2)
+    assert stats["idle"] <= 256
+
+
 def test_worker_keeps_the_apps_own_pool_limit(gunicorn):
     srv = gunicorn("--worker-connections", "1000",
                    app="pool_pacing_app:main(limit=100)")

@@ -244,9 +244,10 @@ set_pool_limit(PyObject *module, PyObject *arg)
     pool_t *p = pool_get(st);
     if (p == NULL)
         return NULL;
-    while (p->n > n) {
+    while (p != NULL && p->n > n) {
         PyObject *g = p->items[--p->n];
         Py_DECREF(g);
+        p = thread_pool; /* what the kill ran may have moved it */
     }
     if (PyErr_Occurred())
         return NULL;
