@@ -101,12 +101,39 @@ async def sleep0(request):
     return Response(BODY, content_type="text/plain")
 
 
+# the wait views' sleep (--wait-ms): bench/peers_app's 50 ms by default
+WAIT = 0.05
+
+
+async def wait(request):
+    # bench/peers_app's coroutine wait view
+    await asyncio.sleep(WAIT)
+    return Response(BODY, content_type="text/plain")
+
+
+def inlinewait(request):
+    # bench/peers_app's inline wait view: a plain view with blocking=False
+    # calling a synchronized asyncio.sleep
+    _sync_sleep(WAIT)
+    return Response(BODY, content_type="text/plain")
+
+
+def _sync_sleep(delay):
+    from aiopyramid.helpers import synchronize
+
+    global _sync_sleep
+    _sync_sleep = synchronize(asyncio.sleep)
+    return _sync_sleep(delay)
+
+
 def app(view, settings=None):
     """Only the measured view's route, so every view costs the same route
     matching."""
     views = {"hello": (hello, {}), "sleep0": (sleep0, {}),
              "inline": (hello_legacy, {"blocking": False}),
-             "executor": (hello_legacy, {})}
+             "executor": (hello_legacy, {}),
+             "wait": (wait, {}),
+             "inlinewait": (inlinewait, {"blocking": False})}
     func, options = views[view]
     with Configurator(settings=settings) as config:
         config.include("aiopyramid")
@@ -168,10 +195,14 @@ except KeyboardInterrupt:
 """
 
 
-def serve(view, loop_kind, portfile):
+def serve(view, loop_kind, portfile, conns=1):
     """Serve `view` on 127.0.0.1 as the gunicorn worker does (its loop,
-    executor, base environ and GC tuning) until SIGINT; the port goes to
-    `portfile` once listening."""
+    executor, base environ and GC tuning, its young threshold raised for
+    `conns` connections open) until SIGINT; the port goes to `portfile`
+    once listening, the collector's counts (gc.get_stats()) to
+    `portfile`.gc at the end."""
+    import gc
+    import json
     import signal
 
     from aiopyramid import _executor
@@ -186,13 +217,21 @@ def serve(view, loop_kind, portfile):
             "wsgi.multithread": True, "wsgi.multiprocess": False,
             "wsgi.run_once": False, "wsgi.input_terminated": True,
             "SERVER_SOFTWARE": "aiopyramid bench", "SCRIPT_NAME": ""}
-    worker._tune_gc(1000)
+    # as the worker's acceptor does with `conns` connections open: the
+    # young threshold and the idle greenlets kept follow them
+    pacers = [worker._tune_gc()]
+    if getattr(worker, "_pool_pacer", None) is not None:  # older builds: none
+        pacers.append(worker._pool_pacer())
+    for pacer in pacers:
+        if pacer is not None:
+            pacer.raise_for(conns)
 
     async def run():
         stop = loop.create_future()
         loop.add_signal_handler(signal.SIGINT, stop.set_result, None)
         srv = HttpServer(wsgi, loop, base_environ=base)
-        server = await loop.create_server(srv, "127.0.0.1", 0)
+        # gunicorn's default backlog: --conns opens them all at once
+        server = await loop.create_server(srv, "127.0.0.1", 0, backlog=2048)
         with open(portfile + ".tmp", "w") as f:
             f.write(str(server.sockets[0].getsockname()[1]))
         os.rename(portfile + ".tmp", portfile)
@@ -204,6 +243,9 @@ def serve(view, loop_kind, portfile):
         loop.run_until_complete(run())
     finally:
         loop.close()
+        with open(portfile + ".gc", "w") as f:
+            json.dump({"stats": gc.get_stats(), "threshold": gc.get_threshold(),
+                       "greenlets": _core.pool_stats()["created"]}, f)
 
 
 def client(port, path, n, conns=1):
@@ -258,10 +300,12 @@ def client(port, path, n, conns=1):
             s.close()
 
 
-def server_only_count(view, loop_kind, n, out_dir=None, conns=1, cache_sim=False):
+def server_only_count(view, loop_kind, n, out_dir=None, conns=1, cache_sim=False,
+                      wait_ms=None):
     """{event: count} valgrind counts in the server's process serving n
     requests (start-up and shutdown included): Ir, the instructions, and
-    with cache_sim its simulated cache misses too (D1mr, DLmr, ...)."""
+    with cache_sim its simulated cache misses too (D1mr, DLmr, ...); for
+    ours also gc0, gc1, gc2: the collections of each generation."""
     import signal
     import subprocess
     import tempfile
@@ -282,7 +326,9 @@ def server_only_count(view, loop_kind, n, out_dir=None, conns=1, cache_sim=False
             cmd = valgrind + [PEERS_PYTHON, "-c", BJOERN, portfile]
         else:
             cmd = valgrind + [sys.executable, os.path.abspath(__file__), "--serve", portfile,
-                              "--view", view, "--loop", loop_kind]
+                              "--view", view, "--loop", loop_kind, "--conns", str(conns)]
+            if wait_ms is not None:
+                cmd += ["--wait-ms", str(wait_ms)]
         env = dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=os.path.dirname(HERE))
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
@@ -297,13 +343,24 @@ def server_only_count(view, loop_kind, n, out_dir=None, conns=1, cache_sim=False
             client(port, "hello" if view in ("plain", "bjoern") else view, n, conns)
             proc.send_signal(signal.SIGINT)
             err = proc.communicate(timeout=300)[1]
+            gc_stats = None
+            if os.path.exists(portfile + ".gc"):
+                import json
+
+                with open(portfile + ".gc") as f:
+                    gc_stats = json.load(f)
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
     events = re.search(r"Events *: ([\w ]+)", err).group(1).split()
     counts = re.search(r"Collected *: ([\d ]+)", err).group(1).split()
-    return dict(zip(events, map(int, counts)))
+    result = dict(zip(events, map(int, counts)))
+    if gc_stats is not None:
+        for gen, stats in enumerate(gc_stats["stats"]):
+            result["gc%d" % gen] = stats["collections"]
+        result["greenlets"] = gc_stats["greenlets"]
+    return result
 
 
 def self_cost_by_object(path):
@@ -350,7 +407,7 @@ def print_by_object(files, n):
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--view", choices=["hello", "sleep0", "inline", "executor",
-                                       "plain", "bjoern"],
+                                       "wait", "inlinewait", "plain", "bjoern"],
                     default="hello")
     ap.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     ap.add_argument("-n", type=int, default=1000)
@@ -374,10 +431,16 @@ if __name__ == "__main__":
                     help="with --server-only: instructions per request by ELF object too")
     ap.add_argument("--cache-sim", action="store_true",
                     help="with --server-only: valgrind's simulated cache misses per request too")
+    ap.add_argument("--wait-ms", type=float, default=None,
+                    help="the wait views' sleep in ms (default 50)")
     ap.add_argument("--serve", metavar="PORTFILE", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.wait_ms is not None:
+        if args.wait_ms < 0:
+            ap.error("--wait-ms must be 0 or more")
+        WAIT = args.wait_ms / 1000
     if args.serve:
-        serve(args.view, args.loop, args.serve)
+        serve(args.view, args.loop, args.serve, args.conns)
         sys.exit(0)
     if args.view in ("plain", "bjoern"):
         args.server_only = True
@@ -398,7 +461,7 @@ if __name__ == "__main__":
             keep = scratch.name
         for view in views:
             counts = [server_only_count(view, args.loop, n, keep, args.conns,
-                                        args.cache_sim)
+                                        args.cache_sim, args.wait_ms)
                       for n in (args.n, 2 * args.n)]
             per = {e: (counts[1][e] - counts[0][e]) / args.n for e in counts[0]}
             figures[view] = per["Ir"]
@@ -411,6 +474,11 @@ if __name__ == "__main__":
             print("%s, server only, %d connection%s: %.0f instructions per request%s" % (
                 view if view == "bjoern" else "ours, %s view, %s loop" % (view, args.loop),
                 args.conns, "" if args.conns == 1 else "s", figures[view], misses), flush=True)
+            if "gc0" in per:
+                print("  per 1,000 requests: collections young %.1f, middle %.1f, old %.1f;"
+                      " request greenlets created %.1f"
+                      % (1000 * per["gc0"], 1000 * per["gc1"], 1000 * per["gc2"],
+                         1000 * per["greenlets"]))
             if args.by_object:
                 print("  by ELF object, in its own code (callees charged to theirs):")
                 print_by_object([os.path.join(keep, "callgrind.out.%s.%s.c%d.%d" % (
@@ -425,6 +493,8 @@ if __name__ == "__main__":
         import subprocess
 
         options = ["--view", args.view, "--loop", args.loop]
+        if args.wait_ms is not None:
+            options += ["--wait-ms", str(args.wait_ms)]
         if args.idle:
             options += ["--idle", str(args.idle)]
         if args.slow_callback_ms is not None:

@@ -22,7 +22,8 @@ Once the app is loaded, the worker freezes its objects out of the cyclic
 collector's sight and has the young generation's threshold follow the
 requests in flight, as far as the garbage found allows (see ``_tune_gc``
 and ``_GcPacer``); ``AIOPYRAMID_GC=python`` leaves the collector as Python set
-it, and an app that set its own thresholds keeps them.
+it, and an app that set its own thresholds keeps them.  The idle request
+greenlets kept for reuse follow the connections open (``_PoolPacer``).
 
 Settings honoured: bind (the arbiter's sockets), workers, worker_connections
 (websocket connections count too),
@@ -66,6 +67,9 @@ GC_GARBAGE_BUDGET = 700
 # the collector's thresholds as Python sets them (3.11 and 3.12; 3.13):
 # an app that set others keeps its own
 _GC_PYTHON_THRESHOLDS = ((700, 10, 10), (2000, 10, 10))
+# idle request greenlets kept (_core's pool limit) as _core sets it: an app
+# that set another keeps its own
+_POOL_DEFAULT_LIMIT = 256
 
 
 class _AccessResponse:
@@ -191,6 +195,49 @@ class _GcPacer:
             gc.set_threshold(young, *self.rest)
 
 
+def _pool_pacer():
+    """A _PoolPacer, or None when the app set its own pool limit (it keeps
+    it)."""
+    from .. import _core
+
+    limit = _core.pool_stats()["limit"]
+    return _PoolPacer(limit) if limit == _POOL_DEFAULT_LIMIT else None
+
+
+class _PoolPacer:
+    """The idle request greenlets kept: as many as connections open, never
+    fewer than the pool's default.
+
+    Each connection has at most one request in flight, in a greenlet of
+    its own.  With more requests waiting at once than the pool keeps idle
+    (256), the greenlets of the ones that finish were dropped (each killed
+    where it was parked) while the next ones made new greenlets: at 1,000
+    connections each waiting 50 ms, about a third of the requests made one.
+    An idle greenlet costs about 5 KiB.  Raised as connections are
+    accepted, lowered by the worker's once-a-second loop (by half at most,
+    as _GcPacer)."""
+
+    __slots__ = ("limit", "base")
+
+    def __init__(self, base):
+        self.limit = self.base = base
+
+    def raise_for(self, connections):
+        if connections > self.limit:
+            self._set(connections)
+
+    def follow(self, connections):
+        limit = max(self.base, connections, self.limit // 2)
+        if limit != self.limit:
+            self._set(limit)
+
+    def _set(self, limit):
+        from .. import _core
+
+        self.limit = limit
+        _core.set_pool_limit(limit)
+
+
 def _new_loop(kind):
     if kind is None:
         kind = os.environ.get(LOOP_ENV, "").strip().lower() or None
@@ -253,6 +300,7 @@ class AsyncGunicornWorker(base.Worker):
         self.exit_code = 0
         self._gc_kind = "tuned"
         self._gc_pacer = None  # the young threshold following the requests
+        self._pool_pacer = None  # the idle greenlets following connections
         self._quit_now = False
         self._wakeup = None
         self._connecting = 0  # accepted, their transport not made yet
@@ -339,6 +387,7 @@ class AsyncGunicornWorker(base.Worker):
         # the app is loaded (gunicorn loads it before run())
         if self._gc_kind == "tuned":
             self._gc_pacer = _tune_gc(preloaded=bool(self.cfg.preload_app))
+        self._pool_pacer = _pool_pacer()
         try:
             self.loop.run_until_complete(self._serve())
             self.loop.run_until_complete(self.loop.shutdown_asyncgens())
@@ -491,6 +540,8 @@ class AsyncGunicornWorker(base.Worker):
                 server.close_idle(max(keepalive, 0.0), first_wait, first_wait)
                 if self._gc_pacer is not None:
                     self._gc_pacer.follow()
+                if self._pool_pacer is not None:
+                    self._pool_pacer.follow(self._open_connections())
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), 1.0)
                 except asyncio.TimeoutError:
@@ -626,6 +677,7 @@ class _Acceptor:
         connect = self.loop.connect_accepted_socket
         server = worker.server
         opening = self.opening
+        pool = worker._pool_pacer
         # take what waits in the backlog now, not one per loop iteration: a
         # burst of clients is not kept waiting
         while True:
@@ -647,6 +699,8 @@ class _Acceptor:
                 break
             self.backoff = 0.0
             room -= 1
+            if pool is not None:
+                pool.raise_for(worker._open_connections() + 1)
             if self.ssl_ctx is None:
                 coro = connect(server, conn)
             else:

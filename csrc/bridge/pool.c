@@ -6,6 +6,9 @@
  * found again through a per-thread pointer */
 static _Thread_local struct pool *thread_pool;
 
+/* the idle greenlets a new pool has room for; it grows up to the limit */
+#define POOL_FIRST_CAP 256
+
 typedef struct pool {
     Py_ssize_t n, cap;
     PyObject *items[];
@@ -39,7 +42,12 @@ pool_get(modstate *st)
         return thread_pool = PyCapsule_GetPointer(cap, "aiopyramid.pool");
     if (PyErr_Occurred())
         return NULL;
-    Py_ssize_t cap_n = st->pool_limit > 0 ? st->pool_limit : 1;
+    /* grown as greenlets are given back (pool_give): a thread that never
+     * holds many idle ones never allocates for a high limit */
+    Py_ssize_t cap_n = st->pool_limit < POOL_FIRST_CAP ? st->pool_limit
+                                                       : POOL_FIRST_CAP;
+    if (cap_n < 1)
+        cap_n = 1;
     pool_t *p = PyMem_Malloc(sizeof(pool_t) + cap_n * sizeof(PyObject *));
     if (p == NULL) {
         PyErr_NoMemory();
@@ -139,6 +147,37 @@ check_stack_for_new_greenlet(void)
     return -1;
 }
 
+/* Room for more idle greenlets (the limit was raised): twice as much, up
+ * to the limit.  The pool as it is now (the old one when there is no memory
+ * for a larger one: the greenlet given back is then dropped, as when the
+ * pool is full); never an error. */
+static pool_t *
+pool_grow(modstate *st, pool_t *p)
+{
+    Py_ssize_t cap = p->cap <= st->pool_limit / 2 ? p->cap * 2
+                                                  : st->pool_limit;
+    PyObject *d = PyThreadState_GetDict();
+    PyObject *capsule = d == NULL ? NULL
+        : PyDict_GetItemWithError(d, st->str_pool_key);
+    if (capsule == NULL) {
+        PyErr_Clear();
+        return p;
+    }
+    pool_t *q = PyMem_Malloc(sizeof(pool_t) + cap * sizeof(PyObject *));
+    if (q == NULL)
+        return p;
+    q->n = p->n;
+    q->cap = cap;
+    memcpy(q->items, p->items, p->n * sizeof(PyObject *));
+    if (PyCapsule_SetPointer(capsule, q) < 0) {
+        PyErr_Clear();
+        PyMem_Free(q);
+        return p;
+    }
+    PyMem_Free(p);
+    return thread_pool = q;
+}
+
 BridgeGreenlet *
 pool_take(modstate *st)
 {
@@ -171,11 +210,13 @@ pool_give(modstate *st, BridgeGreenlet *g)
 {
     PyObject *exc = PyErr_Occurred() ? exc_take() : NULL;
     pool_t *p = pool_get(st);
+    if (p != NULL && p->n == p->cap && p->n < st->pool_limit)
+        p = pool_grow(st, p);
     if (p != NULL && p->n < p->cap && p->n < st->pool_limit) {
         p->items[p->n++] = (PyObject *)g;
         g = NULL;
     }
-    else if (p == NULL) {
+    else if (p == NULL && PyErr_Occurred()) {
         PyErr_WriteUnraisable(NULL);
     }
     Py_XDECREF(g); /* an idle greenlet dies by GreenletExit at its park */
@@ -197,11 +238,19 @@ set_pool_limit(PyObject *module, PyObject *arg)
     modstate *st = state_of_module(module);
     Py_ssize_t old = st->pool_limit;
     st->pool_limit = n;
-    /* the current thread's pool is remade at the new size */
-    PyObject *d = PyThreadState_GetDict();
-    if (d != NULL && PyDict_DelItem(d, st->str_pool_key) < 0)
-        PyErr_Clear();
-    thread_pool = NULL;
+    /* the current thread's pool keeps its idle greenlets up to the new
+     * limit (it grows to a raised one as greenlets come back); the others
+     * end here, each killed by GreenletExit where it is parked */
+    pool_t *p = pool_get(st);
+    if (p == NULL)
+        return NULL;
+    while (p != NULL && p->n > n) {
+        PyObject *g = p->items[--p->n];
+        Py_DECREF(g);
+        p = thread_pool; /* what the kill ran may have moved it */
+    }
+    if (PyErr_Occurred())
+        return NULL;
     return PyLong_FromSsize_t(old);
 }
 
@@ -219,7 +268,8 @@ pool_stats(PyObject *module, PyObject *unused)
 static PyMethodDef pool_methods[] = {
     {"set_pool_limit", set_pool_limit, METH_O,
      "set_pool_limit(n)\n--\n\n"
-     "Keep at most n idle greenlets per thread; returns the old limit."},
+     "Keep at most n idle greenlets per thread (this thread's pool keeps the "
+     "ones it holds, up to n); returns the old limit."},
     {"pool_stats", pool_stats, METH_NOARGS,
      "pool_stats()\n--\n\n"
      "Idle greenlets in this thread's pool, the limit, greenlets created."},
