@@ -52,8 +52,9 @@ def worker_pid(proc):
                              text=True).stdout.split()
         if out:
             return int(out[0])
-        if b"gunicorn" not in open("/proc/%d/cmdline" % proc.pid, "rb").read():
-            return proc.pid
+        with open("/proc/%d/cmdline" % proc.pid, "rb") as f:
+            if b"gunicorn" not in f.read():
+                return proc.pid
         time.sleep(0.1)
     return proc.pid
 
