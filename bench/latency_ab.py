@@ -22,11 +22,9 @@ import argparse
 import glob
 import os
 import shutil
-import re
 import signal
 import statistics
 import subprocess
-import sys
 
 import peers  # bench/ is sys.path[0]
 from tail import worker_pid
