@@ -144,9 +144,17 @@ def stop(proc):
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
-def wrk(url, conns, duration):
+def taskset(cpu):
+    """The command prefix that runs a command on CPU `cpu` (and its
+    children and threads, which inherit it); none for None."""
+    return [] if cpu is None else ["taskset", "-c", str(cpu)]
+
+
+def wrk(url, conns, duration, cpu=None):
+    """wrk -t1's figures; on CPU `cpu` when given."""
     out = subprocess.run(
-        ["wrk", "-t1", "-c%d" % conns, "-d%ds" % duration, "--latency", "--timeout", "10s", url],
+        taskset(cpu) + ["wrk", "-t1", "-c%d" % conns, "-d%ds" % duration, "--latency",
+                        "--timeout", "10s", url],
         capture_output=True, text=True, timeout=duration + 60).stdout
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
     rps = float(m.group(1)) if m else 0.0

@@ -3,6 +3,7 @@ Pyramid app (bench/peers_app.py), wrk.
 
     .venv/bin/python bench/peers.py [--duration 5] [--rounds 3] [--conns 50,1000]
     .venv/bin/python bench/peers.py --duration 1 --rounds 1    # smoke run
+    .venv/bin/python bench/peers.py --no-pin                   # servers and wrk unpinned
     make bench                                                 # runs it
 
 What it does, so you can judge it:
@@ -23,6 +24,19 @@ What it does, so you can judge it:
   clean); bjoern builds on Debian's libev-dev and wrk is Debian's, both
   installed with apt-get when missing (root, as on this project's
   machines; else it says what to install);
+* on a machine with two CPUs or more, every server runs on one CPU (all
+  its processes and threads: the command is started under `taskset -c`,
+  which its children and threads inherit, and every thread's
+  Cpus_allowed_list is checked in /proc after the warm-up) and wrk on
+  another; `--no-pin` leaves both to the scheduler.  Why: on a 2-core VM,
+  where the scheduler puts a server's threads against wrk's moved rates by
+  a third from one server start to the next (our executor and granian
+  gained 1.33x and 1.47x pinned; ratios between servers at 50 connections
+  went 0.92-1.10x from run to run).  Pinned, every server gets the same
+  deal: its own core, the load generator on the other.  It favours the
+  multi-threaded peers (their threads hand the GIL over on one core; they
+  lose the second core, which a server with one Python thread and the GIL
+  cannot use anyway), not ours;
 * each server is started fresh per round, warmed up 1 s, then measured by
   wrk -t1 (--latency) for --duration seconds per view and connection
   count; servers are interleaved round after round, and each figure is the
@@ -53,7 +67,8 @@ import sys
 import threading
 import time
 
-from http_bench import free_port, raise_fd_limit, wait_ready, wrk  # bench/ is sys.path[0]
+from http_bench import (  # bench/ is sys.path[0]
+    free_port, raise_fd_limit, taskset, wait_ready, wrk)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -172,11 +187,12 @@ def configs():
     ]
 
 
-def start(config, port, log):
+def start(config, port, log, cpu=None):
+    """The server, on CPU `cpu` (all its processes and threads) if given."""
     name, cmd, paths, env, _ = config
     full_env = dict(os.environ, PYTHONPATH=ROOT,
                     PYTHONWARNINGS="ignore:pkg_resources is deprecated:UserWarning", **env)
-    proc = subprocess.Popen(cmd(port), env=full_env, cwd=ROOT, stdout=log, stderr=log,
+    proc = subprocess.Popen(taskset(cpu) + cmd(port), env=full_env, cwd=ROOT, stdout=log, stderr=log,
                             start_new_session=True)
     try:
         wait_ready(port, paths["hello"], proc, timeout=60)
@@ -184,6 +200,37 @@ def start(config, port, log):
         stop(proc)
         raise
     return proc
+
+
+def server_threads(pgid):
+    """{"pid/tid": Cpus_allowed_list} of every thread of every process in
+    process group `pgid` (a server started in its own session)."""
+    out = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % pid) as f:
+                stat = f.read()
+            if int(stat.rsplit(")", 1)[1].split()[2]) != pgid:
+                continue
+            for tid in os.listdir("/proc/%s/task" % pid):
+                with open("/proc/%s/task/%s/status" % (pid, tid)) as f:
+                    for line in f:
+                        if line.startswith("Cpus_allowed_list:"):
+                            out["%s/%s" % (pid, tid)] = line.split(":", 1)[1].strip()
+        except (OSError, IndexError, ValueError):
+            pass  # gone meanwhile
+    return out
+
+
+def check_pinned(proc, cpu):
+    """Raises unless every thread of the server is allowed CPU `cpu` alone."""
+    threads = server_threads(proc.pid)
+    wrong = {t: c for t, c in threads.items() if c != str(cpu)}
+    if not threads or wrong:
+        raise RuntimeError("server not pinned to CPU %s: %s" % (cpu, wrong or "no threads"))
+    return len(threads)
 
 
 def stop(proc):
@@ -250,13 +297,14 @@ class ConnectionWatch(threading.Thread):
                 self.open, self.answered = self.clients()
 
 
-def watched_wrk(url, port, conns, duration):
-    """wrk's figures, with how many of its connections were answered
-    ("open", "answered") and the largest accept queue ("backlog")."""
+def watched_wrk(url, port, conns, duration, cpu=None):
+    """wrk's figures (wrk on CPU `cpu` if given), with how many of its
+    connections were answered ("open", "answered") and the largest accept
+    queue ("backlog")."""
     watch = ConnectionWatch(port, duration)
     watch.start()
     try:
-        r = wrk(url, conns, duration)
+        r = wrk(url, conns, duration, cpu)
     finally:
         watch.stop.set()
         watch.join(30)
@@ -296,7 +344,12 @@ def main():
     ap.add_argument("--only", help="comma-separated substrings of the server names")
     ap.add_argument("--no-install", action="store_true",
                     help="use build/bench-peers as it is")
+    ap.add_argument("--no-pin", action="store_true",
+                    help="leave servers and wrk to the scheduler (by default, with two "
+                         "CPUs or more, each server runs on one CPU and wrk on another)")
     args = ap.parse_args()
+    cpus = sorted(os.sched_getaffinity(0))
+    server_cpu, wrk_cpu = (None, None) if args.no_pin or len(cpus) < 2 else cpus[:2]
     if not args.no_install:
         ensure_peers()
     raise_fd_limit()
@@ -313,7 +366,7 @@ def main():
             for config in cfgs:
                 port = free_port()
                 try:
-                    proc = start(config, port, log)
+                    proc = start(config, port, log, server_cpu)
                 except RuntimeError as e:
                     print("round %d %s: %s (see %s)" % (rnd + 1, config[0], e, log_path),
                           file=sys.stderr, flush=True)
@@ -323,9 +376,11 @@ def main():
                         if view not in config[2]:
                             continue
                         url = "http://127.0.0.1:%d%s" % (port, config[2][view])
-                        wrk(url, 10, 1)  # warm-up
+                        wrk(url, 10, 1, wrk_cpu)  # warm-up
+                        if server_cpu is not None:  # threads made by the warm-up too
+                            check_pinned(proc, server_cpu)
                         for c in conns:
-                            r = watched_wrk(url, port, c, args.duration)
+                            r = watched_wrk(url, port, c, args.duration, wrk_cpu)
                             results.setdefault((config[0], view, c), []).append(r)
                             print("round %d %-42s %-5s c=%-5d %9.0f req/s  p50 %8.2f ms  "
                                   "p99 %8.2f ms  answered %s/%s  backlog %s %s%s" % (
@@ -347,8 +402,11 @@ def main():
     ours = {c[0] for c in cfgs if c[4]}
     print()
     print("One process per server, Pyramid %s, wrk -t1, %d s x %d interleaved rounds "
-          "(medians); Python %s; `.venv/bin/python bench/peers.py`." % (
-              "/".join(views), args.duration, args.rounds, sys.version.split()[0]))
+          "(medians); %s; Python %s; `.venv/bin/python bench/peers.py`." % (
+              "/".join(views), args.duration, args.rounds,
+              "unpinned" if server_cpu is None else
+              "each server on CPU %d, wrk on CPU %d" % (server_cpu, wrk_cpu),
+              sys.version.split()[0]))
     print()
     print("| server | view | conns | req/s | p50 (ms) | p99 (ms) | answered / open | "
           "max backlog | vs bjoern | vs best peer |")

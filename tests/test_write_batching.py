@@ -243,3 +243,57 @@ def test_a_response_made_between_polls_goes_out_before_the_next_reads(run):
                 return await read_response(b), await read_response(a)
 
     assert run(main()) == (b"a sent", b"a")
+
+
+def test_a_pass_serving_many_connections_sends_their_responses_as_it_goes(run):
+    """A pass of the loop that reads requests from many connections (here
+    200, all sent before the server polls) sends the responses of the first
+    ones before it serves the last: a server holds the writes of at most 64
+    connections (HELD_CONNECTIONS_MAX in csrc/http/protocol.c).  Held to
+    the pass's end, the first client waited for the whole pass and its next
+    request missed the next poll (p99 at 1,000 connections).  Each call of
+    the app counts the clients that have a response to read by then."""
+    n = 200
+    state = {"seen": [], "clients": []}
+
+    def app(environ, start_response):
+        poller = select.poll()
+        for c in state["clients"]:
+            poller.register(c, select.POLLIN)
+        state["seen"].append(len(poller.poll(0)))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [environ["PATH_INFO"].encode()]
+
+    async def main():
+        async with serving(app) as (port, srv):
+            loop = asyncio.get_running_loop()
+            clients = state["clients"]
+            try:
+                for _ in range(n):
+                    c = socket.socket()
+                    clients.append(c)
+                    c.setblocking(False)
+                    await asyncio.wait_for(loop.sock_connect(c, ("127.0.0.1", port)), 10)
+                for _ in range(500):  # bounded: every connection accepted
+                    if srv.connections == n:
+                        break
+                    await asyncio.sleep(0.01)
+                assert srv.connections == n
+                for i, c in enumerate(clients):  # no await: one poll reads all
+                    assert c.send(get(b"/%d" % i)) == len(get(b"/%d" % i))
+                for i, c in enumerate(clients):
+                    data = b""
+                    while not parse_all(data, eof=False):
+                        chunk = await asyncio.wait_for(loop.sock_recv(c, 65536), 10)
+                        assert chunk, data
+                        data += chunk
+                    assert parse_all(data, eof=False)[0].body == b"/%d" % i
+            finally:
+                for c in clients:
+                    c.close()
+
+    run(main())
+    seen = state["seen"]
+    assert len(seen) == n
+    # the 66th request served finds the first 64 responses sent
+    assert seen[-1] >= 64, seen
