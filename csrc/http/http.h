@@ -293,6 +293,7 @@ int chunk_line_check(HttpProtocol *p);
 int high_bytes_retry(HttpProtocol *p, llhttp_errno_t err);
 
 /* environ.c */
+PyObject *environ_for_connection(PyObject *base);
 int environ_set_url(HttpServer *srv, modstate *st, PyObject *env, const char *url, size_t n);
 int environ_add_header(modstate *st, PyObject *env, const char *name, size_t nlen, const char *value, size_t vlen);
 int set_addr(modstate *st, PyObject *env, PyObject *addr, PyObject *khost, PyObject *kport);

@@ -631,7 +631,7 @@ proto_connection_made(PyObject *op, PyObject *transport)
     Py_XSETREF(p->write, PyObject_GetAttr(transport, HSTR(st, WRITE)));
     if (p->write == NULL)
         goto error;
-    env = PyDict_Copy(srv->base_environ);
+    env = environ_for_connection(srv->base_environ);
     if (env == NULL ||
         (peer = extra_info(st, transport, HSTR(st, PEERNAME))) == NULL ||
         (sock = extra_info(st, transport, HSTR(st, SOCKNAME))) == NULL ||

@@ -1,0 +1,58 @@
+"""What the per-request cuts of the coroutine and inline paths must keep
+(README, "Ours against bjoern, the server alone"): each request's environ
+is its own (the connection's environ is presized, and each request's a copy
+of it), the request's Task (its name included) is its own and unique."""
+import asyncio
+import json
+import sys
+
+from .inprocess import run, serving  # noqa: F401 -- fixture
+from .rawhttp import exchange
+
+
+def test_what_an_app_adds_to_its_environ_stays_in_that_request(run):
+    """Requests on one connection each get a fresh copy of the connection's
+    environ: keys one request's app adds (more than a presized table holds)
+    are in no later request's environ, nor in the server's base environ,
+    and the server's own keys are there every time."""
+    seen = []
+    base = {"wsgi.version": (1, 0), "SCRIPT_NAME": "", "base.key": "b"}
+
+    def app(environ, start_response):
+        seen.append(sorted(k for k in environ if k.startswith("app.")))
+        size = sys.getsizeof(environ)
+        for i in range(16):
+            environ["app.%d.%s" % (i, environ["PATH_INFO"])] = i
+        grown = sys.getsizeof(environ) != size
+        for i in range(100):  # past any presized room
+            environ["app.more.%d" % i] = i
+        out = {"grown": grown, "path": environ["PATH_INFO"],
+               "base": environ["base.key"], "host": environ["HTTP_HOST"],
+               "method": environ["REQUEST_METHOD"], "len": len(environ)}
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps(out).encode()]
+
+    async def main():
+        from aiopyramid.server import HttpServer
+        loop = asyncio.get_running_loop()
+        srv = HttpServer(app, loop, base_environ=base)
+        server = await loop.create_server(srv, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            rs, _ = await exchange(
+                port, b"".join(b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % i
+                               for i in range(3)), count=3)
+            return [json.loads(r.body) for r in rs]
+        finally:
+            server.close()
+            srv.abort()
+            await server.wait_closed()
+    outs = run(main())
+    assert seen == [[], [], []]
+    assert [o["path"] for o in outs] == ["/0", "/1", "/2"]
+    assert all(o["base"] == "b" and o["host"] == "x" and o["method"] == "GET"
+               for o in outs)
+    assert len({o["len"] for o in outs}) == 1
+    # the connection's environ leaves room: 16 keys added grow no request's
+    assert [o["grown"] for o in outs] == [False] * 3
+    assert base == {"wsgi.version": (1, 0), "SCRIPT_NAME": "", "base.key": "b"}
