@@ -56,3 +56,44 @@ def test_what_an_app_adds_to_its_environ_stays_in_that_request(run):
     # the connection's environ leaves room: 16 keys added grow no request's
     assert [o["grown"] for o in outs] == [False] * 3
     assert base == {"wsgi.version": (1, 0), "SCRIPT_NAME": "", "base.key": "b"}
+
+
+def test_each_request_task_has_a_unique_name_of_its_own(run):
+    """The request's Task is named aiopyramid-request-N (N counting the
+    process's requests): the same from the app's first line and after it
+    suspends, a new one per request, never asyncio's own Task-N (whose
+    counter is asyncio's), on every Python the server runs on."""
+    import re
+
+    from aiopyramid import _core
+
+    seen = []
+
+    def app(environ, start_response):
+        task = asyncio.current_task()
+        first = task.get_name()
+        if environ["PATH_INFO"] == "/wait":
+            _core.await_(asyncio.sleep(0))
+        seen.append((first, asyncio.current_task().get_name(),
+                     asyncio.current_task() is task))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    async def main():
+        other = asyncio.current_task().get_name()
+        async with serving(app) as (port, srv):
+            rs, _ = await exchange(
+                port, b"GET /now HTTP/1.1\r\nHost: x\r\n\r\n"
+                b"GET /wait HTTP/1.1\r\nHost: x\r\n\r\n"
+                b"GET /now HTTP/1.1\r\nHost: x\r\n\r\n", count=3)
+        return other, [r.status for r in rs]
+    other, statuses = run(main())
+    assert statuses == [200, 200, 200]
+    assert [same for _, _, same in seen] == [True] * 3
+    assert [a == b for a, b, _ in seen] == [True] * 3
+    names = [a for a, _, _ in seen]
+    assert all(re.fullmatch(r"aiopyramid-request-[1-9][0-9]*", n)
+               for n in names), names
+    numbers = [int(n.rsplit("-", 1)[1]) for n in names]
+    assert numbers == sorted(set(numbers))  # distinct, in order
+    assert re.fullmatch(r"Task-[0-9]+", other)  # asyncio's own, unchanged

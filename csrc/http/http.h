@@ -69,6 +69,7 @@
     X(CANCELLED, "cancelled")                                                \
     X(EXCEPTION, "exception")                                                \
     X(DONE, "done")                                                          \
+    X(NAME, "name")                                                          \
     X(ABORT, "abort")                                                        \
     X(IS_CLOSING, "is_closing")                                              \
     X(GET_WRITE_BUFFER_SIZE, "get_write_buffer_size")                        \
