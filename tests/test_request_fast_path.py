@@ -6,7 +6,7 @@ import asyncio
 import json
 import sys
 
-from .inprocess import run, serving  # noqa: F401 -- fixture
+from .inprocess import loop, run, serving  # noqa: F401 -- fixture
 from .rawhttp import exchange
 
 
@@ -97,3 +97,42 @@ def test_each_request_task_has_a_unique_name_of_its_own(run):
     numbers = [int(n.rsplit("-", 1)[1]) for n in names]
     assert numbers == sorted(set(numbers))  # distinct, in order
     assert re.fullmatch(r"Task-[0-9]+", other)  # asyncio's own, unchanged
+
+
+def test_the_shared_read_buffer_is_one_view_no_reader_can_release(loop):
+    """A connection with nothing unparsed reads into its server's shared
+    buffer through one memoryview given at every get_buffer(): a reader that
+    tries to release() it gets a BufferError and the next reads (of this
+    connection and another) still work, a head cut short included."""
+    import pytest
+
+    from .inprocess import connect
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [environ["PATH_INFO"].encode()]
+
+    def feed(proto, data):
+        buf = proto.get_buffer(-1)
+        buf[:len(data)] = data
+        proto.buffer_updated(len(data))
+        return buf
+
+    server, a, ta = connect(loop, app, base_environ={"wsgi.version": (1, 0)})
+    b = server()
+    from .inprocess import FakeTransport
+    tb = FakeTransport()
+    b.connection_made(tb)
+    first = feed(a, b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
+    with pytest.raises(BufferError):
+        first.release()
+    second = feed(b, b"GET /two HTTP/1.1\r\nHo")  # cut short
+    assert second is first  # one view for every read
+    third = feed(a, b"GET /three HTTP/1.1\r\nHost: x\r\n\r\n")
+    fourth = feed(b, b"st: x\r\n\r\n")  # the rest of b's head
+    assert third is first and fourth is first
+    for _ in range(10):
+        loop.run_until_complete(asyncio.sleep(0))
+    assert ta.out.count(b"HTTP/1.1 200 OK") == 2
+    assert ta.out.endswith(b"/three") and b"/one" in ta.out
+    assert tb.out.count(b"HTTP/1.1 200 OK") == 1 and tb.out.endswith(b"/two")

@@ -130,6 +130,10 @@ typedef struct {
     Py_ssize_t body_buffer;     /* pause reading with more body buffered */
     char *shared_rbuf;          /* the read buffer of connections with
                                    nothing unparsed (see get_buffer) */
+    PyObject *shared_rview;     /* a memoryview of it, what get_buffer
+                                   gives every time ... */
+    Py_buffer shared_rpin;      /* ... held exported, so that no reader
+                                   can release() it */
     double keepalive;
     int shutting_down;
     unsigned long long requests;
