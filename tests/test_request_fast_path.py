@@ -136,3 +136,61 @@ def test_the_shared_read_buffer_is_one_view_no_reader_can_release(loop):
     assert ta.out.count(b"HTTP/1.1 200 OK") == 2
     assert ta.out.endswith(b"/three") and b"/one" in ta.out
     assert tb.out.count(b"HTTP/1.1 200 OK") == 1 and tb.out.endswith(b"/two")
+
+
+class Held:
+    pass
+
+
+def test_a_pooled_greenlet_runs_each_job_in_its_context_and_keeps_none(run):
+    """A job runs in its driver's context (what it sets there stays set
+    across its suspensions, and its Task sees it), two interleaved jobs
+    each see their own, and once a job is over its parked greenlet holds
+    no context: gr_context is None, and what the job set is freed with its
+    Task's context."""
+    import contextvars
+    import gc
+    import weakref
+
+    import greenlet
+
+    from aiopyramid.helpers import spawn_greenlet, synchronize
+
+    var = contextvars.ContextVar("fast_path_var", default="unset")
+    refs, greenlets = [], []
+
+    @synchronize
+    async def pause():
+        await asyncio.sleep(0)
+
+    def job(tag):
+        greenlets.append(greenlet.getcurrent())
+        before = var.get()
+        held = Held()
+        refs.append(weakref.ref(held))
+        var.set((tag, held))
+        pause()
+        after = var.get()[0]
+        return before, after
+
+    async def in_task(tag):
+        got = await spawn_greenlet(job, tag)
+        return got, var.get()[0]
+
+    async def main():
+        tasks = [asyncio.create_task(in_task(t), context=contextvars.Context())
+                 for t in ("a", "b")]
+        out = [await t for t in tasks]
+        del tasks
+        parked = [g.dead for g in greenlets]
+        # a later job on a reused greenlet starts from its own context
+        again = await asyncio.create_task(
+            spawn_greenlet(var.get), context=contextvars.Context())
+        gc.collect()
+        return out, parked, again, [r() is None for r in refs]
+
+    out, parked, again, freed = run(main())
+    assert out == [(("unset", "a"), "a"), (("unset", "b"), "b")]
+    assert parked == [False, False]  # parked in the pool, not ended
+    assert again == "unset"
+    assert freed == [True, True]
