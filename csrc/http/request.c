@@ -300,8 +300,8 @@ run_request(PyObject *module, PyObject *arg)
     HttpRequest *r = (HttpRequest *)Py_NewRef(arg);
     HttpProtocol *p = (HttpProtocol *)Py_NewRef(r->proto);
     HttpServer *srv = (HttpServer *)Py_NewRef(p->server);
-    PyObject *result = PyObject_CallFunctionObjArgs(srv->app, r->environ,
-                                                    (PyObject *)r, NULL);
+    PyObject *app_args[2] = {r->environ, (PyObject *)r};
+    PyObject *result = PyObject_Vectorcall(srv->app, app_args, 2, NULL);
     int ok = result != NULL && send_result(r, result) == 0;
     if (result != NULL && call_close(result) < 0)
         ok = 0;
