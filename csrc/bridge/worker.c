@@ -2,11 +2,19 @@
  * switched into it, runs them, parks between jobs. */
 #include "bridge/bridge.h"
 
-static int
-set_greenlet_context(modstate *st, PyObject *g, PyObject *ctx)
+/* The contextvars context of the running greenlet (this one), or none
+ * (NULL): what greenlet's gr_context setter does for a greenlet that runs,
+ * whose context lives in the thread state until a switch saves it into
+ * the greenlet; done here without the descriptor call and its type checks
+ * (twice per job).  context_ver tells ContextVar caches it changed. */
+static void
+set_running_context(PyObject *ctx)
 {
-    PyObject *d = st->gr_context_descr;
-    return Py_TYPE(d)->tp_descr_set(d, g, ctx);
+    PyThreadState *ts = PyThreadState_Get();
+    PyObject *old = ts->context;
+    ts->context = Py_XNewRef(ctx);
+    ts->context_ver++;
+    Py_XDECREF(old);
 }
 
 /* Switches to `to` (borrowed) and waits, idle, until pool_take gives this
@@ -67,8 +75,8 @@ worker(PyObject *module, PyObject *unused)
         PyObject *func = job->func, *args = job->args, *kwargs = job->kwargs;
         job->func = job->args = job->kwargs = NULL;
         PyObject *result = NULL, *error = NULL;
-        if (set_greenlet_context(st, cur, job->context) == 0)
-            result = PyObject_Call(func, args, kwargs);
+        set_running_context(job->context);
+        result = PyObject_Call(func, args, kwargs);
         if (result == NULL)
             error = exc_take();
         Py_DECREF(func);
@@ -77,8 +85,7 @@ worker(PyObject *module, PyObject *unused)
         /* clean greenlet-local state for the next job; a parked greenlet
          * keeps no request's contextvars alive */
         Py_CLEAR(((PyGreenlet *)me)->dict);
-        if (set_greenlet_context(st, cur, Py_None) < 0)
-            PyErr_WriteUnraisable(cur);
+        set_running_context(NULL);
         job = me->job; /* NULL when the Spawn gave up on this job */
         if (job == NULL) {
             Py_XDECREF(result);

@@ -50,6 +50,32 @@ set_item_str(PyObject *d, PyObject *key, const char *s, size_t n)
     return rc;
 }
 
+/* Room in a connection's environ for what each request adds (its URL,
+ * method, protocol, input and a browser's dozen headers) and what the app
+ * adds (WebOb's cached attributes): each request's environ is a copy of
+ * the connection's, and a dict copied whole keeps its table's size, so a
+ * request that stays within this room never grows its environ. */
+#define ENVIRON_ROOM 32
+
+/* The server's base environ in a dict with ENVIRON_ROOM keys to spare
+ * (PyDict_Copy would size it to the base alone). */
+PyObject *
+environ_for_connection(PyObject *base)
+{
+    PyObject *env = _PyDict_NewPresized(PyDict_GET_SIZE(base) + ENVIRON_ROOM);
+    if (env == NULL)
+        return NULL;
+    PyObject *k, *v;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(base, &pos, &k, &v)) {
+        if (PyDict_SetItem(env, k, v) < 0) {
+            Py_DECREF(env);
+            return NULL;
+        }
+    }
+    return env;
+}
+
 static int set_url_parts(HttpServer *srv, modstate *st, PyObject *env,
                          const char *url, size_t n, PyObject *raw);
 

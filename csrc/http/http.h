@@ -69,6 +69,7 @@
     X(CANCELLED, "cancelled")                                                \
     X(EXCEPTION, "exception")                                                \
     X(DONE, "done")                                                          \
+    X(NAME, "name")                                                          \
     X(ABORT, "abort")                                                        \
     X(IS_CLOSING, "is_closing")                                              \
     X(GET_WRITE_BUFFER_SIZE, "get_write_buffer_size")                        \
@@ -129,6 +130,10 @@ typedef struct {
     Py_ssize_t body_buffer;     /* pause reading with more body buffered */
     char *shared_rbuf;          /* the read buffer of connections with
                                    nothing unparsed (see get_buffer) */
+    PyObject *shared_rview;     /* a memoryview of it, what get_buffer
+                                   gives every time ... */
+    Py_buffer shared_rpin;      /* ... held exported, so that no reader
+                                   can release() it */
     double keepalive;
     int shutting_down;
     unsigned long long requests;
@@ -293,6 +298,7 @@ int chunk_line_check(HttpProtocol *p);
 int high_bytes_retry(HttpProtocol *p, llhttp_errno_t err);
 
 /* environ.c */
+PyObject *environ_for_connection(PyObject *base);
 int environ_set_url(HttpServer *srv, modstate *st, PyObject *env, const char *url, size_t n);
 int environ_add_header(modstate *st, PyObject *env, const char *name, size_t nlen, const char *value, size_t vlen);
 int set_addr(modstate *st, PyObject *env, PyObject *addr, PyObject *khost, PyObject *kport);

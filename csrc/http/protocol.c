@@ -645,7 +645,7 @@ proto_connection_made(PyObject *op, PyObject *transport)
     Py_XSETREF(p->write, PyObject_GetAttr(transport, HSTR(st, WRITE)));
     if (p->write == NULL)
         goto error;
-    env = PyDict_Copy(srv->base_environ);
+    env = environ_for_connection(srv->base_environ);
     if (env == NULL ||
         (peer = extra_info(st, transport, HSTR(st, PEERNAME))) == NULL ||
         (sock = extra_info(st, transport, HSTR(st, SOCKNAME))) == NULL ||
@@ -794,6 +794,30 @@ ensure_space(HttpProtocol *p, size_t want)
  * what is left unparsed (a request cut short, pipelined requests behind a
  * response) in a buffer of its own.  A connection waiting on its request
  * holds no read buffer at all. */
+/* The server's shared read buffer and its one memoryview, made once: a
+ * view per read was two objects made and freed per read.  The server
+ * holds an export of the view, so a reader's release() of it fails
+ * (BufferError) instead of leaving the next reads a released view. */
+static int
+shared_view_new(HttpServer *srv)
+{
+    if (srv->shared_rbuf == NULL &&
+        (srv->shared_rbuf = PyMem_Malloc(READ_BUFFER)) == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    PyObject *view = PyMemoryView_FromMemory(srv->shared_rbuf, READ_BUFFER,
+                                             PyBUF_WRITE);
+    if (view == NULL)
+        return -1;
+    if (PyObject_GetBuffer(view, &srv->shared_rpin, PyBUF_SIMPLE) < 0) {
+        Py_DECREF(view);
+        return -1;
+    }
+    srv->shared_rview = view;
+    return 0;
+}
+
 static PyObject *
 proto_get_buffer(PyObject *op, PyObject *sizehint)
 {
@@ -801,13 +825,11 @@ proto_get_buffer(PyObject *op, PyObject *sizehint)
     HttpServer *srv = p->server;
     p->rshared = 0;
     if (p->rpos == p->rlen && srv != NULL) {
-        if (srv->shared_rbuf == NULL &&
-            (srv->shared_rbuf = PyMem_Malloc(READ_BUFFER)) == NULL)
-            return PyErr_NoMemory();
+        if (srv->shared_rview == NULL && shared_view_new(srv) < 0)
+            return NULL;
         p->rpos = p->rlen = 0;
         p->rshared = 1;
-        return PyMemoryView_FromMemory(srv->shared_rbuf, READ_BUFFER,
-                                       PyBUF_WRITE);
+        return Py_NewRef(srv->shared_rview); /* one view for every read */
     }
     if (ensure_space(p, 16384) < 0)
         return NULL;

@@ -330,8 +330,8 @@ run_request(PyObject *module, PyObject *arg)
     HttpRequest *r = (HttpRequest *)Py_NewRef(arg);
     HttpProtocol *p = (HttpProtocol *)Py_NewRef(r->proto);
     HttpServer *srv = (HttpServer *)Py_NewRef(p->server);
-    PyObject *result = PyObject_CallFunctionObjArgs(srv->app, r->environ,
-                                                    (PyObject *)r, NULL);
+    PyObject *app_args[2] = {r->environ, (PyObject *)r};
+    PyObject *result = PyObject_Vectorcall(srv->app, app_args, 2, NULL);
     int ok = result != NULL && send_result(r, result) == 0;
     if (result != NULL && call_close(result) < 0)
         ok = 0;
@@ -428,14 +428,14 @@ server_task_init(HttpServer *self)
         return -1;
     }
 #if PY_VERSION_HEX >= 0x030C0000
-    self->task_kwnames = Py_BuildValue("(sss)", "loop", "context",
-                                       "eager_start");
+    self->task_kwnames = Py_BuildValue("(ssss)", "loop", "context",
+                                       "eager_start", "name");
     int ready = self->task_kwnames != NULL;
 #else
     /* Task() has no vectorcall on 3.11: keywords passed by name would be
      * made into a new dict at each call; start_task gives this one */
-    self->task_kwargs = Py_BuildValue("{sOsO}", "loop", self->loop,
-                                      "context", Py_None);
+    self->task_kwargs = Py_BuildValue("{sOsOsO}", "loop", self->loop,
+                                      "context", Py_None, "name", Py_None);
     if (self->task_kwargs != NULL) {
         self->current_tasks = PyObject_GetAttrString(tasks, "_current_tasks");
         if (self->current_tasks != NULL &&
@@ -451,6 +451,37 @@ server_task_init(HttpServer *self)
 #endif
     Py_DECREF(tasks);
     return ready ? 0 : -1;
+}
+
+/* A request Task's name: "aiopyramid-request-N", N counting the requests
+ * of the process from 1, unique as asyncio's own "Task-N" (which a name of
+ * ours must not imitate: asyncio's counter is not ours to take).  Made
+ * here because 3.11's Task formats its default name with
+ * PyUnicode_FromFormat at each Task(), ten times what this costs; 3.12
+ * names lazily, but gets the same names, so that they do not depend on
+ * the Python version. */
+static unsigned long long request_tasks;
+
+static PyObject *
+request_task_name(void)
+{
+    static const char prefix[] = "aiopyramid-request-";
+    char digits[24];
+    int nd = 0;
+    unsigned long long n = ++request_tasks;
+    do {
+        digits[nd++] = (char)('0' + n % 10);
+        n /= 10;
+    } while (n > 0);
+    Py_ssize_t plen = (Py_ssize_t)sizeof(prefix) - 1;
+    PyObject *name = PyUnicode_New(plen + nd, 127);
+    if (name == NULL)
+        return NULL;
+    Py_UCS1 *out = PyUnicode_1BYTE_DATA(name);
+    memcpy(out, prefix, (size_t)plen);
+    for (int i = 0; i < nd; i++)
+        out[plen + i] = (Py_UCS1)digits[nd - 1 - i];
+    return name;
 }
 
 /* The request's Task, with its first step run at once (until the app first
@@ -477,16 +508,25 @@ start_task(modstate *st, HttpServer *srv, PyObject *spawn, PyObject *ctx,
         return NULL;
     eager = running == srv->loop;
     Py_DECREF(running);
-    PyObject *args[4] = {spawn, srv->loop, ctx, eager ? Py_True : Py_False};
+    PyObject *name = request_task_name();
+    if (name == NULL)
+        return NULL;
+    PyObject *args[5] = {spawn, srv->loop, ctx, eager ? Py_True : Py_False,
+                         name};
     PyObject *task = PyObject_Vectorcall(srv->task_type, args, 1,
                                          srv->task_kwnames);
+    Py_DECREF(name);
 #else
     /* the server's keywords dict, its context this request's for the call
      * only (Task's __init__ has parsed its keywords before it runs any
      * other code, so a call made meanwhile cannot see this one's) */
     PyObject *task = NULL;
     PyObject *pos = PyTuple_Pack(1, spawn);
-    if (pos != NULL &&
+    PyObject *name = pos != NULL ? request_task_name() : NULL;
+    /* the name stays in the dict until the next request's replaces it: a
+     * str, which keeps nothing of the request alive */
+    if (name != NULL &&
+        PyDict_SetItem(srv->task_kwargs, HSTR(st, NAME), name) == 0 &&
         PyDict_SetItem(srv->task_kwargs, HSTR(st, CONTEXT), ctx) == 0) {
         task = PyObject_Call(srv->task_type, pos, srv->task_kwargs);
         /* the dict keeps no request's context alive */
@@ -496,6 +536,7 @@ start_task(modstate *st, HttpServer *srv, PyObject *spawn, PyObject *ctx,
         if (exc != NULL)
             exc_restore(exc);
     }
+    Py_XDECREF(name);
     Py_XDECREF(pos);
 #endif
     if (task == NULL)

@@ -176,6 +176,7 @@ server_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(s->task_kwargs);
     Py_VISIT(s->current_tasks);
     Py_VISIT(s->base_environ);
+    Py_VISIT(s->shared_rview);
     Py_VISIT(s->script_name);
     Py_VISIT(s->access_log);
     Py_VISIT(s->error_log);
@@ -215,6 +216,10 @@ server_clear(PyObject *op)
     Py_CLEAR(s->call_soon);
     Py_CLEAR(s->flush_cb);
     Py_CLEAR(s->unflushed);
+    if (s->shared_rview != NULL) {
+        PyBuffer_Release(&s->shared_rpin);
+        Py_CLEAR(s->shared_rview);
+    }
     PyMem_Free(s->shared_rbuf);
     s->shared_rbuf = NULL;
     return 0;
