@@ -506,6 +506,10 @@ class AsyncGunicornWorker(base.Worker):
                 self.notify()
                 server.close_idle(keepalive, keepalive, client_wait)
                 await asyncio.sleep(0.05)
+        # TLS handshakes still in progress end here, while the loop runs
+        # (left to the collector after it closed, each logged a traceback)
+        for a in self._acceptors:
+            a.abort_handshakes()
         server.abort()
         websockets.cancel()
         # executor threads still waiting on coroutines give up now
@@ -573,6 +577,8 @@ class _Acceptor:
         self.backoff = 0.0
         self.retry = None  # the TimerHandle of a backoff
         self.opening = []  # (coroutine, waiter, socket): transports in making
+        self.handshaking = {}  # coroutine -> socket: TLS handshakes going on
+        self.aborted = False  # the worker is stopping: no more handshakes
         self.finish_scheduled = False
 
     def resume(self):
@@ -657,10 +663,33 @@ class _Acceptor:
         for coro, waiter, conn in opening:
             if waiter.done():
                 self._end(coro, conn)
+            elif self.aborted:
+                self._abort(coro, conn)
             else:  # a TLS handshake: when it is done
+                self.handshaking[coro] = conn
                 waiter.add_done_callback(
-                    lambda _, c=coro, s=conn: self._end(c, s))
+                    lambda _, c=coro, s=conn: self._handshake_done(c, s))
         self.worker._on_room()
+
+    def _handshake_done(self, coro, conn):
+        if self.handshaking.pop(coro, None) is not None:  # else aborted
+            self._end(coro, conn)
+
+    def abort_handshakes(self):
+        """The worker stops: the TLS handshakes still going on end now, their
+        transports closed while the loop still runs."""
+        self.aborted = True
+        handshaking, self.handshaking = self.handshaking, {}
+        for coro, conn in handshaking.items():
+            self._abort(coro, conn)
+
+    def _abort(self, coro, conn):
+        self.worker._connecting -= 1
+        try:
+            coro.close()  # the loop's coroutine closes its transport
+        except Exception as e:  # pragma: no cover
+            self.worker.log.debug("connection failed: %s", e)
+        conn.close()
 
     def _end(self, coro, conn):
         worker = self.worker
