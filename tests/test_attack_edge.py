@@ -148,3 +148,50 @@ def test_attack_tls_handshakes_in_progress_at_shutdown(gunicorn, tmp_path, loop,
             s.close()
     log = srv.log()
     assert "Traceback" not in log and "Exception ignored" not in log, log
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_attack_no_job_sees_another_requests_threadlocals(gunicorn, loop):
+    """The executor pushes Pyramid's threadlocals in C and never pops them
+    ('the context is the call's own copy').  Interleaved plain and
+    coroutine requests: a plain view sees its own request and registry, a
+    thread it starts sees none (as under any WSGI server), a coroutine
+    view's asyncio.to_thread job its own, run_in_executor(None, ...) none
+    (asyncio's default executor copies no context either), and a job
+    submitted from an empty context none: never another request's."""
+    import asyncio
+    import json
+    import random
+
+    from .rawhttp import parse_all
+
+    srv = gunicorn(app="attack_edge_app:main()", env={"AIOPYRAMID_LOOP": loop})
+    rnd = random.Random(4)
+
+    async def one(i, kind):
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+        try:
+            writer.write(b"GET /%s?tag=t%d HTTP/1.1\r\nHost: t\r\n"
+                         b"Connection: close\r\n\r\n" % (kind.encode(), i))
+            data = await asyncio.wait_for(reader.read(), 30)
+        finally:
+            writer.close()
+        return json.loads(parse_all(data)[0].body)
+
+    async def main():
+        wrong = []
+        for r in range(4):
+            kinds = [rnd.choice(["plain", "coro", "bare_job"]) for _ in range(50)]
+            got = await asyncio.gather(*(one(r * 100 + i, k)
+                                         for i, k in enumerate(kinds)))
+            for i, (kind, body) in enumerate(zip(kinds, got)):
+                tag = "t%d" % (r * 100 + i)
+                want = {"plain": {"view": tag, "registry": True, "thread": None},
+                        "coro": {"view": tag, "to_thread": tag,
+                                 "default_executor": None},
+                        "bare_job": {"seen": None}}[kind]
+                if body != want:
+                    wrong.append((kind, tag, body))
+        return wrong
+
+    assert asyncio.run(main()) == []
