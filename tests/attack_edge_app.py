@@ -8,6 +8,7 @@ job a request can start in a thread, and views that block.
 /coro?tag=T   (coroutine) the same from asyncio.to_thread and
               run_in_executor(None, ...)
 /block?s=S    (plain) sleeps S seconds in its thread
+/sync_wait?s=S  (plain) waits S seconds for a synchronized coroutine
 """
 import asyncio
 import json
@@ -17,6 +18,8 @@ import time
 from pyramid.config import Configurator
 from pyramid.response import Response
 from pyramid.threadlocal import get_current_registry, get_current_request
+
+from aiopyramid.helpers import synchronize
 
 
 def _seen():
@@ -67,6 +70,18 @@ async def bare_job(request):
                     content_type="application/json")
 
 
+@synchronize
+async def _wait(seconds):
+    await asyncio.sleep(seconds)
+    return "waited"
+
+
+def sync_wait(request):
+    # a plain view (in a thread) waiting for a coroutine on the loop
+    return Response(_wait(float(request.params.get("s", "1"))),
+                    content_type="text/plain")
+
+
 def block(request):
     time.sleep(float(request.params.get("s", "1")))
     return Response(b"blocked", content_type="text/plain")
@@ -80,7 +95,8 @@ def main(global_config=None, **settings):
     with Configurator(settings=settings) as config:
         config.include("aiopyramid")
         for name, view in [("hello", hello), ("plain", plain), ("coro", coro),
-                           ("bare_job", bare_job), ("block", block)]:
+                           ("bare_job", bare_job), ("block", block),
+                           ("sync_wait", sync_wait)]:
             config.add_route(name, "/" + name)
             config.add_view(view, route_name=name)
         app = config.make_wsgi_app()

@@ -195,3 +195,33 @@ def test_attack_no_job_sees_another_requests_threadlocals(gunicorn, loop):
         return wrong
 
     assert asyncio.run(main()) == []
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_attack_sigquit_with_plain_views_waiting_on_the_loop(gunicorn, loop):
+    """40 plain views (more than the default executor has threads: the rest
+    queued) each wait for a synchronized coroutine sleeping 60 s; SIGQUIT.
+    The worker woke the waiting threads, but the queued views of the
+    aborted requests then started and waited in their turn, and
+    shutdown_default_executor, cancelled by its 5 s wait_for, joined the
+    executor's threads in its finally on the loop's own thread: the loop
+    stopped, so nothing those threads waited for could ever end.  The
+    worker hung until the master's SIGKILL after graceful_timeout."""
+    srv = gunicorn("--graceful-timeout", "20", app="attack_edge_app:main()",
+                   env={"AIOPYRAMID_LOOP": loop})
+    clients = []
+    try:
+        for _ in range(40):
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            s.sendall(b"GET /sync_wait?s=60 HTTP/1.1\r\nHost: t\r\n\r\n")
+            clients.append(s)
+        time.sleep(1.0)  # the views are running or queued
+        srv.signal(signal.SIGQUIT)
+        try:
+            srv.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the worker did not stop at SIGQUIT:\n" + srv.log()[-3000:])
+    finally:
+        for s in clients:
+            s.close()
+    assert "SIGKILL" not in srv.log(), srv.log()[-3000:]
