@@ -41,6 +41,7 @@ import _socket
 import signal
 import socket
 import sys
+import threading
 import time
 
 from gunicorn.workers import base
@@ -234,6 +235,7 @@ class AsyncGunicornWorker(base.Worker):
         self._gc_kind = "tuned"
         self._gc_pacer = None  # the young threshold following connections
         self._quit_now = False
+        self._executor = None  # the loop's default executor
         self._wakeup = None
         self._connecting = 0  # accepted, their transport not made yet
         self._limit = 1
@@ -256,7 +258,8 @@ class AsyncGunicornWorker(base.Worker):
         asyncio.set_event_loop(self.loop)
         # an executor whose jobs, when a thread waits for the coroutine that
         # submits them, run in that thread (no deadlock on a full pool)
-        self.loop.set_default_executor(_executor.Executor())
+        self._executor = _executor.Executor()
+        self.loop.set_default_executor(self._executor)
         self._raise_fd_limit()
         super().init_process()  # signals, app, then run()
 
@@ -512,6 +515,11 @@ class AsyncGunicornWorker(base.Worker):
             a.abort_handshakes()
         server.abort()
         websockets.cancel()
+        # the views queued for the aborted requests never start (each would
+        # run, and could wait for a coroutine of this loop in its turn):
+        # the loop's executor and the views' own pools
+        # (aiopyramid.executor_threads) cancel what they hold
+        _executor.shutdown_pools()
         # executor threads still waiting on coroutines give up now
         _executor.stop_waiting(loop)
         # let the cancelled requests and websocket views unwind
@@ -519,12 +527,36 @@ class AsyncGunicornWorker(base.Worker):
             if not server.active and not websockets.views:
                 break
             await asyncio.sleep(0.01)
+        # the views still running get a few seconds to end, the loop running
+        # meanwhile (shutdown_default_executor, cancelled by a timeout,
+        # joins the threads on the loop's own thread: a view waiting for a
+        # coroutine of this loop then never ends)
+        await _joined(loop, self._executor, 5.0)
+
+
+async def _joined(loop, executor, timeout):
+    """Waits at most timeout seconds for executor's threads to end, from a
+    thread of its own: the loop runs meanwhile."""
+    if executor is None:
+        return
+    done = loop.create_future()
+
+    def join():
         try:
-            await asyncio.wait_for(loop.shutdown_default_executor(), 5)
-        except (asyncio.TimeoutError, RuntimeError):
-            pass
-        # and the views' own pools (aiopyramid.executor_threads)
-        _executor.shutdown_pools()
+            executor.shutdown(wait=True)
+        finally:
+            try:
+                loop.call_soon_threadsafe(
+                    lambda: done.done() or done.set_result(None))
+            except RuntimeError:  # the loop closed: nobody waits
+                pass
+
+    threading.Thread(target=join, name="aiopyramid-join",
+                     daemon=True).start()
+    try:
+        await asyncio.wait_for(done, timeout)
+    except asyncio.TimeoutError:
+        pass
 
 
 class _AcceptedSocket(socket.socket):
