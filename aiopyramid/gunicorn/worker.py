@@ -258,7 +258,7 @@ class AsyncGunicornWorker(base.Worker):
         asyncio.set_event_loop(self.loop)
         # an executor whose jobs, when a thread waits for the coroutine that
         # submits them, run in that thread (no deadlock on a full pool)
-        self._executor = _executor.Executor()
+        self._executor = _executor.Executor()  # (the app may set another)
         self.loop.set_default_executor(self._executor)
         self._raise_fd_limit()
         super().init_process()  # signals, app, then run()
@@ -531,7 +531,8 @@ class AsyncGunicornWorker(base.Worker):
         # meanwhile (shutdown_default_executor, cancelled by a timeout,
         # joins the threads on the loop's own thread: a view waiting for a
         # coroutine of this loop then never ends)
-        await _joined(loop, self._executor, 5.0)
+        executor = getattr(loop, "_default_executor", self._executor)
+        await _joined(loop, executor, 5.0)
 
 
 async def _joined(loop, executor, timeout):
