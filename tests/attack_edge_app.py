@@ -78,6 +78,7 @@ async def _wait(seconds):
 
 def sync_wait(request):
     # a plain view (in a thread) waiting for a coroutine on the loop
+    print("sync_wait started", flush=True)
     return Response(_wait(float(request.params.get("s", "1"))),
                     content_type="text/plain")
 

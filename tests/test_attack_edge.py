@@ -206,7 +206,8 @@ def test_attack_sigquit_with_plain_views_waiting_on_the_loop(gunicorn, loop):
     shutdown_default_executor, cancelled by its 5 s wait_for, joined the
     executor's threads in its finally on the loop's own thread: the loop
     stopped, so nothing those threads waited for could ever end.  The
-    worker hung until the master's SIGKILL after graceful_timeout."""
+    worker hung until the master's SIGKILL after graceful_timeout.  The
+    views queued for the aborted requests must not start at all."""
     srv = gunicorn("--graceful-timeout", "20", app="attack_edge_app:main()",
                    env={"AIOPYRAMID_LOOP": loop})
     clients = []
@@ -216,6 +217,7 @@ def test_attack_sigquit_with_plain_views_waiting_on_the_loop(gunicorn, loop):
             s.sendall(b"GET /sync_wait?s=60 HTTP/1.1\r\nHost: t\r\n\r\n")
             clients.append(s)
         time.sleep(1.0)  # the views are running or queued
+        running = srv.log().count("sync_wait started")
         srv.signal(signal.SIGQUIT)
         try:
             srv.proc.wait(15)
@@ -224,4 +226,7 @@ def test_attack_sigquit_with_plain_views_waiting_on_the_loop(gunicorn, loop):
     finally:
         for s in clients:
             s.close()
-    assert "SIGKILL" not in srv.log(), srv.log()[-3000:]
+    log = srv.log()
+    assert "SIGKILL" not in log, log[-3000:]
+    # and the views queued for the aborted requests never started
+    assert 0 < running == log.count("sync_wait started") < 40, (running, log[-3000:])

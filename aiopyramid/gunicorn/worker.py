@@ -515,14 +515,19 @@ class AsyncGunicornWorker(base.Worker):
             a.abort_handshakes()
         server.abort()
         websockets.cancel()
-        # the views queued for the aborted requests never start (each would
-        # run, and could wait for a coroutine of this loop in its turn):
-        # the loop's executor and the views' own pools
-        # (aiopyramid.executor_threads) cancel what they hold
+        # let the cancelled requests and websocket views unwind (the
+        # executor still takes their clean-up; a plain view queued for an
+        # aborted request is taken off its queue, never started)
+        for _ in range(20):
+            if not server.active and not websockets.views:
+                break
+            await asyncio.sleep(0.01)
+        # what is still queued never starts (it would run, and could wait
+        # for a coroutine of this loop in its turn): the loop's executor and
+        # the views' own pools (aiopyramid.executor_threads) cancel it
         _executor.shutdown_pools()
         # executor threads still waiting on coroutines give up now
         _executor.stop_waiting(loop)
-        # let the cancelled requests and websocket views unwind
         for _ in range(20):
             if not server.active and not websockets.views:
                 break
