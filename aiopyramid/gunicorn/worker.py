@@ -43,6 +43,7 @@ import _socket
 import signal
 import socket
 import sys
+import threading
 import time
 
 from gunicorn.workers import base
@@ -302,6 +303,7 @@ class AsyncGunicornWorker(base.Worker):
         self._gc_pacer = None  # the young threshold following the requests
         self._pool_pacer = None  # the idle greenlets following connections
         self._quit_now = False
+        self._executor = None  # the loop's default executor
         self._wakeup = None
         self._connecting = 0  # accepted, their transport not made yet
         self._limit = 1
@@ -324,7 +326,8 @@ class AsyncGunicornWorker(base.Worker):
         asyncio.set_event_loop(self.loop)
         # an executor whose jobs, when a thread waits for the coroutine that
         # submits them, run in that thread (no deadlock on a full pool)
-        self.loop.set_default_executor(_executor.Executor())
+        self._executor = _executor.Executor()  # (the app may set another)
+        self.loop.set_default_executor(self._executor)
         self._raise_fd_limit()
         super().init_process()  # signals, app, then run()
 
@@ -579,21 +582,60 @@ class AsyncGunicornWorker(base.Worker):
                 self.notify()
                 server.close_idle(keepalive, keepalive, client_wait)
                 await asyncio.sleep(0.05)
+        # TLS handshakes still in progress end here, while the loop runs
+        # (left to the collector after it closed, each logged a traceback)
+        for a in self._acceptors:
+            a.abort_handshakes()
         server.abort()
         websockets.cancel()
-        # executor threads still waiting on coroutines give up now
-        _executor.stop_waiting(loop)
-        # let the cancelled requests and websocket views unwind
+        # let the cancelled requests and websocket views unwind (the
+        # executor still takes their clean-up; a plain view queued for an
+        # aborted request is taken off its queue, never started)
         for _ in range(20):
             if not server.active and not websockets.views:
                 break
             await asyncio.sleep(0.01)
-        try:
-            await asyncio.wait_for(loop.shutdown_default_executor(), 5)
-        except (asyncio.TimeoutError, RuntimeError):
-            pass
-        # and the views' own pools (aiopyramid.executor_threads)
+        # what is still queued never starts (it would run, and could wait
+        # for a coroutine of this loop in its turn): the loop's executor and
+        # the views' own pools (aiopyramid.executor_threads) cancel it
         _executor.shutdown_pools()
+        # executor threads still waiting on coroutines give up now
+        _executor.stop_waiting(loop)
+        for _ in range(20):
+            if not server.active and not websockets.views:
+                break
+            await asyncio.sleep(0.01)
+        # the views still running get a few seconds to end, the loop running
+        # meanwhile (shutdown_default_executor, cancelled by a timeout,
+        # joins the threads on the loop's own thread: a view waiting for a
+        # coroutine of this loop then never ends)
+        executor = getattr(loop, "_default_executor", self._executor)
+        await _joined(loop, executor, 5.0)
+
+
+async def _joined(loop, executor, timeout):
+    """Waits at most timeout seconds for executor's threads to end, from a
+    thread of its own: the loop runs meanwhile."""
+    if executor is None:
+        return
+    done = loop.create_future()
+
+    def join():
+        try:
+            executor.shutdown(wait=True)
+        finally:
+            try:
+                loop.call_soon_threadsafe(
+                    lambda: done.done() or done.set_result(None))
+            except RuntimeError:  # the loop closed: nobody waits
+                pass
+
+    threading.Thread(target=join, name="aiopyramid-join",
+                     daemon=True).start()
+    try:
+        await asyncio.wait_for(done, timeout)
+    except asyncio.TimeoutError:
+        pass
 
 
 class _AcceptedSocket(socket.socket):
@@ -646,6 +688,8 @@ class _Acceptor:
         self.backoff = 0.0
         self.retry = None  # the TimerHandle of a backoff
         self.opening = []  # (coroutine, waiter, socket): transports in making
+        self.handshaking = {}  # coroutine -> socket: TLS handshakes going on
+        self.aborted = False  # the worker is stopping: no more handshakes
         self.finish_scheduled = False
 
     def resume(self):
@@ -729,10 +773,33 @@ class _Acceptor:
         for coro, waiter, conn in opening:
             if waiter.done():
                 self._end(coro, conn)
+            elif self.aborted:
+                self._abort(coro, conn)
             else:  # a TLS handshake: when it is done
+                self.handshaking[coro] = conn
                 waiter.add_done_callback(
-                    lambda _, c=coro, s=conn: self._end(c, s))
+                    lambda _, c=coro, s=conn: self._handshake_done(c, s))
         self.worker._on_room()
+
+    def _handshake_done(self, coro, conn):
+        if self.handshaking.pop(coro, None) is not None:  # else aborted
+            self._end(coro, conn)
+
+    def abort_handshakes(self):
+        """The worker stops: the TLS handshakes still going on end now, their
+        transports closed while the loop still runs."""
+        self.aborted = True
+        handshaking, self.handshaking = self.handshaking, {}
+        for coro, conn in handshaking.items():
+            self._abort(coro, conn)
+
+    def _abort(self, coro, conn):
+        self.worker._connecting -= 1
+        try:
+            coro.close()  # the loop's coroutine closes its transport
+        except Exception as e:  # pragma: no cover
+            self.worker.log.debug("connection failed: %s", e)
+        conn.close()
 
     def _end(self, coro, conn):
         worker = self.worker
