@@ -332,6 +332,12 @@ BAD_REQUESTS = [
     (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400),
     (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", 400),
     (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nabc", 400),
+    # an absolute-form target's authority replaces Host: none, or one with
+    # userinfo, is invalid (RFC 9110 4.2.1, 4.2.4)
+    (b"GET http:///env HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    (b"GET http://:8/env HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    (b"GET http://good@evil:8/ HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    (b"GET https://u:p@host/?q HTTP/1.1\r\nHost: x\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\nHost: x\r\n folded: 1\r\n\r\n", 400),
     (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
