@@ -395,6 +395,29 @@ def test_chunked_alone_in_any_case_is_decoded(run, coding):
     assert r.status == 200 and r.body == b"abc" and not closed
 
 
+def test_a_unix_socket_gives_a_server_port(run, tmp_path):
+    # PEP 3333: SERVER_PORT is never empty; on a unix socket, the scheme's
+    # default port, as gunicorn says
+    path = str(tmp_path / "s")
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        srv = HttpServer(env_app, loop, base_environ={"wsgi.version": (1, 0)})
+        server = await loop.create_unix_server(srv, path)
+        try:
+            reader, writer = await asyncio.open_unix_connection(path)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            data = await reader.read()
+            writer.close()
+            return data
+        finally:
+            server.close()
+            srv.abort()
+    (r,) = parse_all(run(main()))
+    env = json.loads(r.body)
+    assert env["SERVER_PORT"] == "80" and env["SERVER_NAME"] == path
+
+
 def test_bad_request_after_a_good_one(run):
     async def main():
         async with serving(text_app()) as (port, srv):
