@@ -332,6 +332,12 @@ BAD_REQUESTS = [
     (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400),
     (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", 400),
     (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nabc", 400),
+    # an absolute-form target's authority replaces Host: none, or one with
+    # userinfo, is invalid (RFC 9110 4.2.1, 4.2.4)
+    (b"GET http:///env HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    (b"GET http://:8/env HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    (b"GET http://good@evil:8/ HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    (b"GET https://u:p@host/?q HTTP/1.1\r\nHost: x\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\nHost: x\r\n folded: 1\r\n\r\n", 400),
     (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
@@ -387,6 +393,29 @@ def test_chunked_alone_in_any_case_is_decoded(run, coding):
                 + b"\r\n\r\n3\r\nabc\r\n0\r\n\r\n", count=1)
     (r,), closed = run(main())
     assert r.status == 200 and r.body == b"abc" and not closed
+
+
+def test_a_unix_socket_gives_a_server_port(run, tmp_path):
+    # PEP 3333: SERVER_PORT is never empty; on a unix socket, the scheme's
+    # default port, as gunicorn says
+    path = str(tmp_path / "s")
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        srv = HttpServer(env_app, loop, base_environ={"wsgi.version": (1, 0)})
+        server = await loop.create_unix_server(srv, path)
+        try:
+            reader, writer = await asyncio.open_unix_connection(path)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            data = await reader.read()
+            writer.close()
+            return data
+        finally:
+            server.close()
+            srv.abort()
+    (r,) = parse_all(run(main()))
+    env = json.loads(r.body)
+    assert env["SERVER_PORT"] == "80" and env["SERVER_NAME"] == path
 
 
 def test_bad_request_after_a_good_one(run):

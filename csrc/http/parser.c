@@ -203,6 +203,26 @@ on_header_value_complete(llhttp_t *parser)
     return 0;
 }
 
+/* An absolute-form target (http://host[:port]/path) whose authority, which
+ * replaces Host, has no host or has userinfo: RFC 9110 4.2.1 and 4.2.4
+ * call both invalid (userinfo in a request target is a phishing shape,
+ * and the app would see it in HTTP_HOST). */
+static int
+bad_absolute_authority(const char *url, size_t n)
+{
+    size_t skip;
+    if (n > 7 && strncasecmp(url, "http://", 7) == 0)
+        skip = 7;
+    else if (n > 8 && strncasecmp(url, "https://", 8) == 0)
+        skip = 8;
+    else
+        return 0;
+    const char *a = url + skip, *end = url + n, *e = a;
+    while (e < end && *e != '/' && *e != '?' && *e != '#')
+        e++;
+    return e == a || *a == ':' || memchr(a, '@', (size_t)(e - a)) != NULL;
+}
+
 static int
 on_headers_complete(llhttp_t *parser)
 {
@@ -225,6 +245,9 @@ on_headers_complete(llhttp_t *parser)
     if (p->url_len == 1 && p->sbuf[0] == '*' && parser->method != HTTP_OPTIONS)
         return reject_head(parser, 400,
                            "the asterisk form is only for OPTIONS");
+    if (bad_absolute_authority(p->sbuf, p->url_len))
+        return reject_head(parser, 400,
+                           "the target's authority has no host, or userinfo");
     /* RFC 9112 3.2: an HTTP/1.1 request has exactly one Host; none has
      * two (they would be joined into one value the app cannot trust) */
     if ((http11 && p->host_fields != 1) || p->host_fields > 1)

@@ -656,6 +656,16 @@ proto_connection_made(PyObject *op, PyObject *transport)
         PyDict_SetItem(env, HSTR(st, WSGI_URL_SCHEME),
                        ssl != Py_None ? HSTR(st, HTTPS) : HSTR(st, HTTP)) < 0)
         goto error;
+    if (!PyTuple_Check(sock)) {
+        /* a unix socket: PEP 3333's SERVER_PORT is never empty, so the
+         * scheme's default port, as gunicorn says */
+        PyObject *port = PyUnicode_FromString(ssl != Py_None ? "443" : "80");
+        int rc = port == NULL ? -1
+                              : PyDict_SetItem(env, HSTR(st, SERVER_PORT), port);
+        Py_XDECREF(port);
+        if (rc < 0)
+            goto error;
+    }
     p->tls = ssl != Py_None;
     if (!PyTuple_Check(peer) ||
         (srv->forwarded_allow == NULL && srv->trust_check == NULL)) {
