@@ -81,6 +81,17 @@ def free_port():
         return s.getsockname()[1]
 
 
+def get_ok(port, path, timeout=15):
+    """The body of a GET answered 200 (an AssertionError otherwise; an
+    OSError when nothing answers)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(b"GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+                  % path.encode())
+        head, _, body = read_to_eof(s).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return body
+
+
 def http_get(port, path="/hello", timeout=5.0):
     """(status, body) of a simple GET, or None if nothing answers."""
     try:

@@ -11,18 +11,12 @@ import time
 
 import pytest
 
+from .conftest import get_ok
 from .rawhttp import read_to_eof
 
 pytest.importorskip("gunicorn")
 
 
-def _get(port, path):
-    with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
-        s.sendall(b"GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-                  % path.encode())
-        head, _, body = read_to_eof(s).partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200"), head
-    return body
 
 
 IDLE = 700
@@ -57,8 +51,8 @@ def test_attack_idle_connections_keep_garbage_and_its_files(gunicorn, kind):
         for _ in range(IDLE):
             idle.append(socket.create_connection(("127.0.0.1", srv.port),
                                                  timeout=10))
-        _get(srv.port, "/hello")  # all of them accepted by now
-        start = most = int(_get(srv.port, "/fds"))
+        get_ok(srv.port, "/hello")  # all of them accepted by now
+        start = most = int(get_ok(srv.port, "/fds"))
         body = b"y" * 100000
         for i in range(UPLOADS):
             with socket.create_connection(("127.0.0.1", srv.port), timeout=15) as s:
@@ -68,7 +62,7 @@ def test_attack_idle_connections_keep_garbage_and_its_files(gunicorn, kind):
             statuses[status] = statuses.get(status, 0) + 1
             if i % 20 == 19:
                 try:
-                    most = max(most, int(_get(srv.port, "/fds")))
+                    most = max(most, int(get_ok(srv.port, "/fds")))
                 except (AssertionError, OSError):  # out of descriptors
                     most = max(most, 10 ** 6)
     finally:

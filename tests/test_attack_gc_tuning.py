@@ -13,6 +13,7 @@ import socket
 
 import pytest
 
+from .conftest import get_ok
 from .rawhttp import read_to_eof
 
 pytest.importorskip("gunicorn")
@@ -20,13 +21,6 @@ pytest.importorskip("gunicorn")
 REQUESTS = 1000
 
 
-def _get(port, path):
-    with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
-        s.sendall(b"GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-                  % path.encode())
-        head, _, body = read_to_eof(s).partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200"), head
-    return body
 
 
 @pytest.mark.parametrize("idle", [0, 700])
@@ -54,9 +48,9 @@ def test_attack_cycles_per_request_are_collected_as_python_would(gunicorn, kind,
                 for _ in range(idle)]
         most = 0
         for i in range(REQUESTS):
-            assert _get(srv.port, "/cycle") == b"ok"
+            assert get_ok(srv.port, "/cycle") == b"ok"
             if i % 10 == 9:
-                most = max(most, json.loads(_get(srv.port, "/live"))["alive"])
+                most = max(most, json.loads(get_ok(srv.port, "/live"))["alive"])
     finally:
         for c in held:
             c.close()
@@ -75,8 +69,8 @@ def test_attack_preloaded_app_pages_stay_shared(gunicorn):
     for kind in ("python", "tuned"):
         srv = gunicorn("--preload", app="attack_gc_app:main(load=300000)",
                        env={"AIOPYRAMID_GC": kind})
-        assert _get(srv.port, "/hello") == b"Hello, world!"
-        private[kind] = int(_get(srv.port, "/private"))
+        assert get_ok(srv.port, "/hello") == b"Hello, world!"
+        private[kind] = int(get_ok(srv.port, "/private"))
         srv.stop()
     assert private["tuned"] <= private["python"] + 15, private
 
@@ -97,12 +91,12 @@ def test_attack_refused_uploads_do_not_hold_their_files_open(gunicorn, kind):
 
     srv = gunicorn(app="attack_gc_app:main()", env={"AIOPYRAMID_GC": kind})
     body = b"y" * 100000
-    start = most = int(_get(srv.port, "/fds"))
+    start = most = int(get_ok(srv.port, "/fds"))
     for i in range(600):
         with _socket.create_connection(("127.0.0.1", srv.port), timeout=15) as s:
             s.sendall(b"POST /refuse HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
                       b"Content-Length: %d\r\n\r\n" % len(body) + body)
             assert read_to_eof(s).startswith(b"HTTP/1.1 403")
         if i % 20 == 19:
-            most = max(most, int(_get(srv.port, "/fds")))
+            most = max(most, int(get_ok(srv.port, "/fds")))
     assert most - start < 200, (start, most)

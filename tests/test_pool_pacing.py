@@ -13,7 +13,7 @@ import pytest
 from aiopyramid import _core
 from aiopyramid.helpers import spawn_greenlet, synchronize
 
-from .rawhttp import read_to_eof
+from .conftest import get_ok
 
 _sleep = synchronize(asyncio.sleep)
 
@@ -69,13 +69,6 @@ pytest.importorskip("gunicorn")
 CONNS = 300  # more requests waiting at once than the default limit (256)
 
 
-def _get(port, path):
-    with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
-        s.sendall(b"GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-                  % path.encode())
-        head, _, body = read_to_eof(s).partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200"), head
-    return body
 
 
 def _wave(socks):
@@ -98,9 +91,9 @@ def _waves(port):
              for _ in range(CONNS)]
     try:
         _wave(socks)
-        first = json.loads(_get(port, "/pool"))
+        first = json.loads(get_ok(port, "/pool"))
         _wave(socks)
-        second = json.loads(_get(port, "/pool"))
+        second = json.loads(get_ok(port, "/pool"))
     finally:
         for s in socks:
             s.close()
@@ -128,7 +121,7 @@ def test_worker_lowers_the_limit_as_connections_close(gunicorn):
     assert first["limit"] >= CONNS
     deadline = time.monotonic() + 20
     while True:
-        stats = json.loads(_get(srv.port, "/pool"))
+        stats = json.loads(get_ok(srv.port, "/pool"))
         if stats["limit"] == 256:
             break
         assert time.monotonic() < deadline, stats
