@@ -197,8 +197,8 @@ except KeyboardInterrupt:
 
 def serve(view, loop_kind, portfile, conns=1):
     """Serve `view` on 127.0.0.1 as the gunicorn worker does (its loop,
-    executor, base environ and GC tuning, its young threshold raised for
-    `conns` connections open) until SIGINT; the port goes to `portfile`
+    executor, base environ, GC tuning following the requests in flight,
+    idle greenlets kept for `conns` connections) until SIGINT; the port goes to `portfile`
     once listening, the collector's counts (gc.get_stats()) to
     `portfile`.gc at the end."""
     import gc
@@ -219,17 +219,18 @@ def serve(view, loop_kind, portfile, conns=1):
             "SERVER_SOFTWARE": "aiopyramid bench", "SCRIPT_NAME": ""}
     # as the worker's acceptor does with `conns` connections open: the
     # young threshold and the idle greenlets kept follow them
-    pacers = [worker._tune_gc()]
+    gc_pacer = worker._tune_gc()
     if getattr(worker, "_pool_pacer", None) is not None:  # older builds: none
-        pacers.append(worker._pool_pacer())
-    for pacer in pacers:
-        if pacer is not None:
-            pacer.raise_for(conns)
+        worker._pool_pacer().raise_for(conns)
 
     async def run():
         stop = loop.create_future()
         loop.add_signal_handler(signal.SIGINT, stop.set_result, None)
         srv = HttpServer(wsgi, loop, base_environ=base)
+        if hasattr(gc_pacer, "raise_for"):  # older builds: per connection
+            gc_pacer.raise_for(conns)
+        elif gc_pacer is not None:  # the threshold follows requests in flight
+            gc_pacer.server = srv
         # gunicorn's default backlog: --conns opens them all at once
         server = await loop.create_server(srv, "127.0.0.1", 0, backlog=2048)
         with open(portfile + ".tmp", "w") as f:
