@@ -188,6 +188,20 @@ on_header_value_complete(llhttp_t *parser)
     }
     if (p->field_len == 4 && strncasecmp(name, "host", 4) == 0)
         p->host_fields++;
+    else if (p->field_len == 17 &&
+             strncasecmp(name, "transfer-encoding", 17) == 0) {
+        /* an empty coding: llhttp frames the body by a Content-Length
+         * that follows it, or gives it none; gunicorn and nginx answer
+         * 501, as on_headers_complete does to "gzip, chunked" */
+        const char *v = name + p->field_len;
+        size_t k = 0;
+        while (k < vlen && (v[k] == ' ' || v[k] == '\t'))
+            k++;
+        if (k == vlen)
+            return reject_head(parser, 501,
+                               "only the chunked transfer coding is "
+                               "implemented");
+    }
     if (p->trusted && PyTuple_GET_SIZE(p->server->secure_headers) > 0) {
         int rc = scheme_header(p, name, p->field_len, name + p->field_len,
                                vlen);
@@ -206,17 +220,21 @@ on_header_value_complete(llhttp_t *parser)
 /* An absolute-form target (http://host[:port]/path) whose authority, which
  * replaces Host, has no host or has userinfo: RFC 9110 4.2.1 and 4.2.4
  * call both invalid (userinfo in a request target is a phishing shape,
- * and the app would see it in HTTP_HOST). */
+ * and the app would see it in HTTP_HOST).  And a target of another
+ * scheme (llhttp lets through any scheme's URL: ftp://h/p, ws://u@h/),
+ * which would be the app's PATH_INFO whole. */
 static int
 bad_absolute_authority(const char *url, size_t n)
 {
     size_t skip;
-    if (n > 7 && strncasecmp(url, "http://", 7) == 0)
+    if (n == 0 || url[0] == '/' || url[0] == '*')
+        return 0;
+    if (n >= 7 && strncasecmp(url, "http://", 7) == 0)
         skip = 7;
-    else if (n > 8 && strncasecmp(url, "https://", 8) == 0)
+    else if (n >= 8 && strncasecmp(url, "https://", 8) == 0)
         skip = 8;
     else
-        return 0;
+        return 1;
     const char *a = url + skip, *end = url + n, *e = a;
     while (e < end && *e != '/' && *e != '?' && *e != '#')
         e++;
@@ -245,9 +263,11 @@ on_headers_complete(llhttp_t *parser)
     if (p->url_len == 1 && p->sbuf[0] == '*' && parser->method != HTTP_OPTIONS)
         return reject_head(parser, 400,
                            "the asterisk form is only for OPTIONS");
-    if (bad_absolute_authority(p->sbuf, p->url_len))
+    if (parser->method != HTTP_CONNECT &&
+        bad_absolute_authority(p->sbuf, p->url_len))
         return reject_head(parser, 400,
-                           "the target's authority has no host, or userinfo");
+                           "the target is not an http(s) URL with a host "
+                           "and no userinfo");
     /* RFC 9112 3.2: an HTTP/1.1 request has exactly one Host; none has
      * two (they would be joined into one value the app cannot trust) */
     if ((http11 && p->host_fields != 1) || p->host_fields > 1)
