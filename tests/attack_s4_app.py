@@ -7,10 +7,15 @@ changed (spooled bodies closed by the server, the executor, stop paths).
 /state       (coroutine) whether /slow-read's request Task is done, and
              what the plain views recorded
 /go          (coroutine) lets /slow-read go on
+/forever     (plain) never returns; /spawn-thread (plain) starts a thread
+/plain-sleep (plain) sleeps ms=N
+/cycle       leaves a cycle holding 64 KiB; /live: how many are alive
+/wait        (coroutine) waits s=N seconds
 """
 import asyncio
 import json
 import threading
+import weakref
 
 from pyramid.config import Configurator
 from pyramid.response import Response
@@ -80,7 +85,52 @@ def spawn_thread(request):
     return Response(b"started")
 
 
+def plain_sleep(request):
+    """(plain view) sleeps ms=N milliseconds in its thread."""
+    import time
+    time.sleep(int(request.params.get("ms", "1")) / 1000)
+    return Response(b"slept")
+
+
+class Node:
+    pass
+
+
+_alive = weakref.WeakSet()
+
+
+async def cycle(request):
+    """leaves one reference cycle holding 64 KiB (what a parsed document
+    whose nodes point at their parent, or an exception kept with its
+    traceback, leaves)"""
+    node = Node()
+    node.parent = node
+    node.data = bytearray(64 * 1024)
+    _alive.add(node)
+    return Response(b"ok")
+
+
+async def live(request):
+    """how many of /cycle's cycles are alive, and /wait's requests waiting"""
+    return Response(b"%d %d" % (len(_alive), WAITING[0]))
+
+
+WAITING = [0]
+
+
+async def wait(request):
+    """waits s=N seconds (a long poll, an upstream that takes its time)"""
+    WAITING[0] += 1
+    try:
+        await asyncio.sleep(float(request.params.get("s", "1")))
+    finally:
+        WAITING[0] -= 1
+    return Response(b"waited")
+
+
 def _more_routes(config):
-    for name, view in [("forever", forever), ("spawn-thread", spawn_thread)]:
+    for name, view in [("forever", forever), ("spawn-thread", spawn_thread),
+                       ("plain-sleep", plain_sleep), ("cycle", cycle),
+                       ("live", live), ("wait", wait)]:
         config.add_route(name, "/" + name)
         config.add_view(view, route_name=name)
