@@ -247,9 +247,12 @@ typedef struct {
     Py_ssize_t blksize;
 } FileWrapper;
 
+/* A response being rendered: on the stack while it fits `inl` (a head and
+ * a small body: no allocation per response), on the heap beyond. */
 typedef struct {
     char *p;
     size_t len, cap;
+    char inl[1024];
 } wbuf;
 
 /* ------------------------------------------------------------------ */

@@ -66,27 +66,52 @@ latin1_view(PyObject *s, const char **data, Py_ssize_t *len, const char *what)
     }
     *data = (const char *)PyUnicode_1BYTE_DATA(s);
     *len = PyUnicode_GET_LENGTH(s);
-    if (memchr(*data, '\r', (size_t)*len) || memchr(*data, '\n', (size_t)*len)) {
-        PyErr_Format(PyExc_ValueError,
-                     "response %s %R contains a line break", what, s);
-        return -1;
-    }
     return 0;
 }
 
-/* RFC 9110 5.6.2: a field name is a token */
+static int
+has_line_break(const char *data, Py_ssize_t len)
+{
+    return memchr(data, '\r', (size_t)len) || memchr(data, '\n', (size_t)len);
+}
+
+static int
+line_break_error(PyObject *s, const char *what)
+{
+    PyErr_Format(PyExc_ValueError, "response %s %R contains a line break",
+                 what, s);
+    return -1;
+}
+
+/* latin1_view(), and no line break in it */
+static int
+line_view(PyObject *s, const char **data, Py_ssize_t *len, const char *what)
+{
+    if (latin1_view(s, data, len, what) < 0)
+        return -1;
+    if (has_line_break(*data, *len))
+        return line_break_error(s, what);
+    return 0;
+}
+
+/* RFC 9110 5.6.2: a field name is a token: tchar[c] is 1 for the bytes
+ * of one (digits, letters and !#$%&'*+-.^_`|~), 0 for any other (the
+ * upper half, not listed, is 0) */
+static const unsigned char tchar[256] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 1, 0, 1, 1, 1, 1, 1, 0, 0, 1, 1, 0, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0,
+    0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 0, 1, 0,
+};
+
 static int
 is_token(const char *s, Py_ssize_t n)
 {
     if (n == 0)
         return 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
-              (c >= 'A' && c <= 'Z') || strchr("!#$%&'*+-.^_`|~", c) != NULL) ||
-            c == 0)
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (!tchar[(unsigned char)s[i]])
             return 0;
-    }
     return 1;
 }
 
@@ -113,13 +138,72 @@ bodyless_status(int code)
     return code < 200 || code == 204 || code == 304;
 }
 
+static inline void
+wb_init(wbuf *b)
+{
+    b->p = b->inl;
+    b->len = 0;
+    b->cap = sizeof(b->inl);
+}
+
+static inline void
+wb_free(wbuf *b)
+{
+    if (b->p != b->inl)
+        PyMem_Free(b->p);
+}
+
 static int
+wb_grow(wbuf *b, size_t need)
+{
+    size_t n = b->cap;
+    while (n < need)
+        n *= 2;
+    char *p;
+    if (b->p == b->inl) {
+        p = PyMem_Malloc(n);
+        if (p != NULL)
+            memcpy(p, b->p, b->len);
+    }
+    else {
+        p = PyMem_Realloc(b->p, n);
+    }
+    if (p == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->p = p;
+    b->cap = n;
+    return 0;
+}
+
+static inline int
 wb_put(wbuf *b, const char *s, size_t n)
 {
-    if (grow(&b->p, &b->cap, b->len + n) < 0)
+    if (b->len + n > b->cap && wb_grow(b, b->len + n) < 0)
         return -1;
     memcpy(b->p + b->len, s, n);
     b->len += n;
+    return 0;
+}
+
+/* Appends "name: value\r\n" */
+static inline int
+wb_header(wbuf *b, const char *name, size_t nl, const char *value, size_t vl)
+{
+    size_t need = b->len + nl + vl + 4;
+    if (need > b->cap && wb_grow(b, need) < 0)
+        return -1;
+    char *o = b->p + b->len;
+    memcpy(o, name, nl);
+    o += nl;
+    *o++ = ':';
+    *o++ = ' ';
+    memcpy(o, value, vl);
+    o += vl;
+    *o++ = '\r';
+    *o++ = '\n';
+    b->len = need;
     return 0;
 }
 
@@ -140,7 +224,7 @@ render_head(HttpRequest *r, wbuf *b, long long known)
     }
     const char *s;
     Py_ssize_t n;
-    if (latin1_view(r->status, &s, &n, "status") < 0)
+    if (line_view(r->status, &s, &n, "status") < 0)
         return -1;
     /* a 101 handing the connection to a WebSocket (upgrade.c): its
      * Upgrade and Connection headers go out as given, and no framing */
@@ -171,10 +255,15 @@ render_head(HttpRequest *r, wbuf *b, long long known)
         }
         const char *name, *value;
         Py_ssize_t nl, vl;
-        if (latin1_view(PyTuple_GET_ITEM(h, 0), &name, &nl, "header name") < 0 ||
-            latin1_view(PyTuple_GET_ITEM(h, 1), &value, &vl, "header value") < 0)
+        /* a token has no line break: the name is scanned once */
+        if (latin1_view(PyTuple_GET_ITEM(h, 0), &name, &nl, "header name") < 0)
             return -1;
-        if (!is_token(name, nl)) {
+        int token = is_token(name, nl);
+        if (!token && has_line_break(name, nl))
+            return line_break_error(PyTuple_GET_ITEM(h, 0), "header name");
+        if (line_view(PyTuple_GET_ITEM(h, 1), &value, &vl, "header value") < 0)
+            return -1;
+        if (!token) {
             PyErr_Format(PyExc_ValueError, "invalid response header name %R",
                          PyTuple_GET_ITEM(h, 0));
             return -1;
@@ -192,8 +281,7 @@ render_head(HttpRequest *r, wbuf *b, long long known)
                 continue;
             if (nl == 4 && strncasecmp(name, "date", 4) == 0)
                 has_date = 1;
-            if (wb_put(b, name, (size_t)nl) < 0 || WB_LIT(b, ": ") < 0 ||
-                wb_put(b, value, (size_t)vl) < 0 || WB_LIT(b, "\r\n") < 0)
+            if (wb_header(b, name, (size_t)nl, value, (size_t)vl) < 0)
                 return -1;
             continue;
         }
@@ -236,8 +324,7 @@ render_head(HttpRequest *r, wbuf *b, long long known)
         else if (nl == 4 && strncasecmp(name, "date", 4) == 0) {
             has_date = 1;
         }
-        if (wb_put(b, name, (size_t)nl) < 0 || WB_LIT(b, ": ") < 0 ||
-            wb_put(b, value, (size_t)vl) < 0 || WB_LIT(b, "\r\n") < 0)
+        if (wb_header(b, name, (size_t)nl, value, (size_t)vl) < 0)
             return -1;
     }
     if (!has_date) {
@@ -345,7 +432,8 @@ send_wbuf(HttpRequest *r, wbuf *b, int may_wait)
 int
 write_chunk(HttpRequest *r, const char *data, size_t n, long long known)
 {
-    wbuf b = {NULL, 0, 0};
+    wbuf b;
+    wb_init(&b);
     int rc = -1;
     if (!r->headers_sent) {
         if (render_head(r, &b, known) < 0)
@@ -356,7 +444,7 @@ write_chunk(HttpRequest *r, const char *data, size_t n, long long known)
         goto done;
     rc = send_wbuf(r, &b, 1);
 done:
-    PyMem_Free(b.p);
+    wb_free(&b);
     return rc;
 }
 
@@ -442,7 +530,8 @@ send_result(HttpRequest *r, PyObject *result)
             Py_DECREF(copy);
         }
         else {
-            wbuf b = {NULL, 0, 0};
+            wbuf b;
+            wb_init(&b);
             int rc = -1;
             if (render_head(r, &b, total) < 0)
                 goto fail;
@@ -457,7 +546,7 @@ send_result(HttpRequest *r, PyObject *result)
             /* b holds copies: the list may change while this waits */
             rc = send_wbuf(r, &b, 1);
         fail:
-            PyMem_Free(b.p);
+            wb_free(&b);
             return rc;
         }
     }
@@ -504,7 +593,8 @@ send_result(HttpRequest *r, PyObject *result)
             return -1;
     }
     /* the end: the head if no chunk carried it, the last chunk */
-    wbuf b = {NULL, 0, 0};
+    wbuf b;
+    wb_init(&b);
     int rc = -1;
     if (!r->headers_sent) {
         if (render_head(r, &b, r->head ? -1 : 0) < 0)
@@ -516,7 +606,7 @@ send_result(HttpRequest *r, PyObject *result)
     r->chunked = 0;
     rc = send_wbuf(r, &b, 0);
 end:
-    PyMem_Free(b.p);
+    wb_free(&b);
     return rc;
 }
 
