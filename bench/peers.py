@@ -191,7 +191,8 @@ def start(config, port, log, cpu=None):
     """The server, on CPU `cpu` (all its processes and threads) if given."""
     name, cmd, paths, env, _ = config
     full_env = dict(os.environ, PYTHONPATH=ROOT,
-                    PYTHONWARNINGS="ignore:pkg_resources is deprecated:UserWarning", **env)
+                    PYTHONWARNINGS="ignore:pkg_resources is deprecated:UserWarning")
+    full_env.update(env)  # latency_ab.py --trees sets its own PYTHONPATH
     proc = subprocess.Popen(taskset(cpu) + cmd(port), env=full_env, cwd=ROOT, stdout=log, stderr=log,
                             start_new_session=True)
     try:

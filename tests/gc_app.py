@@ -2,6 +2,7 @@
 import asyncio
 import gc
 import json
+import time
 
 from pyramid.config import Configurator
 from pyramid.response import Response
@@ -27,6 +28,12 @@ async def hello(request):
     return Response(b"Hello, world!", content_type="text/plain")
 
 
+async def block(request):
+    # holds the loop: the requests sent meanwhile are all read in its next pass
+    time.sleep(float(request.params.get("s", "0.3")))
+    return Response(b"blocked", content_type="text/plain")
+
+
 def gc_state(request):
     # gc.get_objects() leaves out the frozen (permanent) generation
     seen = any(o is LOADED for o in gc.get_objects())
@@ -49,6 +56,8 @@ def main(threshold=None):
         config.add_view(hello, route_name="hello")
         config.add_route("sleep", "/sleep")
         config.add_view(sleep, route_name="sleep")
+        config.add_route("block", "/block")
+        config.add_view(block, route_name="block")
         config.add_route("gc", "/gc")
         config.add_view(gc_state, route_name="gc")
         return config.make_wsgi_app()

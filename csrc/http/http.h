@@ -148,6 +148,9 @@ typedef struct {
     int held_between_reads;     /* writes held outside one (see
                                    proto_flush_early) */
     Py_ssize_t active;
+    Py_ssize_t started_in_pass; /* requests started since the held writes'
+                                   last flush: on 3.11 each one's Task
+                                   waits in the loop's queue until then */
     time_t date_time;
     char date[64];
     size_t date_len;

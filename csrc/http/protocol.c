@@ -189,6 +189,7 @@ server_flush_writes(PyObject *op, PyObject *unused)
     PyObject *list = srv->unflushed;
     srv->flush_scheduled = 0;
     srv->held_between_reads = 0;
+    srv->started_in_pass = 0;
     Py_ssize_t n = PyList_GET_SIZE(list);
     if (n == 0)
         Py_RETURN_NONE;

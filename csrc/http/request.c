@@ -604,6 +604,7 @@ start_request(HttpProtocol *p, HttpRequest *r)
     PyObject *ctx = NULL, *args = NULL, *spawn = NULL, *task = NULL;
     r->started = 1;
     srv->active++;
+    srv->started_in_pass++;
     Py_INCREF(r);
     ctx = PyContext_New();
     if (ctx == NULL)

@@ -490,6 +490,12 @@ server_get_active(PyObject *op, void *closure)
 }
 
 static PyObject *
+server_get_started_in_pass(PyObject *op, void *closure)
+{
+    return PyLong_FromSsize_t(((HttpServer *)op)->started_in_pass);
+}
+
+static PyObject *
 server_get_connections(PyObject *op, void *closure)
 {
     return PyLong_FromSsize_t(PySet_GET_SIZE(((HttpServer *)op)->connections));
@@ -554,6 +560,9 @@ server_set_on_close(PyObject *op, PyObject *value, void *closure)
 static PyGetSetDef server_getset[] = {
     {"requests", server_get_requests, NULL, "Requests answered.", NULL},
     {"active", server_get_active, NULL, "Requests in progress.", NULL},
+    {"started_in_pass", server_get_started_in_pass, NULL,
+     "Requests started since the held writes were last flushed (this pass "
+     "of the loop's).", NULL},
     {"connections", server_get_connections, NULL, "Open connections.", NULL},
     {"app", server_get_app, NULL, "The WSGI application.", NULL},
     {"on_close", server_get_on_close, server_set_on_close,
