@@ -1,95 +1,20 @@
-"""ATTACK (attack-s4): views for the attacks on what the last session
-changed (spooled bodies closed by the server, the executor, stop paths).
+"""ATTACK (attack-s4): views for the GC pacer attack (requests waiting in
+flight, then requests that leave cycles).
 
 /hello       ready check
-/slow-read   (plain view) waits until /go, then reads request.body and
-             records what it got (its length, or the error)
-/state       (coroutine) whether /slow-read's request Task is done, and
-             what the plain views recorded
-/go          (coroutine) lets /slow-read go on
-/forever     (plain) never returns; /spawn-thread (plain) starts a thread
-/plain-sleep (plain) sleeps ms=N
-/cycle       leaves a cycle holding 64 KiB; /live: how many are alive
+/cycle       leaves a cycle holding 64 KiB; /live: how many are alive, and
+             how many /wait requests are waiting
 /wait        (coroutine) waits s=N seconds
 """
 import asyncio
-import json
-import threading
 import weakref
 
 from pyramid.config import Configurator
 from pyramid.response import Response
 
-GO = threading.Event()
-TASKS = []
-RESULTS = []
-
 
 async def hello(request):
     return Response(b"Hello, world!")
-
-
-def slow_read(request):
-    GO.wait(30)
-    try:
-        RESULTS.append(len(request.body))
-    except Exception as e:  # what the view saw
-        RESULTS.append(repr(e))
-    return Response(b"read")
-
-
-async def state(request):
-    return Response(json.dumps({
-        "task_done": bool(TASKS) and TASKS[-1].done(),
-        "results": RESULTS,
-    }).encode())
-
-
-async def go(request):
-    GO.set()
-    return Response(b"go")
-
-
-def task_tween_factory(handler, registry):
-    def tween(request):
-        if request.path == "/slow-read":
-            TASKS.append(asyncio.current_task())
-        return handler(request)
-    return tween
-
-
-def main(global_config=None, **settings):
-    with Configurator(settings=settings) as config:
-        config.include("aiopyramid")
-        config.add_tween("attack_s4_app.task_tween_factory")
-        for name, view in [("hello", hello), ("slow-read", slow_read),
-                           ("state", state), ("go", go)]:
-            config.add_route(name, "/" + name)
-            config.add_view(view, route_name=name)
-        _more_routes(config)
-        return config.make_wsgi_app()
-
-
-def forever(request):
-    """(plain view) never returns on its own (a lost upstream)."""
-    import time
-    while True:
-        time.sleep(1)
-
-
-def spawn_thread(request):
-    """(plain view) starts a non-daemon thread of its own that outlives the
-    request (waits for GO), and answers at once."""
-    t = threading.Thread(target=GO.wait, args=(600,), name="app-thread")
-    t.start()
-    return Response(b"started")
-
-
-def plain_sleep(request):
-    """(plain view) sleeps ms=N milliseconds in its thread."""
-    import time
-    time.sleep(int(request.params.get("ms", "1")) / 1000)
-    return Response(b"slept")
 
 
 class Node:
@@ -97,6 +22,7 @@ class Node:
 
 
 _alive = weakref.WeakSet()
+WAITING = [0]
 
 
 async def cycle(request):
@@ -111,11 +37,7 @@ async def cycle(request):
 
 
 async def live(request):
-    """how many of /cycle's cycles are alive, and /wait's requests waiting"""
     return Response(b"%d %d" % (len(_alive), WAITING[0]))
-
-
-WAITING = [0]
 
 
 async def wait(request):
@@ -128,9 +50,11 @@ async def wait(request):
     return Response(b"waited")
 
 
-def _more_routes(config):
-    for name, view in [("forever", forever), ("spawn-thread", spawn_thread),
-                       ("plain-sleep", plain_sleep), ("cycle", cycle),
-                       ("live", live), ("wait", wait)]:
-        config.add_route(name, "/" + name)
-        config.add_view(view, route_name=name)
+def main(global_config=None, **settings):
+    with Configurator(settings=settings) as config:
+        config.include("aiopyramid")
+        for name, view in [("hello", hello), ("cycle", cycle),
+                           ("live", live), ("wait", wait)]:
+            config.add_route(name, "/" + name)
+            config.add_view(view, route_name=name)
+        return config.make_wsgi_app()
