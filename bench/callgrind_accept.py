@@ -35,6 +35,8 @@ import sys
 import tempfile
 import time
 
+from http_bench import perf_counts, perf_stat  # bench/ is sys.path[0]
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 AIO_WORKER = "aiopyramid.gunicorn.worker.AsyncGunicornWorker"
@@ -229,22 +231,11 @@ def perf(n, wave):
         worker = worker_of(proc.pid)
 
         def measure(name, run):
-            p = subprocess.Popen(["perf", "stat", "-x", ",", "-e", ",".join(PERF_EVENTS),
-                                  "-p", str(worker)], stderr=subprocess.PIPE, text=True)
+            p = perf_stat(worker, PERF_EVENTS)
             time.sleep(0.3)
             run()
             time.sleep(0.2)
-            p.send_signal(signal.SIGINT)
-            _, err = p.communicate(timeout=30)
-            counts = {}
-            for line in err.splitlines():
-                parts = line.split(",")
-                if len(parts) > 2:
-                    try:
-                        counts[parts[2]] = float(parts[0])
-                    except ValueError:
-                        pass
-            results[name] = counts
+            results[name] = perf_counts(p)
 
         phases(port, n, wave, measure)
     finally:

@@ -172,6 +172,31 @@ def wrk(url, conns, duration, cpu=None):
             "non2xx": int(non2xx.group(1)) if non2xx else 0}
 
 
+def perf_stat(pid, events, *extra):
+    """`perf stat` counting `events` in process `pid` (extra: more of perf's
+    arguments, e.g. a --filter); stop it with perf_counts()."""
+    target = list(extra) if extra else ["-p", str(pid)]
+    return subprocess.Popen(["perf", "stat", "-x", ",", "-e", ",".join(events)] + target,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def perf_counts(*procs):
+    """Stop perf_stat() processes; their counts by event name, summed."""
+    for p in procs:
+        p.send_signal(signal.SIGINT)
+    counts = {}
+    for p in procs:
+        _, err = p.communicate(timeout=30)
+        for line in err.splitlines():  # CSV: value,unit,event,...
+            parts = line.split(",")
+            if len(parts) > 2:
+                try:
+                    counts[parts[2]] = counts.get(parts[2], 0) + float(parts[0])
+                except ValueError:  # <not counted>, <not supported>
+                    pass
+    return counts
+
+
 def available(config):
     if config[1] == ["uwsgi"]:
         return os.path.exists(UWSGI)

@@ -35,8 +35,6 @@ counts (the executor's) depend on where the scheduler puts its threads.
 import argparse
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -46,6 +44,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import peers  # noqa: E402
+from http_bench import perf_counts, perf_stat  # noqa: E402
 
 EVENTS = [
     "syscalls:sys_enter_read", "syscalls:sys_enter_recvfrom",
@@ -85,31 +84,15 @@ def measure(config, duration, conns, view="hello", pin=False):
         if pin:  # every thread of the server on CPU 0 (new ones inherit it)
             subprocess.run(["taskset", "-a", "-p", "-c", "0", str(pid)],
                            check=True, capture_output=True)
-        perf = subprocess.Popen(
-            ["perf", "stat", "-x", ",", "-e", ",".join(EVENTS), "-p", str(pid)],
-            stderr=subprocess.PIPE, text=True)
+        perf = perf_stat(pid, EVENTS)
         # the server being woken: counted system-wide, filtered on its pid
-        waking = subprocess.Popen(
-            ["perf", "stat", "-x", ",", "-a", "-e", "sched:sched_waking",
-             "--filter", "pid == %d" % pid],
-            stderr=subprocess.PIPE, text=True)
+        waking = perf_stat(pid, ["sched:sched_waking"], "-a", "--filter", "pid == %d" % pid)
         time.sleep(0.2)
         out = subprocess.run(
             (["taskset", "-c", "1"] if pin else [])
             + ["wrk", "-t1", "-c%d" % conns, "-d%ds" % duration, url],
             capture_output=True, text=True, timeout=duration + 60).stdout
-        for p in (perf, waking):
-            p.send_signal(signal.SIGINT)
-        counts = {}
-        for p in (perf, waking):
-            _, err = p.communicate(timeout=30)
-            for line in err.splitlines():
-                parts = line.split(",")
-                if len(parts) > 2:
-                    try:
-                        counts[parts[2]] = float(parts[0])
-                    except ValueError:  # <not counted>, <not supported>
-                        pass
+        counts = perf_counts(perf, waking)
         m = re.search(r"(\d+) requests in", out)
         return (int(m.group(1)) if m else 0), counts
     finally:

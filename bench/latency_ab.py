@@ -22,14 +22,13 @@ import argparse
 import glob
 import os
 import shutil
-import signal
 import statistics
-import subprocess
 
 import peers  # bench/ is sys.path[0]
+from http_bench import perf_counts, perf_stat
 from tail import worker_pid
 
-EVENTS = "task-clock,context-switches,sched:sched_wakeup"
+EVENTS = ["task-clock", "context-switches", "sched:sched_wakeup"]
 
 
 def run(cfg, view, conns, duration, root=None):
@@ -45,21 +44,11 @@ def run(cfg, view, conns, duration, root=None):
     try:
         url = "http://127.0.0.1:%d%s" % (port, paths[view])
         peers.wrk(url, 10, 1, 1)
-        perf = subprocess.Popen(["perf", "stat", "-x", ",", "-e", EVENTS, "-p",
-                                 str(worker_pid(proc))], stderr=subprocess.PIPE, text=True)
+        perf = perf_stat(worker_pid(proc), EVENTS)
         w = peers.wrk(url, conns, duration, 1)
-        perf.send_signal(signal.SIGINT)
-        _, err = perf.communicate(timeout=30)
+        counts = perf_counts(perf)
     finally:
         peers.stop(proc)
-    counts = {}
-    for line in err.splitlines():
-        parts = line.split(",")
-        if len(parts) > 2:
-            try:
-                counts[parts[2]] = float(parts[0])
-            except ValueError:
-                pass
     n = w["rps"] * duration or 1
     w["us"] = counts.get("task-clock", 0) * 1e3 / n  # msec -> µs per request
     w["cs"] = counts.get("context-switches", 0) / n
