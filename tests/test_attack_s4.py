@@ -103,4 +103,6 @@ def test_attack_requests_in_flight_do_not_let_cycles_pile_up(gunicorn, kind):
     finally:
         for s in held:
             s.close()
-    assert most < 700, "%d cycles of 64 KiB alive at once" % most
+    import gc
+    # Python's own young threshold in this interpreter: 700, 2,000 from 3.13
+    assert most < gc.get_threshold()[0], "%d cycles of 64 KiB alive at once" % most

@@ -582,7 +582,11 @@ def test_gc_requests_in_flight_set_off_a_few_collections(gunicorn, kind):
     if kind == "tuned":
         assert ran <= 40, (before, after)
     else:
-        assert ran > 60, (before, after)  # what the tuning takes away
+        # what the tuning takes away: under Python's own threshold (700, 2,000
+        # from 3.13) the load puts more than 30,000 objects through the young
+        # generation (measured: 92 collections at 700, 21 at 2,000)
+        import gc
+        assert ran * gc.get_threshold()[0] > 30000, (before, after)
 
 
 def test_gc_pacer_earns_bounds_and_gives_back():
