@@ -510,9 +510,10 @@ def _threshold_while(port, work):
 
 
 def test_gc_young_threshold_follows_the_requests_in_flight(gunicorn):
-    # 300 requests waiting together raise it (collections that find no
-    # garbage earn it, up to 100 objects per request in flight); once they
-    # are answered the worker's once-a-second loop brings it back down to
+    # 300 requests waiting together, twice in turn, raise it (up to 100
+    # objects per request in flight, earned by the requests answered whose
+    # garbage a collection found: the first turn's); once they are
+    # answered the worker's once-a-second loop brings it back down to
     # Python's
     import gc as _gc
     python_young = _gc.get_threshold()[0]
@@ -520,8 +521,8 @@ def test_gc_young_threshold_follows_the_requests_in_flight(gunicorn):
     try:
         srv = gunicorn("--worker-connections", "1000", app="gc_app:main()")
         most, bodies = _threshold_while(
-            srv.port, lambda: _sleep_together(srv.port, 300, seconds=2))
-        assert bodies == [b"slept"] * 300
+            srv.port, lambda: _sleep_together(srv.port, 300, rounds=2, seconds=1))
+        assert bodies == [b"slept"] * 600
         assert most >= 8 * python_young, most
         deadline = time.monotonic() + 30
         while True:
@@ -582,15 +583,21 @@ def test_gc_requests_in_flight_set_off_a_few_collections(gunicorn, kind):
     if kind == "tuned":
         assert ran <= 40, (before, after)
     else:
-        assert ran > 60, (before, after)  # what the tuning takes away
+        # what the tuning takes away: under Python's own threshold (700, 2,000
+        # from 3.13) the load puts more than 30,000 objects through the young
+        # generation (measured: 92 collections at 700, 21 at 2,000)
+        import gc
+        assert ran * gc.get_threshold()[0] > 30000, (before, after)
 
 
 def test_gc_pacer_earns_bounds_and_gives_back():
     # the pacer's arithmetic, in a fresh interpreter (it sets the
-    # collector's thresholds): collections that find no garbage double
-    # the threshold up to the ceiling (100 objects per request in flight,
-    # at most 100,000), one that finds garbage shortens it in proportion,
-    # the once-a-second loop halves it at most
+    # collector's thresholds): the requests answered since the collection
+    # before earn 100 objects each, up to the ceiling (100 objects per
+    # request in flight, at most 100,000), as far as the garbage found stays
+    # within half of Python's threshold in proportion; a collection with no
+    # request answered earns nothing; the once-a-second loop halves it at
+    # most
     out = run_python("""
 import gc
 from aiopyramid.gunicorn.worker import _GcPacer
@@ -599,20 +606,23 @@ class Server:
     active = 0
     started_in_pass = 0
     connections = 0
+    requests = 0
 server = Server()
 pacer = _GcPacer(gc.get_threshold())
 pacer.server = server
-clean = {"collected": 0, "uncollectable": 0}
-def collect(garbage=0):
+def collect(garbage=0, answered=0):
+    server.requests += answered
     pacer._collected("stop", {"collected": garbage, "uncollectable": 0})
     return gc.get_threshold()[0]
 def threshold():
     return gc.get_threshold()[0]
 print(collect())                          # nothing in flight: Python's
 server.active = 300
-print([collect() for _ in range(7)])      # earned, up to 30,000
+print([collect() for _ in range(3)])      # in flight, none answered: nothing
+print(collect(answered=50))               # 50 answered: 5,000
+print(collect(answered=1000))             # the ceiling: 30,000
 server.active = 5000
-print([collect() for _ in range(4)][-1])  # at most 100,000
+print(collect(answered=5000))             # at most 100,000
 server.active = 0
 pacer.follow()
 first = threshold()
@@ -622,21 +632,27 @@ for _ in range(10):
     pacer.follow()
 print(threshold())
 server.active = 300
-print(collect())                          # given back: earned anew
+print(collect())                          # given back: twice the ceiling kept
+print(collect(answered=300))              # until requests are answered
 server.active = 5000
-print([collect() for _ in range(7)][-1])
-print(collect(garbage=7000))              # ten times the budget: a tenth
+print(collect(answered=5000))
+print(collect(garbage=35000, answered=5000))  # a hundred times the budget
+print(collect(garbage=700, answered=5000))    # twice the budget: half
 print(collect(garbage=100000))            # never below Python's
 """)
-    assert out.split("\n")[:10] == [
+    assert out.split("\n") == [
         "700",
-        "[1400, 2800, 5600, 11200, 22400, 30000, 30000]",
+        "[700, 700, 700]",
+        "5000",
+        "30000",
         "100000",
         "50000 25000",
         "700",
         "1400",
+        "30000",
         "100000",
-        "10000",
+        "1000",
+        "700",
         "700",
         "",
     ], out
