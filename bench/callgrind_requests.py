@@ -58,11 +58,18 @@ The server alone, against bjoern's (the issue's fastest WSGI peer):
   --cache-sim    valgrind's simulated cache misses per request too (first
                  and last level; a model of a cache, not this CPU's: this
                  VM gives perf no hardware counters)
+  --cache-ll SIZE,ASSOC,LINE  with --cache-sim: the last level valgrind
+                 simulates (its --LL); by default the host's last level
+                 (32 MiB of L3 here, where nothing of a request misses):
+                 1048576,8,64 models this CPU's 1 MiB L2 instead, where a
+                 working set that outgrows L2 shows
   --conns C      the client keeps C connections busy at once (each sends
                  its next request once its response is in), so a loop
                  iteration serves several requests, as under wrk -c 50;
                  what a server does once per iteration (ours: its
-                 batched write flush; both: the poll) is then shared
+                 batched write flush; both: the poll) is then shared;
+                 with -n below C, n connections only (and the accepts
+                 counted in the figure): give -n of C or more
 
     bench/callgrind_requests.py --per-request -n 400 --server-only \\
         --view inline --loop uvloop --vs-bjoern
@@ -262,6 +269,14 @@ def client(port, path, n, conns=1):
     sel = selectors.DefaultSelector()
     bufs = {}
     sent = done = 0
+    # A server under valgrind accepts one connection per loop iteration, and
+    # serves the requests of those accepted meanwhile in the same passes: with
+    # every connection sending on at once, all n requests went by in those
+    # ~C passes of a few requests each (callgrind's calls: 1,010 epoll_pwait
+    # for 2,000 and for 4,000 requests at --conns 1000), never the passes
+    # of hundreds that wrk -c 1000 makes.  The connections' second requests
+    # wait for the first round (its accepts) to end, then go together.
+    held = [] if len(socks) > 1 else None
     try:
         for s in socks:
             s.setblocking(False)
@@ -291,7 +306,17 @@ def client(port, path, n, conns=1):
                         raise SystemExit("unexpected body: %r" % rest[:length])
                     buf = rest[length:]
                     done += 1
-                    if sent < n:
+                    if held is not None:
+                        # the first round: every connection's next request
+                        # waits until the server has answered them all
+                        held.append(s)
+                        if len(held) == len(socks):
+                            for h in held:
+                                if sent < n:
+                                    h.send(req)
+                                    sent += 1
+                            held = None
+                    elif sent < n:
                         s.send(req)
                         sent += 1
                 bufs[s] = buf
@@ -302,7 +327,7 @@ def client(port, path, n, conns=1):
 
 
 def server_only_count(view, loop_kind, n, out_dir=None, conns=1, cache_sim=False,
-                      wait_ms=None):
+                      wait_ms=None, cache_ll=None):
     """{event: count} valgrind counts in the server's process serving n
     requests (start-up and shutdown included): Ir, the instructions, and
     with cache_sim its simulated cache misses too (D1mr, DLmr, ...); for
@@ -320,6 +345,8 @@ def server_only_count(view, loop_kind, n, out_dir=None, conns=1, cache_sim=False
                                "callgrind.out.%s.%s.c%d.%d" % (view, loop_kind, conns, n))
         valgrind = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out,
                     "--cache-sim=" + ("yes" if cache_sim else "no")]
+        if cache_sim and cache_ll:
+            valgrind.append("--LL=" + cache_ll)
         if view == "bjoern":
             if not os.path.exists(PEERS_PYTHON):
                 raise SystemExit("no %s: run bench/peers.py once to install the peers"
@@ -432,6 +459,9 @@ if __name__ == "__main__":
                     help="with --server-only: instructions per request by ELF object too")
     ap.add_argument("--cache-sim", action="store_true",
                     help="with --server-only: valgrind's simulated cache misses per request too")
+    ap.add_argument("--cache-ll", metavar="SIZE,ASSOC,LINE",
+                    help="with --cache-sim: the simulated last level (valgrind's --LL),"
+                    " e.g. 1048576,8,64 for this CPU's L2")
     ap.add_argument("--wait-ms", type=float, default=None,
                     help="the wait views' sleep in ms (default 50)")
     ap.add_argument("--serve", metavar="PORTFILE", help=argparse.SUPPRESS)
@@ -450,6 +480,8 @@ if __name__ == "__main__":
             ap.error("--server-only is a mode of --per-request")
         if args.conns < 1:
             ap.error("--conns must be 1 or more")
+        if args.cache_ll and not args.cache_sim:
+            ap.error("--cache-ll is a setting of --cache-sim")
         if args.idle or args.slow_callback_ms is not None or args.pending_timer:
             ap.error("--server-only takes no --idle, --slow-callback-ms or --pending-timer")
         views = [args.view] + (["bjoern"] if args.vs_bjoern and args.view != "bjoern" else [])
@@ -462,16 +494,17 @@ if __name__ == "__main__":
             keep = scratch.name
         for view in views:
             counts = [server_only_count(view, args.loop, n, keep, args.conns,
-                                        args.cache_sim, args.wait_ms)
+                                        args.cache_sim, args.wait_ms, args.cache_ll)
                       for n in (args.n, 2 * args.n)]
             per = {e: (counts[1][e] - counts[0][e]) / args.n for e in counts[0]}
             figures[view] = per["Ir"]
             misses = ""
             if args.cache_sim:
                 # valgrind's simulated caches (first level, last level)
-                misses = "; L1 misses %.0f (data %.0f), last-level misses %.0f" % (
+                misses = ("; L1 misses %.0f (data %.0f), last-level misses %.0f"
+                          " (data %.0f)") % (
                     per["I1mr"] + per["D1mr"] + per["D1mw"], per["D1mr"] + per["D1mw"],
-                    per["ILmr"] + per["DLmr"] + per["DLmw"])
+                    per["ILmr"] + per["DLmr"] + per["DLmw"], per["DLmr"] + per["DLmw"])
             print("%s, server only, %d connection%s: %.0f instructions per request%s" % (
                 view if view == "bjoern" else "ours, %s view, %s loop" % (view, args.loop),
                 args.conns, "" if args.conns == 1 else "s", figures[view], misses), flush=True)
