@@ -6,7 +6,7 @@ import pytest
 
 from aiopyramid import _core
 
-from .inprocess import run, serving  # noqa: F401 -- fixture
+from .inprocess import loop, run, serving  # noqa: F401 -- fixture
 from .rawhttp import exchange
 
 BIG = b"x" * (128 * 1024)  # past what a connection holds back (HELD_MAX)
@@ -143,3 +143,83 @@ def test_a_connect_to_host_port_is_still_the_apps(run):
     assert [r.status for r in rs] == [200] and served == 1
     assert env["REQUEST_METHOD"] == "CONNECT"
     assert env["HTTP_HOST"] == "example.com:443"
+
+
+# -- the response head --------------------------------------------------------
+
+def _answer(run, status, headers):
+    logged = []
+
+    def app(environ, start_response):
+        start_response(status, headers)
+        return [b"body"]
+
+    async def main():
+        async with serving(app, error_log=lambda msg, exc: logged.append(
+                str(exc))) as (port, srv):
+            rs, closed = await exchange(
+                port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", count=1)
+            return rs
+    return run(main()), logged
+
+
+@pytest.mark.parametrize("status,headers,message", [
+    # a NUL went out in the status line (it is refused in a header value)
+    ("200 O\x00K", [], "response status '200 O\\x00K' contains a control "
+                       "character"),
+    ("200 O\x1bK", [], "response status '200 O\\x1bK' contains a control "
+                       "character"),
+    # control bytes besides HTAB are no field-vchar (RFC 9110 5.5); HTTP
+    # clients built on llhttp refuse the response ("Invalid header value
+    # char"); gunicorn's workers refuse them as the app's error
+    ("200 OK", [("X-A", "a\x01b")], "response header value 'a\\x01b' "
+                                    "contains a control character"),
+    ("200 OK", [("X-A", "a\x7fb")], "response header value 'a\\x7fb' "
+                                    "contains a control character"),
+], ids=["status-nul", "status-esc", "value-soh", "value-del"])
+def test_attack_control_bytes_in_the_head_are_the_apps_error(
+        run, status, headers, message):
+    rs, logged = _answer(run, status, headers)
+    assert [r.status for r in rs] == [500] and logged == [message], (rs, logged)
+
+
+@pytest.mark.parametrize("status,headers", [
+    ("200 caf\xe9 \t ok", []),  # obs-text, HTAB and SP in a reason
+    ("200 OK", [("X-A", "caf\xe9\tau\xff lait")]),
+    ("200 OK", [("Set-Cookie", "c%d=%s" % (i, "v" * 100)) for i in range(200)]),
+    ("200 " + "R" * 3000, [("X-Big", "a" * 1020), ("X-Bigger", "b" * 5000)]),
+], ids=["latin1-reason", "latin1-value", "many-cookies", "past-1kib"])
+def test_heads_in_and_past_the_stack_buffer(run, status, headers):
+    rs, logged = _answer(run, status, headers)
+    assert [r.status for r in rs] == [200] and logged == [], (rs, logged)
+    r = rs[0]
+    assert r.reason == status[4:] and r.body == b"body"
+    got = [(k, v) for k, v in r.headers if k not in ("date", "content-length")]
+    assert got == [(k.lower(), v.strip()) for k, v in headers]
+
+
+def test_control_bytes_are_found_at_every_place_of_a_value(loop):
+    # the scan goes eight bytes at a time: a control byte at each offset
+    # of values of lengths around the word's, after obs-text and HTAB
+    from .inprocess import connect, spin
+    from .rawhttp import parse_all
+
+    cases = []
+    for n in range(1, 26):
+        for at in range(n):
+            for bad in ("\x00", "\x01", "\x1f", "\x7f", "\r"):
+                v = ["\xff\t~ "[(at + k) % 4] for k in range(n)]
+                v[at] = bad
+                cases.append(("".join(v), 500))
+        cases.append(("".join("\x80\t\x20\x7e\xa0"[k % 5] for k in range(n)), 200))
+    statuses = []
+    for value, want in cases:
+        def app(environ, start_response, value=value):
+            start_response("200 OK", [("X-V", value)])
+            return [b"ok"]
+        server, proto, t = connect(loop, app, error_log=lambda msg, exc: None)
+        proto.data_received(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        spin(loop, 2)
+        statuses.append([r.status for r in parse_all(bytes(t.out))])
+        proto.connection_lost(None)
+    assert statuses == [[want] for _, want in cases]
