@@ -148,9 +148,10 @@ typedef struct {
     int held_between_reads;     /* writes held outside one (see
                                    proto_flush_early) */
     Py_ssize_t active;
-    Py_ssize_t started_in_pass; /* requests started since the held writes'
-                                   last flush: on 3.11 each one's Task
-                                   waits in the loop's queue until then */
+    Py_ssize_t started_in_pass; /* requests started in this pass of the
+                                   loop (to flush_writes, which the first
+                                   queues): on 3.11 each one's Task waits
+                                   in the loop's queue until then */
     time_t date_time;
     char date[64];
     size_t date_len;
@@ -282,6 +283,7 @@ proto_state(HttpProtocol *p)
 int grow(char **buf, size_t *cap, size_t need);
 void set_read_paused(HttpProtocol *p, int bit, int on);
 int proto_write_bytes(HttpProtocol *p, PyObject *data);
+int server_schedule_flush(HttpServer *srv);
 int proto_gone(HttpProtocol *p);
 int proto_write(HttpProtocol *p, const char *data, size_t len);
 void proto_close(HttpProtocol *p);

@@ -241,6 +241,28 @@ bad_absolute_authority(const char *url, size_t n)
     return e == a || *a == ':' || memchr(a, '@', (size_t)(e - a)) != NULL;
 }
 
+/* RFC 9112 3.2.3: a CONNECT's target is the authority form, host:port,
+ * and nothing else (llhttp lets any target through; an absolute-form one
+ * would go on to set HTTP_HOST, userinfo and all). */
+static int
+bad_authority_form(const char *url, size_t n)
+{
+    size_t colon = n;
+    for (size_t i = 0; i < n; i++) {
+        char c = url[i];
+        if (c == '/' || c == '?' || c == '#' || c == '@' || c == '*')
+            return 1;
+        if (c == ':')
+            colon = i;
+    }
+    if (colon == 0 || colon + 1 >= n)
+        return 1; /* no host, or no port */
+    for (size_t i = colon + 1; i < n; i++)
+        if (url[i] < '0' || url[i] > '9')
+            return 1;
+    return 0;
+}
+
 static int
 on_headers_complete(llhttp_t *parser)
 {
@@ -263,11 +285,14 @@ on_headers_complete(llhttp_t *parser)
     if (p->url_len == 1 && p->sbuf[0] == '*' && parser->method != HTTP_OPTIONS)
         return reject_head(parser, 400,
                            "the asterisk form is only for OPTIONS");
-    if (parser->method != HTTP_CONNECT &&
-        bad_absolute_authority(p->sbuf, p->url_len))
+    if (parser->method == HTTP_CONNECT
+            ? bad_authority_form(p->sbuf, p->url_len)
+            : bad_absolute_authority(p->sbuf, p->url_len))
         return reject_head(parser, 400,
-                           "the target is not an http(s) URL with a host "
-                           "and no userinfo");
+                           parser->method == HTTP_CONNECT
+                               ? "a CONNECT's target is host:port"
+                               : "the target is not an http(s) URL with a "
+                                 "host and no userinfo");
     /* RFC 9112 3.2: an HTTP/1.1 request has exactly one Host; none has
      * two (they would be joined into one value the app cannot trust) */
     if ((http11 && p->host_fields != 1) || p->host_fields > 1)

@@ -82,6 +82,22 @@ write_now(HttpProtocol *p, PyObject *data)
 #define HELD_MAX (64 * 1024)
 #define HELD_CONNECTIONS_MAX 64
 
+/* Queues server_flush_writes() to the end of this pass of the loop, once:
+ * the writes held meanwhile go out then, and the count of the requests
+ * the pass started (started_in_pass) ends there. */
+int
+server_schedule_flush(HttpServer *srv)
+{
+    if (srv->flush_scheduled)
+        return 0;
+    PyObject *h = PyObject_CallOneArg(srv->call_soon, srv->flush_cb);
+    if (h == NULL)
+        return -1;
+    Py_DECREF(h);
+    srv->flush_scheduled = 1;
+    return 0;
+}
+
 int
 proto_write_bytes(HttpProtocol *p, PyObject *data)
 {
@@ -100,16 +116,11 @@ proto_write_bytes(HttpProtocol *p, PyObject *data)
         }
         if (!srv->reading)
             srv->held_between_reads = 1;
-        if (!srv->flush_scheduled) {
-            PyObject *h = PyObject_CallOneArg(srv->call_soon, srv->flush_cb);
-            if (h == NULL) {
-                /* a closed loop: this write goes now, and the list waits
-                 * for a later one to schedule its flush */
-                PyErr_Clear();
-                return write_now(p, data);
-            }
-            Py_DECREF(h);
-            srv->flush_scheduled = 1;
+        if (server_schedule_flush(srv) < 0) {
+            /* a closed loop: this write goes now, and the list waits
+             * for a later one to schedule its flush */
+            PyErr_Clear();
+            return write_now(p, data);
         }
         p->held = Py_NewRef(data);
         p->held_len = n;

@@ -604,7 +604,11 @@ start_request(HttpProtocol *p, HttpRequest *r)
     PyObject *ctx = NULL, *args = NULL, *spawn = NULL, *task = NULL;
     r->started = 1;
     srv->active++;
+    /* counted until the pass ends, whether or not the pass holds a write
+     * (a response past HELD_MAX, a long poll, a client gone hold none) */
     srv->started_in_pass++;
+    if (server_schedule_flush(srv) < 0)
+        PyErr_Clear(); /* a closed loop: a later pass's flush resets it */
     Py_INCREF(r);
     ctx = PyContext_New();
     if (ctx == NULL)
