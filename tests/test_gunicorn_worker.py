@@ -519,7 +519,8 @@ def test_gc_young_threshold_follows_the_requests_in_flight(gunicorn):
     python_young = _gc.get_threshold()[0]
     soft, hard = _raise_fd_limit(1024)
     try:
-        srv = gunicorn("--worker-connections", "1000", app="gc_app:main()")
+        srv = gunicorn("--worker-connections", "1000", "--keep-alive", "30",
+                       app="gc_app:main()")
         most, bodies = _threshold_while(
             srv.port, lambda: _sleep_together(srv.port, 300, rounds=3, seconds=1))
         assert bodies == [b"slept"] * 900
