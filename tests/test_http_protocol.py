@@ -82,6 +82,46 @@ def test_environ(run):
     assert r.header("content-length") == str(len(r.body))
 
 
+def forging_app(environ, start_response):
+    # reports what its environ says of the connection, then spoils it
+    seen = "%s %s %s %s %s" % (
+        environ.get("REMOTE_ADDR"), environ.get("REMOTE_PORT"),
+        environ.get("SERVER_PORT"), environ.get("wsgi.url_scheme"),
+        "x.leak" in environ)
+    del environ["REMOTE_ADDR"]
+    environ["REMOTE_PORT"] = "forged"
+    environ["wsgi.url_scheme"] = "gopher"
+    environ["x.leak"] = True
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [seen.encode()]
+
+
+def test_each_request_sees_its_own_connection(run):
+    # every request's environ is the server's one template copied with its
+    # connection's addresses set in it: two keep-alive connections, their
+    # requests interleaved, each sees its own port and nothing a previous
+    # request (its own connection's or the other's) did to its environ
+    async def main():
+        async with serving(forging_app) as (port, srv):
+            conns = [await asyncio.open_connection("127.0.0.1", port)
+                     for _ in range(2)]
+            seen = []
+            for _ in range(3):
+                for reader, writer in conns:
+                    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    n = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                    body = (await reader.readexactly(n)).decode()
+                    seen.append((writer.get_extra_info("sockname")[1], body))
+            for _, writer in conns:
+                writer.close()
+            return port, seen
+    port, seen = run(main())
+    assert len(seen) == 6
+    for client_port, body in seen:
+        assert body == "127.0.0.1 %d %d http False" % (client_port, port)
+
+
 def test_absolute_form_and_script_name(run):
     async def main():
         async with serving(env_app, ) as (port, srv):

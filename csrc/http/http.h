@@ -118,7 +118,8 @@ typedef struct {
                                    eager_start */
     PyObject *task_kwargs;      /* 3.11: {loop:, context:} for Task() */
     PyObject *current_tasks;    /* 3.11: asyncio's {loop: current task} */
-    PyObject *base_environ;     /* wsgi.* keys, SCRIPT_NAME, ... */
+    PyObject *base_environ;     /* wsgi.* keys, SCRIPT_NAME, ...: the
+                                   template each request's is copied from */
     PyObject *script_name;      /* str */
     PyObject *access_log;       /* callable or NULL */
     PyObject *error_log;        /* callable or NULL */
@@ -174,7 +175,11 @@ struct HttpProtocol {
     HttpServer *server;
     PyObject *transport;
     PyObject *write;            /* transport.write */
-    PyObject *conn_environ;     /* server's base + REMOTE_*, SERVER_*, scheme */
+    PyObject *peer_host;        /* REMOTE_ADDR, REMOTE_PORT, SERVER_NAME */
+    PyObject *peer_port;
+    PyObject *sock_host;
+    PyObject *sock_port;        /* and SERVER_PORT of every request's
+                                   environ (wsgi.url_scheme from tls) */
     PyObject *task_done;        /* bound callback for request Tasks */
     PyObject *drain_waiter;     /* future resolved by resume_writing */
     PyObject *held;             /* bytes, or a list of them, not yet written
@@ -306,10 +311,11 @@ int chunk_line_check(HttpProtocol *p);
 int high_bytes_retry(HttpProtocol *p, llhttp_errno_t err);
 
 /* environ.c */
-PyObject *environ_for_connection(PyObject *base);
+PyObject *environ_template(modstate *st, PyObject *base);
+int environ_for_request(HttpProtocol *p);
 int environ_set_url(HttpServer *srv, modstate *st, PyObject *env, const char *url, size_t n);
 int environ_add_header(modstate *st, PyObject *env, const char *name, size_t nlen, const char *value, size_t vlen);
-int set_addr(modstate *st, PyObject *env, PyObject *addr, PyObject *khost, PyObject *kport);
+int addr_strs(modstate *st, PyObject *addr, PyObject **host, PyObject **port);
 PyObject *extra_info(modstate *st, PyObject *transport, PyObject *name);
 
 /* request.c */

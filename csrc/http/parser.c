@@ -113,12 +113,7 @@ on_header_value(llhttp_t *parser, const char *at, size_t n)
 static int
 ensure_environ(HttpProtocol *p)
 {
-    if (p->environ == NULL) {
-        p->environ = PyDict_Copy(p->conn_environ);
-        if (p->environ == NULL)
-            return -1;
-    }
-    return 0;
+    return p->environ == NULL ? environ_for_request(p) : 0;
 }
 
 /* A secure scheme header from a trusted proxy, judged occurrence by

@@ -544,7 +544,8 @@ proto_new(modstate *st, HttpServer *srv)
     if (p == NULL)
         return NULL;
     p->server = (HttpServer *)Py_NewRef(srv);
-    p->transport = p->write = p->conn_environ = NULL;
+    p->transport = p->write = NULL;
+    p->peer_host = p->peer_port = p->sock_host = p->sock_port = NULL;
     p->task_done = p->drain_waiter = p->held = NULL;
     p->held_len = 0;
     p->req = NULL;
@@ -585,7 +586,6 @@ proto_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT((PyObject *)p->server);
     Py_VISIT(p->transport);
     Py_VISIT(p->write);
-    Py_VISIT(p->conn_environ);
     Py_VISIT(p->task_done);
     Py_VISIT(p->drain_waiter);
     Py_VISIT(p->held);
@@ -602,7 +602,10 @@ proto_clear(PyObject *op)
     Py_CLEAR(p->server);
     Py_CLEAR(p->transport);
     Py_CLEAR(p->write);
-    Py_CLEAR(p->conn_environ);
+    Py_CLEAR(p->peer_host);
+    Py_CLEAR(p->peer_port);
+    Py_CLEAR(p->sock_host);
+    Py_CLEAR(p->sock_port);
     Py_CLEAR(p->task_done);
     Py_CLEAR(p->drain_waiter);
     Py_CLEAR(p->held);
@@ -632,7 +635,7 @@ proto_connection_made(PyObject *op, PyObject *transport)
     HttpProtocol *p = (HttpProtocol *)op;
     HttpServer *srv = p->server;
     modstate *st = proto_state(p);
-    PyObject *peer = NULL, *sock = NULL, *ssl = NULL, *env = NULL;
+    PyObject *peer = NULL, *sock = NULL, *ssl = NULL;
     /* the server's Tasks and its held writes' flush go to its own loop:
      * served by another, they would never run */
     PyObject *running = PyObject_CallNoArgs(st->get_running_loop);
@@ -657,49 +660,45 @@ proto_connection_made(PyObject *op, PyObject *transport)
     Py_XSETREF(p->write, PyObject_GetAttr(transport, HSTR(st, WRITE)));
     if (p->write == NULL)
         goto error;
-    env = environ_for_connection(srv->base_environ);
-    if (env == NULL ||
-        (peer = extra_info(st, transport, HSTR(st, PEERNAME))) == NULL ||
+    if ((peer = extra_info(st, transport, HSTR(st, PEERNAME))) == NULL ||
         (sock = extra_info(st, transport, HSTR(st, SOCKNAME))) == NULL ||
         (ssl = extra_info(st, transport, HSTR(st, SSLCONTEXT))) == NULL)
         goto error;
-    if (set_addr(st, env, peer, HSTR(st, REMOTE_ADDR), HSTR(st, REMOTE_PORT)) < 0 ||
-        set_addr(st, env, sock, HSTR(st, SERVER_NAME), HSTR(st, SERVER_PORT)) < 0 ||
-        PyDict_SetItem(env, HSTR(st, WSGI_URL_SCHEME),
-                       ssl != Py_None ? HSTR(st, HTTPS) : HSTR(st, HTTP)) < 0)
+    /* strs, which the protocol's traverse need not visit */
+    Py_CLEAR(p->peer_host);
+    Py_CLEAR(p->peer_port);
+    Py_CLEAR(p->sock_host);
+    Py_CLEAR(p->sock_port);
+    if (addr_strs(st, peer, &p->peer_host, &p->peer_port) < 0 ||
+        addr_strs(st, sock, &p->sock_host, &p->sock_port) < 0)
         goto error;
+    p->tls = ssl != Py_None;
     if (!PyTuple_Check(sock)) {
         /* a unix socket: PEP 3333's SERVER_PORT is never empty, so the
          * scheme's default port, as gunicorn says */
-        PyObject *port = PyUnicode_FromString(ssl != Py_None ? "443" : "80");
-        int rc = port == NULL ? -1
-                              : PyDict_SetItem(env, HSTR(st, SERVER_PORT), port);
-        Py_XDECREF(port);
-        if (rc < 0)
+        Py_SETREF(p->sock_port, PyUnicode_FromString(p->tls ? "443" : "80"));
+        if (p->sock_port == NULL)
             goto error;
     }
-    p->tls = ssl != Py_None;
     if (!PyTuple_Check(peer) ||
         (srv->forwarded_allow == NULL && srv->trust_check == NULL)) {
         p->trusted = 1; /* a unix socket's peer, or '*' */
     }
     else {
-        PyObject *host = PyDict_GetItemWithError(env, HSTR(st, REMOTE_ADDR));
+        PyObject *host = p->peer_host;
         int c = -1;
-        if (host != NULL && srv->trust_check != NULL) {
+        if (srv->trust_check != NULL) {
             PyObject *v = PyObject_CallOneArg(srv->trust_check, host);
             c = v ? PyObject_IsTrue(v) : -1;
             Py_XDECREF(v);
         }
-        else if (host != NULL) {
+        else {
             c = PySet_Contains(srv->forwarded_allow, host);
         }
         if (c < 0)
             goto error;
         p->trusted = c;
     }
-    Py_XSETREF(p->conn_environ, env);
-    env = NULL;
     if (PySet_Add(srv->connections, op) < 0)
         goto error;
     p->last_activity = monotonic();
@@ -708,7 +707,6 @@ proto_connection_made(PyObject *op, PyObject *transport)
     Py_DECREF(ssl);
     Py_RETURN_NONE;
 error:
-    Py_XDECREF(env);
     Py_XDECREF(peer);
     Py_XDECREF(sock);
     Py_XDECREF(ssl);

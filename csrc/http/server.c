@@ -64,7 +64,8 @@ positive_or_zero(Py_ssize_t v, const char *name)
  * limit_field_size, keepalive, secure_headers, forwarded_allow, trust_check,
  * access_log, error_log, body_buffer): plain values, as
  * aiopyramid.server.HttpServer normalises them from the user's options.
- * base_environ is kept (not copied) and has a str SCRIPT_NAME;
+ * base_environ is copied (into the requests' template) and has a str
+ * SCRIPT_NAME;
  * secure_headers is a tuple of (environ key, value) pairs; forwarded_allow a
  * frozenset of trusted hosts, trust_check a callable(host), both None: every
  * peer is trusted.  Checked here only as far as the C relies on it. */
@@ -125,7 +126,11 @@ server_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
         return NULL;
     self->app = Py_NewRef(app);
     self->loop = Py_NewRef(loop);
-    self->base_environ = Py_NewRef(base);
+    self->base_environ = environ_template(st, base);
+    if (self->base_environ == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
     self->script_name = Py_NewRef(sn);
     self->secure_headers = Py_NewRef(secure);
     self->forwarded_allow = allow == Py_None ? NULL : Py_NewRef(allow);
