@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from .rawhttp import parse_all
+from .inprocess import run, serving  # noqa: F401 -- fixture
+from .rawhttp import exchange, parse_all
 
 pytest.importorskip("gunicorn")
 
@@ -130,3 +131,61 @@ def test_attack_clean_requests_then_cycles_do_not_pile_up(gunicorn, kind):
         for s in held:
             s.close()
     assert most < PYTHON_YOUNG, "%d cycles alive at once" % most
+
+
+# -- the body WebOb made seekable, read again after the response -----------
+
+def _body_later_app(later):
+    import json
+
+    from pyramid.config import Configurator
+    from pyramid.response import Response
+
+    async def view(request):
+        data = request.json_body  # WebOb's seekable copy replaces wsgi.input
+
+        async def again():
+            await asyncio.sleep(0.05)
+            try:
+                later.append(request.json_body == data)
+            except Exception as e:  # noqa: BLE001 -- what the task met
+                later.append(repr(e))
+
+        asyncio.get_running_loop().create_task(again())
+        return Response(b"queued")
+
+    with Configurator() as config:
+        config.include("aiopyramid")
+        config.add_route("v", "/")
+        config.add_view(view, route_name="v")
+        return config.make_wsgi_app()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the server closes the io.BytesIO WebOb made of a small body as the "
+    "request's run ends (meant for the spooled temporary file's "
+    "descriptor): the task's second read raises 'I/O operation on "
+    "closed file', which gunicorn's own workers never do"))
+def test_a_small_body_made_seekable_is_readable_after_the_response(run):
+    """A view reads its JSON body and hands the request to a task that
+    reads it again once the response is gone (an audit log, a queue).
+    A small body (WebOb's copy in memory, up to 10 KiB) holds no
+    descriptor and no disk space: nothing to gain by closing it."""
+    later = []
+    app = _body_later_app(later)
+    body = b'{"x": 1}'
+
+    async def main():
+        async with serving(app) as (port, srv):
+            rs, _ = await exchange(
+                port, b"POST / HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(body) + body, count=1)
+            for _ in range(100):
+                if later:
+                    break
+                await asyncio.sleep(0.01)
+            return rs
+    rs = run(main())
+    assert [r.status for r in rs] == [200]
+    assert later == [True], later
