@@ -187,3 +187,70 @@ def test_a_small_body_made_seekable_is_readable_after_the_response(run):
     rs = run(main())
     assert [r.status for r in rs] == [200]
     assert later == [True], later
+
+
+# -- each request's environ is its own connection's -------------------------
+
+def test_attack_environ_is_each_connections_own_whatever_apps_do(gunicorn):
+    """60 kept-alive connections (two listeners, a trusted proxy's
+    X-Forwarded-Proto on some requests) pipeline requests whose views
+    delete REMOTE_ADDR, REMOTE_PORT, SERVER_*, wsgi.url_scheme and
+    SCRIPT_NAME, set REMOTE_ADDR to another address and add keys, some
+    after an await: each answer must show its own connection's addresses
+    and scheme, its own headers, and nothing an earlier request did."""
+    import json
+    import random
+
+    from .conftest import free_port
+
+    rnd = random.Random(6)
+    other = free_port()
+    srv = gunicorn("--bind", "127.0.0.1:%d" % other, "--keep-alive", "30",
+                   "--forwarded-allow-ips", "127.0.0.1",
+                   app="attack_s6_app:main()")
+    problems = []
+
+    async def client(cid):
+        port = srv.port if cid % 2 else other
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        lport = w.get_extra_info("sockname")[1]
+        try:
+            for turn in range(10):
+                reqs = [(rnd.choice([b"/env", b"/env?mutate=1",
+                                     b"/aenv?mutate=1&s=0.005", b"/aenv"]),
+                         rnd.choice([None, b"https", b"http"]),
+                         b"%d-%d-%d" % (cid, turn, k))
+                        for k in range(rnd.randint(1, 6))]
+                w.write(b"".join(
+                    b"GET %s HTTP/1.1\r\nHost: h%d\r\nX-Id: %s\r\n%s\r\n" % (
+                        path, cid, xid,
+                        b"X-Forwarded-Proto: %s\r\n" % xp if xp else b"")
+                    for path, xp, xid in reqs))
+                await w.drain()
+                buf = b""
+                while len(parse_all(buf, eof=False)) < len(reqs):
+                    chunk = await asyncio.wait_for(r.read(65536), 20)
+                    assert chunk, "closed"
+                    buf += chunk
+                for (path, xp, xid), resp in zip(reqs, parse_all(buf)):
+                    e = json.loads(resp.body)
+                    want = {"REMOTE_ADDR": "127.0.0.1",
+                            "REMOTE_PORT": str(lport),
+                            "SERVER_NAME": "127.0.0.1",
+                            "SERVER_PORT": str(port),
+                            "wsgi.url_scheme": (xp or b"http").decode(),
+                            "HTTP_X_ID": xid.decode(),
+                            "HTTP_HOST": "h%d" % cid, "SCRIPT_NAME": "",
+                            "extra": [], "injected": None}
+                    got = {k: e.get(k) for k in want}
+                    if got != want or e.get("changed"):
+                        problems.append((path, got, want))
+        finally:
+            w.close()
+
+    async def main():
+        await asyncio.wait_for(
+            asyncio.gather(*(client(i) for i in range(60))), 120)
+
+    asyncio.run(main())
+    assert problems == [], problems[:3]
