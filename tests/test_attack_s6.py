@@ -254,3 +254,41 @@ def test_attack_environ_is_each_connections_own_whatever_apps_do(gunicorn):
 
     asyncio.run(main())
     assert problems == [], problems[:3]
+
+
+# -- the eight-bytes-at-a-time scan of status and header values -------------
+
+def test_attack_control_bytes_found_at_every_offset_of_short_values(run):
+    """A control byte (besides HTAB) at each offset of values of 1-17
+    bytes, around the scan's eight-byte words, in a header value and in
+    the status (test_attack_s5 has the header values only): a 500 every
+    time; HTAB, SP, DEL's neighbours and latin-1's upper half at each
+    offset pass."""
+    case = {}
+
+    def app(environ, start_response):
+        start_response(*case["v"])
+        return [b"x"]
+
+    bad_bytes = [0x00, 0x01, 0x0A, 0x0D, 0x1B, 0x1F, 0x7F]
+    good_bytes = [0x09, 0x20, 0x7E, 0x80, 0x9F, 0xFF]
+
+    async def main():
+        wrong = []
+        async with serving(app, error_log=lambda msg, exc: None) as (port, srv):
+            for n in range(1, 18):
+                for off in range(n):
+                    for c in bad_bytes + good_bytes:
+                        v = "\xe9" * off + chr(c) + "a" * (n - off - 1)
+                        for status, headers in (("200 OK", [("X-A", v)]),
+                                                ("200 " + v, [])):
+                            case["v"] = (status, headers)
+                            rs, _ = await exchange(
+                                port, b"GET / HTTP/1.1\r\nHost: x\r\n"
+                                b"Connection: close\r\n\r\n", count=1)
+                            want = 200 if c in good_bytes else 500
+                            if [r.status for r in rs] != [want]:
+                                wrong.append((n, off, c, status[:4],
+                                              [r.status for r in rs]))
+        return wrong
+    assert run(main()) == []
