@@ -88,6 +88,8 @@ typedef struct {
     PyObject *http_run;            /* the job of a request greenlet */
     PyObject *io_base;             /* io.IOBase: a spooled body, closed
                                       as its request's run ends */
+    PyObject *io_bytesio;          /* io.BytesIO: a body kept in memory,
+                                      left open (no descriptor, no disk) */
 
     /* websocket/ */
     PyTypeObject *WebSocketType;

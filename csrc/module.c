@@ -23,6 +23,7 @@
     X(executor_strs) X(threadlocal_manager) X(tl_class) X(tl_stack)           \
     X(HttpServerType) X(HttpProtocolType) X(HttpRequestType) X(HttpInputType) \
     X(FileWrapperType) X(http_strs) X(http_methods) X(http_run) X(io_base)  \
+    X(io_bytesio)                                                            \
     X(WebSocketType) X(WebsocketResultType) X(WebsocketHandshakeError)       \
     X(WebsocketClosed) X(ws_sha1) X(ws_strs) X(ws_none_result)
 

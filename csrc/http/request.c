@@ -294,7 +294,9 @@ request_cancelled(modstate *st, HttpProtocol *p)
  * reference cycle through the request (Pyramid's exception view leaves
  * one per error) would keep its descriptor and disk space until the
  * cyclic collector runs: it is closed now.  Only a file (io.IOBase): an
- * object of the app's own is left alone. */
+ * object of the app's own is left alone, and so is an io.BytesIO (WebOb's
+ * copy of a small body), which holds neither: a task the view started may
+ * still read it once the response is gone, as under gunicorn's workers. */
 static void
 close_spooled_input(modstate *st, HttpRequest *r)
 {
@@ -306,7 +308,9 @@ close_spooled_input(modstate *st, HttpRequest *r)
         return;
     }
     Py_INCREF(input);
-    int is_file = PyObject_IsInstance(input, st->io_base);
+    int is_file = PyObject_IsInstance(input, st->io_bytesio);
+    is_file = is_file < 0 ? -1 : is_file ? 0
+                               : PyObject_IsInstance(input, st->io_base);
     if (is_file > 0) {
         PyObject *res = PyObject_CallMethodNoArgs(input, st->str_close);
         if (res == NULL)

@@ -653,6 +653,8 @@ http_init(PyObject *module, modstate *st)
     if (io == NULL)
         return -1;
     st->io_base = PyObject_GetAttrString(io, "IOBase");
+    if (st->io_base != NULL)
+        st->io_bytesio = PyObject_GetAttrString(io, "BytesIO");
     Py_DECREF(io);
-    return st->io_base == NULL ? -1 : 0;
+    return st->io_bytesio == NULL ? -1 : 0;
 }
