@@ -567,10 +567,13 @@ def test_gc_idle_connections_raise_nothing(gunicorn):
 @pytest.mark.parametrize("kind", ["tuned", "python"])
 def test_gc_requests_in_flight_set_off_a_few_collections(gunicorn, kind):
     # 300 connections waiting together, ten requests each in turn, a few
-    # dozen objects each, all freed by reference counting: with the
-    # worker's tuning the collector runs while the threshold is earned,
-    # and again when it came down in a gap between two turns (measured: 25
-    # collections; Python's own thresholds: 92)
+    # dozen objects each, most freed by reference counting (a young
+    # collection finds about 7 garbage objects per request answered): with
+    # the worker's tuning the collector runs while the threshold is earned,
+    # when it came down in a gap between two turns, and as often as the
+    # garbage found asks (measured: 37-44 collections since the garbage
+    # rate is the most found in a second, 25-32 before; Python's own
+    # thresholds: 91-116)
     soft, hard = _raise_fd_limit(1024)
     try:
         srv = gunicorn("--worker-connections", "1000", "--keep-alive", "30",
@@ -582,7 +585,7 @@ def test_gc_requests_in_flight_set_off_a_few_collections(gunicorn, kind):
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     ran = sum(after) - sum(before)
     if kind == "tuned":
-        assert ran <= 40, (before, after)
+        assert ran <= 60, (before, after)
     else:
         # what the tuning takes away: under Python's own threshold (700, 2,000
         # from 3.13) the load puts more than 30,000 objects through the young
@@ -598,7 +601,9 @@ def test_gc_pacer_earns_bounds_and_gives_back():
     # request in flight, at most 100,000), as far as the garbage found stays
     # within half of Python's threshold in proportion; a collection with no
     # request answered earns nothing; the once-a-second loop halves it at
-    # most
+    # most; the garbage found per object is the most any young collection
+    # found, halved once a second (a few cycles found soon after a collection that
+    # found many used to earn 25 times the threshold: tests/test_attack_s6.py)
     out = run_python("""
 import gc
 from aiopyramid.gunicorn.worker import _GcPacer
@@ -611,9 +616,10 @@ class Server:
 server = Server()
 pacer = _GcPacer(gc.get_threshold())
 pacer.server = server
-def collect(garbage=0, answered=0):
+def collect(garbage=0, answered=0, generation=0):
     server.requests += answered
-    pacer._collected("stop", {"collected": garbage, "uncollectable": 0})
+    pacer._collected("stop", {"collected": garbage, "uncollectable": 0,
+                              "generation": generation})
     return gc.get_threshold()[0]
 def threshold():
     return gc.get_threshold()[0]
@@ -637,8 +643,19 @@ print(collect())                          # given back: twice the ceiling kept
 print(collect(answered=300))              # until requests are answered
 server.active = 5000
 print(collect(answered=5000))
-print(collect(garbage=35000, answered=5000))  # a hundred times the budget
-print(collect(garbage=700, answered=5000))    # twice the budget: half
+print(collect(garbage=35000, answered=5000))  # 0.35 per object: 1,000
+print(collect(garbage=175, answered=5000))    # less found: the most is kept
+print(collect(answered=5000))             # none found: kept
+print(collect(garbage=14, answered=5000))     # a few soon after: kept
+pacer.follow()                            # a second: the rate halved
+print(collect(answered=5000))             # 0.175: 2,000
+pacer.follow()
+print(collect(answered=5000))             # 0.0875: 4,000
+print(collect(garbage=700, answered=5000))    # 0.175 again: 2,000
+pacer.follow()
+print(collect(answered=5000, generation=1))   # an older generation's: no rise
+print(collect(garbage=5000, answered=5000, generation=1))  # nor the young's rate
+print(collect(answered=5000))             # a young one's: 0.0875, 4,000
 print(collect(garbage=100000))            # never below Python's
 """)
     assert out.split("\n") == [
@@ -653,7 +670,15 @@ print(collect(garbage=100000))            # never below Python's
         "30000",
         "100000",
         "1000",
-        "700",
+        "1000",
+        "1000",
+        "1000",
+        "2000",
+        "4000",
+        "2000",
+        "2000",
+        "2000",
+        "4000",
         "700",
         "",
     ], out

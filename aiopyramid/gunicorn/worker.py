@@ -147,28 +147,45 @@ class _GcPacer:
     promote them.  Cyclic garbage is another matter: it waits for a
     collection, holding what it points at.  So the threshold is earned by
     the requests answered since the collection before, whose garbage it
-    found: GC_YOUNG_PER_REQUEST objects each, as far as the garbage found,
-    in proportion, stays within half of Python's own threshold (the garbage
-    budget).  A collection with no request answered since the one before
-    earns nothing: what it looked at was alive, the objects of requests
-    still in flight (a pile of long polls), which says nothing of the
-    garbage answered requests leave (300 waiting requests used to earn
-    11,200 that way, and up to 3,000 cycles of 64 KiB made by the requests
-    that followed then waited for it: tests/test_attack_s4.py).  An app
-    that makes cyclic garbage keeps about what Python's own threshold
-    lets wait; one that makes none reaches the ceiling at its first
-    collection after a load's requests are answered.  Idle connections cost a client nothing,
-    so they raise nothing: the ceiling follows the requests in flight,
-    read as each collection ends, and is lowered by half at most once a
-    second by the worker's loop (a load that ebbs and flows within seconds
-    does not set off a collection each time it ebbs)."""
+    found: GC_YOUNG_PER_REQUEST objects each, as far as the garbage the
+    collections find, in proportion, stays within half of Python's own
+    threshold (the garbage budget).  A collection with no request answered
+    since the one before earns nothing: what it looked at was alive, the
+    objects of requests still in flight (a pile of long polls), which says
+    nothing of the garbage answered requests leave (300 waiting requests
+    used to earn 11,200 that way: tests/test_attack_s4.py).
+
+    The garbage found per object of the threshold (the rate) is the most
+    any collection found, halved once a second by the worker's loop: a
+    collection soon after the one before (a middle generation's, or a
+    young one whose count was mostly waiting requests arriving) finds a
+    few cycles among objects still alive, and taken alone that earned the
+    ceiling, whose longer wait then filled with cycles
+    (tests/test_attack_s6.py: 3,300-7,000 alive at once against ~340
+    under Python's threshold; halved at each collection instead of each
+    second, still 900-1,700).  An app that makes cyclic garbage keeps
+    about what Python's own threshold lets wait; one that makes none
+    reaches the ceiling at its first collection after a load's requests
+    are answered.  What no
+    pacer can know without a collection: an app that starts leaving
+    cycles after a clean stretch lets them wait once for the threshold
+    earned (at most GC_YOUNG_PER_REQUEST objects per request in flight),
+    until the collection that finds them brings it down.
+
+    Idle connections cost a client nothing, so they raise nothing: the
+    ceiling follows the requests in flight, read as each collection ends,
+    and is lowered by half at most once a second by the worker's loop (a
+    load that ebbs and flows within seconds does not set off a collection
+    each time it ebbs)."""
 
     __slots__ = ("young", "base", "budget", "rest", "ceiling", "earned",
-                 "server", "answered")
+                 "rate", "server", "answered")
 
     def __init__(self, thresholds):
         self.young = self.base = self.ceiling = self.earned = thresholds[0]
         self.budget = self.base // 2
+        # garbage found per object of the young threshold: none seen yet
+        self.rate = 0.0
         self.rest = thresholds[1:]
         self.server = None  # the worker's HttpServer, once made
         self.answered = 0  # its requests answered at the last collection
@@ -187,7 +204,9 @@ class _GcPacer:
 
     def follow(self):
         # once a second: down by half at most; what was earned at a higher
-        # threshold is not kept for later
+        # threshold is not kept for later; the garbage rate seen is halved
+        # (the next collection's finding raises it again)
+        self.rate /= 2
         self.ceiling = max(self._want(), self.young // 2)
         self.earned = min(self.earned, 2 * self.ceiling)
         self._apply()
@@ -197,8 +216,19 @@ class _GcPacer:
             return
         self.ceiling = max(self.ceiling, self._want())
         garbage = info["collected"] + info["uncollectable"]
-        # what the garbage found allows: as much again in proportion
-        allowed = self.young * self.budget // max(garbage, 1)
+        if info["generation"] == 0:
+            # the most a young collection found in a second: what one
+            # finds is no sign of what the next will (follow() halves it
+            # once a second); an older generation's garbage is not found
+            # among the young threshold's objects alone
+            self.rate = max(self.rate, garbage / max(self.young, 1))
+        # the threshold at which a collection would find the budget
+        allowed = int(self.budget / self.rate) if self.rate else GC_YOUNG_MAX
+        if info["generation"]:
+            # no rise on an older generation's word: the first cycles a
+            # middle collection found left the rate at none, and the
+            # requests answered meanwhile earned their 100 objects each
+            allowed = min(allowed, self.young)
         earned = max(self.earned, GC_YOUNG_PER_REQUEST * self._answered_since())
         self.earned = max(self.base, min(GC_YOUNG_MAX, allowed, earned))
         self._apply()
