@@ -10,28 +10,16 @@ environ attack.
 /env         (plain) the connection's keys of the environ, as JSON; with
              ?mutate=1 it then deletes and overwrites them and adds keys
 /aenv        (coroutine) the same after an await
-/gclog       the collections since the last call: (generation, collected,
-             young threshold after the pacer)
 """
 import asyncio
 import gc
 import json
-import weakref
 
 from pyramid.config import Configurator
 from pyramid.response import Response
 
-
-async def hello(request):
-    return Response(b"Hello, world!")
-
-
-class Node:
-    pass
-
-
-_alive = weakref.WeakSet()
-WAITING = [0]
+# attack-s4's ready check, cycle node and counts
+from attack_s4_app import WAITING, Node, _alive, hello
 
 
 async def clean(request):
@@ -49,21 +37,6 @@ async def cycle(request):
     node.data = bytearray(int(qs[2:]) if qs.startswith("n=") else 4096)
     _alive.add(node)
     return Response(b"ok")
-
-
-LOG = []
-
-
-def _log(phase, info):
-    if phase == "stop" and len(LOG) < 10000:
-        LOG.append((info["generation"], info["collected"],
-                    gc.get_threshold()[0]))
-
-
-async def gclog(request):
-    out = json.dumps(LOG).encode()
-    del LOG[:]
-    return Response(out)
 
 
 async def live(request):
@@ -123,14 +96,11 @@ async def aenv(request):
 
 
 def main(global_config=None, **settings):
-    if not any(getattr(cb, "__name__", "") == "_log" for cb in gc.callbacks):
-        gc.callbacks.append(_log)
     with Configurator(settings=settings) as config:
         config.include("aiopyramid")
         for name, view in [("hello", hello), ("clean", clean),
                            ("cycle", cycle), ("live", live), ("wait", wait),
-                           ("env", env), ("aenv", aenv),
-                           ("gclog", gclog)]:
+                           ("env", env), ("aenv", aenv)]:
             config.add_route(name, "/" + name)
             config.add_view(view, route_name=name)
         return config.make_wsgi_app()

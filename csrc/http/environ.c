@@ -279,7 +279,6 @@ environ_add_header(modstate *st, PyObject *env, const char *name, size_t nlen,
     return rc;
 }
 
-/* host and port of a socket address as environ strings */
 /* An address as the environ's host and port strs: a (host, port, ...)
  * tuple's; a unix socket's path and ''; '' and '' for anything else. */
 int

@@ -308,9 +308,11 @@ close_spooled_input(modstate *st, HttpRequest *r)
         return;
     }
     Py_INCREF(input);
-    int is_file = PyObject_IsInstance(input, st->io_bytesio);
-    is_file = is_file < 0 ? -1 : is_file ? 0
-                               : PyObject_IsInstance(input, st->io_base);
+    int is_file = PyObject_IsInstance(input, st->io_base);
+    if (is_file > 0) {
+        int in_memory = PyObject_IsInstance(input, st->io_bytesio);
+        is_file = in_memory < 0 ? -1 : !in_memory;
+    }
     if (is_file > 0) {
         PyObject *res = PyObject_CallMethodNoArgs(input, st->str_close);
         if (res == NULL)
