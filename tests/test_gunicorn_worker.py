@@ -600,14 +600,16 @@ def test_gc_pacer_earns_bounds_and_gives_back():
     # the pacer's arithmetic, in a fresh interpreter (it sets the
     # collector's thresholds): the requests answered since the collection
     # before earn 100 objects each, up to the ceiling (100 objects per
-    # request in flight, at most 100,000), as far as the garbage found stays
-    # within half of Python's threshold in proportion; a collection with no
-    # request answered earns nothing; the once-a-second loop halves it at
-    # most; the garbage found per object is the most any young collection
-    # found, halved once a second (a few cycles found soon after a collection that
-    # found many used to earn 25 times the threshold: tests/test_attack_s6.py)
+    # request in flight, at most 100,000); a collection with no request
+    # answered earns nothing, and a young one that found more than the
+    # budget (half of Python's threshold) takes it back to Python's; the
+    # once-a-second loop halves it at most.  The garbage found per second
+    # (the most found lately, halved every 0.5 s) sets how long the next
+    # young collection may wait: the budget at that pace, within 0.02-1 s;
+    # at a pace the shortest wait does not keep within the budget, the
+    # threshold is Python's
     out = run_python("""
-import gc
+import gc, time
 from aiopyramid.gunicorn.worker import _GcPacer
 gc.set_threshold(700, 10, 10)
 class Server:
@@ -618,8 +620,9 @@ class Server:
 server = Server()
 pacer = _GcPacer(gc.get_threshold())
 pacer.server = server
-def collect(garbage=0, answered=0, generation=0):
+def collect(garbage=0, answered=0, generation=0, since=1.0):
     server.requests += answered
+    pacer.last = time.monotonic() - since
     pacer._collected("stop", {"collected": garbage, "uncollectable": 0,
                               "generation": generation})
     return gc.get_threshold()[0]
@@ -644,20 +647,18 @@ server.active = 300
 print(collect())                          # given back: twice the ceiling kept
 print(collect(answered=300))              # until requests are answered
 server.active = 5000
-print(collect(answered=5000))
-print(collect(garbage=35000, answered=5000))  # 0.35 per object: 1,000
-print(collect(garbage=175, answered=5000))    # less found: the most is kept
-print(collect(answered=5000))             # none found: kept
-print(collect(garbage=14, answered=5000))     # a few soon after: kept
-pacer.follow()                            # a second: the rate halved
-print(collect(answered=5000))             # 0.175: 2,000
-pacer.follow()
-print(collect(answered=5000))             # 0.0875: 4,000
-print(collect(garbage=700, answered=5000))    # 0.175 again: 2,000
-pacer.follow()
-print(collect(answered=5000, generation=1))   # an older generation's: no rise
-print(collect(garbage=5000, answered=5000, generation=1))  # nor the young's rate
-print(collect(answered=5000))             # a young one's: 0.0875, 4,000
+print(collect(answered=5000), pacer.wait())   # no garbage: a second's wait
+print(collect(garbage=351, answered=5000))    # past the budget: Python's
+print(collect(answered=5000), pacer.wait())   # 88 a second, 1 s later: 1 s
+print(collect(garbage=350, answered=5000, since=0.1))  # 3,500 a second
+print(round(pacer.wait(), 3))                 # 350 of them: 0.1 s
+print(collect(answered=5000, since=0.1), round(pacer.wait(), 3))  # 0.1 s on
+print(collect(garbage=300, since=0.001), round(pacer.wait(), 3))  # 15,000
+print(collect(garbage=5000, generation=1), round(pacer.wait(), 3))  # older
+print(collect(garbage=340, since=0.01), round(pacer.wait(), 3))  # 17,000: kept
+print(collect(garbage=700, since=0.01))   # past the budget: Python's
+print(collect(garbage=10, answered=5000, since=0.01))  # 34,000 lately: kept
+print(collect(answered=5000))             # a second on, 8,500: earned again
 print(collect(garbage=100000))            # never below Python's
 """)
     assert out.split("\n") == [
@@ -670,17 +671,18 @@ print(collect(garbage=100000))            # never below Python's
         "700",
         "1400",
         "30000",
+        "100000 1.0",
+        "700",
+        "100000 1.0",
         "100000",
-        "1000",
-        "1000",
-        "1000",
-        "1000",
-        "2000",
-        "4000",
-        "2000",
-        "2000",
-        "2000",
-        "4000",
+        "0.1",
+        "100000 0.115",
+        "100000 0.023",
+        "100000 0.023",
+        "100000 0.021",
+        "700",
+        "700",
+        "100000",
         "700",
         "",
     ], out

@@ -63,6 +63,12 @@ ACCEPT_LOG_INTERVAL = 10  # s between two "accept() failed" lines
 # the requests answered clean (_GcPacer)
 GC_YOUNG_PER_REQUEST = 100
 GC_YOUNG_MAX = 100_000
+# while the threshold is raised, a young collection at least this often (s),
+# more often as the garbage found asks, down to GC_COLLECT_MIN_WAIT
+GC_COLLECT_MAX_WAIT = 1.0
+GC_COLLECT_MIN_WAIT = 0.02
+# the garbage found per second counts for this long, halving (s)
+GC_PACE_HALF_LIFE = 0.5
 # the collector's thresholds as Python sets them (3.11 and 3.12; 3.13):
 # an app that set others keeps its own
 _GC_PYTHON_THRESHOLDS = ((700, 10, 10), (2000, 10, 10))
@@ -140,37 +146,42 @@ def _tune_gc(preloaded=False):
 class _GcPacer:
     """The young generation's threshold: up to GC_YOUNG_PER_REQUEST objects
     per request in flight (never below Python's own, at most GC_YOUNG_MAX),
-    as far as the collections so far have earned it.
+    as far as earned; and, while it is raised, a young collection at least
+    every so often, as often as the garbage found asks.
 
     Requests in flight then no longer set off collections: their objects
     die by reference counting, and a collection would only traverse and
-    promote them.  Cyclic garbage is another matter: it waits for a
-    collection, holding what it points at.  So the threshold is earned by
-    the requests answered since the collection before, whose garbage it
-    found: GC_YOUNG_PER_REQUEST objects each, as far as the garbage the
-    collections find, in proportion, stays within half of Python's own
-    threshold (the garbage budget).  A collection with no request answered
-    since the one before earns nothing: what it looked at was alive, the
-    objects of requests still in flight (a pile of long polls), which says
-    nothing of the garbage answered requests leave (300 waiting requests
-    used to earn 11,200 that way: tests/test_attack_s4.py).
+    promote them.  The threshold is earned by the requests answered since
+    the collection before: GC_YOUNG_PER_REQUEST objects each.  A
+    collection with no request answered since the one before earns
+    nothing: what it looked at was alive, the objects of requests still in
+    flight (a pile of long polls; 300 waiting requests used to earn 11,200
+    that way: tests/test_attack_s4.py).
 
-    The garbage found per object of the threshold (the rate) is the most
-    any collection found, halved once a second by the worker's loop: a
-    collection soon after the one before (a middle generation's, or a
-    young one whose count was mostly waiting requests arriving) finds a
-    few cycles among objects still alive, and taken alone that earned the
-    ceiling, whose longer wait then filled with cycles
-    (tests/test_attack_s6.py: 3,300-7,000 alive at once against ~340
-    under Python's threshold; halved at each collection instead of each
-    second, still 900-1,700).  An app that makes cyclic garbage keeps
-    about what Python's own threshold lets wait; one that makes none
-    reaches the ceiling at its first collection after a load's requests
-    are answered.  What no
-    pacer can know without a collection: an app that starts leaving
-    cycles after a clean stretch lets them wait once for the threshold
-    earned (at most GC_YOUNG_PER_REQUEST objects per request in flight),
-    until the collection that finds them brings it down.
+    Cyclic garbage waits for a collection, holding what it points at, and
+    how long a raised threshold makes it wait is not the threshold's to
+    say: the count that sets off a collection is objects made less objects
+    freed, and where requests turn over (each one's objects freed as the
+    next one's are made) the garbage alone moves it, up to the whole
+    threshold, while where they arrive in waves a wave sets it off early.
+    Reading the threshold from the garbage found per object of it let
+    1,900-6,400 one-object cycles be alive at once against ~340 under
+    Python's threshold (tests/test_attack_s6.py, server and client on one
+    CPU; CI met 3,400 under 3.12).  So the garbage is paced by time.  The
+    young collections' garbage per second (the pace: the most found
+    lately, halved every GC_PACE_HALF_LIFE) sets how long the next may
+    wait while the threshold is raised: the budget (half of Python's
+    threshold) at that pace, at least GC_COLLECT_MIN_WAIT and at most
+    GC_COLLECT_MAX_WAIT seconds, and the worker's loop collects when it is
+    due.  A young collection that found more than the budget, or a pace
+    the shortest wait would not keep within it, earns nothing and takes
+    the threshold back to Python's own, which then does what Python would
+    until collections find less (3,000 requests each leaving a cycle:
+    tests/test_attack_s4.py).  An app that makes no
+    cyclic garbage has one young collection a second while the threshold
+    is raised; one that starts leaving cycles after a clean stretch lets
+    them wait once, for the threshold earned or a second, whichever comes
+    first.
 
     Idle connections cost a client nothing, so they raise nothing: the
     ceiling follows the requests in flight, read as each collection ends,
@@ -179,17 +190,27 @@ class _GcPacer:
     each time it ebbs)."""
 
     __slots__ = ("young", "base", "budget", "rest", "ceiling", "earned",
-                 "rate", "server", "answered")
+                 "pace", "last", "server", "answered", "loop", "timer")
 
     def __init__(self, thresholds):
         self.young = self.base = self.ceiling = self.earned = thresholds[0]
         self.budget = self.base // 2
-        # garbage found per object of the young threshold: none seen yet
-        self.rate = 0.0
         self.rest = thresholds[1:]
+        self.pace = 0.0  # cyclic garbage found per second: none yet
+        self.last = time.monotonic()  # the last collection's end
         self.server = None  # the worker's HttpServer, once made
         self.answered = 0  # its requests answered at the last collection
+        self.loop = self.timer = None
         gc.callbacks.append(self._collected)
+
+    def start(self, server, loop):
+        self.server, self.loop = server, loop
+        self._tick()
+
+    def stop(self):
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     def _want(self):
         server = self.server
@@ -202,11 +223,32 @@ class _GcPacer:
         active = server.active + min(server.started_in_pass, server.connections)
         return min(GC_YOUNG_MAX, max(self.base, GC_YOUNG_PER_REQUEST * active))
 
+    def wait(self):
+        """The longest the next young collection may wait, in seconds."""
+        if self.pace * GC_COLLECT_MAX_WAIT <= self.budget:
+            return GC_COLLECT_MAX_WAIT
+        return max(GC_COLLECT_MIN_WAIT, self.budget / self.pace)
+
+    def _tick(self):
+        # the worker's loop: a young collection when one is due and the
+        # threshold raised (at Python's own, Python's collections pace it).
+        # While connections are open it looks again soon: a collection
+        # (set off by allocations, in any thread) may raise the threshold
+        # or the pace at any time, and the loop is not told
+        if self.young > self.base:
+            if time.monotonic() >= self.last + self.wait():
+                gc.collect(0)
+            delay = min(GC_COLLECT_MIN_WAIT, max(
+                self.last + self.wait() - time.monotonic(), 0.001))
+        elif self.server.connections:
+            delay = GC_COLLECT_MIN_WAIT
+        else:
+            delay = GC_COLLECT_MAX_WAIT
+        self.timer = self.loop.call_later(delay, self._tick)
+
     def follow(self):
         # once a second: down by half at most; what was earned at a higher
-        # threshold is not kept for later; the garbage rate seen is halved
-        # (the next collection's finding raises it again)
-        self.rate /= 2
+        # threshold is not kept for later
         self.ceiling = max(self._want(), self.young // 2)
         self.earned = min(self.earned, 2 * self.ceiling)
         self._apply()
@@ -214,23 +256,27 @@ class _GcPacer:
     def _collected(self, phase, info):
         if phase != "stop":
             return
+        now = time.monotonic()
+        since, self.last = max(now - self.last, GC_COLLECT_MIN_WAIT), now
+        answered = self._answered_since()
         self.ceiling = max(self.ceiling, self._want())
-        garbage = info["collected"] + info["uncollectable"]
         if info["generation"] == 0:
-            # the most a young collection found in a second: what one
-            # finds is no sign of what the next will (follow() halves it
-            # once a second); an older generation's garbage is not found
-            # among the young threshold's objects alone
-            self.rate = max(self.rate, garbage / max(self.young, 1))
-        # the threshold at which a collection would find the budget
-        allowed = int(self.budget / self.rate) if self.rate else GC_YOUNG_MAX
-        if info["generation"]:
-            # no rise on an older generation's word: the first cycles a
-            # middle collection found left the rate at none, and the
-            # requests answered meanwhile earned their 100 objects each
-            allowed = min(allowed, self.young)
-        earned = max(self.earned, GC_YOUNG_PER_REQUEST * self._answered_since())
-        self.earned = max(self.base, min(GC_YOUNG_MAX, allowed, earned))
+            # (an older generation's garbage waited there for longer than
+            # the time since the last collection: it neither paces nor earns)
+            garbage = info["collected"] + info["uncollectable"]
+            # the most found lately: halved each GC_PACE_HALF_LIFE (one
+            # collection soon after the one before finds little)
+            self.pace = max(garbage / since,
+                            self.pace * 0.5 ** (since / GC_PACE_HALF_LIFE))
+            if (garbage > self.budget
+                    or self.pace * GC_COLLECT_MIN_WAIT > self.budget):
+                # the wait let more than the budget pile up, or the
+                # shortest would: Python's threshold, until collections
+                # find less
+                self.earned = self.base
+            else:
+                self.earned = min(GC_YOUNG_MAX, max(
+                    self.earned, GC_YOUNG_PER_REQUEST * answered))
         self._apply()
 
     def _answered_since(self):
@@ -568,7 +614,7 @@ class AsyncGunicornWorker(base.Worker):
         self._wakeup = asyncio.Event()
         self.server = server = self.make_server(loop)
         if self._gc_pacer is not None:
-            self._gc_pacer.server = server
+            self._gc_pacer.start(server, loop)
         self.websockets.error_log = self._error
         self._limit = max(1, self.cfg.worker_connections)
         ssl_ctx = self._ssl_context()
@@ -603,6 +649,8 @@ class AsyncGunicornWorker(base.Worker):
                     pass
         finally:
             self._stop_accepting()
+            if self._gc_pacer is not None:
+                self._gc_pacer.stop()
             await self._stop(loop)
 
     def _on_max_requests(self):
