@@ -2,6 +2,9 @@
  * the body into the request's buffer, the limits on the head. */
 #include "http.h"
 
+#include <arpa/inet.h>
+#include <ctype.h>
+
 #define PROTO(parser) ((HttpProtocol *)(parser)->data)
 
 static int
@@ -168,6 +171,84 @@ scheme_header(HttpProtocol *p, const char *name, size_t nlen,
     return 0;
 }
 
+/* RFC 3986 3.2.2's reg-name characters: unreserved and sub-delims */
+static int
+reg_name_char(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           (c >= '0' && c <= '9') ||
+           (c != '\0' && strchr("-._~!$&'()*+,;=", c) != NULL);
+}
+
+/* An IP literal's inside: an IPv6 address, or "v" 1*HEXDIG "." and
+ * unreserved, sub-delims or ":" (RFC 3986 3.2.2's IPvFuture). */
+static int
+valid_ip_literal(const char *a, size_t n)
+{
+    if (n > 0 && (a[0] == 'v' || a[0] == 'V')) {
+        size_t i = 1;
+        while (i < n && isxdigit((unsigned char)a[i]))
+            i++;
+        if (i == 1 || i + 1 >= n || a[i] != '.')
+            return 0;
+        for (i++; i < n; i++)
+            if (!reg_name_char((unsigned char)a[i]) && a[i] != ':')
+                return 0;
+        return 1;
+    }
+    char buf[INET6_ADDRSTRLEN];
+    struct in6_addr addr;
+    if (n == 0 || n >= sizeof(buf))
+        return 0;
+    memcpy(buf, a, n);
+    buf[n] = '\0';
+    return inet_pton(AF_INET6, buf, &addr) == 1;
+}
+
+/* Whether a..a+n is host[:port] (RFC 9110 4.2.1, RFC 3986 3.2.2-3): a
+ * host that is not empty (an IP literal, or a reg-name, which takes an
+ * IPv4 address in) and a port of 1-65535, which a CONNECT must have and
+ * the others may leave empty ("h:", the scheme's default).  What becomes
+ * HTTP_HOST passes here, since Pyramid builds every URL from it. */
+static int
+valid_authority(const char *a, size_t n, int port_needed)
+{
+    const char *c = a, *end = a + n;
+    if (c < end && *c == '[') {
+        const char *close = memchr(c, ']', n);
+        if (close == NULL || !valid_ip_literal(c + 1, (size_t)(close - c - 1)))
+            return 0;
+        c = close + 1;
+    }
+    else {
+        for (; c < end && *c != ':'; c++) {
+            if (*c == '%') { /* pct-encoded */
+                if (end - c < 3 || !isxdigit((unsigned char)c[1]) ||
+                    !isxdigit((unsigned char)c[2]))
+                    return 0;
+                c += 2;
+            }
+            else if (!reg_name_char((unsigned char)*c))
+                return 0;
+        }
+        if (c == a)
+            return 0;
+    }
+    if (c == end || c + 1 == end)
+        return !port_needed && (c == end || *c == ':');
+    if (*c++ != ':')
+        return 0;
+    unsigned port = 0;
+    for (; c < end; c++) {
+        if (*c < '0' || *c > '9')
+            return 0;
+        port = port * 10 + (unsigned)(*c - '0');
+        if (port > 65535)
+            return 0;
+    }
+    return port != 0;
+}
+
 static int
 on_header_value_complete(llhttp_t *parser)
 {
@@ -181,8 +262,20 @@ on_header_value_complete(llhttp_t *parser)
         p->field_len = 0;
         return 0;
     }
-    if (p->field_len == 4 && strncasecmp(name, "host", 4) == 0)
+    if (p->field_len == 4 && strncasecmp(name, "host", 4) == 0) {
+        /* RFC 9112 3.2: a Host that is no host[:port] is a 400; an empty
+         * one is what a client sends for a target without authority */
+        const char *v = name + p->field_len;
+        size_t k = vlen;
+        while (k > 0 && (*v == ' ' || *v == '\t'))
+            v++, k--;
+        while (k > 0 && (v[k - 1] == ' ' || v[k - 1] == '\t'))
+            k--;
+        if (k > 0 && !valid_authority(v, k, 0))
+            return reject_head(parser, 400, "the Host header is not "
+                                            "host[:port]");
         p->host_fields++;
+    }
     else if (p->field_len == 17 &&
              strncasecmp(name, "transfer-encoding", 17) == 0) {
         /* an empty coding: llhttp frames the body by a Content-Length
@@ -213,11 +306,11 @@ on_header_value_complete(llhttp_t *parser)
 }
 
 /* An absolute-form target (http://host[:port]/path) whose authority, which
- * replaces Host, has no host or has userinfo: RFC 9110 4.2.1 and 4.2.4
- * call both invalid (userinfo in a request target is a phishing shape,
- * and the app would see it in HTTP_HOST).  And a target of another
- * scheme (llhttp lets through any scheme's URL: ftp://h/p, ws://u@h/),
- * which would be the app's PATH_INFO whole. */
+ * replaces Host, is no host[:port]: RFC 9110 4.2.1 and 4.2.4 call an empty
+ * host and userinfo invalid (userinfo in a request target is a phishing
+ * shape).  And a target of another scheme (llhttp lets through any
+ * scheme's URL: ftp://h/p, ws://u@h/), which would be the app's PATH_INFO
+ * whole. */
 static int
 bad_absolute_authority(const char *url, size_t n)
 {
@@ -233,29 +326,7 @@ bad_absolute_authority(const char *url, size_t n)
     const char *a = url + skip, *end = url + n, *e = a;
     while (e < end && *e != '/' && *e != '?' && *e != '#')
         e++;
-    return e == a || *a == ':' || memchr(a, '@', (size_t)(e - a)) != NULL;
-}
-
-/* RFC 9112 3.2.3: a CONNECT's target is the authority form, host:port,
- * and nothing else (llhttp lets any target through; an absolute-form one
- * would go on to set HTTP_HOST, userinfo and all). */
-static int
-bad_authority_form(const char *url, size_t n)
-{
-    size_t colon = n;
-    for (size_t i = 0; i < n; i++) {
-        char c = url[i];
-        if (c == '/' || c == '?' || c == '#' || c == '@' || c == '*')
-            return 1;
-        if (c == ':')
-            colon = i;
-    }
-    if (colon == 0 || colon + 1 >= n)
-        return 1; /* no host, or no port */
-    for (size_t i = colon + 1; i < n; i++)
-        if (url[i] < '0' || url[i] > '9')
-            return 1;
-    return 0;
+    return !valid_authority(a, (size_t)(e - a), 0);
 }
 
 static int
@@ -280,14 +351,16 @@ on_headers_complete(llhttp_t *parser)
     if (p->url_len == 1 && p->sbuf[0] == '*' && parser->method != HTTP_OPTIONS)
         return reject_head(parser, 400,
                            "the asterisk form is only for OPTIONS");
+    /* RFC 9112 3.2.3: a CONNECT's target is the authority form, host:port,
+     * and nothing else (llhttp lets any target through) */
     if (parser->method == HTTP_CONNECT
-            ? bad_authority_form(p->sbuf, p->url_len)
+            ? !valid_authority(p->sbuf, p->url_len, 1)
             : bad_absolute_authority(p->sbuf, p->url_len))
         return reject_head(parser, 400,
                            parser->method == HTTP_CONNECT
                                ? "a CONNECT's target is host:port"
                                : "the target is not an http(s) URL with a "
-                                 "host and no userinfo");
+                                 "host[:port]");
     /* RFC 9112 3.2: an HTTP/1.1 request has exactly one Host; none has
      * two (they would be joined into one value the app cannot trust) */
     if ((http11 && p->host_fields != 1) || p->host_fields > 1)
