@@ -220,7 +220,7 @@ def test_a_malformed_later_chunk_extension_is_400(server):
     (b"/raw/\xc3\xa0", "/raw/\xc3\xa0", ""),
     (b"/raw/a%20b/\xe9t\xe9?q=\xc3\xa0&x=%C3%A0#\xe0", "/raw/a b/\xe9t\xe9", "q=\xc3\xa0&x=%C3%A0"),
     (b"/raw\xff\x80", "/raw\xff\x80", ""),
-    (b"http://h\xe9:80/raw/\xe0?\xe1", "/raw/\xe0", "\xe1"),
+    (b"http://h:80/raw/\xe0?\xe1", "/raw/\xe0", "\xe1"),
 ], ids=["utf8", "latin1-query", "ff80", "absolute-form"])
 def test_raw_bytes_in_the_target_are_served_as_latin1(server, target, path, query):
     buf, closed = blocking_exchange(
