@@ -4,6 +4,10 @@ Pyramid builds every URL from (request.host_url, route_url, redirects), so
 one that is no host[:port] is a 400 before the app (RFC 9112 3.2: "a Host
 header field with an invalid field value"; RFC 9110 4.2.1: an http URI
 with an empty host is invalid)."""
+import ipaddress
+import random
+import re
+
 import pytest
 
 from .inprocess import loop, run, serving  # noqa: F401 -- fixture
@@ -127,3 +131,81 @@ def test_a_connect_target_with_a_port_is_the_apps(run, authority):
         run, b"CONNECT " + authority + b" HTTP/1.1\r\nHost: good\r\n\r\n")
     assert [r.status for r in rs] == [200] and served == 1
     assert env["REQUEST_METHOD"] == "CONNECT"
+
+
+# -- against a reference ------------------------------------------------------
+
+_REG_NAME = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})+")
+_IPV_FUTURE = re.compile(r"[vV][0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+")
+
+
+def _reference(authority, port_needed):
+    """RFC 3986 3.2.2-3 read by a regular expression and ipaddress."""
+    if authority.startswith("["):
+        close = authority.find("]")
+        if close < 0:
+            return False
+        literal, rest = authority[1:close], authority[close + 1:]
+        if not _IPV_FUTURE.fullmatch(literal):
+            if "%" in literal:  # no zone ids in http URIs (RFC 9110 4.2.1)
+                return False
+            try:
+                ipaddress.IPv6Address(literal)
+            except ValueError:
+                return False
+    else:
+        host, _, port = authority.partition(":")
+        if not _REG_NAME.fullmatch(host):
+            return False
+        rest = authority[len(host):]
+    if rest in ("", ":"):
+        return not port_needed
+    return (rest[0] == ":" and rest[1:].isascii() and rest[1:].isdigit()
+            and 1 <= int(rest[1:]) <= 65535)
+
+
+def _random_authorities(count, seed):
+    """A host of pieces where a check could slip, bracketed or not, then a
+    port of such pieces or none; one in five is all pieces, anywhere."""
+    rng = random.Random(seed)
+    pieces = ["a", "Z", "0", "9", "f", "v", "V", ".", "-", "_", "~", "!", "$",
+              "'", "(", "*", "+", ",", ";", "=", "%", "%4", "%4f", "%zz", ":",
+              "::", "[", "]", "@", "^", "\"", "{", "1", "ffff", "1.2.3.4",
+              "01.2.3.4", "::1", "fe80::", "v1.", "%25eth0", "example.com"]
+    ports = ["", ":", ":0", ":1", ":80", ":65535", ":65536", ":099", ":8x",
+             ":-1", ":1:2", ":99999999999"]
+
+    def some(choices, most):
+        return "".join(rng.choice(choices) for _ in range(rng.randint(1, most)))
+    for _ in range(count):
+        shape = rng.random()
+        if shape < 0.2:
+            yield some(pieces + ports, 6)
+            continue
+        host = some(pieces, 4)
+        yield ("[" + host + "]" if shape < 0.6 else host) + rng.choice(ports)
+
+
+def test_the_checks_agree_with_a_reference_over_random_authorities(run):
+    """1,000 authorities made at random from the pieces where a check could
+    slip, each as a Host header, an absolute-form target and a CONNECT's
+    target: served exactly where the reference takes it."""
+    async def main():
+        wrong = []
+        async with serving(env_app) as (port, srv):
+            for authority in _random_authorities(1000, seed=1703):
+                raw = authority.encode()
+                for request, needed in (
+                        (b"GET / HTTP/1.1\r\nHost: " + raw + b"\r\nConnection: close\r\n\r\n", False),
+                        (b"GET http://" + raw + b"/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                         False),
+                        (b"CONNECT " + raw + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", True)):
+                    rs, closed = await exchange(port, request, count=1)
+                    status = rs[0].status if rs else None
+                    expected = _reference(authority, needed)
+                    if needed and authority.startswith("*"):
+                        expected = False  # read as the asterisk form's, no host
+                    if (status == 200) != expected:
+                        wrong.append((request, status))
+        return wrong
+    assert run(main()) == []
