@@ -1,6 +1,5 @@
 """ATTACK (attack-s4): what the last session changed, from outside (raw
 bytes over real sockets, both loops)."""
-import os
 
 import pytest
 
@@ -50,8 +49,6 @@ def test_a_target_is_origin_form_or_an_http_absolute_form(run, target):
 
 # -- the GC pacer against requests in flight -------------------------------
 
-@pytest.mark.skipif(bool(os.environ.get("AIOPYRAMID_ASAN")), reason=(
-    "the GC pacer's figures follow the worker's speed, which ASan divides several times (742 cycles against a bound of 700, a threshold of 4,083 against 4,200): make test and make test-versions check them"))
 @pytest.mark.parametrize("kind", [
     "python",
     # tuned: 300 waiting requests earned a threshold of 11,200, and up to
