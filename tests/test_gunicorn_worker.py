@@ -594,6 +594,22 @@ def test_gc_requests_in_flight_set_off_a_few_collections(gunicorn, kind):
         assert ran * gc.get_threshold()[0] > 30000, (before, after)
 
 
+# a pacer in a fresh interpreter (it sets the collector's thresholds), at
+# Python's 3.11 threshold, and a server whose counts the test sets
+_PACER_WITH_A_FAKE_SERVER = """
+import gc
+from aiopyramid.gunicorn.worker import _GcPacer
+gc.set_threshold(700, 10, 10)
+class Server:
+    active = 0
+    started_in_pass = 0
+    connections = 0
+    requests = 0
+server = Server()
+pacer = _GcPacer(gc.get_threshold())
+"""
+
+
 def test_gc_pacer_earns_bounds_and_gives_back():
     # the pacer's arithmetic, in a fresh interpreter (it sets the
     # collector's thresholds): the requests answered since the collection
@@ -606,17 +622,8 @@ def test_gc_pacer_earns_bounds_and_gives_back():
     # young collection may wait: the budget at that pace, within 0.02-1 s;
     # at a pace the shortest wait does not keep within the budget, the
     # threshold is Python's
-    out = run_python("""
-import gc, time
-from aiopyramid.gunicorn.worker import _GcPacer
-gc.set_threshold(700, 10, 10)
-class Server:
-    active = 0
-    started_in_pass = 0
-    connections = 0
-    requests = 0
-server = Server()
-pacer = _GcPacer(gc.get_threshold())
+    out = run_python(_PACER_WITH_A_FAKE_SERVER + """
+import time
 pacer.server = server
 pacer.watching = True  # as while the worker's loop looks every 20 ms
 def collect(garbage=0, answered=0, generation=0, since=1.0):
@@ -687,7 +694,7 @@ print(collect(garbage=100000))            # never below Python's
     ], out
 
 
-def test_gc_threshold_is_raised_only_while_the_loop_looks_soon(tmp_path):
+def test_gc_threshold_is_raised_only_while_the_loop_looks_soon():
     # the worker's loop collects by time while the threshold is raised, and
     # looks every 20 ms while connections are open, once a second when none
     # are.  A load that arrives in that second used to raise the threshold
@@ -696,17 +703,8 @@ def test_gc_threshold_is_raised_only_while_the_loop_looks_soon(tmp_path):
     # 2,840 of its 3,000 cycles alive at once, 1 run in 3, with not one
     # collection between them.  Now the threshold waits for the loop to
     # look soon
-    out = run_python("""
-import asyncio, gc
-from aiopyramid.gunicorn.worker import _GcPacer
-gc.set_threshold(700, 10, 10)
-class Server:
-    active = 0
-    started_in_pass = 0
-    connections = 0
-    requests = 0
-server = Server()
-pacer = _GcPacer(gc.get_threshold())
+    out = run_python(_PACER_WITH_A_FAKE_SERVER + """
+import asyncio
 def answered(count):
     server.requests += count
     pacer._collected("stop", {"collected": 0, "uncollectable": 0,
