@@ -236,7 +236,17 @@ def serve(view, loop_kind, portfile, conns=1):
         srv = HttpServer(wsgi, loop, base_environ=base)
         if hasattr(gc_pacer, "raise_for"):  # older builds: per connection
             gc_pacer.raise_for(conns)
-        elif gc_pacer is not None:  # the threshold follows requests in flight
+        elif hasattr(gc_pacer, "watching"):
+            # the threshold follows requests in flight, raised only while
+            # the pacer's look is due soon: started, and followed once a
+            # second, as the worker's loop does
+            gc_pacer.start(srv, loop)
+
+            def follow():
+                gc_pacer.follow()
+                loop.call_later(1.0, follow)
+            follow()
+        elif gc_pacer is not None:  # older builds: no start()
             gc_pacer.server = srv
         # gunicorn's default backlog: --conns opens them all at once
         server = await loop.create_server(srv, "127.0.0.1", 0, backlog=2048)
@@ -244,6 +254,8 @@ def serve(view, loop_kind, portfile, conns=1):
             f.write(str(server.sockets[0].getsockname()[1]))
         os.rename(portfile + ".tmp", portfile)
         await stop
+        if hasattr(gc_pacer, "watching"):
+            gc_pacer.stop()
         server.close()
 
     try:
