@@ -45,6 +45,8 @@ struct Spawn {
     PyObject *exc;                  /* down: thrown; up: raised */
     PyObject *pending;              /* yielded by bridge_spawn_first, for the
                                        Task's first send(None) */
+    bridge_on_end on_end;           /* told of the job's end, with: */
+    PyObject *on_end_owner, *on_end_task;
     int ended_first;                /* the job ended in bridge_spawn_first:
                                        the Task's first send returns None */
     int state, outcome;

@@ -41,6 +41,8 @@ bridge_spawn_new(modstate *st, PyObject *func, PyObject *args,
     self->value = NULL;
     self->exc = NULL;
     self->pending = NULL;
+    self->on_end = NULL;
+    self->on_end_owner = self->on_end_task = NULL;
     self->ended_first = 0;
     self->state = SPAWN_NEW;
     self->outcome = OUT_NONE;
@@ -114,6 +116,31 @@ raw_resume(Spawn *self, PyObject *value, PyObject *exc)
     PyObject *r = PyGreenlet_Switch(child, args, NULL);
     Py_DECREF(args);
     return r;
+}
+
+/* The job ended: its on_end hook, once (exc borrowed, none set). */
+static void
+spawn_tell_end(Spawn *self, PyObject *exc)
+{
+    bridge_on_end on_end = self->on_end;
+    if (on_end == NULL)
+        return;
+    PyObject *owner = self->on_end_owner, *task = self->on_end_task;
+    self->on_end = NULL;
+    self->on_end_owner = self->on_end_task = NULL;
+    on_end(owner, task, exc);
+    Py_DECREF(owner);
+    Py_DECREF(task);
+}
+
+void
+bridge_spawn_on_end(PyObject *spawn, bridge_on_end on_end, PyObject *owner,
+                    PyObject *task)
+{
+    Spawn *self = (Spawn *)spawn;
+    self->on_end = on_end;
+    Py_XSETREF(self->on_end_owner, Py_NewRef(owner));
+    Py_XSETREF(self->on_end_task, Py_NewRef(task));
 }
 
 /* One step of the job: send `value` (borrowed) or throw `exc` (stolen). */
@@ -311,6 +338,7 @@ report:
         *result = self->value;
         self->value = NULL;
         Py_CLEAR(self->driver);
+        spawn_tell_end(self, NULL);
         return PYGEN_RETURN;
     default:
         self->state = SPAWN_DONE;
@@ -318,10 +346,15 @@ report:
         Py_CLEAR(self->driver);
         exc = self->exc;
         self->exc = NULL;
-        if (exc == NULL)
+        if (exc == NULL) {
             PyErr_SetString(PyExc_SystemError, "greenlet job lost its error");
-        else
-            exc_restore(stop_iteration_to_runtime_error(exc));
+            exc = exc_take();
+        }
+        else {
+            exc = stop_iteration_to_runtime_error(exc);
+        }
+        spawn_tell_end(self, exc);
+        exc_restore(exc);
         return PYGEN_ERROR;
     }
 }
@@ -434,6 +467,8 @@ spawn_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->value);
     Py_VISIT(self->exc);
     Py_VISIT(self->pending);
+    Py_VISIT(self->on_end_owner);
+    Py_VISIT(self->on_end_task);
     return 0;
 }
 
@@ -453,6 +488,9 @@ spawn_clear(PyObject *op)
     Py_CLEAR(self->value);
     Py_CLEAR(self->exc);
     Py_CLEAR(self->pending);
+    self->on_end = NULL;
+    Py_CLEAR(self->on_end_owner);
+    Py_CLEAR(self->on_end_task);
     return 0;
 }
 

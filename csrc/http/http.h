@@ -180,7 +180,6 @@ struct HttpProtocol {
     PyObject *sock_host;
     PyObject *sock_port;        /* and SERVER_PORT of every request's
                                    environ (wsgi.url_scheme from tls) */
-    PyObject *task_done;        /* bound callback for request Tasks */
     PyObject *drain_waiter;     /* future resolved by resume_writing */
     PyObject *held;             /* bytes, or a list of them, not yet written
                                    (see proto_write_bytes) */
@@ -299,6 +298,8 @@ void proto_flush_early(HttpServer *srv);
 void wake(modstate *st, PyObject **fut);
 int wait_on(modstate *st, HttpServer *srv, PyObject **slot);
 void proto_release_request(HttpProtocol *p);
+/* A suspended request's job ended (its spawn's on_end hook). */
+void proto_request_ended(PyObject *request, PyObject *task, PyObject *exc);
 void body_error(HttpProtocol *p);
 void feed(HttpProtocol *p);
 void eof_check(HttpProtocol *p);

@@ -546,7 +546,7 @@ proto_new(modstate *st, HttpServer *srv)
     p->server = (HttpServer *)Py_NewRef(srv);
     p->transport = p->write = NULL;
     p->peer_host = p->peer_port = p->sock_host = p->sock_port = NULL;
-    p->task_done = p->drain_waiter = p->held = NULL;
+    p->drain_waiter = p->held = NULL;
     p->held_len = 0;
     p->req = NULL;
     p->cb_exc = NULL;
@@ -586,7 +586,6 @@ proto_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT((PyObject *)p->server);
     Py_VISIT(p->transport);
     Py_VISIT(p->write);
-    Py_VISIT(p->task_done);
     Py_VISIT(p->drain_waiter);
     Py_VISIT(p->held);
     Py_VISIT((PyObject *)p->req);
@@ -606,7 +605,6 @@ proto_clear(PyObject *op)
     Py_CLEAR(p->peer_port);
     Py_CLEAR(p->sock_host);
     Py_CLEAR(p->sock_port);
-    Py_CLEAR(p->task_done);
     Py_CLEAR(p->drain_waiter);
     Py_CLEAR(p->held);
     Py_CLEAR(p->req);
@@ -752,12 +750,37 @@ proto_connection_lost(PyObject *op, PyObject *exc)
     Py_CLEAR(p->write);
     Py_CLEAR(p->transport);
     Py_CLEAR(p->environ);
-    /* a bound method of this protocol: a cycle the GC alone would break
-     * (a Task still running holds its own reference) */
-    Py_CLEAR(p->task_done);
     Py_RETURN_NONE;
 }
 
+/* A request's Task ended, or is about to end in this step with what its
+ * job returned: the request goes, and the requests pipelined behind it
+ * come. */
+static void
+task_ended(HttpProtocol *p, PyObject *task)
+{
+    HttpRequest *r = p->req;
+    if (r != NULL && r->task == task && r->response_done) {
+        if (r->body_done || p->closed) {
+            proto_release_request(p);
+            p->waiting = 0;
+        }
+    }
+    if (p->closed) {
+        proto_release_request(p);
+        return;
+    }
+    if (p->req == NULL) {
+        p->waiting = 0;
+        feed(p);
+        if (!p->waiting)
+            set_read_paused(p, PAUSE_PIPELINE, 0);
+    }
+    eof_check(p);
+}
+
+/* The done callback of a request's Task that ended with an error or a
+ * cancellation (see proto_request_ended). */
 static PyObject *
 proto_task_done(PyObject *op, PyObject *task)
 {
@@ -779,25 +802,38 @@ proto_task_done(PyObject *op, PyObject *task)
         Py_DECREF(exc);
     }
     Py_DECREF(c);
-    HttpRequest *r = p->req;
-    if (r != NULL && r->task == task && r->response_done) {
-        if (r->body_done || p->closed) {
-            proto_release_request(p);
-            p->waiting = 0;
-        }
-    }
-    if (p->closed) {
-        proto_release_request(p);
-        Py_RETURN_NONE;
-    }
-    if (p->req == NULL) {
-        p->waiting = 0;
-        feed(p);
-        if (!p->waiting)
-            set_read_paused(p, PAUSE_PIPELINE, 0);
-    }
-    eof_check(p);
+    task_ended(p, task);
     Py_RETURN_NONE;
+}
+
+/* A request that suspended ends in its Task's step.  Its job returned:
+ * the request is done with here and now, not in a done callback the loop
+ * would call at its next pass (add_done_callback, a Handle scheduled and
+ * run: about 3,000 instructions a request).  It raised (the client left
+ * and the request was cancelled, or an error of the server's): the Task's
+ * end tells, in its done callback as before, which takes the Task's
+ * exception (asyncio would log one nobody took) and lets KeyboardInterrupt
+ * and SystemExit go on through the loop as Tasks do. */
+void
+proto_request_ended(PyObject *request, PyObject *task, PyObject *exc)
+{
+    HttpProtocol *p = ((HttpRequest *)request)->proto;
+    if (p == NULL)
+        return;
+    if (exc == NULL) {
+        task_ended(p, task);
+        return;
+    }
+    modstate *st = proto_state(p);
+    /* a bound method for this Task only (the protocol's own one is gone
+     * with its connection, and would keep a cycle alive) */
+    PyObject *done = PyObject_GetAttrString((PyObject *)p, "_task_done");
+    PyObject *r = done == NULL ? NULL :
+        PyObject_CallMethodOneArg(task, st->str_add_done_callback, done);
+    if (r == NULL)
+        log_error(p->server, "Error finishing request");
+    Py_XDECREF(r);
+    Py_XDECREF(done);
 }
 
 static int

@@ -630,16 +630,10 @@ start_request(HttpProtocol *p, HttpRequest *r)
     if (task == NULL)
         goto error;
     if (sr == PYGEN_NEXT) {
-        /* the request suspended: its Task drives the rest */
+        /* the request suspended: its Task drives the rest, and the
+         * request ends where its job does */
         r->task = Py_NewRef(task);
-        if (p->task_done == NULL)
-            p->task_done = PyObject_GetAttrString((PyObject *)p, "_task_done");
-        PyObject *res = p->task_done == NULL ? NULL :
-            PyObject_CallMethodOneArg(task, st->str_add_done_callback,
-                                      p->task_done);
-        if (res == NULL)
-            goto error;
-        Py_DECREF(res);
+        bridge_spawn_on_end(spawn, proto_request_ended, (PyObject *)r, task);
     }
     else if (sr == PYGEN_ERROR) {
         /* run_request answers app errors itself: this was the server's */
