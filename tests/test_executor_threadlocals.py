@@ -1,8 +1,10 @@
-"""Pyramid's threadlocals in an executor thread, as ContextLocalManager's
-push makes them (the bridge pushes them in C when the manager is
-aiopyramid's, through the manager's own methods otherwise): the router's
-entry from the request's context, then the thread's own, on both the
-aiopyramid Executor (its WorkQueue) and a plain ThreadPoolExecutor."""
+"""Pyramid's threadlocals in an executor thread, on both the aiopyramid
+Executor (its WorkQueue) and a plain ThreadPoolExecutor.  With aiopyramid's
+manager (its stack in the request's context, copied into the thread) the
+view sees the router's entry, as a view of a threaded WSGI server does,
+and nothing is pushed again; a push the view leaves goes with the copy.
+Any other manager class gets the request pushed and popped around the
+view through its own methods."""
 import asyncio
 import concurrent.futures
 import threading
@@ -43,13 +45,15 @@ def _app(make_app, view):
     return make_app(configure)
 
 
-def test_the_thread_sees_the_routers_entry_then_its_own(run_on, make_app):
+def test_the_thread_sees_the_routers_entry_alone(run_on, make_app):
     seen = {}
 
     def view(request):
         seen["thread"] = threading.current_thread() is not threading.main_thread()
         seen["stack"] = pyramid.threadlocal.manager.stack
+        seen["top"] = pyramid.threadlocal.manager.get()
         seen["request"] = get_current_request() is request
+        seen["request_object"] = request
         seen["registry"] = get_current_registry() is request.registry
         return Response("ok")
 
@@ -57,10 +61,10 @@ def test_the_thread_sees_the_routers_entry_then_its_own(run_on, make_app):
         seen.clear()
         assert run_on(get(_app(make_app, view), "/v")).text == "ok"
         assert seen["thread"] and seen["request"] and seen["registry"]
-        router, own = seen["stack"][-2:]
-        assert len(seen["stack"]) == 2
-        assert own == {"registry": router["registry"], "request": router["request"]}
-        assert own is not router
+        # one entry, the router's (its dict, not a copy pushed again)
+        assert len(seen["stack"]) == 1
+        assert seen["top"] is seen["stack"][0]
+        assert seen["top"]["request"] is seen["request_object"]
 
 
 def test_a_push_the_view_leaves_does_not_outlive_it(run_on, make_app):
@@ -75,7 +79,37 @@ def test_a_push_the_view_leaves_does_not_outlive_it(run_on, make_app):
     app = _app(make_app, view)
     for _ in range(3):
         assert run_on(get(app, "/v")).text == "ok"
-    assert stacks == [2, 2, 2]
+    assert stacks == [1, 1, 1]
+
+
+def _other_entry_tween(handler, registry):
+    # an entry of its own on top of the router's, around the view
+    def tween(request):
+        pyramid.threadlocal.manager.push({"registry": registry,
+                                          "request": "the tween's"})
+        try:
+            return handler(request)
+        finally:
+            pyramid.threadlocal.manager.pop()
+    return tween
+
+
+def test_the_request_is_pushed_over_another_entry(run_on, make_app):
+    seen = {}
+
+    def view(request):
+        seen["request"] = get_current_request() is request
+        seen["stack"] = [e["request"] for e in pyramid.threadlocal.manager.stack]
+        return Response("ok")
+
+    def configure(config):
+        config.add_route("v", "/v")
+        config.add_view(view, route_name="v")
+        config.add_tween(__name__ + "._other_entry_tween")
+
+    assert run_on(get(make_app(configure), "/v")).text == "ok"
+    assert seen["request"]
+    assert seen["stack"][1:] == ["the tween's", seen["stack"][0]]
 
 
 class _Recording(_threadlocal.ContextLocalManager):

@@ -113,6 +113,33 @@ threadlocal_push_fast(modstate *st, PyObject *info, int *slow)
     return token;
 }
 
+/* 1 when the top of the stack in the current context already names this
+ * request and its registry: the router's own entry (Pyramid's
+ * RequestContext; _transaction.py may have added its key), carried into
+ * the thread by the copied context, which a push of the same two would
+ * only repeat; 0 when not; -1 with an exception. */
+static int
+threadlocal_on_top(modstate *st, PyObject *registry, PyObject *request)
+{
+    PyObject *stack;
+    if (PyContextVar_Get(st->tl_stack, NULL, &stack) < 0)
+        return -1;
+    int on_top = 0;
+    if (stack != NULL && PyTuple_CheckExact(stack) && PyTuple_GET_SIZE(stack)) {
+        PyObject *top = PyTuple_GET_ITEM(stack, PyTuple_GET_SIZE(stack) - 1);
+        if (PyDict_CheckExact(top)) {
+            PyObject *r = PyDict_GetItemWithError(top, st->str_request);
+            PyObject *g = r == NULL ? NULL :
+                PyDict_GetItemWithError(top, st->str_registry);
+            on_top = r == request && g == registry;
+            if (PyErr_Occurred())
+                on_top = -1;
+        }
+    }
+    Py_XDECREF(stack);
+    return on_top;
+}
+
 static PyObject *
 threadcall_call(PyObject *op, PyObject *args, PyObject *kwargs)
 {
@@ -143,6 +170,15 @@ threadcall_call(PyObject *op, PyObject *args, PyObject *kwargs)
         PyObject *registry = PyObject_GetAttr(self->request, st->str_registry);
         if (registry == NULL)
             goto done;
+        int fast = st->tl_class != NULL &&
+                   (PyObject *)Py_TYPE(manager) == st->tl_class;
+        int on_top = fast ? threadlocal_on_top(st, registry, self->request) : 0;
+        if (on_top != 0) {
+            Py_DECREF(registry);
+            if (on_top < 0)
+                goto done;
+            goto call;
+        }
         PyObject *info = PyDict_New();
         if (info == NULL || PyDict_SetItem(info, st->str_registry, registry) < 0 ||
             PyDict_SetItem(info, st->str_request, self->request) < 0) {
@@ -152,7 +188,7 @@ threadcall_call(PyObject *op, PyObject *args, PyObject *kwargs)
         }
         Py_DECREF(registry);
         int slow = 1;
-        if (st->tl_class != NULL && (PyObject *)Py_TYPE(manager) == st->tl_class) {
+        if (fast) {
             tl_token = threadlocal_push_fast(st, info, &slow);
             if (tl_token == NULL && !slow) {
                 Py_DECREF(info);
@@ -165,6 +201,7 @@ threadcall_call(PyObject *op, PyObject *args, PyObject *kwargs)
         if (slow && pushed == NULL)
             goto done;
     }
+call:
     r = PyObject_Call(self->fn, self->args, self->kwargs);
     /* pushed in C: nothing to take off, the context is this call's own
      * copy, run once and dropped with it */
