@@ -1,11 +1,13 @@
 """Hello-world throughput of two checkouts of aiopyramid, interleaved.
 
     python3 bench/compare_builds.py BEFORE_DIR AFTER_DIR [--rounds 7] [--duration 4]
+        [--path /hello-legacy] [--loops uvloop]
 
 Each directory is a built checkout (``make build``: its own ``.venv`` and
 ``_core``).  Round after round, for uvloop and asyncio's loop, each
 checkout's gunicorn worker serves ``bench.hello_app:aio()``'s coroutine view
-to ``wrk -t1 -c50`` (warmed up for 1 s); the figure is the median of the
+(``--path /hello-legacy``: its plain view, through the executor) to
+``wrk -t1 -c50`` (warmed up for 1 s); the figure is the median of the
 rounds and of the paired after/before ratios.  Used to check that a change
 costs what it is said to cost (needs wrk).
 """
@@ -21,7 +23,7 @@ from http_bench import free_port, wait_ready  # bench/ is sys.path[0]
 WORKER = "aiopyramid.gunicorn.worker.AsyncGunicornWorker"
 
 
-def one_run(root, loop, duration):
+def one_run(root, loop, duration, path="/hello"):
     port = free_port()
     env = dict(os.environ, PYTHONPATH=root, AIOPYRAMID_LOOP=loop)
     proc = subprocess.Popen(
@@ -32,8 +34,8 @@ def one_run(root, loop, duration):
         cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True)
     try:
-        wait_ready(port, "/hello", proc)
-        url = "http://127.0.0.1:%d/hello" % port
+        wait_ready(port, path, proc)
+        url = "http://127.0.0.1:%d%s" % (port, path)
         subprocess.run(["wrk", "-t1", "-c50", "-d1s", url], capture_output=True,
                        timeout=60)
         out = subprocess.run(["wrk", "-t1", "-c50", "-d%ds" % duration, url],
@@ -51,21 +53,24 @@ def main():
     ap.add_argument("after")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--duration", type=int, default=4)
+    ap.add_argument("--path", default="/hello")
+    ap.add_argument("--loops", default="uvloop,asyncio")
     args = ap.parse_args()
+    loops = args.loops.split(",")
     trees = {"before": os.path.abspath(args.before),
              "after": os.path.abspath(args.after)}
     results = {}
     for r in range(args.rounds):
-        for loop in ("uvloop", "asyncio"):
+        for loop in loops:
             for name, root in trees.items():
-                rps = one_run(root, loop, args.duration)
+                rps = one_run(root, loop, args.duration, args.path)
                 results.setdefault((loop, name), []).append(rps)
                 print("round %d %-7s %-6s %8.0f req/s" % (r, loop, name, rps),
                       flush=True)
     print()
     print("| loop | before req/s | after req/s | after/before (median of paired rounds) |")
     print("| --- | ---: | ---: | ---: |")
-    for loop in ("uvloop", "asyncio"):
+    for loop in loops:
         before, after = results[(loop, "before")], results[(loop, "after")]
         ratio = statistics.median(a / b for a, b in zip(after, before))
         print("| %s | %.0f | %.0f | %.2fx |" % (
