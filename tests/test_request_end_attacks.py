@@ -84,6 +84,8 @@ def wsgi_app(environ, start_response):
     elif kind == "selfcancel":
         _core.await_(asyncio.sleep(0))
         asyncio.current_task().cancel()  # and returns without awaiting
+    elif kind == "selfcancelnow":
+        asyncio.current_task().cancel()  # never suspends
     elif "/" + kind in RAISES:
         _core.await_(asyncio.sleep(0.002))
         raise RAISES["/" + kind]
@@ -392,6 +394,31 @@ def test_view_cancelling_its_own_task_then_returning(run):
                                     b"3 0 same", b"4 0 same"]
     tasks = STATE["tasks"]
     assert [t.cancelled() for t in tasks] == [True, False, False, True, False]
+    assert left == []
+    assert w.errors == [] and w.loop_errors == []
+    STATE["tasks"].clear()
+
+
+def test_view_cancelling_its_own_task_without_suspending(run):
+    """A view that cancels its own Task and returns without ever
+    suspending: answered, the requests behind it too, nothing logged (the
+    Task ends cancelled; on 3.12+ the eager Task's first step ended it,
+    and the server took that for an error of its own: "Error finishing
+    request: CancelledError()")."""
+    w = Watch()
+    STATE["tasks"].clear()
+
+    async def main():
+        w.install()
+        data = (post("selfcancelnow", 0) + post("now", 1) +
+                post("selfcancelnow", 2, close=True))
+        async with serving(wsgi_app, error_log=w.error_log) as (port, srv):
+            rs, closed = await exchange(port, data, count=3)
+        await settle()
+        return rs, other_tasks()
+
+    rs, left = run(main())
+    assert [r.body for r in rs] == [b"0 0 same", b"1 0 same", b"2 0 same"]
     assert left == []
     assert w.errors == [] and w.loop_errors == []
     STATE["tasks"].clear()
