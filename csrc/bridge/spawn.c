@@ -133,6 +133,13 @@ spawn_tell_end(Spawn *self, PyObject *exc)
     Py_DECREF(task);
 }
 
+int
+bridge_spawn_returned(PyObject *spawn)
+{
+    Spawn *self = (Spawn *)spawn;
+    return self->state == SPAWN_DONE && self->outcome == OUT_RETURNED;
+}
+
 void
 bridge_spawn_on_end(PyObject *spawn, bridge_on_end on_end, PyObject *owner,
                     PyObject *task)

@@ -562,6 +562,14 @@ start_task(modstate *st, HttpServer *srv, PyObject *spawn, PyObject *ctx,
         /* result() also marks an exception as retrieved */
         PyObject *res = PyObject_CallMethodNoArgs(task, st->str_result);
         *sr = res != NULL ? PYGEN_RETURN : PYGEN_ERROR;
+        if (res == NULL && bridge_spawn_returned(spawn) &&
+            PyErr_ExceptionMatches(st->CancelledError)) {
+            /* the app cancelled its own Task, and its job returned: the
+             * Task ends cancelled, as on 3.11, where the Task's own first
+             * step ends it so after the job; not an error of the server */
+            PyErr_Clear();
+            *sr = PYGEN_RETURN;
+        }
         Py_XDECREF(res);
         return task;
     }
