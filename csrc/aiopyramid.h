@@ -288,14 +288,14 @@ PyObject *bridge_spawn_new(modstate *st, PyObject *func, PyObject *args,
  * current task around the call (Python 3.11; 3.12+ has eager tasks). */
 PySendResult bridge_spawn_first(PyObject *spawn, PyObject **result);
 
+/* 1 when the spawn's job has ended by returning (not raising). */
+int bridge_spawn_returned(PyObject *spawn);
+
 /* After bridge_spawn_first suspended: on_end(owner, task, exc) is called
  * once, in the step where the job ends (its Task's, which has not ended
  * yet), with what it raised (borrowed; NULL when it returned) and no
  * exception set; it must leave none.  The spawn holds owner and task until
  * then (a cycle through the Task, broken at that end). */
-/* 1 when the spawn's job has ended by returning (not raising). */
-int bridge_spawn_returned(PyObject *spawn);
-
 typedef void (*bridge_on_end)(PyObject *owner, PyObject *task, PyObject *exc);
 void bridge_spawn_on_end(PyObject *spawn, bridge_on_end on_end,
                          PyObject *owner, PyObject *task);

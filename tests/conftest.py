@@ -173,6 +173,23 @@ def gunicorn_args(port, app, *extra, worker=WORKER):
             "--graceful-timeout", "10", *extra, app]
 
 
+def gunicorn_on_loop(request, tmp_path_factory, app, tag):
+    """For a module fixture with params=["uvloop", "asyncio"]: one gunicorn
+    with our worker serving app on the loop named by request.param, for
+    the module's tests (yielded, stopped after)."""
+    pytest.importorskip("gunicorn")
+    if request.param == "uvloop":
+        pytest.importorskip("uvloop")
+    port = free_port()
+    srv = spawn_server(gunicorn_args(port, app), port,
+                       tmp_path_factory.mktemp(tag) / "server.log",
+                       env={"AIOPYRAMID_LOOP": request.param}, cwd=ROOT)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
 @pytest.fixture
 def cert(tmp_path):
     """A self-signed certificate for 127.0.0.1: (cert.pem, key.pem)."""

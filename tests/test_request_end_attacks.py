@@ -549,22 +549,13 @@ def main(global_config=None, **settings):
         return config.make_wsgi_app()
 
 
-from .conftest import ROOT, free_port, gunicorn_args, spawn_server  # noqa: E402
+from .conftest import gunicorn_on_loop  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=["uvloop", "asyncio"])
 def server(request, tmp_path_factory):
-    pytest.importorskip("gunicorn")
-    if request.param == "uvloop":
-        pytest.importorskip("uvloop")
-    port = free_port()
-    srv = spawn_server(gunicorn_args(port, "tests.test_request_end_attacks:main()"), port,
-                       tmp_path_factory.mktemp("request_end") / "server.log",
-                       env={"AIOPYRAMID_LOOP": request.param}, cwd=ROOT)
-    try:
-        yield srv
-    finally:
-        srv.stop()
+    yield from gunicorn_on_loop(request, tmp_path_factory,
+                                "tests.test_request_end_attacks:main()", "request_end")
 
 
 LOUD = ("Task exception was never retrieved", "Task was destroyed but it is pending",

@@ -165,24 +165,15 @@ def main(global_config=None, **settings):
 
 # ------------------------------------------------------------------ tests
 
-from .conftest import ROOT, free_port, gunicorn_args, spawn_server  # noqa: E402
+from .conftest import gunicorn_on_loop  # noqa: E402
 from .rawhttp import blocking_exchange, exchange, parse_all  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=["uvloop", "asyncio"])
 def server(request, tmp_path_factory):
     """One gunicorn with our worker serving main() for the module's tests."""
-    pytest.importorskip("gunicorn")
-    if request.param == "uvloop":
-        pytest.importorskip("uvloop")
-    port = free_port()
-    srv = spawn_server(gunicorn_args(port, "tests.test_request_task:main()"), port,
-                       tmp_path_factory.mktemp("request_task") / "server.log",
-                       env={"AIOPYRAMID_LOOP": request.param}, cwd=ROOT)
-    try:
-        yield srv
-    finally:
-        srv.stop()
+    yield from gunicorn_on_loop(request, tmp_path_factory,
+                                "tests.test_request_task:main()", "request_task")
 
 
 def get(port, path):
