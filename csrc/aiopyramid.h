@@ -300,6 +300,14 @@ typedef void (*bridge_on_end)(PyObject *owner, PyObject *task, PyObject *exc);
 void bridge_spawn_on_end(PyObject *spawn, bridge_on_end on_end,
                          PyObject *owner, PyObject *task);
 
+/* The loop that drives the spawn's job, which its maker knows runs (the
+ * server's, for its requests).  bridge_job_loop() is then that loop while
+ * the job runs, without asking asyncio (whose _get_running_loop() on 3.11
+ * asks the kernel for the pid each time); else it is asyncio's running
+ * loop, or None.  A new reference, or NULL with an exception. */
+void bridge_spawn_set_loop(PyObject *spawn, PyObject *loop);
+PyObject *bridge_job_loop(modstate *st);
+
 /* Is `obj` a coroutine function (async def, generator coroutine, marked)? */
 int bridge_is_coroutine_function(modstate *st, PyObject *obj);
 

@@ -231,7 +231,7 @@ mapped_run(PyObject *op, PyObject *const *args, size_t nargsf,
     /* a legacy view: off the loop when there is one to keep free */
     if (!bridge_can_suspend(st))
         return invoke(st, self, context, request);
-    PyObject *loop = PyObject_CallNoArgs(st->get_running_loop);
+    PyObject *loop = bridge_job_loop(st);
     if (loop == NULL)
         return NULL;
     if (loop == Py_None) {

@@ -47,6 +47,8 @@ struct Spawn {
                                        Task's first send(None) */
     bridge_on_end on_end;           /* told of the job's end, with: */
     PyObject *on_end_owner, *on_end_task;
+    PyObject *loop;                 /* the running loop that drives the job,
+                                       as its maker knew it, or NULL */
     int ended_first;                /* the job ended in bridge_spawn_first:
                                        the Task's first send returns None */
     int state, outcome;

@@ -43,6 +43,7 @@ bridge_spawn_new(modstate *st, PyObject *func, PyObject *args,
     self->pending = NULL;
     self->on_end = NULL;
     self->on_end_owner = self->on_end_task = NULL;
+    self->loop = NULL;
     self->ended_first = 0;
     self->state = SPAWN_NEW;
     self->outcome = OUT_NONE;
@@ -148,6 +149,20 @@ bridge_spawn_on_end(PyObject *spawn, bridge_on_end on_end, PyObject *owner,
     self->on_end = on_end;
     Py_XSETREF(self->on_end_owner, Py_NewRef(owner));
     Py_XSETREF(self->on_end_task, Py_NewRef(task));
+}
+
+void
+bridge_spawn_set_loop(PyObject *spawn, PyObject *loop)
+{
+    Py_XSETREF(((Spawn *)spawn)->loop, Py_NewRef(loop));
+}
+
+PyObject *
+bridge_job_loop(modstate *st)
+{
+    if (running_job != NULL && running_job->loop != NULL)
+        return Py_NewRef(running_job->loop);
+    return PyObject_CallNoArgs(st->get_running_loop);
 }
 
 /* One step of the job: send `value` (borrowed) or throw `exc` (stolen). */
@@ -476,6 +491,7 @@ spawn_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->pending);
     Py_VISIT(self->on_end_owner);
     Py_VISIT(self->on_end_task);
+    Py_VISIT(self->loop);
     return 0;
 }
 
@@ -498,6 +514,7 @@ spawn_clear(PyObject *op)
     self->on_end = NULL;
     Py_CLEAR(self->on_end_owner);
     Py_CLEAR(self->on_end_task);
+    Py_CLEAR(self->loop);
     return 0;
 }
 

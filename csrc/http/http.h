@@ -145,6 +145,8 @@ typedef struct {
     PyObject *flush_cb;         /* server.flush_writes, bound */
     PyObject *unflushed;        /* list of protocols with writes held back */
     int flush_scheduled;        /* flush_writes is in the loop's queue */
+    int loop_runs;              /* LOOP_RUNS_*: is the loop running this
+                                   pass (asked once a pass, to flush_writes) */
     int reading;                /* in a connection's data callback */
     int held_between_reads;     /* writes held outside one (see
                                    proto_flush_early) */
@@ -288,6 +290,8 @@ int grow(char **buf, size_t *cap, size_t need);
 void set_read_paused(HttpProtocol *p, int bit, int on);
 int proto_write_bytes(HttpProtocol *p, PyObject *data);
 int server_schedule_flush(HttpServer *srv);
+enum { LOOP_RUNS_UNKNOWN, LOOP_RUNS_YES, LOOP_RUNS_NO };
+int server_loop_runs(modstate *st, HttpServer *srv);
 int proto_gone(HttpProtocol *p);
 int proto_write(HttpProtocol *p, const char *data, size_t len);
 void proto_close(HttpProtocol *p);

@@ -98,6 +98,27 @@ server_schedule_flush(HttpServer *srv)
     return 0;
 }
 
+/* 1 when the server's loop is the running one (this pass is its), else 0.
+ * Asked once a pass: on 3.11 asyncio's _get_running_loop() asks the kernel
+ * for the pid each time. */
+int
+server_loop_runs(modstate *st, HttpServer *srv)
+{
+    if (srv->loop_runs != LOOP_RUNS_UNKNOWN)
+        return srv->loop_runs == LOOP_RUNS_YES;
+    PyObject *running = PyObject_CallNoArgs(st->get_running_loop);
+    if (running == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    int runs = running == srv->loop;
+    Py_DECREF(running);
+    /* kept only until a flush_writes queued on the loop forgets it */
+    if (srv->flush_scheduled)
+        srv->loop_runs = runs ? LOOP_RUNS_YES : LOOP_RUNS_NO;
+    return runs;
+}
+
 int
 proto_write_bytes(HttpProtocol *p, PyObject *data)
 {
@@ -199,6 +220,7 @@ server_flush_writes(PyObject *op, PyObject *unused)
     HttpServer *srv = (HttpServer *)op;
     PyObject *list = srv->unflushed;
     srv->flush_scheduled = 0;
+    srv->loop_runs = LOOP_RUNS_UNKNOWN;
     srv->held_between_reads = 0;
     srv->started_in_pass = 0;
     Py_ssize_t n = PyList_GET_SIZE(list);

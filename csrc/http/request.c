@@ -633,6 +633,9 @@ start_request(HttpProtocol *p, HttpRequest *r)
     spawn = bridge_spawn_new(st, st->http_run, args, NULL, ctx);
     if (spawn == NULL)
         goto error;
+    /* the executor's views then need not ask asyncio for the loop */
+    if (server_loop_runs(st, srv))
+        bridge_spawn_set_loop(spawn, srv->loop);
     PySendResult sr;
     task = start_task(st, srv, spawn, ctx, &sr);
     if (task == NULL)
