@@ -8,7 +8,9 @@ Each directory is a built checkout (``make build``: its own ``.venv`` and
 checkout's gunicorn worker serves ``bench.hello_app:aio()``'s coroutine view
 (``--path /hello-legacy``: its plain view, through the executor) to
 ``wrk -t1 -c50`` (warmed up for 1 s); the figure is the median of the
-rounds and of the paired after/before ratios.  Used to check that a change
+rounds and of the paired after/before ratios.  With two CPUs or more, the
+server runs on the first and wrk on the second, as bench/peers.py does
+(``--no-pin``: where the scheduler puts them).  Used to check that a change
 costs what it is said to cost (needs wrk).
 """
 import argparse
@@ -18,16 +20,17 @@ import signal
 import statistics
 import subprocess
 
-from http_bench import free_port, wait_ready  # bench/ is sys.path[0]
+from http_bench import free_port, taskset, wait_ready  # bench/ is sys.path[0]
 
 WORKER = "aiopyramid.gunicorn.worker.AsyncGunicornWorker"
 
 
-def one_run(root, loop, duration, path="/hello"):
+def one_run(root, loop, duration, path="/hello", cpus=(None, None)):
+    server_cpu, wrk_cpu = cpus
     port = free_port()
     env = dict(os.environ, PYTHONPATH=root, AIOPYRAMID_LOOP=loop)
     proc = subprocess.Popen(
-        [os.path.join(root, ".venv", "bin", "python"), "-m", "gunicorn",
+        taskset(server_cpu) + [os.path.join(root, ".venv", "bin", "python"), "-m", "gunicorn",
          "-b", "127.0.0.1:%d" % port, "-w", "1", "--no-control-socket",
          "--worker-connections", "4000", "--log-level", "warning", "-k", WORKER,
          "bench.hello_app:aio()"],
@@ -36,9 +39,9 @@ def one_run(root, loop, duration, path="/hello"):
     try:
         wait_ready(port, path, proc)
         url = "http://127.0.0.1:%d%s" % (port, path)
-        subprocess.run(["wrk", "-t1", "-c50", "-d1s", url], capture_output=True,
-                       timeout=60)
-        out = subprocess.run(["wrk", "-t1", "-c50", "-d%ds" % duration, url],
+        subprocess.run(taskset(wrk_cpu) + ["wrk", "-t1", "-c50", "-d1s", url],
+                       capture_output=True, timeout=60)
+        out = subprocess.run(taskset(wrk_cpu) + ["wrk", "-t1", "-c50", "-d%ds" % duration, url],
                              capture_output=True, text=True,
                              timeout=duration + 60).stdout
         return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -55,7 +58,10 @@ def main():
     ap.add_argument("--duration", type=int, default=4)
     ap.add_argument("--path", default="/hello")
     ap.add_argument("--loops", default="uvloop,asyncio")
+    ap.add_argument("--no-pin", action="store_true")
     args = ap.parse_args()
+    available = sorted(os.sched_getaffinity(0))
+    cpus = (None, None) if args.no_pin or len(available) < 2 else available[:2]
     loops = args.loops.split(",")
     trees = {"before": os.path.abspath(args.before),
              "after": os.path.abspath(args.after)}
@@ -63,7 +69,7 @@ def main():
     for r in range(args.rounds):
         for loop in loops:
             for name, root in trees.items():
-                rps = one_run(root, loop, args.duration, args.path)
+                rps = one_run(root, loop, args.duration, args.path, cpus)
                 results.setdefault((loop, name), []).append(rps)
                 print("round %d %-7s %-6s %8.0f req/s" % (r, loop, name, rps),
                       flush=True)
