@@ -20,7 +20,7 @@ import signal
 import statistics
 import subprocess
 
-from http_bench import free_port, taskset, wait_ready  # bench/ is sys.path[0]
+from http_bench import cpu_times, free_port, steal_percent, taskset, wait_ready  # bench/ is sys.path[0]
 
 WORKER = "aiopyramid.gunicorn.worker.AsyncGunicornWorker"
 
@@ -41,10 +41,12 @@ def one_run(root, loop, duration, path="/hello", cpus=(None, None)):
         url = "http://127.0.0.1:%d%s" % (port, path)
         subprocess.run(taskset(wrk_cpu) + ["wrk", "-t1", "-c50", "-d1s", url],
                        capture_output=True, timeout=60)
+        before = cpu_times()
         out = subprocess.run(taskset(wrk_cpu) + ["wrk", "-t1", "-c50", "-d%ds" % duration, url],
                              capture_output=True, text=True,
                              timeout=duration + 60).stdout
-        return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+        return (float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+                steal_percent(before, cpu_times()))
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -69,9 +71,10 @@ def main():
     for r in range(args.rounds):
         for loop in loops:
             for name, root in trees.items():
-                rps = one_run(root, loop, args.duration, args.path, cpus)
+                rps, steal = one_run(root, loop, args.duration, args.path, cpus)
                 results.setdefault((loop, name), []).append(rps)
-                print("round %d %-7s %-6s %8.0f req/s" % (r, loop, name, rps),
+                print("round %d %-7s %-6s %8.0f req/s  steal %s" % (
+                    r, loop, name, rps, "-" if steal is None else "%.0f%%" % steal),
                       flush=True)
     print()
     print("| loop | before req/s | after req/s | after/before (median of paired rounds) |")

@@ -144,6 +144,27 @@ def stop(proc):
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
+def cpu_times():
+    """(steal, total) jiffies of every CPU so far, from /proc/stat; None
+    where there is none (not Linux)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal (guest time is in user)
+    return fields[7], sum(fields[:8])
+
+
+def steal_percent(before, after):
+    """The share of CPU time the hypervisor took between two cpu_times(): on
+    a VM whose host is busy, rates fall by that much or more, for every
+    server alike but not in the same rounds; None when unknown."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return 100.0 * (after[0] - before[0]) / (after[1] - before[1])
+
+
 def taskset(cpu):
     """The command prefix that runs a command on CPU `cpu` (and its
     children and threads, which inherit it); none for None."""

@@ -53,6 +53,12 @@ What it does, so you can judge it:
   connections answered, so its p99 is not like for like.  The table shows
   both next to p99 (medians of the rounds), and the p99 target is checked
   against every peer and against the peers that answered them all;
+* the share of CPU time the hypervisor took during each measurement
+  (steal, from /proc/stat) is printed with it, and its median and largest
+  over the run with the table: on this kind of VM a busy host took a
+  quarter of the CPUs at times, every rate fell by as much or more, and
+  not for every server in the same rounds, so a table made under steal is
+  not one to compare with;
 * the table gives req/s against bjoern and against the best peer (the best
   of the servers that are not ours) in the same run, and the issue's
   targets are checked at the end.
@@ -68,7 +74,7 @@ import threading
 import time
 
 from http_bench import (  # bench/ is sys.path[0]
-    free_port, raise_fd_limit, taskset, wait_ready, wrk)
+    cpu_times, free_port, raise_fd_limit, steal_percent, taskset, wait_ready, wrk)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -304,12 +310,14 @@ def watched_wrk(url, port, conns, duration, cpu=None):
     queue ("backlog")."""
     watch = ConnectionWatch(port, duration)
     watch.start()
+    before = cpu_times()
     try:
         r = wrk(url, conns, duration, cpu)
     finally:
         watch.stop.set()
         watch.join(30)
-    r.update(open=watch.open, answered=watch.answered, backlog=watch.backlog)
+    r.update(open=watch.open, answered=watch.answered, backlog=watch.backlog,
+             steal=steal_percent(before, cpu_times()))
     return r
 
 
@@ -384,9 +392,10 @@ def main():
                             r = watched_wrk(url, port, c, args.duration, wrk_cpu)
                             results.setdefault((config[0], view, c), []).append(r)
                             print("round %d %-42s %-5s c=%-5d %9.0f req/s  p50 %8.2f ms  "
-                                  "p99 %8.2f ms  answered %s/%s  backlog %s %s%s" % (
+                                  "p99 %8.2f ms  answered %s/%s  backlog %s  steal %s %s%s" % (
                                       rnd + 1, config[0], view, c, r["rps"], r["p50"],
                                       r["p99"], r["answered"], r["open"], r["backlog"],
+                                      "-" if r["steal"] is None else "%.0f%%" % r["steal"],
                                       r["errors"],
                                       " non-2xx: %d" % r["non2xx"] if r["non2xx"] else ""),
                                   file=sys.stderr, flush=True)
@@ -408,6 +417,13 @@ def main():
               "unpinned" if server_cpu is None else
               "each server on CPU %d, wrk on CPU %d" % (server_cpu, wrk_cpu),
               sys.version.split()[0]))
+    steals = sorted(r["steal"] for v in results.values() for r in v if r["steal"] is not None)
+    if steals:
+        print()
+        print("CPU time taken by the hypervisor (steal, /proc/stat) during the "
+              "measurements: median %.0f%%, largest %.0f%%; rates and ratios from "
+              "a run with much of it are not comparable with a quiet run's." % (
+                  statistics.median(steals), steals[-1]))
     print()
     print("| server | view | conns | req/s | p50 (ms) | p99 (ms) | answered / open | "
           "max backlog | vs bjoern | vs best peer |")
