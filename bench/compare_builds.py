@@ -20,7 +20,8 @@ import signal
 import statistics
 import subprocess
 
-from http_bench import cpu_times, free_port, steal_percent, taskset, wait_ready  # bench/ is sys.path[0]
+from http_bench import (  # bench/ is sys.path[0]
+    cpu_times, fmt_steal, free_port, pinned_cpus, steal_percent, taskset, wait_ready)
 
 WORKER = "aiopyramid.gunicorn.worker.AsyncGunicornWorker"
 
@@ -62,8 +63,7 @@ def main():
     ap.add_argument("--loops", default="uvloop,asyncio")
     ap.add_argument("--no-pin", action="store_true")
     args = ap.parse_args()
-    available = sorted(os.sched_getaffinity(0))
-    cpus = (None, None) if args.no_pin or len(available) < 2 else available[:2]
+    cpus = pinned_cpus(args.no_pin)
     loops = args.loops.split(",")
     trees = {"before": os.path.abspath(args.before),
              "after": os.path.abspath(args.after)}
@@ -74,8 +74,7 @@ def main():
                 rps, steal = one_run(root, loop, args.duration, args.path, cpus)
                 results.setdefault((loop, name), []).append(rps)
                 print("round %d %-7s %-6s %8.0f req/s  steal %s" % (
-                    r, loop, name, rps, "-" if steal is None else "%.0f%%" % steal),
-                      flush=True)
+                    r, loop, name, rps, fmt_steal(steal)), flush=True)
     print()
     print("| loop | before req/s | after req/s | after/before (median of paired rounds) |")
     print("| --- | ---: | ---: | ---: |")

@@ -165,6 +165,17 @@ def steal_percent(before, after):
     return 100.0 * (after[0] - before[0]) / (after[1] - before[1])
 
 
+def fmt_steal(steal):
+    return "-" if steal is None else "%.0f%%" % steal
+
+
+def pinned_cpus(no_pin=False):
+    """(server CPU, wrk CPU): the first two this process may use, or (None,
+    None) with --no-pin or fewer than two CPUs (see bench/peers.py)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return (None, None) if no_pin or len(cpus) < 2 else tuple(cpus[:2])
+
+
 def taskset(cpu):
     """The command prefix that runs a command on CPU `cpu` (and its
     children and threads, which inherit it); none for None."""

@@ -74,7 +74,8 @@ import threading
 import time
 
 from http_bench import (  # bench/ is sys.path[0]
-    cpu_times, free_port, raise_fd_limit, steal_percent, taskset, wait_ready, wrk)
+    cpu_times, fmt_steal, free_port, pinned_cpus, raise_fd_limit, steal_percent, taskset,
+    wait_ready, wrk)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -357,8 +358,7 @@ def main():
                     help="leave servers and wrk to the scheduler (by default, with two "
                          "CPUs or more, each server runs on one CPU and wrk on another)")
     args = ap.parse_args()
-    cpus = sorted(os.sched_getaffinity(0))
-    server_cpu, wrk_cpu = (None, None) if args.no_pin or len(cpus) < 2 else cpus[:2]
+    server_cpu, wrk_cpu = pinned_cpus(args.no_pin)
     if not args.no_install:
         ensure_peers()
     raise_fd_limit()
@@ -395,7 +395,7 @@ def main():
                                   "p99 %8.2f ms  answered %s/%s  backlog %s  steal %s %s%s" % (
                                       rnd + 1, config[0], view, c, r["rps"], r["p50"],
                                       r["p99"], r["answered"], r["open"], r["backlog"],
-                                      "-" if r["steal"] is None else "%.0f%%" % r["steal"],
+                                      fmt_steal(r["steal"]),
                                       r["errors"],
                                       " non-2xx: %d" % r["non2xx"] if r["non2xx"] else ""),
                                   file=sys.stderr, flush=True)

@@ -23,81 +23,68 @@ def make_app():
         return config.make_wsgi_app()
 
 
-REQUESTS = b"GET /where HTTP/1.1\r\nHost: h\r\n\r\n" * 3
+REQUEST = b"GET /where HTTP/1.1\r\nHost: h\r\n\r\n"
+HERE = threading.current_thread().name.encode()
 
 
-def test_fed_with_no_loop_running_the_view_runs_inline(loop):
-    server, proto, t = connect(loop, make_app())
-    proto.data_received(REQUESTS)
-    spin(loop)  # the held writes go out
-    rs = parse_all(bytes(t.out))
-    assert [r.body for r in rs] == [threading.current_thread().name.encode()] * 3
-    proto.connection_lost(None)
+def feed_by_hand(loop, proto, t, data):
+    """data in with no loop running; the answers (the loop spun only to let
+    the held writes out)"""
+    proto.data_received(data)
     spin(loop)
+    return parse_all(bytes(t.out))
 
 
-def test_fed_on_the_running_loop_the_view_runs_in_a_thread(loop):
-    server, proto, t = connect(loop, make_app())
-
+def feed_on_running_loop(loop, proto, t, data, answers):
+    """data in from a callback of the running loop; the answers once there
+    are `answers` of them (5 s at most)"""
     async def feed():
-        proto.data_received(REQUESTS)
+        proto.data_received(data)
         for _ in range(500):
-            if len(parse_all(bytes(t.out))) == 3:
+            if len(parse_all(bytes(t.out))) >= answers:
                 break
             await asyncio.sleep(0.01)
 
     loop.run_until_complete(feed())
-    rs = parse_all(bytes(t.out))
-    assert len(rs) == 3
-    here = threading.current_thread().name.encode()
-    assert all(r.status == 200 and r.body and r.body != here for r in rs), rs
+    return parse_all(bytes(t.out))
+
+
+def close(loop, proto):
     proto.connection_lost(None)
     spin(loop)
     loop.run_until_complete(loop.shutdown_default_executor())
+
+
+def test_fed_with_no_loop_running_the_view_runs_inline(loop):
+    server, proto, t = connect(loop, make_app())
+    rs = feed_by_hand(loop, proto, t, REQUEST * 3)
+    assert [r.body for r in rs] == [HERE] * 3
+    close(loop, proto)
+
+
+def test_fed_on_the_running_loop_the_view_runs_in_a_thread(loop):
+    server, proto, t = connect(loop, make_app())
+    rs = feed_on_running_loop(loop, proto, t, REQUEST * 3, 3)
+    assert len(rs) == 3
+    assert all(r.status == 200 and r.body and r.body != HERE for r in rs), rs
+    close(loop, proto)
 
 
 def test_a_loop_pass_without_the_server_loop_running_then_one_with_it(loop):
     """the once-a-pass answer is not kept past its pass: fed by hand first
     (inline), then on the running loop (a thread)"""
     server, proto, t = connect(loop, make_app())
-    proto.data_received(b"GET /where HTTP/1.1\r\nHost: h\r\n\r\n")
-    spin(loop)
-    assert len(parse_all(bytes(t.out))) == 1
-
-    async def feed():
-        proto.data_received(b"GET /where HTTP/1.1\r\nHost: h\r\n\r\n")
-        for _ in range(500):
-            if len(parse_all(bytes(t.out))) == 2:
-                break
-            await asyncio.sleep(0.01)
-
-    loop.run_until_complete(feed())
-    rs = parse_all(bytes(t.out))
-    here = threading.current_thread().name.encode()
-    assert [r.body == here for r in rs] == [True, False], rs
-    proto.connection_lost(None)
-    spin(loop)
-    loop.run_until_complete(loop.shutdown_default_executor())
+    assert len(feed_by_hand(loop, proto, t, REQUEST)) == 1
+    rs = feed_on_running_loop(loop, proto, t, REQUEST, 2)
+    assert [r.body == HERE for r in rs] == [True, False], rs
+    close(loop, proto)
 
 
 def test_a_loop_pass_with_the_server_loop_running_then_one_without_it(loop):
     """nor the other way: on the running loop (a thread), then fed by hand
     with no loop running (inline)"""
     server, proto, t = connect(loop, make_app())
-
-    async def feed():
-        proto.data_received(b"GET /where HTTP/1.1\r\nHost: h\r\n\r\n")
-        for _ in range(500):
-            if len(parse_all(bytes(t.out))) == 1:
-                break
-            await asyncio.sleep(0.01)
-
-    loop.run_until_complete(feed())
-    proto.data_received(b"GET /where HTTP/1.1\r\nHost: h\r\n\r\n")
-    spin(loop)
-    rs = parse_all(bytes(t.out))
-    here = threading.current_thread().name.encode()
-    assert [r.body == here for r in rs] == [False, True], rs
-    proto.connection_lost(None)
-    spin(loop)
-    loop.run_until_complete(loop.shutdown_default_executor())
+    assert len(feed_on_running_loop(loop, proto, t, REQUEST, 1)) == 1
+    rs = feed_by_hand(loop, proto, t, REQUEST)
+    assert [r.body == HERE for r in rs] == [False, True], rs
+    close(loop, proto)
