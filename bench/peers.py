@@ -145,17 +145,18 @@ def configs():
     """name, command(port) -> argv, paths {view: path}, env, ours"""
     ours = os.path.join(ROOT, ".venv", "bin", "python")
     peer = peer_python()
-    aio = gunicorn(ours, ["-k", AIO_WORKER], "bench.peers_app:aio()")
+    def aio(kind):  # an app with that kind's two views only, as every peer's
+        return gunicorn(ours, ["-k", AIO_WORKER], "bench.peers_app:aio(%r)" % kind)
+    both = {"hello": "/hello", "wait": "/wait"}
     # the executor gets as many threads as the threaded peers
     threads = {"AIOPYRAMID_LOOP": "uvloop", "EXECUTOR_THREADS": str(THREADS)}
     backlog = str(somaxconn())
     return [
-        ("ours, coroutine view", aio, {"hello": "/hello", "wait": "/wait"},
+        ("ours, coroutine view", aio("coroutine"), both, {"AIOPYRAMID_LOOP": "uvloop"}, True),
+        ("ours, plain view (executor, %d threads)" % THREADS, aio("executor"), both,
+         threads, True),
+        ("ours, plain view inline (blocking=False)", aio("inline"), both,
          {"AIOPYRAMID_LOOP": "uvloop"}, True),
-        ("ours, plain view (executor, %d threads)" % THREADS, aio,
-         {"hello": "/plain/hello", "wait": "/plain/wait"}, threads, True),
-        ("ours, plain view inline (blocking=False)", aio,
-         {"hello": "/inline/hello", "wait": "/inline/wait"}, {"AIOPYRAMID_LOOP": "uvloop"}, True),
         # the app bjoern serves, unchanged: no config.include, so its plain
         # view runs inline in the request greenlet (its wait, a time.sleep,
         # would stop the whole worker: hello only)

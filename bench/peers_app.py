@@ -11,6 +11,12 @@ aio()        config.include('aiopyramid'), for our worker:
                                       plain views with blocking=False, in
                                       the request greenlet (the wait is a
                                       synchronized asyncio.sleep)
+aio(KIND)    the same with only KIND's two views ("coroutine", "executor"
+             or "inline"), at /hello and /wait: what bench/peers.py
+             serves, so that every server's app matches its hello on its
+             first route (Pyramid tries the routes in turn: /inline/hello
+             behind four others cost the inline view about 1,500
+             instructions a request that bjoern's app did not pay)
 plain()      stock Pyramid, no aiopyramid: /hello, /wait (time.sleep), what
              every WSGI peer serves (gevent's worker patches time.sleep)
 application  plain(), made at import (granian, uWSGI)
@@ -43,7 +49,10 @@ def plain():
         return config.make_wsgi_app()
 
 
-def aio():
+KINDS = {"coroutine": "", "executor": "plain/", "inline": "inline/"}
+
+
+def aio(kind=None):
     import asyncio
     import os
 
@@ -65,13 +74,19 @@ def aio():
     settings = {}
     if os.environ.get("EXECUTOR_THREADS"):
         settings["aiopyramid.executor_threads"] = os.environ["EXECUTOR_THREADS"]
+    views = [("coroutine", "hello", co_hello, {}), ("coroutine", "wait", co_wait, {}),
+             ("executor", "hello", hello, {}), ("executor", "wait", wait, {}),
+             ("inline", "hello", hello, {"blocking": False}),
+             ("inline", "wait", inline_wait, {"blocking": False})]
+    if kind is not None and kind not in KINDS:
+        raise ValueError("aio(kind): one of %s, not %r" % (", ".join(KINDS), kind))
     with Configurator(settings=settings) as config:
         config.include("aiopyramid")
-        for name, view, options in [
-                ("hello", co_hello, {}), ("wait", co_wait, {}),
-                ("plain/hello", hello, {}), ("plain/wait", wait, {}),
-                ("inline/hello", hello, {"blocking": False}),
-                ("inline/wait", inline_wait, {"blocking": False})]:
+        for view_kind, name, view, options in views:
+            if kind is None:
+                name = KINDS[view_kind] + name
+            elif view_kind != kind:
+                continue
             config.add_route(name, "/" + name)
             config.add_view(view, route_name=name, **options)
         return config.make_wsgi_app()
