@@ -11,7 +11,9 @@ What it does, so you can judge it:
   worker on uvloop, one worker) serving a coroutine view, a plain view
   through the executor (the default; 32 threads, aiopyramid.executor_threads,
   as many as the threaded peers), a plain view inline (blocking=False),
-  and bjoern's own app with no config.include (its plain view inline;
+  each from an app with that kind's two views only (bench/peers_app.py's
+  aio(kind): the hello on the first route, as in every peer's app), and
+  bjoern's own app with no config.include (its plain view inline;
   hello only: its wait is a time.sleep that would stop the worker);
   bjoern; granian --interface wsgi; uWSGI (the pyuwsgi wheel, 1 process,
   32 threads, its keep-alive HTTP/1.1 socket); uvicorn with a2wsgi (32
@@ -39,8 +41,9 @@ What it does, so you can judge it:
   cannot use anyway), not ours;
 * each server is started fresh per round, warmed up 1 s, then measured by
   wrk -t1 (--latency) for --duration seconds per view and connection
-  count; servers are interleaved round after round, and each figure is the
-  median of the rounds (req/s, p50, p99; wrk measures latency with
+  count; servers are interleaved round after round (every other round in
+  reverse order, so that no server always follows another), and each
+  figure is the median of the rounds (req/s, p50, p99; wrk measures latency with
   coordinated omission, so read high percentiles as indicative); non-2xx
   answers and socket errors are counted and shown;
 * how many connections each server really served: while wrk runs, `ss`
@@ -61,7 +64,11 @@ What it does, so you can judge it:
   not one to compare with;
 * the table gives req/s against bjoern and against the best peer (the best
   of the servers that are not ours) in the same run, and the issue's
-  targets are checked at the end.
+  targets are checked at the end: the ratio of the medians, and the ratio
+  within each round (its median, its range, how many rounds met the
+  target), because on this kind of VM a server's rate moves by a third
+  from one start to the next and from one second to the next, more than
+  the margins the targets ask about.
 """
 import argparse
 import os
