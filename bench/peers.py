@@ -483,21 +483,23 @@ def targets(med, results, cfgs, conns, best, ours):
     def rps(name, view, c):
         return med.get((name, view, c), {}).get("rps")
 
-    def by_round(name, view, c):
+    def clean(r):
         # a measurement the hypervisor took STEAL_LIMIT% of the CPUs from
-        # is left out of the rounds' ratios: one side of its pair slowed
-        return {r["round"]: r["rps"] for r in results.get((name, view, c), ())
-                if r["steal"] is None or r["steal"] < STEAL_LIMIT}
+        # is left out of the rounds' comparisons: one side of its pair slowed
+        return r["steal"] is None or r["steal"] < STEAL_LIMIT
+
+    def by_round(name, view, c, field="rps"):
+        return {r["round"]: r[field] for r in results.get((name, view, c), ()) if clean(r)}
 
     peer_names = [cfg[0] for cfg in cfgs if cfg[0] not in ours]
 
     def best_by_round(view, c):
-        # a round's best peer, in the rounds where no peer's measurement
-        # was taken under steal
+        # a round's best peer, in the rounds where every peer's measurement
+        # was clean
         rounds, stolen = {}, set()
         for n in peer_names:
             for r in results.get((n, view, c), ()):
-                if r["steal"] is not None and r["steal"] >= STEAL_LIMIT:
+                if not clean(r):
                     stolen.add(r["round"])
                 rounds[r["round"]] = max(rounds.get(r["round"], 0), r["rps"])
         return {rnd: v for rnd, v in rounds.items() if rnd not in stolen}
@@ -555,10 +557,10 @@ def targets(med, results, cfgs, conns, best, ours):
         # like for like: the peers that answered every connection, as ours must
         full = [n for n, _ in theirs if answered_all(med[(n, view, cmax)], cmax)]
         worse_full = [n for n in worse if n in full]
-        mine_by_round = {r["round"]: r["p99"] for r in results.get((co, view, cmax), ())}
+        mine_by_round = by_round(co, view, cmax, "p99")
 
         def rounds_won(n):
-            theirs = {r["round"]: r["p99"] for r in results.get((n, view, cmax), ())}
+            theirs = by_round(n, view, cmax, "p99")
             pairs = [(mine_by_round[r], p) for r, p in theirs.items() if r in mine_by_round]
             return "ours lower or equal in %d of %d rounds" % (
                 sum(m <= p for m, p in pairs), len(pairs))
